@@ -1,0 +1,155 @@
+"""Settings: defaults per environment, then environment variables, then overrides.
+
+`load_config` is the one config loader. Every value is read and checked here,
+so a bad value stops the start with one line naming the variable.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ENVIRONMENTS = ("development", "testing", "production")
+
+
+class ConfigError(RuntimeError):
+    """A configuration value is missing or malformed; the message names it."""
+
+
+def _int(name: str, default: int, *, minimum: int = 0) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if value < 0:
+        raise ConfigError(f"{name} must be >= 0, got {value}")
+    return value
+
+
+def _bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be a boolean (true/false), got {raw!r}")
+
+
+def _str(name: str, default: str | None) -> str | None:
+    raw = os.environ.get(name)
+    return default if raw is None or raw.strip() == "" else raw.strip()
+
+
+def _lifetime_seconds() -> int:
+    if os.environ.get("TOKEN_LIFETIME_SECONDS", "").strip():
+        return _int("TOKEN_LIFETIME_SECONDS", 120, minimum=1)
+    if os.environ.get("TOKEN_LIFETIME_MINUTES", "").strip():
+        return _int("TOKEN_LIFETIME_MINUTES", 2, minimum=1) * 60
+    return 120
+
+
+def normalise_database_url(url: str) -> str:
+    """Point plain PostgreSQL URLs at psycopg 3, the driver we ship."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+def _from_environment(instance_path: str) -> dict:
+    env = _str("APP_ENV", "development")
+    if env not in ENVIRONMENTS:
+        raise ConfigError(f"APP_ENV must be one of {', '.join(ENVIRONMENTS)}, got {env!r}")
+    sqlite_default = "sqlite:///" + str(Path(instance_path) / "tokenpool.sqlite3")
+    return {
+        "APP_ENV": env,
+        "TESTING": env == "testing",
+        "SECRET_KEY": _str("SECRET_KEY", None),
+        "APP_VERSION": _str("APP_VERSION", None),
+        "SQLALCHEMY_DATABASE_URI": normalise_database_url(_str("DATABASE_URL", sqlite_default)),
+        "REDIS_URL": _str("REDIS_URL", None),
+        "ADMIN_API_KEY": _str("ADMIN_API_KEY", None),
+        "MAX_ACTIVE_TOKENS": _int("MAX_ACTIVE_TOKENS", 100, minimum=1),
+        "TOKEN_LIFETIME_SECONDS": _lifetime_seconds(),
+        "CHECK_INTERVAL_SECONDS": _int("CHECK_INTERVAL_SECONDS", 30, minimum=1),
+        "SWEEPER_ENABLED": _bool("SWEEPER_ENABLED", env != "testing"),
+        "POOL_SIZE": _int("POOL_SIZE", 5, minimum=1),
+        "POOL_MAX_OVERFLOW": _int("POOL_MAX_OVERFLOW", 5, minimum=0),
+        "DB_CONNECT_TIMEOUT": _int("DB_CONNECT_TIMEOUT", 3, minimum=1),
+        "DB_STATEMENT_TIMEOUT_MS": _int("DB_STATEMENT_TIMEOUT_MS", 5000, minimum=0),
+        "MAX_CONTENT_LENGTH": _int("MAX_CONTENT_LENGTH", 64 * 1024, minimum=1),
+        "LOG_LEVEL": (_str("LOG_LEVEL", "INFO") or "INFO").upper(),
+        "LOG_FORMAT": _str("LOG_FORMAT", "json" if env == "production" else "console"),
+        "LOG_FILE": _str("LOG_FILE", None),
+        "LOG_FILE_MAX_BYTES": _int("LOG_FILE_MAX_BYTES", 50 * 1024 * 1024, minimum=1024),
+        "LOG_FILE_BACKUPS": _int("LOG_FILE_BACKUPS", 10, minimum=0),
+        "HEALTH_CACHE_SECONDS": _float("HEALTH_CACHE_SECONDS", 2.0),
+        "HEALTH_CHECK_TIMEOUT": _float("HEALTH_CHECK_TIMEOUT", 3.0),
+        "SWEEPER_STALE_INTERVALS": _int("SWEEPER_STALE_INTERVALS", 4, minimum=2),
+        "MEMORY_LIMIT_MB": _int("MEMORY_LIMIT_MB", 512, minimum=16),
+        "PROXY_FIX_X_FOR": _int("PROXY_FIX_X_FOR", 0),
+        "PROXY_FIX_X_PROTO": _int("PROXY_FIX_X_PROTO", 0),
+    }
+
+
+def _validate(config: dict) -> None:
+    if config["LOG_LEVEL"] not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ConfigError(f"LOG_LEVEL must be a logging level name, got {config['LOG_LEVEL']!r}")
+    if config["LOG_FORMAT"] not in ("json", "console"):
+        raise ConfigError(f"LOG_FORMAT must be 'json' or 'console', got {config['LOG_FORMAT']!r}")
+    if config["APP_ENV"] == "production":
+        if not config.get("SECRET_KEY"):
+            raise ConfigError("SECRET_KEY must be set in production")
+    elif not config.get("SECRET_KEY"):
+        config["SECRET_KEY"] = "dev-only-not-secret"
+
+
+def load_config(app, overrides: dict | None = None) -> None:
+    """Fill `app.config` from the environment, `instance/config.py` and overrides.
+
+    Raises ConfigError naming the first bad variable.
+    """
+    app.config.update(_from_environment(app.instance_path))
+    app.config.from_pyfile("config.py", silent=True)
+    if overrides:
+        app.config.update(overrides)
+    app.config["SQLALCHEMY_DATABASE_URI"] = normalise_database_url(
+        app.config["SQLALCHEMY_DATABASE_URI"]
+    )
+    app.config["SQLALCHEMY_ENGINE_OPTIONS"] = engine_options(app.config)
+    _validate(app.config)
+
+
+def engine_options(config: dict) -> dict:
+    """Pool and timeout settings for the configured database."""
+    url = config["SQLALCHEMY_DATABASE_URI"]
+    if url.startswith("sqlite"):
+        return {"connect_args": {"timeout": 30, "check_same_thread": False}}
+    options = f"-c statement_timeout={config['DB_STATEMENT_TIMEOUT_MS']} -c lock_timeout=3000"
+    return {
+        "pool_size": config["POOL_SIZE"],
+        "max_overflow": config["POOL_MAX_OVERFLOW"],
+        "pool_pre_ping": True,
+        "pool_recycle": 1800,
+        "pool_timeout": config["DB_CONNECT_TIMEOUT"],
+        "connect_args": {"connect_timeout": config["DB_CONNECT_TIMEOUT"], "options": options},
+    }

@@ -1,0 +1,59 @@
+"""Database wiring: engine set-up per dialect and the one transaction runner."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+from sqlalchemy import event
+from sqlalchemy.exc import DBAPIError
+
+from .extensions import db, migrate
+
+T = TypeVar("T")
+
+# deadlock, serialization failure, lock timeout: safe to run the transaction again
+RETRYABLE_SQLSTATES = {"40P01", "40001", "55P03"}
+
+
+def init_db(app) -> None:
+    """Bind Flask-SQLAlchemy and Flask-Migrate; make SQLite transactions serialise writers."""
+    db.init_app(app)
+    migrate.init_app(app, db, render_as_batch=True, compare_type=True)
+    with app.app_context():
+        engine = db.engine  # created lazily, no connection is opened here
+        if engine.dialect.name == "sqlite":
+            _serialise_sqlite(engine)
+
+
+def _serialise_sqlite(engine) -> None:
+    """`BEGIN IMMEDIATE` for every transaction, so concurrent writers queue instead of racing."""
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record):
+        dbapi_conn.isolation_level = None  # let us emit BEGIN ourselves
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn):
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _sqlstate(exc: DBAPIError) -> str | None:
+    return getattr(exc.orig, "sqlstate", None)
+
+
+def run_transaction(work: Callable[..., T], /, *args, attempts: int = 3, **kwargs) -> T:
+    """Run `work(conn, *args, **kwargs)` in one transaction; retry on deadlock or lock timeout."""
+    for attempt in range(1, attempts + 1):
+        try:
+            with db.engine.begin() as conn:
+                return work(conn, *args, **kwargs)
+        except DBAPIError as exc:
+            if attempt == attempts or _sqlstate(exc) not in RETRYABLE_SQLSTATES:
+                raise
+    raise AssertionError("unreachable")

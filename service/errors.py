@@ -1,0 +1,165 @@
+"""The one JSON error shape, the ApiError family, and the app-wide handlers."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from flask import current_app, g, jsonify
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
+from werkzeug.http import HTTP_STATUS_CODES
+
+from .timeutil import isoformat, utcnow
+
+log = logging.getLogger("tokenpool.errors")
+
+# error_code for werkzeug's own exceptions (unknown route, wrong method, ...)
+HTTP_ERROR_CODES = {
+    400: "VALIDATION_ERROR",
+    401: "UNAUTHORIZED",
+    403: "FORBIDDEN",
+    404: "NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED",
+    409: "CONFLICT",
+    413: "PAYLOAD_TOO_LARGE",
+    415: "UNSUPPORTED_MEDIA_TYPE",
+    429: "RATE_LIMITED",
+    500: "INTERNAL_ERROR",
+    503: "SERVICE_UNAVAILABLE",
+}
+
+HTTP_MESSAGES = {
+    404: "The requested URL was not found.",
+    405: "The method is not allowed for the requested URL.",
+    413: "Request body too large.",
+    415: "Content-Type must be application/json.",
+}
+
+
+class ApiError(HTTPException):
+    """An error with a stable `error_code`, a message for humans and optional details."""
+
+    code = 400
+    error_code = "VALIDATION_ERROR"
+
+    def __init__(self, message: str, *, details: dict | None = None, reason: str | None = None):
+        super().__init__(description=message)
+        self.message = message
+        self.details = details or {}
+        self.reason = reason or self.error_code.lower()  # for telemetry: why it failed
+
+
+class ValidationError(ApiError):
+    code, error_code = 400, "VALIDATION_ERROR"
+
+
+class InvalidJson(ApiError):
+    code, error_code = 400, "INVALID_JSON"
+
+
+class Unauthorized(ApiError):
+    code, error_code = 401, "UNAUTHORIZED"
+
+
+class Forbidden(ApiError):
+    code, error_code = 403, "FORBIDDEN"
+
+
+class NotFound(ApiError):
+    code, error_code = 404, "NOT_FOUND"
+
+
+class Conflict(ApiError):
+    code, error_code = 409, "CONFLICT"
+
+
+class UnsupportedMediaType(ApiError):
+    code, error_code = 415, "UNSUPPORTED_MEDIA_TYPE"
+
+
+class ServiceUnavailable(ApiError):
+    code, error_code = 503, "SERVICE_UNAVAILABLE"
+
+
+def status_name(code: int) -> str:
+    """`Not Found` -> `not_found`: the snake_case HTTP reason of SPEC section 3."""
+    return HTTP_STATUS_CODES.get(code, "error").lower().replace(" ", "_").replace("-", "_")
+
+
+def error_response(
+    code: int,
+    error_code: str,
+    message: str,
+    *,
+    details: dict | None = None,
+    extra: dict | None = None,
+    exc_info: BaseException | None = None,
+):
+    """Build (and log once) the JSON error answer every non-2xx response uses."""
+    error_id = str(uuid.uuid4())
+    body = {
+        "status": status_name(code),
+        "error_code": error_code,
+        "message": message,
+        "error_id": error_id,
+        "request_id": g.get("request_id"),
+        "timestamp": isoformat(utcnow()),
+        "details": details or {},
+    }
+    if extra:
+        body.update(extra)
+    level = logging.ERROR if code >= 500 else logging.WARNING
+    log.log(
+        level,
+        "%s %s: %s",
+        code,
+        error_code,
+        message,
+        exc_info=exc_info if code >= 500 else None,
+        extra={"error_id": error_id, "error_code": error_code, "status": code},
+    )
+    response = jsonify(body)
+    response.status_code = code
+    return response
+
+
+def _handle_http_exception(exc: HTTPException):
+    # ApiError is handled here too: Flask files handlers of HTTPException
+    # subclasses under their status code, so one ApiError handler would only
+    # ever see 400s.
+    if isinstance(exc, ApiError):
+        return error_response(exc.code, exc.error_code, exc.message, details=exc.details)
+    code = exc.code or 500
+    message = HTTP_MESSAGES.get(code) or exc.description or status_name(code)
+    response = error_response(code, HTTP_ERROR_CODES.get(code, status_name(code).upper()), message)
+    if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
+        response.headers["Allow"] = ", ".join(exc.valid_methods)
+    return response
+
+
+def _handle_database_error(exc: DBAPIError | PoolTimeoutError):
+    return error_response(
+        503,
+        "SERVICE_UNAVAILABLE",
+        "The database is unavailable. Please retry shortly.",
+        exc_info=exc,
+    )
+
+
+def _handle_unexpected(exc: Exception):
+    details = {}
+    if current_app.config["APP_ENV"] != "production":
+        details = {"exception": type(exc).__name__}
+    return error_response(
+        500, "INTERNAL_ERROR", "An unexpected error occurred.", details=details, exc_info=exc
+    )
+
+
+def register_error_handlers(app) -> None:
+    """Every error of every blueprint answers in the one JSON shape."""
+    app.register_error_handler(HTTPException, _handle_http_exception)
+    app.register_error_handler(OperationalError, _handle_database_error)
+    app.register_error_handler(PoolTimeoutError, _handle_database_error)
+    app.register_error_handler(Exception, _handle_unexpected)

@@ -1,0 +1,124 @@
+"""Dependency checks: plain functions returning a status dict, run with timeouts."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import shutil
+import threading
+import time
+from datetime import timedelta
+
+import psutil
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from flask import current_app
+from flask_migrate import Migrate
+import redis as redis_lib
+
+from ..extensions import db
+from ..timeutil import isoformat, utcnow
+from ..tokens import service
+
+HEALTHY, DEGRADED, UNHEALTHY = "healthy", "degraded", "unhealthy"
+draining = threading.Event()  # set on SIGTERM: readiness fails, liveness holds
+_executor = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="health")
+_head_revision: dict[str, str] = {}
+
+
+def timed_check(check, app, timeout: float) -> dict:
+    """Run `check()` inside `app` in a worker thread; unhealthy if it raises or overruns."""
+    start = time.perf_counter()
+
+    def run():
+        with app.app_context():
+            return check()
+
+    future = _executor.submit(run)
+    try:
+        result = future.result(timeout=timeout)
+    except concurrent.futures.TimeoutError:
+        result = {"status": UNHEALTHY, "error": f"timed out after {timeout}s"}
+    except Exception as exc:  # a failing dependency is a finding, not a crash
+        result = {"status": UNHEALTHY, "error": type(exc).__name__}
+    result["latency_ms"] = round((time.perf_counter() - start) * 1000, 2)
+    return result
+
+
+def head_revision() -> str | None:
+    """The newest migration revision shipped with this code."""
+    directory = current_app.extensions["migrate"].directory
+    if directory not in _head_revision:
+        config = Migrate().get_config(directory)
+        _head_revision[directory] = ScriptDirectory.from_config(config).get_current_head()
+    return _head_revision[directory]
+
+
+def database(now=None) -> dict:
+    """The database answers, the schema is at head and the pool is seeded."""
+    with db.engine.connect() as conn:
+        current = MigrationContext.configure(conn).get_current_revision()
+        head = head_revision()
+        if current != head:
+            return {"status": UNHEALTHY, "error": "schema is not at the migration head",
+                    "schema_revision": current, "head_revision": head}
+        counts = service.summary(conn, now=now)
+        last_sweep = service.last_sweep_at(conn)
+    if counts["total"] == 0:
+        return {"status": UNHEALTHY, "error": "token pool is not seeded", "schema_revision": current}
+    return {"status": HEALTHY, "schema_revision": current, "tokens": counts, "last_sweep_at": last_sweep}
+
+
+def token_manager(last_sweep, now) -> dict:
+    """Healthy while the last sweep (by any worker) is younger than a few intervals."""
+    interval = current_app.config["CHECK_INTERVAL_SECONDS"]
+    limit = timedelta(seconds=interval * current_app.config["SWEEPER_STALE_INTERVALS"])
+    if last_sweep is None:
+        status = DEGRADED  # never ran yet: a fresh deployment
+    elif now - last_sweep > limit:
+        status = UNHEALTHY
+    else:
+        status = HEALTHY
+    return {"status": status, "last_run_at": isoformat(last_sweep), "interval_seconds": interval}
+
+
+def tokens(counts: dict) -> dict:
+    """Pool use; degraded above 90 % utilization or with none available."""
+    degraded = counts["available"] == 0 or counts["utilization"] > 0.9
+    return {"status": DEGRADED if degraded else HEALTHY, **counts}
+
+
+def redis() -> dict:
+    url = current_app.config.get("REDIS_URL")
+    if not url:
+        return {"status": HEALTHY, "configured": False}
+    client = redis_lib.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
+    try:
+        client.ping()
+    except redis_lib.RedisError as exc:
+        return {"status": DEGRADED, "configured": True, "error": type(exc).__name__}
+    finally:
+        client.close()
+    return {"status": HEALTHY, "configured": True}
+
+
+def memory() -> dict:
+    rss_mb = psutil.Process(os.getpid()).memory_info().rss / 2**20
+    limit = current_app.config["MEMORY_LIMIT_MB"]
+    return {"status": DEGRADED if rss_mb > limit else HEALTHY, "rss_mb": round(rss_mb, 1), "limit_mb": limit}
+
+
+def disk() -> dict:
+    usage = shutil.disk_usage(current_app.instance_path if os.path.isdir(current_app.instance_path) else ".")
+    free_ratio = usage.free / usage.total
+    return {
+        "status": DEGRADED if free_ratio < 0.05 else HEALTHY,
+        "free_mb": usage.free // 2**20,
+        "free_ratio": round(free_ratio, 4),
+    }
+
+
+def now():
+    """The injected clock (tests) or the process clock."""
+    clock = current_app.config.get("TOKEN_CLOCK")
+    return clock() if clock else utcnow()

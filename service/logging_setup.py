@@ -1,0 +1,86 @@
+"""Logging: JSON lines (python-json-logger) or a coloured console, request ids on every line."""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import sys
+
+from flask import g, has_request_context
+from pythonjsonlogger.json import JsonFormatter
+
+COLOURS = {"DEBUG": "36", "INFO": "32", "WARNING": "33", "ERROR": "31", "CRITICAL": "35"}
+OUR_HANDLER = "_tokenpool"
+
+
+class RequestContextFilter(logging.Filter):
+    """Put the request and correlation ids of the current request on every record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if has_request_context():
+            record.request_id = g.get("request_id", "-")
+            record.correlation_id = g.get("correlation_id", "-")
+        else:
+            record.request_id = getattr(record, "request_id", "-")
+            record.correlation_id = getattr(record, "correlation_id", "-")
+        return True
+
+
+class ConsoleFormatter(logging.Formatter):
+    """Readable development output: time, level, request id, logger, message, extras."""
+
+    STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "request_id", "correlation_id"}
+
+    def __init__(self, colour: bool) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s [%(request_id)s] %(name)s: %(message)s")
+        self.colour = colour
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        extras = " ".join(f"{k}={v}" for k, v in record.__dict__.items() if k not in self.STANDARD)
+        if extras:
+            line = f"{line} {extras}"
+        if self.colour:
+            line = f"\033[{COLOURS.get(record.levelname, '0')}m{line}\033[0m"
+        return line
+
+
+def json_formatter() -> logging.Formatter:
+    return JsonFormatter(
+        "%(levelname)s %(name)s %(message)s",
+        rename_fields={"levelname": "level", "name": "logger"},
+        timestamp=True,
+    )
+
+
+def _handler(handler: logging.Handler, formatter: logging.Formatter, level=logging.NOTSET):
+    handler.setFormatter(formatter)
+    handler.addFilter(RequestContextFilter())
+    handler.setLevel(level)
+    setattr(handler, OUR_HANDLER, True)
+    return handler
+
+
+def configure_logging(config) -> None:
+    """Install our handlers on the root logger (replacing ours from an earlier app)."""
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if getattr(h, OUR_HANDLER, False)]:
+        root.removeHandler(handler)
+        handler.close()
+    if config["LOG_FORMAT"] == "json":
+        console = json_formatter()
+    else:
+        console = ConsoleFormatter(colour=sys.stderr.isatty())
+    root.addHandler(_handler(logging.StreamHandler(sys.stdout), console))
+    if config.get("LOG_FILE"):
+        rotating = logging.handlers.RotatingFileHandler(
+            config["LOG_FILE"], maxBytes=config["LOG_FILE_MAX_BYTES"], backupCount=config["LOG_FILE_BACKUPS"]
+        )
+        root.addHandler(_handler(rotating, json_formatter()))
+    if config.get("LOG_ERROR_FILE"):
+        errors = logging.handlers.RotatingFileHandler(
+            config["LOG_ERROR_FILE"], maxBytes=config["LOG_FILE_MAX_BYTES"], backupCount=config["LOG_FILE_BACKUPS"]
+        )
+        root.addHandler(_handler(errors, json_formatter(), logging.ERROR))
+    root.setLevel(config["LOG_LEVEL"])
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # we write our own access line

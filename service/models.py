@@ -1,0 +1,91 @@
+"""Tables of the pool. The invariants of SPEC section 2 live here, in the schema.
+
+- a token has at most one open usage: partial unique index on open usages;
+- a user holds at most one token: partial unique index on `current_user_id`;
+- active tokens never exceed the pool: a lease is a column of a token row.
+
+`expires_at` is never null: a token that was never leased carries the epoch,
+and a released token the moment it was released. So "available" is exactly
+`expires_at <= now`, and ordering by `expires_at` gives both the least
+recently released available token and, when none is free, the lease that
+ends first (the one to evict). One index serves both.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import BigInteger, CheckConstraint, DateTime, ForeignKey, Index, Integer, String, Uuid
+from sqlalchemy.orm import Mapped, mapped_column
+
+from .extensions import db
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+END_REASONS = ("released", "expired", "evicted", "cleared")
+
+
+class Token(db.Model):
+    __tablename__ = "tokens"
+
+    id: Mapped[str] = mapped_column(Uuid, primary_key=True)
+    current_user_id: Mapped[str | None] = mapped_column(Uuid)
+    activated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    released_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
+    __table_args__ = (
+        CheckConstraint(
+            "current_user_id IS NULL OR activated_at IS NOT NULL", name="holder_has_lease"
+        ),
+        Index("ix_tokens_expires_at_id", "expires_at", "id"),
+        Index(
+            "uq_tokens_current_user_id",
+            "current_user_id",
+            unique=True,
+            postgresql_where=db.text("current_user_id IS NOT NULL"),
+            sqlite_where=db.text("current_user_id IS NOT NULL"),
+        ),
+    )
+
+
+class TokenUsage(db.Model):
+    __tablename__ = "token_usages"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    token_id: Mapped[str] = mapped_column(
+        Uuid, ForeignKey("tokens.id", ondelete="CASCADE"), nullable=False
+    )
+    user_id: Mapped[str] = mapped_column(Uuid, nullable=False)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    end_reason: Mapped[str | None] = mapped_column(String(16))
+
+    __table_args__ = (
+        CheckConstraint(
+            "end_reason IS NULL OR end_reason IN ('released', 'expired', 'evicted', 'cleared')",
+            name="end_reason_known",
+        ),
+        CheckConstraint("(ended_at IS NULL) = (end_reason IS NULL)", name="ended_with_reason"),
+        CheckConstraint("ended_at IS NULL OR ended_at >= started_at", name="ends_after_start"),
+        Index("ix_token_usages_token_id_id", "token_id", "id"),
+        Index(
+            "uq_token_usages_open_token_id",
+            "token_id",
+            unique=True,
+            postgresql_where=db.text("ended_at IS NULL"),
+            sqlite_where=db.text("ended_at IS NULL"),
+        ),
+    )
+
+
+class SweeperState(db.Model):
+    """One row: when the token manager last finished a sweep, shared by every worker."""
+
+    __tablename__ = "sweeper_state"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    last_run_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_expired_count: Mapped[int] = mapped_column(Integer, nullable=False, default=0)

@@ -1,0 +1,73 @@
+"""Token events: emitted once, here; logs and metrics subscribe.
+
+Routes and the sweeper call `emit`; nothing else writes token event logs or
+token metrics. Subscribers are per app (`app.extensions`), so two apps in one
+process (tests) never see each other's events.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+
+from flask import current_app
+
+EVENTS = ("activation", "release", "renewal", "expiration", "manager_check")
+log = logging.getLogger("tokenpool.events")
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    event: str  # one of EVENTS
+    status: str  # success | failure
+    reason: str | None = None  # outcome or failure cause, e.g. evicted, not_holder
+    token_id: str | None = None
+    user_id: str | None = None
+    duration_ms: float | None = None
+    count: int = 1  # how many tokens the event covers (a sweep, a clear)
+
+
+class Telemetry:
+    """The subscriber list of one app."""
+
+    def __init__(self) -> None:
+        self.subscribers: list[Callable[[TokenEvent], None]] = [_log_event]
+
+    def subscribe(self, subscriber: Callable[[TokenEvent], None]) -> None:
+        self.subscribers.append(subscriber)
+
+    def publish(self, event: TokenEvent) -> None:
+        for subscriber in self.subscribers:
+            try:
+                subscriber(event)
+            except Exception:  # a broken subscriber must not fail the request
+                log.exception("telemetry subscriber %r failed", subscriber)
+
+
+def _log_event(event: TokenEvent) -> None:
+    level = logging.INFO if event.status == "success" else logging.WARNING
+    fields = {k: v for k, v in asdict(event).items() if v is not None}
+    log.log(level, "%s %s", event.event, event.status, extra=fields)
+
+
+def init_telemetry(app) -> Telemetry:
+    telemetry = Telemetry()
+    app.extensions["tokenpool.telemetry"] = telemetry
+    return telemetry
+
+
+def emit(event: str, status: str, **fields) -> None:
+    """Publish one token event to every subscriber of the current app."""
+    current_app.extensions["tokenpool.telemetry"].publish(
+        TokenEvent(event=event, status=status, **fields)
+    )
+
+
+@contextmanager
+def timed():
+    """Yield a function returning the milliseconds elapsed since entry."""
+    start = time.perf_counter()
+    yield lambda: round((time.perf_counter() - start) * 1000, 3)

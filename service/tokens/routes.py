@@ -1,0 +1,170 @@
+"""HTTP for the pool: parse, call the domain in one transaction, serialise."""
+
+from __future__ import annotations
+
+import functools
+import uuid
+
+from flask import current_app, jsonify
+from sqlalchemy.exc import SQLAlchemyError
+
+from ..db import run_transaction
+from ..errors import ApiError
+from ..security import require_admin
+from ..telemetry import emit, timed
+from . import bp, service
+from .schemas import (
+    cursor_arg,
+    encode_cursor,
+    json_body,
+    limit_arg,
+    parse_uuid,
+    serialise,
+    state_arg,
+    user_id_from,
+)
+
+
+def clock():
+    """The injected clock's time (tests), or None: the database decides."""
+    now = current_app.config.get("TOKEN_CLOCK")
+    return now() if now else None
+
+
+def lifetime() -> int:
+    return current_app.config["TOKEN_LIFETIME_SECONDS"]
+
+
+def failure_reason(exc: Exception) -> str:
+    if isinstance(exc, ApiError):
+        return exc.reason
+    if isinstance(exc, SQLAlchemyError):
+        return "database_error"
+    return "internal_error"
+
+
+def observed(event: str):
+    """Emit a failure event with its reason when the view raises."""
+
+    def decorate(view):
+        @functools.wraps(view)
+        def wrapper(*args, **kwargs):
+            with timed() as elapsed:
+                try:
+                    return view(*args, **kwargs)
+                except Exception as exc:
+                    emit(
+                        event,
+                        "failure",
+                        reason=failure_reason(exc),
+                        token_id=kwargs.get("token_id"),
+                        duration_ms=elapsed(),
+                    )
+                    raise
+
+        return wrapper
+
+    return decorate
+
+
+@bp.post("/activate")
+@observed("activation")
+def activate():
+    user_id = user_id_from(json_body())
+    with timed() as elapsed:
+        lease = run_transaction(service.activate, user_id, lifetime=lifetime(), now=clock())
+    emit(
+        "activation",
+        "success",
+        reason=lease.outcome,
+        token_id=str(lease.token_id),
+        user_id=str(user_id),
+        duration_ms=elapsed(),
+    )
+    return jsonify(
+        serialise(
+            {
+                "token_id": lease.token_id,
+                "user_id": lease.user_id,
+                "activated_at": lease.activated_at,
+                "expires_at": lease.expires_at,
+            }
+        )
+    )
+
+
+@bp.get("")
+def list_tokens():
+    state, limit = state_arg(), limit_arg()
+    after = cursor_arg("tokens", uuid.UUID)
+    items, last = run_transaction(service.list_tokens, state=state, limit=limit, after=after, now=clock())
+    return jsonify(
+        {"tokens": [serialise(t) for t in items], "next_cursor": encode_cursor("tokens", last)}
+    )
+
+
+@bp.get("/summary")
+def summary():
+    counts = run_transaction(service.summary, now=clock())
+    return jsonify(counts | {"lifetime_seconds": lifetime()})
+
+
+@bp.get("/<token_id>")
+def get_token(token_id):
+    token = run_transaction(service.get_token, parse_uuid(token_id, "token_id"), now=clock())
+    return jsonify(serialise(token))
+
+
+@bp.get("/<token_id>/usages")
+def usages(token_id):
+    tid = parse_uuid(token_id, "token_id")
+    limit, before = limit_arg(), cursor_arg("usages", int)
+    items, last = run_transaction(service.list_usages, tid, limit=limit, before=before)
+    return jsonify(
+        {
+            "token_id": str(tid),
+            "usages": [serialise(u) for u in items],
+            "next_cursor": encode_cursor("usages", last),
+        }
+    )
+
+
+@bp.post("/<token_id>/release")
+@observed("release")
+def release(token_id):
+    tid = parse_uuid(token_id, "token_id")
+    user_id = user_id_from(json_body(), required=False)
+    if user_id is None:
+        require_admin()
+    with timed() as elapsed:
+        token, holder = run_transaction(service.release, tid, user_id=user_id, now=clock())
+    emit(
+        "release",
+        "success",
+        reason="released",
+        token_id=str(tid),
+        user_id=str(holder),
+        duration_ms=elapsed(),
+    )
+    return jsonify(serialise(token))
+
+
+@bp.post("/<token_id>/renew")
+@observed("renewal")
+def renew(token_id):
+    tid = parse_uuid(token_id, "token_id")
+    user_id = user_id_from(json_body())
+    with timed() as elapsed:
+        token = run_transaction(service.renew, tid, user_id=user_id, lifetime=lifetime(), now=clock())
+    emit("renewal", "success", token_id=str(tid), user_id=str(user_id), duration_ms=elapsed())
+    return jsonify(serialise(token))
+
+
+@bp.delete("/active")
+@observed("release")
+def clear_active():
+    require_admin()
+    with timed() as elapsed:
+        cleared = run_transaction(service.clear_active, now=clock())
+    emit("release", "success", reason="cleared", count=cleared, duration_ms=elapsed())
+    return jsonify({"cleared_count": cleared, "status": "ok"})

@@ -1,0 +1,84 @@
+"""The token manager: a background thread per worker that sweeps expired leases.
+
+Every worker of every instance may run one; `service.sweep` lets only one of
+them work per interval (the `sweeper_state` row is the lock), so running many
+is safe and cheap. The thread starts with the first request (never in CLI
+commands or the gunicorn master) and stops at shutdown.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+
+from ..db import run_transaction
+from ..telemetry import emit, timed
+from . import service
+
+log = logging.getLogger("tokenpool.sweeper")
+
+
+def run_sweep(app, *, min_gap_seconds: float = 0) -> service.SweepResult:
+    """One sweep inside `app`, with its telemetry. Raises what the database raises."""
+    clock = app.config.get("TOKEN_CLOCK")
+    with app.app_context(), timed() as elapsed:
+        try:
+            result = run_transaction(
+                service.sweep, now=clock() if clock else None, min_gap_seconds=min_gap_seconds
+            )
+        except Exception:
+            emit("manager_check", "failure", reason="database_error", duration_ms=elapsed())
+            raise
+        if result.ran:
+            if result.expired:
+                emit("expiration", "success", reason="expired", count=result.expired)
+            emit("manager_check", "success", count=result.expired, duration_ms=elapsed())
+        return result
+
+
+class Sweeper:
+    """The background loop of one process."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+        self.interval = app.config["CHECK_INTERVAL_SECONDS"]
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="token-sweeper", daemon=True)
+                self._thread.start()
+
+    def stop(self, timeout: float = 5) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        # jitter spreads the workers' attempts over the interval
+        while not self._stop.wait(self.interval * random.uniform(0.5, 1.0)):
+            try:
+                run_sweep(self.app, min_gap_seconds=self.interval * 0.5)
+            except Exception:
+                log.exception("token sweep failed; retrying next interval")
+
+
+def init_sweeper(app) -> None:
+    """Start the sweeper with the first request when `SWEEPER_ENABLED`."""
+    if not app.config["SWEEPER_ENABLED"]:
+        return
+    sweeper = Sweeper(app)
+    app.extensions["tokenpool.sweeper"] = sweeper
+
+    @app.before_request
+    def _start_sweeper():
+        if sweeper._thread is None:
+            sweeper.start()

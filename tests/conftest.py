@@ -1,0 +1,133 @@
+"""Fixtures: one app per test on SQLite and on PostgreSQL, an injectable clock."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import pytest
+from flask_migrate import upgrade
+from sqlalchemy import text
+
+from service import create_app
+from service.extensions import db
+from service.health import routes as health_routes
+from tests.helpers import POOL
+
+PG_ADMIN_URL = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+
+class FakeClock:
+    """A clock the test moves by hand: `clock.advance(121)` instead of sleeping."""
+
+    def __init__(self, start: datetime = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)):
+        self.now = start
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> datetime:
+        self.now += timedelta(seconds=seconds)
+        return self.now
+
+
+def _postgres_available() -> str | None:
+    try:
+        with psycopg.connect(PG_ADMIN_URL, connect_timeout=3):
+            return None
+    except psycopg.Error as exc:
+        return str(exc)
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A fresh PostgreSQL database for this test session, dropped at the end."""
+    problem = _postgres_available()
+    if problem:
+        if os.environ.get("REQUIRE_POSTGRES"):
+            pytest.fail(f"PostgreSQL is required (REQUIRE_POSTGRES) but unreachable: {problem}")
+        pytest.skip(f"NO POSTGRESQL REACHABLE at {PG_ADMIN_URL}: {problem}")
+    name = f"tokenpool_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def sqlite_url(tmp_path_factory):
+    return "sqlite:///" + str(tmp_path_factory.mktemp("sqlite") / "tokenpool.sqlite3")
+
+
+def make_app(database_url: str, **overrides):
+    """An app for tests: testing settings, quiet logs, the given database."""
+    settings = {
+        "APP_ENV": "testing",
+        "TESTING": True,
+        "SQLALCHEMY_DATABASE_URI": database_url,
+        "MAX_ACTIVE_TOKENS": POOL,
+        "SWEEPER_ENABLED": False,
+        "HEALTH_CACHE_SECONDS": 0,
+        "LOG_LEVEL": "WARNING",
+        "POOL_SIZE": 5,
+        "POOL_MAX_OVERFLOW": 40,
+    }
+    settings.update(overrides)
+    return create_app(settings)
+
+
+_migrated: set[str] = set()
+
+
+def reset_database(app, pool: int = POOL) -> None:
+    """Schema at head (once per database), no rows, a fresh pool of `pool` tokens."""
+    from service.db import run_transaction
+    from service.tokens import service
+
+    url = app.config["SQLALCHEMY_DATABASE_URI"]
+    with app.app_context():
+        if url not in _migrated:
+            upgrade()
+            _migrated.add(url)
+        with db.engine.begin() as conn:
+            conn.execute(text("DELETE FROM token_usages"))
+            conn.execute(text("DELETE FROM tokens"))
+            conn.execute(text("UPDATE sweeper_state SET last_run_at = NULL, last_expired_count = 0"))
+        run_transaction(service.seed, pool)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request):
+    return request.getfixturevalue(f"{request.param}_url")
+
+
+@pytest.fixture
+def clock():
+    return FakeClock()
+
+
+@pytest.fixture
+def app(database_url, clock, request):
+    marker = request.node.get_closest_marker("options")
+    overrides = dict(marker.kwargs) if marker else {}
+    overrides.setdefault("TOKEN_CLOCK", clock)
+    app = make_app(database_url, **overrides)
+    reset_database(app, overrides.get("MAX_ACTIVE_TOKENS", POOL))
+    health_routes.clear_cache()
+    yield app
+    with app.app_context():
+        db.engine.dispose()
+
+
+@pytest.fixture
+def is_postgres(app):
+    return app.config["SQLALCHEMY_DATABASE_URI"].startswith("postgresql")
+
+
+@pytest.fixture
+def new_user():
+    return lambda: str(uuid.uuid4())

@@ -1,0 +1,389 @@
+"""The nginx templates render, pass `nginx -t`, and proxy the way the service expects.
+
+Self-contained: stdlib + pytest. Needs the `nginx` binary (CI installs it);
+`openssl` only for the TLS example, `envsubst` only for the envsubst check.
+Everything runs unprivileged-friendly: a scratch prefix, pid, logs and temp
+paths under tmp_path, and a loopback port chosen at run time.
+"""
+
+from __future__ import annotations
+
+import gzip
+import http.client
+import importlib.util
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+NGINX_DIR = REPO / "nginx"
+NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+
+needs_nginx = pytest.mark.skipif(
+    NGINX is None, reason="nginx binary not installed (CI installs it: apt-get install -y nginx)"
+)
+
+
+def _load_render():
+    spec = importlib.util.spec_from_file_location("tokenpool_nginx_render", NGINX_DIR / "render.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+render = _load_render()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _render(tmp_path: Path, **overrides: str) -> Path:
+    """Render all templates under tmp_path/conf with scratch paths; return nginx.conf."""
+    conf = tmp_path / "conf"
+    values = render.values_from(
+        {},
+        NGINX_PID=str(tmp_path / "nginx.pid"),
+        NGINX_ERROR_LOG=str(tmp_path / "error.log"),
+        NGINX_ACCESS_LOG=str(tmp_path / "access.log"),
+        NGINX_TEMP_DIR=str(tmp_path),
+        LISTEN_PORT=f"127.0.0.1:{_free_port()}",
+    )
+    values.update(overrides)
+    render.render_all(conf, values)
+    return conf / "nginx.conf"
+
+
+def _nginx_t(conf: Path, prefix: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [NGINX, "-t", "-q", "-p", str(prefix), "-c", str(conf)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+# --- rendering -----------------------------------------------------------------
+
+
+def test_templates_use_only_known_placeholders():
+    templates = render.templates()
+    assert {t.name for t in templates} >= {
+        "nginx.conf.template",
+        "tokenpool.conf.template",
+        "tokenpool-proxy.conf.template",
+    }
+    used = set()
+    for template in templates:
+        used |= render.placeholders(template.read_text())
+    assert used == set(render.DEFAULTS), "every default is used and every placeholder has one"
+
+
+def test_render_rejects_unknown_placeholder():
+    with pytest.raises(KeyError, match="NOPE"):
+        render.render_text("listen ${NOPE};", render.DEFAULTS)
+
+
+def test_nginx_variables_survive_rendering(tmp_path):
+    conf = _render(tmp_path)
+    text = (conf.parent / "snippets" / "tokenpool-proxy.conf").read_text()
+    assert "proxy_set_header X-Forwarded-Proto $scheme;" in text
+    assert "proxy_set_header X-Request-ID $tokenpool_request_id;" in text
+    for path in conf.parent.rglob("*.conf"):
+        assert "${" not in path.read_text(), path
+
+
+def test_committed_rendering_matches_templates(tmp_path):
+    """nginx/nginx.conf and friends are exactly the templates rendered with DEFAULTS."""
+    written = render.render_all(tmp_path, dict(render.DEFAULTS))
+    assert written
+    for path in written:
+        committed = NGINX_DIR / path.relative_to(tmp_path)
+        assert committed.exists(), f"{committed} missing: run python3 nginx/render.py"
+        assert committed.read_text() == path.read_text(), f"{committed} is stale: run python3 nginx/render.py"
+
+
+@pytest.mark.skipif(shutil.which("envsubst") is None, reason="envsubst (gettext-base) not installed")
+def test_envsubst_renders_like_render_py():
+    """The official nginx image renders the same templates with envsubst-like substitution."""
+    names = " ".join("${%s}" % name for name in render.DEFAULTS)
+    env = {**os.environ, **render.DEFAULTS}
+    for template in render.templates():
+        out = subprocess.run(
+            ["envsubst", names],
+            input=template.read_text(),
+            capture_output=True,
+            text=True,
+            env=env,
+            check=True,
+        ).stdout
+        assert out == render.render_text(template.read_text(), render.DEFAULTS), template
+
+
+def test_production_settings_present():
+    main = (NGINX_DIR / "nginx.conf").read_text()
+    proxy = (NGINX_DIR / "snippets" / "tokenpool-proxy.conf").read_text()
+    site = (NGINX_DIR / "conf.d" / "tokenpool.conf").read_text()
+    assert "log_format tokenpool_json escape=json" in main
+    assert '"request_id":"$tokenpool_request_id"' in main
+    assert re.search(r"gzip_types[^;]*application/json", main)
+    assert "include conf.d/tokenpool.conf;" in main
+    assert re.search(r"upstream tokenpool \{[^}]*keepalive \d+;", site)
+    assert "client_max_body_size 64k;" in proxy
+    assert 'proxy_set_header Connection "";' in proxy
+    assert "proxy_http_version 1.1;" in proxy
+    for directive in ("proxy_connect_timeout", "proxy_read_timeout", "proxy_send_timeout"):
+        assert directive in proxy
+    metrics = re.search(r"location = /metrics \{(.*?)\}", proxy, re.S).group(1)
+    assert "allow 127.0.0.1;" in metrics and "deny all;" in metrics
+    healthz = re.search(r"location = /healthz \{(.*?)\}", proxy, re.S).group(1)
+    assert "access_log off;" in healthz and "proxy_pass http://tokenpool;" in healthz
+    tls = (NGINX_DIR / "conf.d" / "tls.conf.example").read_text()
+    assert "Strict-Transport-Security" in tls and "listen 443 ssl" in tls
+
+
+# --- nginx -t --------------------------------------------------------------------
+
+
+@needs_nginx
+def test_nginx_t_accepts_default_rendering(tmp_path):
+    result = _nginx_t(_render(tmp_path), tmp_path)
+    assert result.returncode == 0, result.stderr
+
+
+@needs_nginx
+def test_nginx_t_accepts_several_upstreams_and_custom_allow_list(tmp_path):
+    conf = _render(
+        tmp_path,
+        UPSTREAMS="server 127.0.0.1:8001 max_fails=3 fail_timeout=10s; server 127.0.0.2:8002 backup;",
+        METRICS_ALLOW="allow 10.42.0.0/16;",
+        SERVER_NAME="tokens.example.internal",
+    )
+    result = _nginx_t(conf, tmp_path)
+    assert result.returncode == 0, result.stderr
+
+
+@needs_nginx
+def test_nginx_t_rejects_an_upstream_without_servers(tmp_path):
+    """The harness can fail: an empty UPSTREAMS is a configuration error."""
+    result = _nginx_t(_render(tmp_path, UPSTREAMS=""), tmp_path)
+    assert result.returncode != 0
+    assert "no servers are inside upstream" in result.stderr
+
+
+@needs_nginx
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed")
+def test_nginx_t_accepts_tls_example(tmp_path):
+    conf = _render(tmp_path)
+    crt, key = tmp_path / "tokenpool.crt", tmp_path / "tokenpool.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(crt)],
+        check=True, capture_output=True, timeout=60,
+    )
+    tls = (NGINX_DIR / "conf.d" / "tls.conf.example").read_text()
+    tls = tls.replace("/etc/nginx/tls/tokenpool.crt", str(crt))
+    tls = tls.replace("/etc/nginx/tls/tokenpool.key", str(key))
+    tls = tls.replace("listen 443 ssl;", f"listen 127.0.0.1:{_free_port()} ssl;")
+    (conf.parent / "conf.d" / "tls.conf").write_text(tls)
+    result = _nginx_t(conf, tmp_path)
+    assert result.returncode == 0, result.stderr
+
+
+# --- nginx in front of a stub upstream ------------------------------------------------
+
+
+class _Upstream(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    seen: list = []
+
+    def _answer(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            self.rfile.read(length)
+        record = {"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()}}
+        type(self).seen.append(record)
+        payload = {"echo": record}
+        if self.path == "/big":
+            payload["filler"] = ["token"] * 2000
+        body = json.dumps(payload).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = _answer
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def upstream():
+    _Upstream.seen = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Upstream)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+class _Nginx:
+    """An nginx master in the foreground (daemon off) on a loopback port."""
+
+    def __init__(self, tmp_path: Path, **overrides: str):
+        self.port = _free_port()
+        conf = _render(tmp_path, LISTEN_PORT=f"127.0.0.1:{self.port}", **overrides)
+        self.stderr_path = tmp_path / "nginx.stderr"
+        with open(self.stderr_path, "w") as stderr:
+            self.proc = subprocess.Popen(
+                [NGINX, "-p", str(tmp_path), "-c", str(conf), "-g", "daemon off;"],
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+            )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"nginx exited: {self.stderr_path.read_text()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise AssertionError("nginx did not start listening")
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def proxy(tmp_path, upstream, request):
+    overrides = getattr(request, "param", {})
+    values = {"UPSTREAMS": f"server 127.0.0.1:{upstream.server_port};", **overrides}
+    nginx = _Nginx(tmp_path, **values)
+    yield nginx.port
+    nginx.stop()
+
+
+def _request(port, method, path, body=None, headers=None):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, dict(resp.getheaders()), resp.read()
+    finally:
+        conn.close()
+
+
+def _access_log(tmp_path: Path) -> list[dict]:
+    deadline = time.monotonic() + 5
+    path = tmp_path / "access.log"
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_text().strip():
+            break
+        time.sleep(0.05)
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@needs_nginx
+def test_proxy_sets_forwarding_headers_and_request_id(proxy, upstream, tmp_path):
+    status, headers, _ = _request(
+        proxy, "GET", "/api/tokens/summary",
+        headers={"X-Forwarded-Proto": "https", "X-Request-ID": "client-id-123", "Host": "tokens.test"},
+    )
+    assert status == 200
+    seen = _Upstream.seen[-1]["headers"]
+    assert seen["x-forwarded-proto"] == "http", "client's X-Forwarded-Proto must be overwritten"
+    assert seen["x-forwarded-for"].split(",")[-1].strip() == "127.0.0.1"
+    assert seen["host"] == "tokens.test"
+    assert seen["x-request-id"] == "client-id-123"
+    entry = _access_log(tmp_path)[-1]
+    assert entry["request_id"] == "client-id-123"
+    assert entry["uri"] == "/api/tokens/summary" and entry["status"] == 200
+
+
+@needs_nginx
+def test_proxy_generates_request_id_when_missing_or_malformed(proxy, upstream):
+    _request(proxy, "GET", "/api/tokens")
+    _request(proxy, "GET", "/api/tokens", headers={"X-Request-ID": "bad id\twith spaces"})
+    generated = [record["headers"]["x-request-id"] for record in _Upstream.seen[-2:]]
+    for value in generated:
+        assert re.fullmatch(r"[0-9a-f]{32}", value), value
+    assert generated[0] != generated[1]
+
+
+@needs_nginx
+def test_healthz_is_proxied_without_access_log(proxy, upstream, tmp_path):
+    _request(proxy, "GET", "/api/tokens")
+    status, _, _ = _request(proxy, "GET", "/healthz")
+    assert status == 200
+    assert _Upstream.seen[-1]["path"] == "/healthz"
+    assert all(entry["uri"] != "/healthz" for entry in _access_log(tmp_path))
+
+
+@needs_nginx
+def test_metrics_allowed_from_loopback(proxy, upstream):
+    status, _, _ = _request(proxy, "GET", "/metrics")
+    assert status == 200
+    assert _Upstream.seen[-1]["path"] == "/metrics"
+
+
+@needs_nginx
+@pytest.mark.parametrize("proxy", [{"METRICS_ALLOW": "allow 10.0.0.0/8;"}], indirect=True)
+def test_metrics_denied_outside_allow_list(proxy, upstream):
+    status, headers, body = _request(proxy, "GET", "/metrics")
+    assert status == 403
+    assert headers["Content-Type"].startswith("application/json")
+    assert json.loads(body)["error_code"] == "FORBIDDEN"
+    assert all(record["path"] != "/metrics" for record in _Upstream.seen)
+
+
+@needs_nginx
+def test_body_over_64k_gets_json_413(proxy, upstream):
+    status, headers, body = _request(
+        proxy, "POST", "/api/tokens/activate", body=b"x" * (64 * 1024 + 1),
+        headers={"Content-Type": "application/json", "X-Request-ID": "big-body"},
+    )
+    assert status == 413
+    error = json.loads(body)
+    assert error["error_code"] == "PAYLOAD_TOO_LARGE" and error["request_id"] == "big-body"
+    assert not _Upstream.seen
+
+
+@needs_nginx
+def test_json_is_gzipped(proxy, upstream):
+    status, headers, body = _request(proxy, "GET", "/big", headers={"Accept-Encoding": "gzip"})
+    assert status == 200
+    assert headers.get("Content-Encoding") == "gzip"
+    assert json.loads(gzip.decompress(body))["echo"]["path"] == "/big"
+
+
+@needs_nginx
+def test_upstream_down_gets_json_503(tmp_path):
+    nginx = _Nginx(tmp_path, UPSTREAMS=f"server 127.0.0.1:{_free_port()};")
+    try:
+        status, headers, body = _request(nginx.port, "GET", "/api/tokens")
+    finally:
+        nginx.stop()
+    assert status == 503
+    assert headers["Content-Type"].startswith("application/json")
+    assert json.loads(body)["error_code"] == "SERVICE_UNAVAILABLE"
