@@ -1,5 +1,11 @@
 """WSGI entry point for gunicorn (`wsgi:app`) and the `flask` CLI."""
 
-from service import create_app
+import sys
 
-app = create_app()
+from service import create_app
+from service.config import ConfigError
+
+try:
+    app = create_app()
+except ConfigError as exc:  # one clear line naming the variable, no traceback
+    sys.exit(f"configuration error: {exc}")

@@ -32,8 +32,7 @@ DEFAULTS = {
     "SERVER_NAME": "_",
     "UPSTREAMS": "server 127.0.0.1:8000 max_fails=3 fail_timeout=10s;",
     "METRICS_ALLOW": (
-        "allow 127.0.0.1; allow ::1; allow 10.0.0.0/8; "
-        "allow 172.16.0.0/12; allow 192.168.0.0/16;"
+        "allow 127.0.0.1; allow ::1; allow 10.0.0.0/8; allow 172.16.0.0/12; allow 192.168.0.0/16;"
     ),
     "NGINX_PID": "/run/nginx.pid",
     "NGINX_ERROR_LOG": "/var/log/nginx/error.log",

@@ -29,7 +29,12 @@ class RequestContextFilter(logging.Filter):
 class ConsoleFormatter(logging.Formatter):
     """Readable development output: time, level, request id, logger, message, extras."""
 
-    STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "request_id", "correlation_id"}
+    STANDARD = set(logging.makeLogRecord({}).__dict__) | {
+        "message",
+        "asctime",
+        "request_id",
+        "correlation_id",
+    }
 
     def __init__(self, colour: bool) -> None:
         super().__init__("%(asctime)s %(levelname)-7s [%(request_id)s] %(name)s: %(message)s")
@@ -79,7 +84,9 @@ def configure_logging(config) -> None:
         root.addHandler(_handler(rotating, json_formatter()))
     if config.get("LOG_ERROR_FILE"):
         errors = logging.handlers.RotatingFileHandler(
-            config["LOG_ERROR_FILE"], maxBytes=config["LOG_FILE_MAX_BYTES"], backupCount=config["LOG_FILE_BACKUPS"]
+            config["LOG_ERROR_FILE"],
+            maxBytes=config["LOG_FILE_MAX_BYTES"],
+            backupCount=config["LOG_FILE_BACKUPS"],
         )
         root.addHandler(_handler(errors, json_formatter(), logging.ERROR))
     root.setLevel(config["LOG_LEVEL"])

@@ -35,9 +35,7 @@ class Token(db.Model):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
 
     __table_args__ = (
-        CheckConstraint(
-            "current_user_id IS NULL OR activated_at IS NOT NULL", name="holder_has_lease"
-        ),
+        CheckConstraint("current_user_id IS NULL OR activated_at IS NOT NULL", name="holder_has_lease"),
         Index("ix_tokens_expires_at_id", "expires_at", "id"),
         Index(
             "uq_tokens_current_user_id",
@@ -55,9 +53,7 @@ class TokenUsage(db.Model):
     id: Mapped[int] = mapped_column(
         BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
     )
-    token_id: Mapped[str] = mapped_column(
-        Uuid, ForeignKey("tokens.id", ondelete="CASCADE"), nullable=False
-    )
+    token_id: Mapped[str] = mapped_column(Uuid, ForeignKey("tokens.id", ondelete="CASCADE"), nullable=False)
     user_id: Mapped[str] = mapped_column(Uuid, nullable=False)
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
     ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

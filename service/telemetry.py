@@ -61,9 +61,7 @@ def init_telemetry(app) -> Telemetry:
 
 def emit(event: str, status: str, **fields) -> None:
     """Publish one token event to every subscriber of the current app."""
-    current_app.extensions["tokenpool.telemetry"].publish(
-        TokenEvent(event=event, status=status, **fields)
-    )
+    current_app.extensions["tokenpool.telemetry"].publish(TokenEvent(event=event, status=status, **fields))
 
 
 @contextmanager

@@ -19,7 +19,6 @@ from tests.helpers import POOL
 PG_ADMIN_URL = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
-
 class FakeClock:
     """A clock the test moves by hand: `clock.advance(121)` instead of sleeping."""
 

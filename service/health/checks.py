@@ -10,11 +10,11 @@ import time
 from datetime import timedelta
 
 import psutil
+import redis as redis_lib
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from flask import current_app
 from flask_migrate import Migrate
-import redis as redis_lib
 
 from ..extensions import db
 from ..timeutil import isoformat, utcnow
@@ -60,8 +60,12 @@ def database(now=None) -> dict:
         current = MigrationContext.configure(conn).get_current_revision()
         head = head_revision()
         if current != head:
-            return {"status": UNHEALTHY, "error": "schema is not at the migration head",
-                    "schema_revision": current, "head_revision": head}
+            return {
+                "status": UNHEALTHY,
+                "error": "schema is not at the migration head",
+                "schema_revision": current,
+                "head_revision": head,
+            }
         counts = service.summary(conn, now=now)
         last_sweep = service.last_sweep_at(conn)
     if counts["total"] == 0:

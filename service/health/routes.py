@@ -25,7 +25,9 @@ def _app():
 
 def _db_check() -> dict:
     app = _app()
-    result = checks.timed_check(lambda: checks.database(checks.now()), app, app.config["HEALTH_CHECK_TIMEOUT"])
+    result = checks.timed_check(
+        lambda: checks.database(checks.now()), app, app.config["HEALTH_CHECK_TIMEOUT"]
+    )
     if result["status"] == HEALTHY:
         _started.set()
     return result
@@ -130,8 +132,14 @@ def detailed():
 
 
 IETF_STATUS = {HEALTHY: "pass", DEGRADED: "warn", UNHEALTHY: "fail"}
-MEASUREMENT = {"database": "responseTime", "redis": "responseTime", "token_manager": "lastRun",
-               "tokens": "utilization", "memory": "rss", "disk": "free"}
+MEASUREMENT = {
+    "database": "responseTime",
+    "redis": "responseTime",
+    "token_manager": "lastRun",
+    "tokens": "utilization",
+    "memory": "rss",
+    "disk": "free",
+}
 
 
 def _health_json(report: dict):
@@ -144,9 +152,13 @@ def _health_json(report: dict):
     }
     for name, check in report["checks"].items():
         entry = {"status": IETF_STATUS[check["status"]], "time": report["timestamp"]}
-        value = {"responseTime": check.get("latency_ms"), "lastRun": check.get("last_run_at"),
-                 "utilization": check.get("utilization"), "rss": check.get("rss_mb"),
-                 "free": check.get("free_mb")}[MEASUREMENT[name]]
+        value = {
+            "responseTime": check.get("latency_ms"),
+            "lastRun": check.get("last_run_at"),
+            "utilization": check.get("utilization"),
+            "rss": check.get("rss_mb"),
+            "free": check.get("free_mb"),
+        }[MEASUREMENT[name]]
         if value is not None:
             entry["observedValue"] = value
         if "error" in check:

@@ -98,9 +98,7 @@ def list_tokens():
     state, limit = state_arg(), limit_arg()
     after = cursor_arg("tokens", uuid.UUID)
     items, last = run_transaction(service.list_tokens, state=state, limit=limit, after=after, now=clock())
-    return jsonify(
-        {"tokens": [serialise(t) for t in items], "next_cursor": encode_cursor("tokens", last)}
-    )
+    return jsonify({"tokens": [serialise(t) for t in items], "next_cursor": encode_cursor("tokens", last)})
 
 
 @bp.get("/summary")

@@ -117,9 +117,11 @@ def _activate_portable(conn: Connection, user_id, *, lifetime: int, now: datetim
             return Lease(own.id, user_id, as_utc(own.activated_at), as_utc(own.expires_at), "existing")
         _end_lease(conn, own.id, as_utc(own.expires_at), "expired")
 
-    first_free = select(tokens.c.id, tokens.c.current_user_id, tokens.c.expires_at).order_by(
-        tokens.c.expires_at, tokens.c.id
-    ).limit(1)
+    first_free = (
+        select(tokens.c.id, tokens.c.current_user_id, tokens.c.expires_at)
+        .order_by(tokens.c.expires_at, tokens.c.id)
+        .limit(1)
+    )
     candidate = conn.execute(first_free.with_for_update(skip_locked=True)).one_or_none()
     if candidate is None:
         candidate = conn.execute(first_free.with_for_update()).one_or_none()
@@ -150,9 +152,7 @@ def _lock_held_token(conn: Connection, token_id, user_id, now: datetime | None):
 
     Returns (row, decision time). Raises NotFound, Conflict.
     """
-    row = conn.execute(
-        select(tokens).where(tokens.c.id == token_id).with_for_update()
-    ).one_or_none()
+    row = conn.execute(select(tokens).where(tokens.c.id == token_id).with_for_update()).one_or_none()
     now = resolve_now(conn, now)
     if row is None:
         raise NotFound("Token not found", details={"token_id": str(token_id)}, reason="token_not_found")
@@ -167,7 +167,9 @@ def _lock_held_token(conn: Connection, token_id, user_id, now: datetime | None):
     return row, now
 
 
-def release(conn: Connection, token_id, *, user_id=None, now: datetime | None = None) -> tuple[dict, uuid.UUID]:
+def release(
+    conn: Connection, token_id, *, user_id=None, now: datetime | None = None
+) -> tuple[dict, uuid.UUID]:
     """End an active lease: by its holder (`user_id`), or by an admin (None).
 
     Returns the token and the user whose lease ended. Raises NotFound, Conflict.
@@ -181,9 +183,7 @@ def renew(conn: Connection, token_id, *, user_id, lifetime: int, now: datetime |
     """Extend the holder's lease to now + lifetime. Raises NotFound, Conflict."""
     _, now = _lock_held_token(conn, token_id, user_id, now)
     conn.execute(
-        update(tokens)
-        .where(tokens.c.id == token_id)
-        .values(expires_at=now + timedelta(seconds=lifetime))
+        update(tokens).where(tokens.c.id == token_id).values(expires_at=now + timedelta(seconds=lifetime))
     )
     return get_token(conn, token_id, now=now)
 
@@ -256,13 +256,17 @@ def sweep(conn: Connection, *, now: datetime | None = None, min_gap_seconds: flo
         return SweepResult(ran=False, expired=0, at=now)
     expired_total = 0
     while True:
-        batch = conn.execute(
-            select(tokens.c.id)
-            .where(tokens.c.current_user_id.is_not(None), tokens.c.expires_at <= _at(now))
-            .order_by(tokens.c.expires_at)
-            .limit(SWEEP_BATCH)
-            .with_for_update(skip_locked=True)
-        ).scalars().all()
+        batch = (
+            conn.execute(
+                select(tokens.c.id)
+                .where(tokens.c.current_user_id.is_not(None), tokens.c.expires_at <= _at(now))
+                .order_by(tokens.c.expires_at)
+                .limit(SWEEP_BATCH)
+                .with_for_update(skip_locked=True)
+            )
+            .scalars()
+            .all()
+        )
         _close_expired(conn, batch)
         expired_total += len(batch)
         if len(batch) < SWEEP_BATCH:
@@ -361,9 +365,7 @@ def summary(conn: Connection, *, now: datetime | None = None) -> dict:
     """Pool counts: total, active, available, utilization."""
     now = resolve_now(conn, now)
     row = conn.execute(
-        select(func.count(), func.coalesce(func.sum(case((_active(now), 1), else_=0)), 0)).select_from(
-            tokens
-        )
+        select(func.count(), func.coalesce(func.sum(case((_active(now), 1), else_=0)), 0)).select_from(tokens)
     ).one()
     total, active = int(row[0]), int(row[1])
     return {
@@ -378,12 +380,7 @@ def list_usages(conn: Connection, token_id, *, limit: int, before=None):
     """A token's leases, newest first; returns (usages, last id or None). Raises NotFound."""
     if conn.scalar(select(tokens.c.id).where(tokens.c.id == token_id)) is None:
         raise NotFound("Token not found", details={"token_id": str(token_id)}, reason="token_not_found")
-    query = (
-        select(usages)
-        .where(usages.c.token_id == token_id)
-        .order_by(usages.c.id.desc())
-        .limit(limit + 1)
-    )
+    query = select(usages).where(usages.c.token_id == token_id).order_by(usages.c.id.desc()).limit(limit + 1)
     if before is not None:
         query = query.where(usages.c.id < before)
     rows = conn.execute(query).all()

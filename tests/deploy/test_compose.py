@@ -12,7 +12,10 @@ REPO = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
 NGINX_PLACEHOLDERS = set(
-    re.findall(r"\$\{([A-Z][A-Z0-9_]*)\}", "".join(p.read_text() for p in (REPO / "nginx" / "templates").rglob("*.template")))
+    re.findall(
+        r"\$\{([A-Z][A-Z0-9_]*)\}",
+        "".join(p.read_text() for p in (REPO / "nginx" / "templates").rglob("*.template")),
+    )
 )
 
 
@@ -69,6 +72,11 @@ def test_prometheus_uses_the_repo_config():
     assert "./deploy/prometheus:/etc/prometheus:ro" in prometheus["volumes"]
     assert "--config.file=/etc/prometheus/prometheus.yml" in prometheus["command"]
     config = yaml.safe_load((REPO / "deploy" / "prometheus" / "prometheus.yml").read_text())
-    targets = {t for job in config["scrape_configs"] if job["job_name"] == "tokenpool"
-               for sc in job["static_configs"] for t in sc["targets"]}
+    targets = {
+        t
+        for job in config["scrape_configs"]
+        if job["job_name"] == "tokenpool"
+        for sc in job["static_configs"]
+        for t in sc["targets"]
+    }
     assert targets == {"app1:8000", "app2:8000"}

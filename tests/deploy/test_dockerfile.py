@@ -64,8 +64,10 @@ def _exec_form(args: str) -> list[str]:
 def test_multi_stage_on_python_311_slim():
     args = dict(
         (m.group(1), m.group(2))
-        for kw, a in _instructions() if kw == "ARG"
-        for m in [re.match(r"(\w+)=(\S+)", a)] if m
+        for kw, a in _instructions()
+        if kw == "ARG"
+        for m in [re.match(r"(\w+)=(\S+)", a)]
+        if m
     )
     froms = [a for kw, a in _instructions() if kw == "FROM"]
     assert len(froms) >= 2
@@ -73,7 +75,9 @@ def test_multi_stage_on_python_311_slim():
     assert all(image == "python:3.11-slim" for image in images), images
     build_stage = froms[0].split()
     assert build_stage[1].upper() == "AS"
-    copies_from_build = [a for kw, a in _stages()[-1] if kw == "COPY" and a.startswith(f"--from={build_stage[2]}")]
+    copies_from_build = [
+        a for kw, a in _stages()[-1] if kw == "COPY" and a.startswith(f"--from={build_stage[2]}")
+    ]
     assert copies_from_build, "the runtime stage copies the built dependencies"
 
 
@@ -143,7 +147,9 @@ def _fake_gunicorn(tmp_path: Path) -> dict:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     fake = bin_dir / "gunicorn"
-    fake.write_text('#!/bin/sh\necho "args:$*"\necho "dir:$PROMETHEUS_MULTIPROC_DIR"\nls -A "$PROMETHEUS_MULTIPROC_DIR"\n')
+    fake.write_text(
+        '#!/bin/sh\necho "args:$*"\necho "dir:$PROMETHEUS_MULTIPROC_DIR"\nls -A "$PROMETHEUS_MULTIPROC_DIR"\n'
+    )
     fake.chmod(0o755)
     return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
 
@@ -166,8 +172,12 @@ def test_entrypoint_wipes_metrics_dir_then_execs_gunicorn(tmp_path):
 def test_entrypoint_creates_missing_metrics_dir(tmp_path):
     env = _fake_gunicorn(tmp_path)
     env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path / "missing" / "prom")
-    subprocess.run([str(ENTRYPOINT), "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
-                   env=env, capture_output=True, check=True)
+    subprocess.run(
+        [str(ENTRYPOINT), "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
+        env=env,
+        capture_output=True,
+        check=True,
+    )
     assert (tmp_path / "missing" / "prom").is_dir()
 
 
@@ -176,7 +186,12 @@ def test_entrypoint_runs_other_commands_without_wiping(tmp_path):
     metrics.mkdir()
     (metrics / "gauge_live_7.db").write_text("in use")
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics)}
-    out = subprocess.run([str(ENTRYPOINT), "sh", "-c", 'echo "$PROMETHEUS_MULTIPROC_DIR"'],
-                         env=env, capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [str(ENTRYPOINT), "sh", "-c", 'echo "$PROMETHEUS_MULTIPROC_DIR"'],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert out.strip() == str(metrics)
     assert (metrics / "gauge_live_7.db").exists()

@@ -117,7 +117,7 @@ def test_committed_rendering_matches_templates(tmp_path):
 @pytest.mark.skipif(shutil.which("envsubst") is None, reason="envsubst (gettext-base) not installed")
 def test_envsubst_renders_like_render_py():
     """The official nginx image renders the same templates with envsubst-like substitution."""
-    names = " ".join("${%s}" % name for name in render.DEFAULTS)
+    names = " ".join(f"${{{name}}}" for name in render.DEFAULTS)
     env = {**os.environ, **render.DEFAULTS}
     for template in render.templates():
         out = subprocess.run(
@@ -188,9 +188,25 @@ def test_nginx_t_accepts_tls_example(tmp_path):
     conf = _render(tmp_path)
     crt, key = tmp_path / "tokenpool.crt", tmp_path / "tokenpool.key"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(crt)],
-        check=True, capture_output=True, timeout=60,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            str(key),
+            "-out",
+            str(crt),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
     )
     tls = (NGINX_DIR / "conf.d" / "tls.conf.example").read_text()
     tls = tls.replace("/etc/nginx/tls/tokenpool.crt", str(crt))
@@ -307,7 +323,9 @@ def _access_log(tmp_path: Path) -> list[dict]:
 @needs_nginx
 def test_proxy_sets_forwarding_headers_and_request_id(proxy, upstream, tmp_path):
     status, headers, _ = _request(
-        proxy, "GET", "/api/tokens/summary",
+        proxy,
+        "GET",
+        "/api/tokens/summary",
         headers={"X-Forwarded-Proto": "https", "X-Request-ID": "client-id-123", "Host": "tokens.test"},
     )
     assert status == 200
@@ -360,7 +378,10 @@ def test_metrics_denied_outside_allow_list(proxy, upstream):
 @needs_nginx
 def test_body_over_64k_gets_json_413(proxy, upstream):
     status, headers, body = _request(
-        proxy, "POST", "/api/tokens/activate", body=b"x" * (64 * 1024 + 1),
+        proxy,
+        "POST",
+        "/api/tokens/activate",
+        body=b"x" * (64 * 1024 + 1),
         headers={"Content-Type": "application/json", "X-Request-ID": "big-body"},
     )
     assert status == 413

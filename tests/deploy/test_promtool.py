@@ -55,9 +55,7 @@ KNOWN_METRICS = {
 
 
 def _promtool(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [PROMTOOL, *args], cwd=PROM_DIR, capture_output=True, text=True, timeout=120
-    )
+    return subprocess.run([PROMTOOL, *args], cwd=PROM_DIR, capture_output=True, text=True, timeout=120)
 
 
 def _rules() -> list[dict]:
@@ -93,7 +91,7 @@ def test_promtool_test_rules_catches_a_wrong_expectation(tmp_path):
         "tests:\n"
         "  - interval: 1m\n"
         "    input_series:\n"
-        "      - series: 'up{job=\"tokenpool\", instance=\"app1:8000\"}'\n"
+        '      - series: \'up{job="tokenpool", instance="app1:8000"}\'\n'
         "        values: '0x10'\n"
         "    alert_rule_test:\n"
         "      - eval_time: 5m\n"
@@ -102,7 +100,10 @@ def test_promtool_test_rules_catches_a_wrong_expectation(tmp_path):
     )
     result = subprocess.run(
         [PROMTOOL, "test", "rules", "broken_test.yml"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode != 0
 

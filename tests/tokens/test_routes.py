@@ -6,7 +6,6 @@ import uuid
 
 import pytest
 
-
 from tests.helpers import POOL, activate, assert_error, user
 
 LIFETIME = 120
@@ -63,7 +62,10 @@ def test_renewal_counts_as_a_fresh_start_for_eviction(client, clock):
     for u in users:
         leases.append(activate(client, u).get_json())
         clock.advance(1)
-    assert client.post(f"/api/tokens/{leases[0]['token_id']}/renew", json={"user_id": users[0]}).status_code == 200
+    assert (
+        client.post(f"/api/tokens/{leases[0]['token_id']}/renew", json={"user_id": users[0]}).status_code
+        == 200
+    )
     evicted = activate(client, user()).get_json()
     assert evicted["token_id"] == leases[1]["token_id"]
 
@@ -118,7 +120,9 @@ def test_activate_rejects_bad_user_ids(client, body, message):
 
 
 def test_activate_with_no_body_is_a_missing_parameter(client):
-    assert_error(client.post("/api/tokens/activate"), 400, "VALIDATION_ERROR", "Missing required parameter: user_id")
+    assert_error(
+        client.post("/api/tokens/activate"), 400, "VALIDATION_ERROR", "Missing required parameter: user_id"
+    )
 
 
 def test_malformed_json_is_invalid_json(client):
@@ -131,7 +135,9 @@ def test_json_that_is_not_an_object_is_rejected(client):
 
 
 def test_wrong_content_type_is_415(client):
-    r = client.post("/api/tokens/activate", data="user_id=x", content_type="application/x-www-form-urlencoded")
+    r = client.post(
+        "/api/tokens/activate", data="user_id=x", content_type="application/x-www-form-urlencoded"
+    )
     assert_error(r, 415, "UNSUPPORTED_MEDIA_TYPE")
 
 
@@ -165,7 +171,12 @@ def test_unknown_token_is_404_token_not_found(client):
 
 
 def test_malformed_token_id_is_400(client):
-    assert_error(client.get("/api/tokens/nope"), 400, "VALIDATION_ERROR", "Invalid token_id format. Must be a valid UUID.")
+    assert_error(
+        client.get("/api/tokens/nope"),
+        400,
+        "VALIDATION_ERROR",
+        "Invalid token_id format. Must be a valid UUID.",
+    )
 
 
 def test_release_by_holder(client, clock):

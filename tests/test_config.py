@@ -1,0 +1,69 @@
+"""Configuration: environment, validation, one clear line naming the bad variable."""
+
+from __future__ import annotations
+
+import pytest
+
+from service import create_app
+from service.config import ConfigError
+
+
+def test_defaults_to_sqlite_under_instance(monkeypatch):
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    app = create_app({"LOG_LEVEL": "WARNING"})
+    assert app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite:///")
+    assert app.config["SQLALCHEMY_DATABASE_URI"].endswith("instance/tokenpool.sqlite3")
+    assert app.config["MAX_ACTIVE_TOKENS"] == 100
+    assert app.config["TOKEN_LIFETIME_SECONDS"] == 120
+    assert app.config["CHECK_INTERVAL_SECONDS"] == 30
+
+
+def test_lifetime_in_minutes(monkeypatch):
+    monkeypatch.setenv("TOKEN_LIFETIME_MINUTES", "3")
+    assert create_app().config["TOKEN_LIFETIME_SECONDS"] == 180
+
+
+def test_postgres_url_uses_psycopg3(monkeypatch):
+    monkeypatch.setenv("DATABASE_URL", "postgres://u@h/db")
+    assert create_app().config["SQLALCHEMY_DATABASE_URI"] == "postgresql+psycopg://u@h/db"
+
+
+def test_production_without_secret_key_stops(monkeypatch):
+    monkeypatch.setenv("APP_ENV", "production")
+    monkeypatch.delenv("SECRET_KEY", raising=False)
+    with pytest.raises(ConfigError, match="SECRET_KEY"):
+        create_app()
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("MAX_ACTIVE_TOKENS", "many"),
+        ("TOKEN_LIFETIME_SECONDS", "0"),
+        ("CHECK_INTERVAL_SECONDS", "1.5"),
+        ("POOL_SIZE", "-1"),
+        ("APP_ENV", "staging"),
+        ("LOG_LEVEL", "LOUD"),
+    ],
+)
+def test_malformed_value_names_the_variable(monkeypatch, name, value):
+    monkeypatch.setenv("SECRET_KEY", "x")
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=name):
+        create_app()
+
+
+def test_bad_value_stops_the_cli_with_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    env = {"PATH": "/usr/bin:/bin", "APP_ENV": "production", "SECRET_KEY": "s", "MAX_ACTIVE_TOKENS": "lots"}
+    result = subprocess.run(
+        [sys.executable, "-c", "import wsgi"],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=str(__import__("pathlib").Path(__file__).parent.parent),
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip() == "configuration error: MAX_ACTIVE_TOKENS must be an integer, got 'lots'"

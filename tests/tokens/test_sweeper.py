@@ -1,0 +1,134 @@
+"""The token manager: exact expiry closing, idempotence, concurrent runners, the CLI."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from sqlalchemy import text
+
+from service.db import run_transaction
+from service.extensions import db
+from service.tokens import service
+from service.tokens.sweeper import Sweeper, run_sweep
+from tests.conftest import make_app, reset_database
+from tests.helpers import POOL, activate, user
+from tests.invariants import assert_invariants
+
+
+def usages_of(client, token_id):
+    return client.get(f"/api/tokens/{token_id}/usages").get_json()["usages"]
+
+
+def test_sweep_closes_expired_leases_at_their_true_end(app, client, clock):
+    leases = [activate(client, user()).get_json() for _ in range(3)]
+    clock.advance(1000)
+    result = run_sweep(app)
+    assert result.ran and result.expired == 3
+    for lease in leases:
+        last = usages_of(client, lease["token_id"])[0]
+        assert last["end_reason"] == "expired"
+        assert last["ended_at"] == lease["expires_at"]
+    assert run_sweep(app).expired == 0  # idempotent
+
+
+def test_sweep_leaves_active_leases_alone(app, client, clock):
+    lease = activate(client, user()).get_json()
+    clock.advance(119)
+    assert run_sweep(app).expired == 0
+    assert usages_of(client, lease["token_id"])[0]["ended_at"] is None
+
+
+def test_sweep_records_its_last_run(app, clock):
+    with app.app_context():
+        assert run_transaction(service.last_sweep_at) is None
+        run_sweep(app)
+        assert run_transaction(service.last_sweep_at) == clock.now
+
+
+def test_a_runner_skips_when_another_swept_moments_ago(app, clock):
+    assert run_sweep(app, min_gap_seconds=15).ran
+    clock.advance(5)
+    assert not run_sweep(app, min_gap_seconds=15).ran
+    clock.advance(11)
+    assert run_sweep(app, min_gap_seconds=15).ran
+
+
+@pytest.mark.concurrency
+def test_two_concurrent_runners_close_each_lease_once(database_url):
+    app = make_app(database_url, MAX_ACTIVE_TOKENS=60, TOKEN_LIFETIME_SECONDS=1)
+    reset_database(app, 60)
+    client = app.test_client()
+    for _ in range(60):
+        activate(client, user())
+    with app.app_context(), db.engine.begin() as conn:  # every lease ended a minute ago
+        conn.execute(text("UPDATE tokens SET expires_at = activated_at"))
+    results, barrier = [], threading.Barrier(2)
+
+    def runner():
+        barrier.wait()
+        results.append(run_sweep(app))
+
+    threads = [threading.Thread(target=runner) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sum(r.expired for r in results) == 60
+    with app.app_context(), db.engine.connect() as conn:
+        assert_invariants(conn, 60)
+        assert (
+            conn.execute(text("SELECT count(*) FROM token_usages WHERE end_reason = 'expired'")).scalar()
+            == 60
+        )
+        assert (
+            conn.execute(text("SELECT count(*) FROM tokens WHERE current_user_id IS NOT NULL")).scalar() == 0
+        )
+    with app.app_context():
+        db.engine.dispose()
+
+
+def test_background_sweeper_runs_and_stops(database_url):
+    app = make_app(database_url, CHECK_INTERVAL_SECONDS=1, SWEEPER_ENABLED=True)
+    reset_database(app)
+    sweeper = app.extensions["tokenpool.sweeper"]
+    sweeper.interval = 0.05
+    app.test_client().get("/healthz")  # the first request starts it
+    assert sweeper.running
+    with app.app_context():
+        for _ in range(100):
+            if run_transaction(service.last_sweep_at) is not None:
+                break
+            threading.Event().wait(0.05)
+        assert run_transaction(service.last_sweep_at) is not None
+    sweeper.stop()
+    assert not sweeper.running
+    with app.app_context():
+        db.engine.dispose()
+
+
+def test_sweeper_not_started_by_cli_or_when_disabled(app):
+    assert "tokenpool.sweeper" not in app.extensions
+    enabled = make_app(app.config["SQLALCHEMY_DATABASE_URI"], SWEEPER_ENABLED=True)
+    assert not enabled.extensions["tokenpool.sweeper"].running
+    assert isinstance(enabled.extensions["tokenpool.sweeper"], Sweeper)
+
+
+def test_cli_sweep(app, client, clock):
+    activate(client, user())
+    clock.advance(500)
+    result = app.test_cli_runner().invoke(args=["tokens", "sweep"])
+    assert result.exit_code == 0, result.output
+    assert "1 expired" in result.output
+
+
+def test_cli_seed_is_idempotent_and_tops_up(app):
+    runner = app.test_cli_runner()
+    result = runner.invoke(args=["tokens", "seed"])
+    assert result.exit_code == 0 and f"pool size {POOL}: 0 tokens added" in result.output
+    result = runner.invoke(args=["tokens", "seed", "--size", str(POOL + 3)])
+    assert result.exit_code == 0 and "3 tokens added" in result.output
+    client = app.test_client()
+    assert client.get("/api/tokens/summary").get_json()["total"] == POOL + 3
+    runner.invoke(args=["tokens", "seed", "--size", "2"])  # never deletes
+    assert client.get("/api/tokens/summary").get_json()["total"] == POOL + 3
