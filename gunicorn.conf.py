@@ -45,7 +45,9 @@ def post_worker_init(worker):
     """On SIGTERM: fail readiness at once, finish in-flight work, then exit."""
     from service.health.checks import draining
 
-    stop = worker.handle_exit
+    def stop(sig, frame):
+        worker.handle_exit(sig, frame)
+        os.write(worker.PIPE[1], b"1")  # wake the worker's select() so it exits now
 
     def drain(sig, frame):
         draining.set()

@@ -11,10 +11,10 @@ from datetime import timedelta
 
 import psutil
 import redis as redis_lib
-from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from flask import current_app
 from flask_migrate import Migrate
+from sqlalchemy import inspect, text
 
 from ..extensions import db
 from ..timeutil import isoformat, utcnow
@@ -57,7 +57,10 @@ def head_revision() -> str | None:
 def database(now=None) -> dict:
     """The database answers, the schema is at head and the pool is seeded."""
     with db.engine.connect() as conn:
-        current = MigrationContext.configure(conn).get_current_revision()
+        conn.execute(text("SELECT 1"))
+        if not inspect(conn).has_table("alembic_version"):
+            return {"status": UNHEALTHY, "error": "schema is not migrated (run flask db upgrade)"}
+        current = conn.scalar(text("SELECT version_num FROM alembic_version"))
         head = head_revision()
         if current != head:
             return {
