@@ -10,6 +10,7 @@ from .db import init_db
 from .errors import register_error_handlers
 from .health import bp as health_bp
 from .logging_setup import configure_logging
+from .metrics import init_metrics
 from .openapi import bp as openapi_bp
 from .request_context import init_request_context
 from .telemetry import init_telemetry
@@ -33,6 +34,7 @@ def create_app(config: dict | None = None) -> Flask:
     init_request_context(app)
     init_telemetry(app)
     init_db(app)
+    init_metrics(app)
     register_error_handlers(app)
     for bp in (tokens_bp, health_bp, openapi_bp):
         app.register_blueprint(bp)

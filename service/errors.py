@@ -149,6 +149,7 @@ def _handle_database_error(exc: DBAPIError | PoolTimeoutError):
 
 
 def _handle_unexpected(exc: Exception):
+    current_app.extensions["tokenpool.metrics"].exceptions.labels(type(exc).__name__).inc()
     details = {}
     if current_app.config["APP_ENV"] != "production":
         details = {"exception": type(exc).__name__}

@@ -57,6 +57,26 @@ def postgres_url():
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@pytest.fixture
+def pg_database(postgres_url):
+    """Factory: a new migrated and seeded PostgreSQL database for real processes; dropped after."""
+    created = []
+
+    def create(pool: int = POOL) -> str:
+        name = f"tokenpool_e2e_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        created.append(name)
+        url = "postgresql+psycopg://" + PG_ADMIN_URL.split("://", 1)[1].rsplit("/", 1)[0] + "/" + name
+        reset_database(make_app(url), pool)
+        return url
+
+    yield create
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        for name in created:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 @pytest.fixture(scope="session")
 def sqlite_url(tmp_path_factory):
     return "sqlite:///" + str(tmp_path_factory.mktemp("sqlite") / "tokenpool.sqlite3")
@@ -76,7 +96,25 @@ def make_app(database_url: str, **overrides):
         "POOL_MAX_OVERFLOW": 40,
     }
     settings.update(overrides)
-    return create_app(settings)
+    app = create_app(settings)
+    _apps.append(app)
+    return app
+
+
+_apps: list = []
+
+
+@pytest.fixture(autouse=True)
+def _dispose_engines():
+    """Close the database connections of every app a test built, so none leaks."""
+    yield
+    while _apps:
+        app = _apps.pop()
+        sweeper = app.extensions.get("tokenpool.sweeper")
+        if sweeper is not None:
+            sweeper.stop()
+        with app.app_context():
+            db.engine.dispose()
 
 
 _migrated: set[str] = set()
@@ -117,9 +155,7 @@ def app(database_url, clock, request):
     app = make_app(database_url, **overrides)
     reset_database(app, overrides.get("MAX_ACTIVE_TOKENS", POOL))
     health_routes.clear_cache()
-    yield app
-    with app.app_context():
-        db.engine.dispose()
+    return app
 
 
 @pytest.fixture

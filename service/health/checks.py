@@ -59,12 +59,17 @@ def database(now=None) -> dict:
     with db.engine.connect() as conn:
         conn.execute(text("SELECT 1"))
         if not inspect(conn).has_table("alembic_version"):
-            return {"status": UNHEALTHY, "error": "schema is not migrated (run flask db upgrade)"}
+            return {
+                "status": UNHEALTHY,
+                "failed_check": "schema",
+                "error": "schema is not migrated (run flask db upgrade)",
+            }
         current = conn.scalar(text("SELECT version_num FROM alembic_version"))
         head = head_revision()
         if current != head:
             return {
                 "status": UNHEALTHY,
+                "failed_check": "schema",
                 "error": "schema is not at the migration head",
                 "schema_revision": current,
                 "head_revision": head,
@@ -72,7 +77,12 @@ def database(now=None) -> dict:
         counts = service.summary(conn, now=now)
         last_sweep = service.last_sweep_at(conn)
     if counts["total"] == 0:
-        return {"status": UNHEALTHY, "error": "token pool is not seeded", "schema_revision": current}
+        return {
+            "status": UNHEALTHY,
+            "failed_check": "pool",
+            "error": "token pool is not seeded (run flask tokens seed)",
+            "schema_revision": current,
+        }
     return {"status": HEALTHY, "schema_revision": current, "tokens": counts, "last_sweep_at": last_sweep}
 
 

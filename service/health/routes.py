@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 
 from flask import current_app, jsonify, request
 
@@ -13,14 +14,43 @@ from . import bp, checks
 from .checks import DEGRADED, HEALTHY, UNHEALTHY
 
 STARTED_AT = time.time()
-_started = threading.Event()
-_cache: dict = {"at": 0.0, "report": None}
-_cache_lock = threading.Lock()
 RANK = {HEALTHY: 0, DEGRADED: 1, UNHEALTHY: 2}
+INTERNAL_FIELDS = ("tokens", "last_sweep_at", "failed_check")
+
+
+class _State:
+    """One app's probe state: start-up done, and the cached detailed report."""
+
+    def __init__(self) -> None:
+        self.started = threading.Event()
+        self.lock = threading.Lock()
+        self.at = 0.0
+        self.report: dict | None = None
+
+
+_states: weakref.WeakSet = weakref.WeakSet()
+
+
+@bp.record
+def _attach_state(setup_state) -> None:
+    # per app, not per module: several apps in one process (tests) must not share a cache
+    state = setup_state.app.extensions.setdefault("tokenpool.health", _State())
+    _states.add(state)
+
+
+@bp.after_request
+def _no_store(response):
+    """Probe answers describe this instant: no proxy or client may cache them."""
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 def _app():
     return current_app._get_current_object()
+
+
+def _state() -> _State:
+    return current_app.extensions["tokenpool.health"]
 
 
 def _db_check() -> dict:
@@ -29,7 +59,7 @@ def _db_check() -> dict:
         lambda: checks.database(checks.now()), app, app.config["HEALTH_CHECK_TIMEOUT"]
     )
     if result["status"] == HEALTHY:
-        _started.set()
+        _state().started.set()
     return result
 
 
@@ -52,7 +82,13 @@ def live():
 def ready():
     found = {"draining": {"status": UNHEALTHY if checks.draining.is_set() else HEALTHY}}
     if not checks.draining.is_set():
-        found["database"] = _db_check()
+        database = _db_check()
+        failing = database.get("failed_check")  # "schema" or "pool": the database itself answered
+        if failing:
+            found["database"] = {"status": HEALTHY, "latency_ms": database["latency_ms"]}
+            found[failing] = {k: v for k, v in database.items() if k != "latency_ms"}
+        else:
+            found["database"] = database
     failed = [name for name, check in found.items() if check["status"] == UNHEALTHY]
     if failed:
         return error_response(
@@ -66,15 +102,24 @@ def ready():
 
 @bp.get("/health/startup")
 def startup():
-    if _started.is_set() or _db_check()["status"] == HEALTHY:
+    if _state().started.is_set():
         return jsonify({"status": "started"})
-    return error_response(503, "SERVICE_UNAVAILABLE", "Start-up has not finished: database not ready")
+    database = _db_check()
+    if database["status"] == HEALTHY:
+        return jsonify({"status": "started"})
+    failing = database.get("failed_check", "database")
+    return error_response(
+        503,
+        "SERVICE_UNAVAILABLE",
+        f"Start-up has not finished: {failing} not ready",
+        details={"failed_checks": [failing], "checks": _public({failing: database})},
+    )
 
 
 def _public(found: dict) -> dict:
     """Drop internal-only fields (the summary the database check carries along)."""
     return {
-        name: {k: v for k, v in check.items() if k not in ("tokens", "last_sweep_at")}
+        name: {k: v for k, v in check.items() if k not in INTERNAL_FIELDS}
         for name, check in found.items()
     }
 
@@ -83,9 +128,10 @@ def detailed_report() -> dict:
     """Run every check (each with its own timeout) and combine them; cached briefly."""
     app = _app()
     ttl = app.config["HEALTH_CACHE_SECONDS"]
-    with _cache_lock:
-        if _cache["report"] is not None and time.monotonic() - _cache["at"] < ttl:
-            return _cache["report"]
+    state = _state()
+    with state.lock:
+        if state.report is not None and time.monotonic() - state.at < ttl:
+            return state.report
         timeout = app.config["HEALTH_CHECK_TIMEOUT"]
         database = _db_check()
         found = {"database": database, "redis": checks.timed_check(checks.redis, app, timeout)}
@@ -106,13 +152,15 @@ def detailed_report() -> dict:
             "uptime_seconds": round(time.time() - STARTED_AT, 1),
             "checks": _public(found),
         }
-        _cache.update(at=time.monotonic(), report=report)
+        state.at, state.report = time.monotonic(), report
         return report
 
 
 def clear_cache() -> None:
-    with _cache_lock:
-        _cache.update(at=0.0, report=None)
+    """Forget every app's cached detailed report."""
+    for state in list(_states):
+        with state.lock:
+            state.at, state.report = 0.0, None
 
 
 @bp.get("/health")

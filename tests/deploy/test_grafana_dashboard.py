@@ -27,13 +27,13 @@ KNOWN_METRICS = {
     "tokenpool_token_operation_duration_seconds_bucket",
     "tokenpool_tokens_active",
     "tokenpool_tokens_available",
-    "tokenpool_tokens_total",
+    "tokenpool_pool_size",
     "tokenpool_sweeper_runs_total",
     "tokenpool_sweeper_last_run_timestamp_seconds",
     "tokenpool_rate_limit_hits_total",
     "tokenpool_database_up",
     "tokenpool_db_query_duration_seconds_bucket",
-    "tokenpool_db_pool_connections",
+    "tokenpool_db_pool_checked_out_connections",
 }
 
 

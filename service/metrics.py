@@ -1,0 +1,283 @@
+"""Prometheus metrics on /metrics: HTTP (prometheus-flask-exporter), token events, pool gauges.
+
+Under gunicorn `PROMETHEUS_MULTIPROC_DIR` is set before start (gunicorn.conf.py
+empties it), every worker writes its samples there, and a scrape of any worker
+sums them all. Without it (flask run, tests) each app has a private registry.
+Pool gauges are read from the database at scrape time, so every worker
+reports the same truth.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import re
+import time
+
+from flask import Blueprint, Response, current_app, g, request
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_flask_exporter import PrometheusMetrics
+from sqlalchemy import event
+
+from .errors import Unauthorized
+from .extensions import db
+from .telemetry import TokenEvent
+
+log = logging.getLogger("tokenpool.metrics")
+bp = Blueprint("metrics", __name__)
+NOT_API = r"^/(metrics|healthz?|live|ready|openapi\.json)(/|$)"
+UNMATCHED = "<unmatched>"
+
+
+def url_rule(req) -> str:
+    """The route template (never the raw path: token ids must not become series)."""
+    return req.url_rule.rule if req.url_rule is not None else UNMATCHED
+
+
+def multiprocess() -> bool:
+    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+
+class TokenMetrics:
+    """The business metrics of one app, fed by telemetry events and hooks."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r = registry
+        self.activations = Counter(
+            "tokenpool_activations_total",
+            "Activations by result and reason",
+            ["result", "reason"],
+            registry=r,
+        )
+        self.releases = Counter("tokenpool_releases_total", "Leases ended, by reason", ["reason"], registry=r)
+        self.failures = Counter(
+            "tokenpool_token_operation_failures_total",
+            "Failed token operations by operation and reason",
+            ["operation", "reason"],
+            registry=r,
+        )
+        self.durations = Histogram(
+            "tokenpool_token_operation_duration_seconds",
+            "Token operation duration",
+            ["operation"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=r,
+        )
+        self.sweeper_runs = Counter(
+            "tokenpool_sweeper_runs_total", "Token manager runs by result", ["result"], registry=r
+        )
+        self.sweeper_last_run = Gauge(
+            "tokenpool_sweeper_last_run_timestamp_seconds",
+            "Unix time of the last successful sweep by this service",
+            registry=r,
+            multiprocess_mode="max",
+        )
+        self.rate_limit_hits = Counter(
+            "tokenpool_rate_limit_hits_total", "Requests refused by a rate limit", ["limit"], registry=r
+        )
+        self.rate_limit_fallbacks = Counter(
+            "tokenpool_rate_limit_storage_fallbacks_total",
+            "Times the limiter fell back to in-memory storage because Redis failed",
+            registry=r,
+        )
+        self.auth_failures = Counter(
+            "tokenpool_auth_failures_total", "Rejected API key attempts by reason", ["reason"], registry=r
+        )
+        self.exceptions = Counter(
+            "tokenpool_unhandled_exceptions_total", "Unexpected exceptions by type", ["type"], registry=r
+        )
+        self.slow_requests = Counter(
+            "tokenpool_slow_requests_total", "Requests slower than SLOW_REQUEST_MS", registry=r
+        )
+        self.slow_queries = Counter(
+            "tokenpool_slow_queries_total", "Statements slower than SLOW_QUERY_MS", registry=r
+        )
+        self.query_duration = Histogram(
+            "tokenpool_db_query_duration_seconds",
+            "Database statement duration",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),
+            registry=r,
+        )
+        self.pool_checked_out = Gauge(
+            "tokenpool_db_pool_checked_out_connections",
+            "Database connections in use, summed over live workers",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.in_progress = Gauge(
+            "tokenpool_http_requests_in_progress",
+            "API requests being served",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.response_size = Histogram(
+            "tokenpool_http_response_size_bytes",
+            "API response body size",
+            ["url_rule"],
+            buckets=(64, 256, 1024, 4096, 16384, 65536, 262144, 1048576),
+            registry=r,
+        )
+
+    def on_event(self, e: TokenEvent) -> None:
+        """Telemetry subscriber: one token event, its counters."""
+        if e.duration_ms is not None:
+            self.durations.labels(e.event).observe(e.duration_ms / 1000)
+        if e.status == "failure":
+            self.failures.labels(e.event, e.reason or "unknown").inc()
+            if e.event == "activation":
+                self.activations.labels("failure", e.reason or "unknown").inc()
+            elif e.event == "manager_check":
+                self.sweeper_runs.labels("failure").inc()
+            return
+        if e.event == "activation":
+            self.activations.labels("success", e.reason or "available").inc()
+            if e.reason in ("evicted", "expired"):
+                self.releases.labels(e.reason).inc()
+        elif e.event in ("release", "expiration"):
+            self.releases.labels(e.reason or "released").inc(e.count)
+        elif e.event == "manager_check":
+            self.sweeper_runs.labels("success").inc()
+            self.sweeper_last_run.set(time.time())
+
+
+class PoolCollector:
+    """Pool gauges read from the database when Prometheus scrapes."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    def collect(self):
+        from .tokens import service
+
+        up = GaugeMetricFamily("tokenpool_database_up", "1 when the database answered the scrape")
+        families = {
+            "total": GaugeMetricFamily("tokenpool_pool_size", "Tokens in the pool"),
+            "active": GaugeMetricFamily("tokenpool_tokens_active", "Tokens leased right now"),
+            "available": GaugeMetricFamily("tokenpool_tokens_available", "Tokens free right now"),
+        }
+        try:
+            with self.app.app_context(), db.engine.connect() as conn:
+                counts = service.summary(conn)
+            for name, family in families.items():
+                family.add_metric([], counts[name])
+            up.add_metric([], 1)
+            yield from families.values()
+        except Exception as exc:  # a scrape must answer even when the database does not
+            log.warning("pool gauges unavailable: %s", type(exc).__name__)
+            up.add_metric([], 0)
+        yield up
+
+
+def _track_database(app, metrics: TokenMetrics) -> None:
+    slow_ms = app.config["SLOW_QUERY_MS"]
+    slow_log = logging.getLogger("tokenpool.slow")
+    with app.app_context():
+        engine = db.engine
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _start(conn, cursor, statement, parameters, context, executemany):
+        conn.info["query_start"] = time.perf_counter()
+
+    @event.listens_for(engine, "after_cursor_execute")
+    def _stop(conn, cursor, statement, parameters, context, executemany):
+        elapsed = time.perf_counter() - conn.info.pop("query_start", time.perf_counter())
+        metrics.query_duration.observe(elapsed)
+        if elapsed * 1000 >= slow_ms:
+            metrics.slow_queries.inc()
+            slow_log.warning(
+                "slow query",
+                extra={
+                    "event": "slow_query",
+                    "duration_ms": round(elapsed * 1000, 1),
+                    "statement": statement[:500],
+                },
+            )
+
+    @event.listens_for(engine, "checkout")
+    def _checkout(*_):
+        metrics.pool_checked_out.inc()
+
+    @event.listens_for(engine, "checkin")
+    def _checkin(*_):
+        metrics.pool_checked_out.dec()
+
+
+def _track_requests(app, metrics: TokenMetrics) -> None:
+    not_api = re.compile(NOT_API)
+    slow_ms = app.config["SLOW_REQUEST_MS"]
+    slow_log = logging.getLogger("tokenpool.slow")
+
+    @app.before_request
+    def _in():
+        g.metrics_tracked = not not_api.match(request.path)
+        if g.metrics_tracked:
+            metrics.in_progress.inc()
+
+    @app.after_request
+    def _out(response):
+        if g.get("metrics_tracked"):
+            metrics.response_size.labels(url_rule(request)).observe(response.calculate_content_length() or 0)
+        return response
+
+    @app.teardown_request
+    def _done(exc):
+        if g.pop("metrics_tracked", False):
+            metrics.in_progress.dec()
+            duration_ms = g.get("duration_ms")
+            if duration_ms is not None and duration_ms >= slow_ms:
+                metrics.slow_requests.inc()
+                slow_log.warning(
+                    "slow request",
+                    extra={"event": "slow_request", "duration_ms": duration_ms, "path": url_rule(request)},
+                )
+
+
+def init_metrics(app) -> TokenMetrics:
+    """Create the app's metrics, subscribe them to telemetry and serve /metrics if enabled."""
+    registry = CollectorRegistry(auto_describe=True)
+    metrics = TokenMetrics(registry)
+    app.extensions["tokenpool.metrics"] = metrics
+    app.extensions["tokenpool.telemetry"].subscribe(metrics.on_event)
+    if not app.config["METRICS_ENABLED"]:
+        return metrics
+    exporter = PrometheusMetrics(
+        app=None,
+        path=None,
+        registry=registry,
+        group_by=url_rule,
+        excluded_paths=[NOT_API],
+        defaults_prefix="flask",
+        buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+    )
+    exporter.init_app(app)
+    _track_requests(app, metrics)
+    _track_database(app, metrics)
+    scrape = CollectorRegistry(auto_describe=False)
+    scrape.register(PoolCollector(app))
+    app.extensions["tokenpool.metrics_registries"] = (registry, scrape)
+    app.register_blueprint(bp)
+    return metrics
+
+
+@bp.get("/metrics")
+def metrics_endpoint():
+    token = current_app.config.get("METRICS_TOKEN")
+    if token:
+        sent = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
+            raise Unauthorized("A valid metrics bearer token is required.", reason="metrics_token")
+    registry, scrape = current_app.extensions["tokenpool.metrics_registries"]
+    if multiprocess():
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+    return Response(generate_latest(registry) + generate_latest(scrape), mimetype=CONTENT_TYPE_LATEST)

@@ -1,0 +1,130 @@
+"""Request ids and JSON logs: every line of a request carries its id; secrets never appear."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from service.extensions import db
+from tests.conftest import make_app, reset_database
+from tests.helpers import activate, assert_error, user
+
+
+@pytest.fixture
+def logged(database_url, tmp_path, clock):
+    """An app writing JSON logs to a file, and a reader of its parsed lines."""
+    path = tmp_path / "app.log"
+    app = make_app(database_url, LOG_FILE=str(path), LOG_LEVEL="INFO", TOKEN_CLOCK=clock)
+    reset_database(app)
+
+    def lines():
+        return [json.loads(line) for line in path.read_text().splitlines()]
+
+    yield app, lines
+    with app.app_context():
+        db.engine.dispose()
+
+
+def test_valid_request_id_is_echoed(client):
+    r = client.get("/api/tokens/summary", headers={"X-Request-ID": "abc-123", "X-Correlation-ID": "flow.7"})
+    assert r.headers["X-Request-ID"] == "abc-123"
+    assert r.headers["X-Correlation-ID"] == "flow.7"
+
+
+@pytest.mark.parametrize("bad", ["x" * 200, "bad\tid", "a b", "ü-nicode", ""])
+def test_absurd_request_id_is_replaced(client, bad):
+    r = client.get("/api/tokens/summary", headers={"X-Request-ID": bad})
+    assert r.headers["X-Request-ID"] != bad
+    assert len(r.headers["X-Request-ID"]) == 32
+
+
+def test_request_id_is_generated_and_on_errors(client):
+    r = client.get("/api/tokens/not-a-uuid")
+    body = assert_error(r, 400, "VALIDATION_ERROR")
+    assert body["request_id"] == r.headers["X-Request-ID"]
+    assert r.headers["X-Correlation-ID"] == r.headers["X-Request-ID"]
+    r = client.get("/nothing/here", headers={"X-Request-ID": "rid-404"})
+    assert assert_error(r, 404, "NOT_FOUND")["request_id"] == "rid-404"
+
+
+def test_every_log_line_of_a_request_carries_its_ids(logged):
+    app, lines = logged
+    client = app.test_client()
+    client.post("/api/tokens/activate", json={"user_id": user()}, headers={"X-Request-ID": "req-act-1"})
+    client.post("/api/tokens/activate", json={"user_id": "nope"}, headers={"X-Request-ID": "req-bad-1"})
+    mine = [line for line in lines() if line.get("request_id") == "req-act-1"]
+    assert {line["logger"] for line in mine} >= {"tokenpool.events", "tokenpool.access"}
+    for line in lines():
+        assert {"timestamp", "level", "logger", "message", "request_id", "correlation_id"} <= set(line)
+        assert line["timestamp"].startswith("20")
+    access = next(line for line in mine if line["logger"] == "tokenpool.access")
+    assert access["method"] == "POST" and access["path"] == "/api/tokens/activate"
+    assert access["status"] == 200 and access["duration_ms"] > 0 and access["remote_addr"] == "127.0.0.1"
+    event = next(line for line in mine if line["logger"] == "tokenpool.events")
+    assert event["event"] == "activation" and event["status"] == "success"
+    assert {"token_id", "user_id", "reason", "duration_ms"} <= set(event)
+    bad = [line for line in lines() if line.get("request_id") == "req-bad-1"]
+    error = next(line for line in bad if line["logger"] == "tokenpool.errors")
+    assert error["level"] == "WARNING" and error["error_id"]
+
+
+def test_keys_and_authorization_never_reach_the_logs(logged):
+    app, lines = logged
+    client = app.test_client()
+    secret_headers = {"X-API-Key": "sk-live-SECRET-1234", "Authorization": "Bearer SECRET-BEARER-5678"}
+    client.post("/api/tokens/activate", json={"user_id": user()}, headers=secret_headers)
+    client.delete("/api/tokens/active", headers=secret_headers)
+    client.get("/api/tokens/summary?api_key=sk-live-SECRET-1234", headers=secret_headers)
+    text = "\n".join(json.dumps(line) for line in lines())
+    assert "SECRET" not in text
+    assert len(lines()) >= 3
+
+
+def test_unexpected_error_logs_traceback_but_body_has_none(postgres_url, tmp_path):
+    path = tmp_path / "prod.log"
+    app = make_app(postgres_url, APP_ENV="production", SECRET_KEY="s", LOG_FILE=str(path), LOG_LEVEL="INFO")
+
+    def boom():
+        raise RuntimeError("internal detail: password=hunter2")
+
+    app.add_url_rule("/boom", "boom", boom)
+    r = app.test_client().get("/boom")
+    body = assert_error(r, 500, "INTERNAL_ERROR", "An unexpected error occurred.")
+    assert "hunter2" not in r.get_data(as_text=True) and body["details"] == {}
+    logged_lines = [json.loads(line) for line in path.read_text().splitlines()]
+    error = next(line for line in logged_lines if line.get("error_id") == body["error_id"])
+    assert error["level"] == "ERROR" and "RuntimeError" in error["exc_info"]
+    metrics = app.test_client().get("/metrics").get_data(as_text=True)
+    assert 'tokenpool_unhandled_exceptions_total{type="RuntimeError"} 1.0' in metrics
+    with app.app_context():
+        db.engine.dispose()
+
+
+def test_each_failure_reason_is_counted_and_logged(logged):
+    app, lines = logged
+    client = app.test_client()
+    lease = activate(client, user()).get_json()
+    client.post("/api/tokens/activate", json={"user_id": "x"})
+    client.post("/api/tokens/activate", json={})
+    client.post(f"/api/tokens/{lease['token_id']}/release", json={"user_id": user()})
+    client.post("/api/tokens/00000000-0000-0000-0000-000000000000/release", json={"user_id": user()})
+    client.post(f"/api/tokens/{lease['token_id']}/release", json={"user_id": lease["user_id"]})
+    client.post(f"/api/tokens/{lease['token_id']}/renew", json={"user_id": lease["user_id"]})
+    metrics = client.get("/metrics").get_data(as_text=True)
+    expected = [
+        ("activation", "invalid_user_id"),
+        ("activation", "missing_user_id"),
+        ("release", "not_holder"),
+        ("release", "token_not_found"),
+        ("renewal", "not_active"),
+    ]
+    for operation, reason in expected:
+        sample = f'tokenpool_token_operation_failures_total{{operation="{operation}",reason="{reason}"}} 1.0'
+        assert sample in metrics
+        assert any(
+            line.get("event") == operation and line.get("reason") == reason and line["status"] == "failure"
+            for line in lines()
+        ), (operation, reason)
+    assert 'tokenpool_releases_total{reason="released"} 1.0' in metrics
+    assert 'tokenpool_activations_total{reason="invalid_user_id",result="failure"} 1.0' in metrics

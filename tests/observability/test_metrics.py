@@ -1,0 +1,91 @@
+"""/metrics in one process: token events, sweeper runs, pool gauges, protection, cardinality."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from service.tokens.sweeper import run_sweep
+from tests.helpers import activate, assert_error, user
+
+METRIC_OF = {
+    "total": "tokenpool_pool_size",
+    "active": "tokenpool_tokens_active",
+    "available": "tokenpool_tokens_available",
+}
+
+
+def sample(text: str, name: str, **labels) -> float:
+    """The value of one series in exposition text (0 when absent)."""
+    label_text = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    pattern = re.escape(name + (f"{{{label_text}}}" if labels else "")) + r" ([0-9.e+-]+)$"
+    found = re.search(pattern, text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def test_pool_gauges_equal_the_summary(client):
+    for _ in range(2):
+        activate(client, user())
+    text = client.get("/metrics").get_data(as_text=True)
+    summary = client.get("/api/tokens/summary").get_json()
+    for name in ("total", "active", "available"):
+        assert sample(text, METRIC_OF[name]) == summary[name]
+    assert sample(text, "tokenpool_database_up") == 1
+
+
+def test_http_metrics_use_route_templates_never_ids(client):
+    lease = activate(client, user()).get_json()
+    client.get(f"/api/tokens/{lease['token_id']}")
+    client.get(f"/api/tokens/{lease['token_id']}/usages")
+    client.get("/scanner/probe/123")
+    text = client.get("/metrics").get_data(as_text=True)
+    assert lease["token_id"] not in text and lease["user_id"] not in text
+    assert 'url_rule="/api/tokens/<token_id>"' in text
+    assert 'url_rule="<unmatched>"' in text
+    assert "/scanner" not in text
+
+
+def test_health_and_metrics_are_not_api_traffic(client):
+    for path in ("/healthz", "/health/live", "/metrics", "/openapi.json"):
+        client.get(path)
+    text = client.get("/metrics").get_data(as_text=True)
+    assert "healthz" not in text and 'url_rule="/metrics"' not in text
+
+
+def test_activation_results_and_evictions_are_counted(client, clock):
+    for _ in range(6):  # pool of 5: the sixth evicts
+        activate(client, user())
+        clock.advance(1)
+    text = client.get("/metrics").get_data(as_text=True)
+    assert sample(text, "tokenpool_activations_total", result="success", reason="available") == 5
+    assert sample(text, "tokenpool_activations_total", result="success", reason="evicted") == 1
+    assert sample(text, "tokenpool_releases_total", reason="evicted") == 1
+
+
+def test_sweeper_runs_are_counted(app, client, clock):
+    activate(client, user())
+    clock.advance(1000)
+    run_sweep(app)
+    text = client.get("/metrics").get_data(as_text=True)
+    assert sample(text, "tokenpool_sweeper_runs_total", result="success") == 1
+    assert sample(text, "tokenpool_releases_total", reason="expired") == 1
+    assert sample(text, "tokenpool_sweeper_last_run_timestamp_seconds") > 1.7e9
+
+
+@pytest.mark.options(METRICS_TOKEN="scrape-me")
+def test_metrics_token_protects_the_endpoint(database_url):
+    from tests.conftest import make_app
+
+    app = make_app(database_url, METRICS_TOKEN="scrape-me")
+    client = app.test_client()
+    assert_error(client.get("/metrics"), 401, "UNAUTHORIZED")
+    assert_error(client.get("/metrics", headers={"Authorization": "Bearer wrong"}), 401, "UNAUTHORIZED")
+    assert client.get("/metrics", headers={"Authorization": "Bearer scrape-me"}).status_code == 200
+
+
+def test_metrics_can_be_switched_off(database_url):
+    from tests.conftest import make_app
+
+    app = make_app(database_url, METRICS_ENABLED=False)
+    assert_error(app.test_client().get("/metrics"), 404, "NOT_FOUND")
