@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from .apikeys.cli import apikeys_cli
 from .config import load_config
 from .db import init_db
 from .errors import register_error_handlers
@@ -12,7 +13,9 @@ from .health import bp as health_bp
 from .logging_setup import configure_logging
 from .metrics import init_metrics
 from .openapi import bp as openapi_bp
+from .ratelimit import init_rate_limits
 from .request_context import init_request_context
+from .security import exempt_from_https_redirect, init_security
 from .telemetry import init_telemetry
 from .tokens import bp as tokens_bp
 from .tokens.cli import tokens_cli
@@ -27,17 +30,33 @@ def create_app(config: dict | None = None) -> Flask:
     app = Flask(__name__, instance_relative_config=True)
     load_config(app, config)
     configure_logging(app.config)
-    if app.config["PROXY_FIX_X_FOR"] or app.config["PROXY_FIX_X_PROTO"]:
-        app.wsgi_app = ProxyFix(
-            app.wsgi_app, x_for=app.config["PROXY_FIX_X_FOR"], x_proto=app.config["PROXY_FIX_X_PROTO"]
-        )
+    _trust_proxy_headers(app)
     init_request_context(app)
     init_telemetry(app)
     init_db(app)
     init_metrics(app)
+    init_security(app)  # authenticates before the limiter counts
     register_error_handlers(app)
     for bp in (tokens_bp, health_bp, openapi_bp):
         app.register_blueprint(bp)
+    exempt_from_https_redirect(app, "health.")
+    init_rate_limits(app, app.blueprints)
     app.cli.add_command(tokens_cli)
+    app.cli.add_command(apikeys_cli)
     init_sweeper(app)
     return app
+
+
+def _trust_proxy_headers(app: Flask) -> None:
+    """ProxyFix for exactly the configured hops; without trusted hops, drop X-Forwarded-Proto."""
+    x_for, x_proto = app.config["PROXY_FIX_X_FOR"], app.config["PROXY_FIX_X_PROTO"]
+    if x_for or x_proto:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=x_for, x_proto=x_proto)
+    if not x_proto:  # Talisman reads the raw header; a direct client must not fake HTTPS
+        inner = app.wsgi_app
+
+        def strip_forwarded_proto(environ, start_response):
+            environ.pop("HTTP_X_FORWARDED_PROTO", None)
+            return inner(environ, start_response)
+
+        app.wsgi_app = strip_forwarded_proto

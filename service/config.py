@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from limits import parse as parse_limit
+
 ENVIRONMENTS = ("development", "testing", "production")
 
 
@@ -75,8 +77,7 @@ def normalise_database_url(url: str) -> str:
     return url
 
 
-def _from_environment(instance_path: str) -> dict:
-    env = _str("APP_ENV", "development")
+def _from_environment(instance_path: str, env: str) -> dict:
     if env not in ENVIRONMENTS:
         raise ConfigError(f"APP_ENV must be one of {', '.join(ENVIRONMENTS)}, got {env!r}")
     sqlite_default = "sqlite:///" + str(Path(instance_path) / "tokenpool.sqlite3")
@@ -106,6 +107,18 @@ def _from_environment(instance_path: str) -> dict:
         "METRICS_TOKEN": _str("METRICS_TOKEN", None),
         "SLOW_QUERY_MS": _int("SLOW_QUERY_MS", 1000, minimum=1),
         "SLOW_REQUEST_MS": _int("SLOW_REQUEST_MS", 2000, minimum=1),
+        "ENABLE_RATE_LIMITING": _bool("ENABLE_RATE_LIMITING", env != "testing"),
+        "RATE_LIMIT_PER_MINUTE": _int("RATE_LIMIT_PER_MINUTE", 100, minimum=1),
+        "API_KEY_RATE_LIMIT_PER_MINUTE": _int("API_KEY_RATE_LIMIT_PER_MINUTE", 600, minimum=1),
+        "API_KEY_RATE_LIMIT_PER_HOUR": _int("API_KEY_RATE_LIMIT_PER_HOUR", 20000, minimum=1),
+        "AUTH_FAILURE_RATE_LIMIT": _str("AUTH_FAILURE_RATE_LIMIT", "10/minute"),
+        "RATELIMIT_STORAGE_URI": _str("RATELIMIT_STORAGE_URI", None),
+        "API_AUTH_REQUIRED": _bool("API_AUTH_REQUIRED", False),
+        "API_KEY_CACHE_SECONDS": _float("API_KEY_CACHE_SECONDS", 10.0),
+        "FORCE_HTTPS": _bool("FORCE_HTTPS", False),
+        "HSTS_MAX_AGE": _int("HSTS_MAX_AGE", 31536000),
+        "ALLOWED_ORIGINS": _str("ALLOWED_ORIGINS", ""),
+        "ALLOW_ANY_ORIGIN": _bool("ALLOW_ANY_ORIGIN", False),
         "HEALTH_CACHE_SECONDS": _float("HEALTH_CACHE_SECONDS", 2.0),
         "HEALTH_CHECK_TIMEOUT": _float("HEALTH_CHECK_TIMEOUT", 3.0),
         "SWEEPER_STALE_INTERVALS": _int("SWEEPER_STALE_INTERVALS", 4, minimum=2),
@@ -120,6 +133,11 @@ def _validate(config: dict) -> None:
         raise ConfigError(f"LOG_LEVEL must be a logging level name, got {config['LOG_LEVEL']!r}")
     if config["LOG_FORMAT"] not in ("json", "console"):
         raise ConfigError(f"LOG_FORMAT must be 'json' or 'console', got {config['LOG_FORMAT']!r}")
+    try:
+        parse_limit(config["AUTH_FAILURE_RATE_LIMIT"])
+    except ValueError:
+        value = config["AUTH_FAILURE_RATE_LIMIT"]
+        raise ConfigError(f"AUTH_FAILURE_RATE_LIMIT must look like '10/minute', got {value!r}") from None
     if config["APP_ENV"] == "production":
         if not config.get("SECRET_KEY"):
             raise ConfigError("SECRET_KEY must be set in production")
@@ -132,7 +150,8 @@ def load_config(app, overrides: dict | None = None) -> None:
 
     Raises ConfigError naming the first bad variable.
     """
-    app.config.update(_from_environment(app.instance_path))
+    env = (overrides or {}).get("APP_ENV") or _str("APP_ENV", "development")
+    app.config.update(_from_environment(app.instance_path, env))
     app.config.from_pyfile("config.py", silent=True)
     if overrides:
         app.config.update(overrides)

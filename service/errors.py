@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import math
+import time
 import uuid
 
 from flask import current_app, g, jsonify
@@ -83,6 +85,25 @@ class ServiceUnavailable(ApiError):
     code, error_code = 503, "SERVICE_UNAVAILABLE"
 
 
+class RateLimited(ApiError):
+    code, error_code = 429, "RATE_LIMITED"
+
+    default_message = "Too many requests. Please try again later."
+
+    def __init__(self, retry_after: int, message: str = default_message):
+        super().__init__(message, reason="rate_limited")
+        self.retry_after = retry_after
+
+
+def _retry_after(exc: HTTPException) -> int:
+    """Whole seconds until the breached limit resets (rounded up, at least 1)."""
+    if isinstance(exc, RateLimited):
+        return max(1, exc.retry_after)
+    limiter = current_app.extensions.get("limiter")
+    current = limiter.current_limit if limiter else None
+    return max(1, math.ceil(current.reset_at - time.time())) if current else 60
+
+
 def status_name(code: int) -> str:
     """`Not Found` -> `not_found`: the snake_case HTTP reason of SPEC section 3."""
     return HTTP_STATUS_CODES.get(code, "error").lower().replace(" ", "_").replace("-", "_")
@@ -129,6 +150,14 @@ def _handle_http_exception(exc: HTTPException):
     # ApiError is handled here too: Flask files handlers of HTTPException
     # subclasses under their status code, so one ApiError handler would only
     # ever see 400s.
+    if exc.code == 429:
+        retry_after = _retry_after(exc)
+        message = exc.message if isinstance(exc, RateLimited) else RateLimited.default_message
+        response = error_response(
+            429, "RATE_LIMITED", message, extra={"error": "Rate limit exceeded", "retry_after": retry_after}
+        )
+        response.headers["Retry-After"] = str(retry_after)
+        return response
     if isinstance(exc, ApiError):
         return error_response(exc.code, exc.error_code, exc.message, details=exc.details)
     code = exc.code or 500

@@ -85,3 +85,21 @@ class SweeperState(db.Model):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     last_run_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_expired_count: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+
+
+class ApiKey(db.Model):
+    """An API key, stored as the SHA-256 of the key; the key itself is shown once."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
+    role: Mapped[str] = mapped_column(String(16), nullable=False)
+    key_hash: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    rate_limit_per_minute: Mapped[int | None] = mapped_column(Integer)
+    rate_limit_per_hour: Mapped[int | None] = mapped_column(Integer)
+
+    __table_args__ = (CheckConstraint("role IN ('admin', 'client')", name="role_known"),)

@@ -1,17 +1,30 @@
-"""Who may call admin routes: API keys from `X-API-Key` or `Authorization: Bearer`."""
+"""Who is calling (API keys), who may do what, and the security headers of every answer."""
 
 from __future__ import annotations
 
-import hashlib
 import hmac
+import logging
+import threading
+import time
 
-from flask import current_app, request
+from flask import current_app, g, request
+from flask_cors import CORS
+from flask_talisman import Talisman
 
-from .errors import Unauthorized
+from .apikeys import service as apikeys
+from .apikeys.service import Identity, hash_key
+from .config import ConfigError
+from .db import run_transaction
+from .errors import Forbidden, Unauthorized
+
+log = logging.getLogger("tokenpool.security")
+PROTECTED_BLUEPRINTS = ("tokens", "monitoring")
+BOOTSTRAP_ADMIN = "ADMIN_API_KEY"
+TOUCH_EVERY_SECONDS = 60
 
 
 def presented_key() -> str | None:
-    """The API key the caller sent, if any."""
+    """The API key the caller sent in `X-API-Key` or `Authorization: Bearer`, if any."""
     key = request.headers.get("X-API-Key")
     if key:
         return key.strip()
@@ -21,21 +34,147 @@ def presented_key() -> str | None:
     return None
 
 
-def hash_key(key: str) -> str:
-    """The stored form of an API key: its SHA-256 hex digest."""
-    return hashlib.sha256(key.encode()).hexdigest()
+class KeyCache:
+    """Recent key lookups of this process, so a keyed request costs no query most of the time."""
+
+    def __init__(self, ttl: float) -> None:
+        self.ttl = ttl
+        self._entries: dict[str, tuple[float, Identity | None, str | None]] = {}
+        self._touched: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    def resolve(self, key: str) -> tuple[Identity | None, str | None]:
+        digest = hash_key(key)
+        now = time.monotonic()
+        entry = self._entries.get(digest)
+        if entry and now - entry[0] < self.ttl:
+            self.hits += 1
+            return entry[1], entry[2]
+        self.misses += 1
+        identity, revoked_name = run_transaction(apikeys.lookup, key)
+        with self._lock:
+            if len(self._entries) > 10_000:
+                self._entries.clear()
+            self._entries[digest] = (now, identity, revoked_name)
+        return identity, revoked_name
+
+    def touch(self, name: str) -> None:
+        """Write last_used_at at most once a minute per key and process."""
+        now = time.monotonic()
+        if now - self._touched.get(name, -TOUCH_EVERY_SECONDS) >= TOUCH_EVERY_SECONDS:
+            self._touched[name] = now
+            run_transaction(apikeys.touch, name)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
 
 
-def require_admin() -> None:
-    """Allow the call only with an admin key; open in development and testing when none is set.
+def _auth_failure(reason: str, name: str | None = None) -> None:
+    """Log and count a rejected key (never the key itself), and charge the failure limit."""
+    current_app.extensions["tokenpool.metrics"].auth_failures.labels(reason).inc()
+    log.warning(
+        "authentication failed",
+        extra={"event": "auth_failure", "reason": reason, "ip": request.remote_addr, "key_name": name},
+    )
+    charge = current_app.extensions.get("tokenpool.auth_failure_charge")
+    if charge is not None:
+        charge()
 
-    Raises Unauthorized.
+
+def identify(key: str) -> Identity | None:
+    """The identity of a key: the bootstrap `ADMIN_API_KEY` or a stored key. Logs failures."""
+    admin_key = current_app.config.get(BOOTSTRAP_ADMIN)
+    if admin_key and hmac.compare_digest(hash_key(key), hash_key(admin_key)):
+        return Identity("bootstrap-admin", "admin")
+    cache: KeyCache = current_app.extensions["tokenpool.key_cache"]
+    identity, revoked_name = cache.resolve(key)
+    if identity is None:
+        _auth_failure("revoked_key" if revoked_name else "unknown_key", revoked_name)
+        return None
+    cache.touch(identity.name)
+    return identity
+
+
+def authenticate() -> None:
+    """before_request: put the caller's identity on `g.api_key` (None without a key).
+
+    Raises Unauthorized for an invalid key, or for no key when `API_AUTH_REQUIRED`.
     """
-    admin_key = current_app.config.get("ADMIN_API_KEY")
-    if not admin_key and current_app.config["APP_ENV"] != "production":
+    g.api_key = None
+    if request.blueprint not in PROTECTED_BLUEPRINTS:
         return
     key = presented_key()
     if key is None:
-        raise Unauthorized("An admin API key is required.", reason="missing_key")
-    if not admin_key or not hmac.compare_digest(hash_key(key), hash_key(admin_key)):
+        if current_app.config["API_AUTH_REQUIRED"]:
+            _auth_failure("missing_key")
+            raise Unauthorized("An API key is required.", reason="missing_key")
+        return
+    g.api_key = identify(key)
+    if g.api_key is None:
         raise Unauthorized("Invalid API key.", reason="invalid_key")
+
+
+def _keys_configured() -> bool:
+    return bool(current_app.config.get(BOOTSTRAP_ADMIN)) or run_transaction(apikeys.active_count) > 0
+
+
+def require_admin() -> None:
+    """Allow the call only with an admin key. Open in development and testing while no key exists.
+
+    Raises Unauthorized (no key), Forbidden (a client key).
+    """
+    identity = g.get("api_key")
+    if identity is None:
+        if current_app.config["APP_ENV"] != "production" and not _keys_configured():
+            return
+        _auth_failure("missing_key")
+        raise Unauthorized("An admin API key is required.", reason="missing_key")
+    if identity.role != "admin":
+        _auth_failure("not_admin", identity.name)
+        raise Forbidden("This operation needs an admin API key.", reason="not_admin")
+
+
+def _allowed_origins(config) -> list[str]:
+    origins = [o.strip() for o in (config.get("ALLOWED_ORIGINS") or "").split(",") if o.strip()]
+    if "*" in origins and config["APP_ENV"] == "production" and not config["ALLOW_ANY_ORIGIN"]:
+        raise ConfigError("ALLOWED_ORIGINS may not be '*' in production unless ALLOW_ANY_ORIGIN=true")
+    return origins
+
+
+def init_security(app) -> None:
+    """API-key authentication, Talisman headers and CORS, all from settings."""
+    app.extensions["tokenpool.key_cache"] = KeyCache(app.config["API_KEY_CACHE_SECONDS"])
+    app.before_request(authenticate)
+    Talisman(
+        app,
+        force_https=app.config["FORCE_HTTPS"],
+        force_https_permanent=False,
+        strict_transport_security=True,  # Talisman sends HSTS only on HTTPS requests
+        strict_transport_security_max_age=app.config["HSTS_MAX_AGE"],
+        strict_transport_security_include_subdomains=False,
+        content_security_policy={"default-src": "'none'", "frame-ancestors": "'none'"},
+        frame_options="DENY",
+        referrer_policy="strict-origin-when-cross-origin",
+        permissions_policy={"geolocation": "()", "camera": "()", "microphone": "()"},
+        session_cookie_secure=app.config["FORCE_HTTPS"],
+        x_xss_protection=False,
+    )
+    origins = _allowed_origins(app.config)
+    if origins:
+        CORS(
+            app,
+            resources={r"/api/*": {"origins": origins}},
+            allow_headers=["Content-Type", "X-API-Key", "Authorization", "X-Request-ID", "X-Correlation-ID"],
+            expose_headers=["X-Request-ID", "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset",
+                            "Retry-After"],
+            max_age=600,
+        )
+
+
+def exempt_from_https_redirect(app, endpoint_prefix: str) -> None:
+    """Probes over plain HTTP (kubelet, load balancers) must get 200, not a redirect."""
+    for endpoint, view in app.view_functions.items():
+        if endpoint.startswith(endpoint_prefix):
+            view.talisman_view_options = {"force_https": False}

@@ -119,8 +119,7 @@ def startup():
 def _public(found: dict) -> dict:
     """Drop internal-only fields (the summary the database check carries along)."""
     return {
-        name: {k: v for k, v in check.items() if k not in INTERNAL_FIELDS}
-        for name, check in found.items()
+        name: {k: v for k, v in check.items() if k not in INTERNAL_FIELDS} for name, check in found.items()
     }
 
 

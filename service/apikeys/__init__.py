@@ -1,0 +1,1 @@
+"""API keys: creation (shown once), hashed lookup, listing and revocation."""

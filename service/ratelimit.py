@@ -1,0 +1,162 @@
+"""Rate limits (Flask-Limiter): per client IP, per API key (minute and hour), failed auth.
+
+Storage is Redis when `REDIS_URL` (or `RATELIMIT_STORAGE_URI`) is set, so a
+limit holds across every worker and instance; `memory://` otherwise. The
+strategy is fixed-window: one Redis round trip (INCR + EXPIRE in a pipeline)
+per limit and request, the cheapest of the three, and exact across
+processes. Its cost is the known burst at a window edge (up to 2x the limit
+over two adjacent windows), which we accept for a token API.
+If Redis fails, requests are served on per-process in-memory counters (one
+warning per outage, a metric) until Redis answers again.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+
+from flask import current_app, g, request
+from flask_limiter import Limiter, RequestLimit
+from flask_limiter.util import get_remote_address
+from limits import parse
+
+from .errors import RateLimited
+
+log = logging.getLogger("tokenpool.ratelimit")
+EXEMPT_BLUEPRINTS = ("health", "metrics", "openapi")
+KEYED_BLUEPRINTS = ("tokens", "monitoring")
+WINDOWS = {60: "Minute", 3600: "Hour"}
+
+
+def _key_identity() -> str:
+    """The per-key bucket: the key's name (never the secret)."""
+    return "key:" + g.api_key.name
+
+
+def _no_key() -> bool:
+    return g.get("api_key") is None
+
+
+def _has_key() -> bool:
+    return g.get("api_key") is not None
+
+
+class _FallbackCounter(logging.Handler):
+    """Counts Flask-Limiter's one warning per Redis outage into our metric."""
+
+    def __init__(self, metrics) -> None:
+        super().__init__(logging.WARNING)
+        self.metrics = metrics
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "falling back to in-memory" in record.getMessage():
+            self.metrics.rate_limit_fallbacks.inc()
+
+
+def _storage_uri(config) -> str:
+    return config.get("RATELIMIT_STORAGE_URI") or config.get("REDIS_URL") or "memory://"
+
+
+def init_rate_limits(app, blueprints: dict) -> Limiter | None:
+    """Build the app's limiter from settings and put the limits on the blueprints."""
+    config = app.config
+    metrics = app.extensions["tokenpool.metrics"]
+    storage = _storage_uri(config)
+    config["RATELIMIT_ENABLED"] = config["ENABLE_RATE_LIMITING"]
+    config["RATELIMIT_STORAGE_URI"] = storage
+    config.setdefault("RATELIMIT_STRATEGY", "fixed-window")
+    config.setdefault("RATELIMIT_HEADERS_ENABLED", True)
+    config.setdefault("RATELIMIT_SWALLOW_ERRORS", True)
+    config.setdefault("RATELIMIT_IN_MEMORY_FALLBACK_ENABLED", True)
+    config.setdefault("RATELIMIT_KEY_PREFIX", "tokenpool")
+    if storage.startswith("redis"):
+        config.setdefault(
+            "RATELIMIT_STORAGE_OPTIONS", {"socket_connect_timeout": 0.3, "socket_timeout": 0.3}
+        )
+    elif config["RATELIMIT_ENABLED"] and int(os.environ.get("WEB_CONCURRENCY", "1")) > 1:
+        log.warning(
+            "rate limits use memory:// with several workers: each worker counts alone; set REDIS_URL"
+        )
+
+    def on_breach(limit: RequestLimit) -> None:
+        scope = limit.request_args[1] if len(limit.request_args) > 1 else ""
+        name = scope if scope.startswith("api_key") else "ip"
+        metrics.rate_limit_hits.labels(name).inc()
+        log.warning(
+            "rate limit exceeded",
+            extra={"event": "rate_limited", "limit": str(limit.limit), "key_kind": name},
+        )
+
+    limiter = Limiter(
+        get_remote_address,
+        application_limits=[lambda: f"{current_app.config['RATE_LIMIT_PER_MINUTE']}/minute"],
+        application_limits_exempt_when=_has_key,
+        on_breach=on_breach,
+    )
+    limiter.init_app(app)
+    fallback = _FallbackCounter(metrics)
+    limiter.logger.addHandler(fallback)
+    for name in EXEMPT_BLUEPRINTS:
+        if name in blueprints:
+            limiter.exempt(blueprints[name])
+    for name in KEYED_BLUEPRINTS:
+        if name in blueprints:
+            _limit_keys(limiter, blueprints[name])
+    _limit_auth_failures(app, limiter, metrics)
+    app.after_request(_per_window_headers)
+    return limiter
+
+
+def _limit_keys(limiter: Limiter, bp) -> None:
+    """Per API key: its own per-minute, then per-hour limit (minute first: see README)."""
+
+    def per_minute() -> str:
+        own = g.api_key.per_minute if _has_key() else None
+        return f"{own or current_app.config['API_KEY_RATE_LIMIT_PER_MINUTE']}/minute"
+
+    def per_hour() -> str:
+        own = g.api_key.per_hour if _has_key() else None
+        return f"{own or current_app.config['API_KEY_RATE_LIMIT_PER_HOUR']}/hour"
+
+    limiter.limit(per_minute, key_func=_key_identity, exempt_when=_no_key, scope="api_key_minute")(bp)
+    limiter.limit(per_hour, key_func=_key_identity, exempt_when=_no_key, scope="api_key_hour")(bp)
+
+
+def _limit_auth_failures(app, limiter: Limiter, metrics) -> None:
+    """A stricter per-IP budget for rejected keys; once spent, key attempts get 429."""
+    item = parse(app.config["AUTH_FAILURE_RATE_LIMIT"])
+
+    def charge() -> None:
+        if not current_app.config["RATELIMIT_ENABLED"]:
+            return
+        try:
+            allowed = limiter.limiter.hit(item, "auth-failures", get_remote_address())
+        except Exception:  # storage down: the request is refused anyway (401)
+            return
+        if not allowed:
+            metrics.rate_limit_hits.labels("auth_failures").inc()
+            reset_at, _ = limiter.limiter.get_window_stats(item, "auth-failures", get_remote_address())
+            raise RateLimited(math.ceil(reset_at - time.time()), "Too many failed authentication attempts.")
+
+    app.extensions["tokenpool.auth_failure_charge"] = charge
+
+
+def _per_window_headers(response):
+    """For API-key callers: X-RateLimit-{Limit,Remaining,Reset}-{Minute,Hour}."""
+    if g.get("api_key") is None or request.blueprint not in KEYED_BLUEPRINTS:
+        return response
+    limiter = current_app.extensions.get("limiter")
+    if limiter is None or not current_app.config["RATELIMIT_ENABLED"]:
+        return response
+    try:
+        for current in limiter.current_limits:
+            window = WINDOWS.get(current.limit.get_expiry())
+            if window and current.request_args[1].startswith("api_key"):
+                response.headers[f"X-RateLimit-Limit-{window}"] = str(current.limit.amount)
+                response.headers[f"X-RateLimit-Remaining-{window}"] = str(current.remaining)
+                response.headers[f"X-RateLimit-Reset-{window}"] = str(current.reset_at)
+    except Exception:  # storage trouble must not fail the answer
+        log.debug("per-window rate limit headers unavailable", exc_info=True)
+    return response
