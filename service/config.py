@@ -101,6 +101,7 @@ def _from_environment(instance_path: str, env: str) -> dict:
         "LOG_LEVEL": (_str("LOG_LEVEL", "INFO") or "INFO").upper(),
         "LOG_FORMAT": _str("LOG_FORMAT", "json" if env == "production" else "console"),
         "LOG_FILE": _str("LOG_FILE", None),
+        "LOG_ERROR_FILE": _str("LOG_ERROR_FILE", None),
         "LOG_FILE_MAX_BYTES": _int("LOG_FILE_MAX_BYTES", 50 * 1024 * 1024, minimum=1024),
         "LOG_FILE_BACKUPS": _int("LOG_FILE_BACKUPS", 10, minimum=0),
         "METRICS_ENABLED": _bool("METRICS_ENABLED", True),

@@ -1,0 +1,24 @@
+"""`.env.example` lists every variable the service and gunicorn read."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def variables_read() -> set[str]:
+    found = set()
+    for path in [*ROOT.joinpath("service").rglob("*.py"), ROOT / "gunicorn.conf.py"]:
+        text = path.read_text()
+        found |= set(re.findall(r'_(?:int|str|bool|float)\("([A-Z][A-Z0-9_]+)"', text))
+        found |= set(re.findall(r'os\.environ\.get\("([A-Z][A-Z0-9_]+)"', text))
+    return found
+
+
+def test_every_variable_is_in_env_example():
+    listed = set(re.findall(r"^([A-Z][A-Z0-9_]+)=", (ROOT / ".env.example").read_text(), re.M))
+    missing = variables_read() - listed
+    assert not missing, f"add to .env.example: {sorted(missing)}"
+    assert len(variables_read()) > 40
