@@ -117,8 +117,13 @@ def error_response(
     details: dict | None = None,
     extra: dict | None = None,
     exc_info: BaseException | None = None,
+    log_level: int | None = None,
 ):
-    """Build (and log once) the JSON error answer every non-2xx response uses."""
+    """Build (and log once) the JSON error answer every non-2xx response uses.
+
+    Logged at WARNING for 4xx and ERROR for 5xx unless `log_level` says otherwise
+    (a failing readiness probe is expected, not an error of ours).
+    """
     error_id = str(uuid.uuid4())
     body = {
         "status": status_name(code),
@@ -131,7 +136,7 @@ def error_response(
     }
     if extra:
         body.update(extra)
-    level = logging.ERROR if code >= 500 else logging.WARNING
+    level = log_level or (logging.ERROR if code >= 500 else logging.WARNING)
     log.log(
         level,
         "%s %s: %s",

@@ -26,23 +26,36 @@ _executor = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_pre
 _head_revision: dict[str, str] = {}
 
 
-def timed_check(check, app, timeout: float) -> dict:
-    """Run `check()` inside `app` in a worker thread; unhealthy if it raises or overruns."""
+def run_checks(named: dict, app, timeout: float) -> dict[str, dict]:
+    """Run each `check()` inside `app` in its own thread, all at once; one deadline for all.
+
+    A check that raises or overruns is unhealthy; each result gets its latency_ms.
+    """
     start = time.perf_counter()
 
-    def run():
+    def run(check):
         with app.app_context():
-            return check()
+            result = check()
+        result["latency_ms"] = round((time.perf_counter() - start) * 1000, 2)
+        return result
 
-    future = _executor.submit(run)
-    try:
-        result = future.result(timeout=timeout)
-    except concurrent.futures.TimeoutError:
-        result = {"status": UNHEALTHY, "error": f"timed out after {timeout}s"}
-    except Exception as exc:  # a failing dependency is a finding, not a crash
-        result = {"status": UNHEALTHY, "error": type(exc).__name__}
-    result["latency_ms"] = round((time.perf_counter() - start) * 1000, 2)
-    return result
+    futures = {name: _executor.submit(run, check) for name, check in named.items()}
+    results = {}
+    for name, future in futures.items():
+        remaining = max(0.0, timeout - (time.perf_counter() - start))
+        try:
+            results[name] = future.result(timeout=remaining)
+        except concurrent.futures.TimeoutError:
+            results[name] = {"status": UNHEALTHY, "error": f"timed out after {timeout:g}s"}
+        except Exception as exc:  # a failing dependency is a finding, not a crash
+            results[name] = {"status": UNHEALTHY, "error": type(exc).__name__}
+        results[name].setdefault("latency_ms", round((time.perf_counter() - start) * 1000, 2))
+    return results
+
+
+def timed_check(check, app, timeout: float) -> dict:
+    """One check run as `run_checks` runs it."""
+    return run_checks({"check": check}, app, timeout)["check"]
 
 
 def head_revision() -> str | None:

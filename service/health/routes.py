@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import weakref
@@ -53,14 +54,19 @@ def _state() -> _State:
     return current_app.extensions["tokenpool.health"]
 
 
+def _database_check():
+    return checks.database(checks.now())
+
+
 def _db_check() -> dict:
     app = _app()
-    result = checks.timed_check(
-        lambda: checks.database(checks.now()), app, app.config["HEALTH_CHECK_TIMEOUT"]
-    )
-    if result["status"] == HEALTHY:
+    return _note_started(checks.timed_check(_database_check, app, app.config["HEALTH_CHECK_TIMEOUT"]))
+
+
+def _note_started(database: dict) -> dict:
+    if database["status"] == HEALTHY:
         _state().started.set()
-    return result
+    return database
 
 
 @bp.get("/healthz")
@@ -96,6 +102,7 @@ def ready():
             "SERVICE_UNAVAILABLE",
             f"Not ready: {', '.join(failed)}",
             details={"failed_checks": failed, "checks": _public(found)},
+            log_level=logging.WARNING,
         )
     return jsonify({"status": "ready", "checks": _public(found)})
 
@@ -113,6 +120,7 @@ def startup():
         "SERVICE_UNAVAILABLE",
         f"Start-up has not finished: {failing} not ready",
         details={"failed_checks": [failing], "checks": _public({failing: database})},
+        log_level=logging.WARNING,
     )
 
 
@@ -131,17 +139,23 @@ def detailed_report() -> dict:
     with state.lock:
         if state.report is not None and time.monotonic() - state.at < ttl:
             return state.report
-        timeout = app.config["HEALTH_CHECK_TIMEOUT"]
-        database = _db_check()
-        found = {"database": database, "redis": checks.timed_check(checks.redis, app, timeout)}
+        found = checks.run_checks(
+            {
+                "database": _database_check,
+                "redis": checks.redis,
+                "memory": checks.memory,
+                "disk": checks.disk,
+            },
+            app,
+            app.config["HEALTH_CHECK_TIMEOUT"],
+        )
+        database = _note_started(found["database"])
         if database["status"] == HEALTHY:
             found["token_manager"] = checks.token_manager(database["last_sweep_at"], checks.now())
             found["tokens"] = checks.tokens(database["tokens"])
         else:
             found["token_manager"] = {"status": UNHEALTHY, "error": "database unavailable"}
             found["tokens"] = {"status": UNHEALTHY, "error": "database unavailable"}
-        found["memory"] = checks.timed_check(checks.memory, app, timeout)
-        found["disk"] = checks.timed_check(checks.disk, app, timeout)
         worst = max((c["status"] for c in found.values()), key=RANK.__getitem__)
         report = {
             "status": worst,
