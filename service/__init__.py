@@ -12,6 +12,8 @@ from .errors import register_error_handlers
 from .health import bp as health_bp
 from .logging_setup import configure_logging
 from .metrics import init_metrics
+from .monitoring import bp as monitoring_bp
+from .monitoring import init_monitoring
 from .openapi import bp as openapi_bp
 from .ratelimit import init_rate_limits
 from .request_context import init_request_context
@@ -36,8 +38,9 @@ def create_app(config: dict | None = None) -> Flask:
     init_db(app)
     init_metrics(app)
     init_security(app)  # authenticates before the limiter counts
+    init_monitoring(app)
     register_error_handlers(app)
-    for bp in (tokens_bp, health_bp, openapi_bp):
+    for bp in (tokens_bp, health_bp, openapi_bp, monitoring_bp):
         app.register_blueprint(bp)
     exempt_from_https_redirect(app, "health.")
     init_rate_limits(app, app.blueprints)

@@ -120,6 +120,7 @@ def _from_environment(instance_path: str, env: str) -> dict:
         "HSTS_MAX_AGE": _int("HSTS_MAX_AGE", 31536000),
         "ALLOWED_ORIGINS": _str("ALLOWED_ORIGINS", ""),
         "ALLOW_ANY_ORIGIN": _bool("ALLOW_ANY_ORIGIN", False),
+        "ENABLE_TEST_HOOKS": _bool("ENABLE_TEST_HOOKS", False),
         "HEALTH_CACHE_SECONDS": _float("HEALTH_CACHE_SECONDS", 2.0),
         "HEALTH_CHECK_TIMEOUT": _float("HEALTH_CHECK_TIMEOUT", 3.0),
         "SWEEPER_STALE_INTERVALS": _int("SWEEPER_STALE_INTERVALS", 4, minimum=2),
@@ -142,6 +143,8 @@ def _validate(config: dict) -> None:
     if config["APP_ENV"] == "production":
         if not config.get("SECRET_KEY"):
             raise ConfigError("SECRET_KEY must be set in production")
+        if config["ENABLE_TEST_HOOKS"]:
+            raise ConfigError("ENABLE_TEST_HOOKS must not be set in production")
     elif not config.get("SECRET_KEY"):
         config["SECRET_KEY"] = "dev-only-not-secret"
 

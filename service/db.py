@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -41,6 +42,27 @@ def _serialise_sqlite(engine) -> None:
     @event.listens_for(engine, "begin")
     def _on_begin(conn):
         conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def observe_queries(app, observer: Callable[[str, float], None]) -> None:
+    """Call `observer(statement, seconds)` after every statement of the app's engine."""
+    observers = app.extensions.get("tokenpool.query_observers")
+    if observers is None:
+        observers = app.extensions["tokenpool.query_observers"] = []
+        with app.app_context():
+            engine = db.engine
+
+        @event.listens_for(engine, "before_cursor_execute")
+        def _start(conn, cursor, statement, parameters, context, executemany):
+            conn.info["query_start"] = time.perf_counter()
+
+        @event.listens_for(engine, "after_cursor_execute")
+        def _stop(conn, cursor, statement, parameters, context, executemany):
+            elapsed = time.perf_counter() - conn.info.pop("query_start", time.perf_counter())
+            for notify in observers:
+                notify(statement, elapsed)
+
+    observers.append(observer)
 
 
 def _sqlstate(exc: DBAPIError) -> str | None:

@@ -99,7 +99,7 @@ def _retry_after(exc: HTTPException) -> int:
     """Whole seconds until the breached limit resets (rounded up, at least 1)."""
     if isinstance(exc, RateLimited):
         return max(1, exc.retry_after)
-    limiter = current_app.extensions.get("limiter")
+    limiter = current_app.extensions.get("tokenpool.limiter")
     current = limiter.current_limit if limiter else None
     return max(1, math.ceil(current.reset_at - time.time())) if current else 60
 

@@ -29,6 +29,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_flask_exporter import PrometheusMetrics
 from sqlalchemy import event
 
+from .db import observe_queries
 from .errors import Unauthorized
 from .extensions import db
 from .telemetry import TokenEvent
@@ -36,6 +37,7 @@ from .telemetry import TokenEvent
 log = logging.getLogger("tokenpool.metrics")
 bp = Blueprint("metrics", __name__)
 NOT_API = r"^/(metrics|healthz?|live|ready|openapi\.json)(/|$)"
+NOT_API_PATH = re.compile(NOT_API)  # health, metrics and docs are not API traffic
 UNMATCHED = "<unmatched>"
 
 
@@ -181,16 +183,8 @@ class PoolCollector:
 def _track_database(app, metrics: TokenMetrics) -> None:
     slow_ms = app.config["SLOW_QUERY_MS"]
     slow_log = logging.getLogger("tokenpool.slow")
-    with app.app_context():
-        engine = db.engine
 
-    @event.listens_for(engine, "before_cursor_execute")
-    def _start(conn, cursor, statement, parameters, context, executemany):
-        conn.info["query_start"] = time.perf_counter()
-
-    @event.listens_for(engine, "after_cursor_execute")
-    def _stop(conn, cursor, statement, parameters, context, executemany):
-        elapsed = time.perf_counter() - conn.info.pop("query_start", time.perf_counter())
+    def on_query(statement: str, elapsed: float) -> None:
         metrics.query_duration.observe(elapsed)
         if elapsed * 1000 >= slow_ms:
             metrics.slow_queries.inc()
@@ -203,6 +197,10 @@ def _track_database(app, metrics: TokenMetrics) -> None:
                 },
             )
 
+    observe_queries(app, on_query)
+    with app.app_context():
+        engine = db.engine
+
     @event.listens_for(engine, "checkout")
     def _checkout(*_):
         metrics.pool_checked_out.inc()
@@ -213,13 +211,12 @@ def _track_database(app, metrics: TokenMetrics) -> None:
 
 
 def _track_requests(app, metrics: TokenMetrics) -> None:
-    not_api = re.compile(NOT_API)
     slow_ms = app.config["SLOW_REQUEST_MS"]
     slow_log = logging.getLogger("tokenpool.slow")
 
     @app.before_request
     def _in():
-        g.metrics_tracked = not not_api.match(request.path)
+        g.metrics_tracked = not NOT_API_PATH.match(request.path)
         if g.metrics_tracked:
             metrics.in_progress.inc()
 

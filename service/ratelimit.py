@@ -95,7 +95,10 @@ def init_rate_limits(app, blueprints: dict) -> Limiter | None:
         application_limits_exempt_when=_has_key,
         on_breach=on_breach,
     )
+    # after_request hooks run last-registered first: this one runs after Flask-Limiter's own
+    app.after_request(_retry_after_as_answered)
     limiter.init_app(app)
+    app.extensions["tokenpool.limiter"] = limiter  # extensions["limiter"] is Flask-Limiter's set of limiters
     fallback = _FallbackCounter(metrics)
     limiter.logger.addHandler(fallback)
     for name in EXEMPT_BLUEPRINTS:
@@ -143,11 +146,23 @@ def _limit_auth_failures(app, limiter: Limiter, metrics) -> None:
     app.extensions["tokenpool.auth_failure_charge"] = charge
 
 
+def _retry_after_as_answered(response):
+    """Keep `Retry-After` equal to the 429 body's `retry_after` (rounded up to whole seconds).
+
+    Flask-Limiter rewrites the header as int(reset - now), up to a second short of the real wait.
+    """
+    if response.status_code == 429 and response.is_json:
+        retry_after = (response.get_json(silent=True) or {}).get("retry_after")
+        if isinstance(retry_after, int):
+            response.headers["Retry-After"] = str(retry_after)
+    return response
+
+
 def _per_window_headers(response):
     """For API-key callers: X-RateLimit-{Limit,Remaining,Reset}-{Minute,Hour}."""
     if g.get("api_key") is None or request.blueprint not in KEYED_BLUEPRINTS:
         return response
-    limiter = current_app.extensions.get("limiter")
+    limiter = current_app.extensions.get("tokenpool.limiter")
     if limiter is None or not current_app.config["RATELIMIT_ENABLED"]:
         return response
     try:

@@ -69,6 +69,17 @@ class KeyCache:
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+            self.hits = self.misses = 0
+
+    def stats(self) -> dict:
+        lookups = self.hits + self.misses
+        return {
+            "hits": self.hits,
+            "misses": self.misses,
+            "size": len(self._entries),
+            "hit_rate": round(self.hits / lookups, 4) if lookups else 0.0,
+            "ttl_seconds": self.ttl,
+        }
 
 
 def _auth_failure(reason: str, name: str | None = None) -> None:

@@ -27,6 +27,7 @@ class _State:
         self.lock = threading.Lock()
         self.at = 0.0
         self.report: dict | None = None
+        self.hits = self.misses = 0
 
 
 _states: weakref.WeakSet = weakref.WeakSet()
@@ -138,7 +139,9 @@ def detailed_report() -> dict:
     state = _state()
     with state.lock:
         if state.report is not None and time.monotonic() - state.at < ttl:
+            state.hits += 1
             return state.report
+        state.misses += 1
         found = checks.run_checks(
             {
                 "database": _database_check,
@@ -174,6 +177,20 @@ def clear_cache() -> None:
     for state in list(_states):
         with state.lock:
             state.at, state.report = 0.0, None
+            state.hits = state.misses = 0
+
+
+def cache_stats() -> dict:
+    """Hits, misses, size and hit rate of this app's detailed-report cache."""
+    state = _state()
+    lookups = state.hits + state.misses
+    return {
+        "hits": state.hits,
+        "misses": state.misses,
+        "size": int(state.report is not None),
+        "hit_rate": round(state.hits / lookups, 4) if lookups else 0.0,
+        "ttl_seconds": current_app.config["HEALTH_CACHE_SECONDS"],
+    }
 
 
 @bp.get("/health")

@@ -1,0 +1,102 @@
+"""The monitoring blueprint (/api/monitoring, admin) and the recording of its figures."""
+
+from __future__ import annotations
+
+import time
+
+from flask import Blueprint, current_app, g, has_request_context, request
+
+from ..db import observe_queries
+from ..metrics import NOT_API_PATH, url_rule
+from ..telemetry import TokenEvent
+from ..timeutil import isoformat, utcnow
+from .store import Figures, MemoryStore, RedisStore, current_minute, request_fields
+
+bp = Blueprint("monitoring", __name__, url_prefix="/api/monitoring")
+
+
+def store():
+    """This app's figure store: Redis (scope cluster) or this process (scope process)."""
+    return current_app.extensions["tokenpool.monitoring"]
+
+
+def _figures() -> Figures:
+    if "monitoring_figures" not in g:
+        g.monitoring_figures = Figures()
+    return g.monitoring_figures
+
+
+def _write_now(app, figures: Figures) -> None:
+    app.extensions["tokenpool.monitoring"].write(current_minute(), figures)
+
+
+def init_monitoring(app) -> None:
+    """Record every API request's figures (one pipelined write at its end) and serve the API."""
+    redis_url = app.config.get("REDIS_URL")
+    app.extensions["tokenpool.monitoring"] = RedisStore(redis_url) if redis_url else MemoryStore()
+    slow_request_ms, slow_query_ms = app.config["SLOW_REQUEST_MS"], app.config["SLOW_QUERY_MS"]
+
+    def on_event(event: TokenEvent) -> None:
+        field = f"op|{event.event}|{event.status}|{event.reason or '-'}"
+        if has_request_context():
+            _figures().counts[field] += event.count
+        else:  # the sweeper thread: its own write
+            figures = Figures()
+            figures.counts[field] += event.count
+            _write_now(app, figures)
+
+    def on_query(statement: str, seconds: float) -> None:
+        if not has_request_context():
+            return
+        figures = _figures()
+        figures.counts["queries"] += 1
+        if seconds * 1000 >= slow_query_ms:
+            figures.counts["slow_queries"] += 1
+            figures.add_entry(
+                "slow_queries",
+                {
+                    "time": isoformat(utcnow()),
+                    "duration_ms": round(seconds * 1000, 1),
+                    "statement": " ".join(statement.split())[:500],  # bound parameters never appear
+                    "route": url_rule(request),
+                    "request_id": g.get("request_id"),
+                },
+            )
+
+    @app.after_request
+    def _record(response):
+        if NOT_API_PATH.match(request.path):
+            return response
+        duration_ms = round((time.perf_counter() - g.start_time) * 1000, 3)
+        route, status = url_rule(request), response.status_code
+        figures = _figures()
+        figures.counts.update(request_fields(route, status, duration_ms))
+        entry = {
+            "time": isoformat(utcnow()),
+            "duration_ms": duration_ms,
+            "method": request.method,
+            "route": route,
+            "status": status,
+            "request_id": g.get("request_id"),
+        }
+        if duration_ms >= slow_request_ms:
+            figures.counts["slow_requests"] += 1
+            figures.add_entry("slow_requests", entry)
+        if status >= 400 and response.is_json:
+            body = response.get_json(silent=True) or {}
+            figures.add_entry(
+                "errors", entry | {"error_id": body.get("error_id"), "error_code": body.get("error_code")}
+            )
+        return response
+
+    @app.teardown_request
+    def _flush(_exc):
+        figures = g.pop("monitoring_figures", None)
+        if figures:
+            _write_now(app, figures)
+
+    app.extensions["tokenpool.telemetry"].subscribe(on_event)
+    observe_queries(app, on_query)
+
+
+from . import routes  # noqa: E402,F401  (registers the views on bp)

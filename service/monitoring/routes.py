@@ -1,0 +1,187 @@
+"""HTTP for /api/monitoring: validate parameters, read figures, answer with their scope."""
+
+from __future__ import annotations
+
+import os
+
+from flask import current_app, jsonify, request
+from sqlalchemy import func, select, text
+
+from ..apikeys.service import api_keys
+from ..db import run_transaction
+from ..errors import NotFound, ValidationError
+from ..extensions import db
+from ..health import routes as health_routes
+from ..models import TokenUsage
+from ..security import require_admin
+from ..timeutil import isoformat, utcnow
+from ..tokens import service as tokens
+from . import bp, store
+from .figures import aggregate, evaluate
+from .store import window_minutes
+
+usages = TokenUsage.__table__
+
+
+@bp.before_request
+def _admin_only():
+    require_admin()
+
+
+def _int_arg(name: str, default: int, low: int, high: int) -> int:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = low - 1
+    if not low <= value <= high:
+        raise ValidationError(
+            f"Invalid {name}. Must be an integer between {low} and {high}.", details={"field": name}
+        )
+    return value
+
+
+def _answer(body: dict):
+    return jsonify({"scope": store().scope, "generated_at": isoformat(utcnow())} | body)
+
+
+def _window_figures(window: int) -> dict:
+    return aggregate(store().buckets(window_minutes(window)))
+
+
+@bp.get("/metrics")
+def metrics():
+    window = _int_arg("window", 60, 1, 1440)
+    return _answer({"window_minutes": window} | _window_figures(window))
+
+
+def _recent(kind: str, key: str):
+    limit = _int_arg("limit", 10, 1, 100)
+    return _answer({key: store().recent(kind, limit), "limit": limit})
+
+
+@bp.get("/slow-queries")
+def slow_queries():
+    return _recent("slow_queries", "slow_queries")
+
+
+@bp.get("/slow-apis")
+def slow_apis():
+    return _recent("slow_requests", "slow_apis")
+
+
+@bp.get("/errors")
+def errors():
+    return _recent("errors", "errors")
+
+
+@bp.get("/test/sleep")
+def test_sleep():
+    """Test hook (ENABLE_TEST_HOOKS, never in production): one deliberately slow statement."""
+    if not current_app.config["ENABLE_TEST_HOOKS"]:
+        raise NotFound("The requested URL was not found.")
+    ms = _int_arg("ms", 100, 1, 10000)
+    if db.engine.dialect.name != "postgresql":
+        raise ValidationError("The sleep hook needs PostgreSQL.")
+    run_transaction(lambda conn: conn.execute(text("SELECT pg_sleep(:s)"), {"s": ms / 1000}))
+    return _answer({"slept_ms": ms})
+
+
+@bp.get("/report")
+def report():
+    window = _int_arg("window", 60, 2, 1440)
+    minutes = window_minutes(window)
+    buckets = store().buckets(minutes)
+    figures = aggregate(buckets)
+    half = len(buckets) // 2
+    halves = (
+        aggregate(buckets[:half])["rate_limit_hits"].get("refused", 0),
+        aggregate(buckets[half:])["rate_limit_hits"].get("refused", 0),
+    )
+    pool = run_transaction(tokens.summary)
+    last_sweep = run_transaction(tokens.last_sweep_at)
+    findings = evaluate(
+        figures,
+        pool=pool,
+        last_sweep_at=last_sweep,
+        now=utcnow(),
+        rate_limit_halves=halves,
+        config=current_app.config,
+    )
+    order = {"critical": 0, "warning": 1, "info": 2}
+    findings.sort(key=lambda f: order[f["severity"]])
+    return _answer(
+        {
+            "window_minutes": window,
+            "summary": {
+                "requests": figures["requests"],
+                "error_rate": figures["error_rate"],
+                "p95_ms": figures["latency_ms"]["p95"],
+                "pool_utilization": pool["utilization"],
+                "tokens_available": pool["available"],
+                "last_sweep_at": isoformat(last_sweep),
+            },
+            "top_issues": [f["message"] for f in findings[:5]],
+            "recommendations": findings,
+            "status": "attention" if findings else "ok",
+        }
+    )
+
+
+def _database_size(conn) -> int | None:
+    if conn.dialect.name == "postgresql":
+        return conn.scalar(text("SELECT pg_database_size(current_database())"))
+    if conn.dialect.name == "sqlite":
+        return conn.scalar(text("PRAGMA page_count")) * conn.scalar(text("PRAGMA page_size"))
+    return None
+
+
+def _database_stats(conn) -> dict:
+    open_usages = func.count().filter(usages.c.ended_at.is_(None))
+    total_usages, open_count = conn.execute(select(func.count(), open_usages).select_from(usages)).one()
+    keys_total, keys_active = conn.execute(
+        select(func.count(), func.count().filter(api_keys.c.revoked_at.is_(None))).select_from(api_keys)
+    ).one()
+    return {
+        "tokens": tokens.summary(conn),
+        "usages": {"total": total_usages, "open": open_count},
+        "api_keys": {"total": keys_total, "active": keys_active},
+        "migration_revision": conn.scalar(text("SELECT version_num FROM alembic_version")),
+        "database_size_bytes": _database_size(conn),
+        "dialect": conn.dialect.name,
+    }
+
+
+@bp.get("/database-stats")
+def database_stats():
+    stats = run_transaction(_database_stats)
+    pool = db.engine.pool
+    stats["connection_pool"] = {
+        "pid": os.getpid(),
+        "size": pool.size() if hasattr(pool, "size") else None,
+        "checked_out": pool.checkedout() if hasattr(pool, "checkedout") else None,
+        "overflow": pool.overflow() if hasattr(pool, "overflow") else None,
+        "status": pool.status(),
+    }
+    return _answer(stats)
+
+
+def _caches() -> dict:
+    return {
+        "health_report": health_routes.cache_stats(),
+        "api_keys": current_app.extensions["tokenpool.key_cache"].stats(),
+    }
+
+
+@bp.get("/cache-stats")
+def cache_stats():
+    return _answer({"caches": _caches(), "note": "per process: each worker keeps its own caches"})
+
+
+@bp.post("/cache/clear")
+def cache_clear():
+    health_routes.clear_cache()
+    current_app.extensions["tokenpool.key_cache"].clear()
+    return _answer({"status": "ok", "cleared": sorted(_caches())})

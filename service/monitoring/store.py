@@ -1,0 +1,148 @@
+"""Windowed request, query, error and token figures: in Redis (cluster) or in process.
+
+Figures are per-minute buckets (a hash per minute, kept a day) plus capped
+lists of recent slow requests, slow queries and errors. A request writes its
+figures in one pipelined round trip; reads aggregate the buckets of a window.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import logging
+import threading
+import time
+from collections import Counter, deque
+
+import redis as redis_lib
+
+log = logging.getLogger("tokenpool.monitoring")
+
+# latency histogram bucket upper bounds, in ms (the last is open-ended)
+BOUNDS_MS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, float("inf"))
+LIST_CAP = 200
+BUCKET_TTL_SECONDS = 25 * 3600
+LISTS = ("slow_requests", "slow_queries", "errors")
+
+
+def bucket_of(duration_ms: float) -> int:
+    return bisect.bisect_left(BOUNDS_MS, duration_ms)
+
+
+def request_fields(route: str, status: int, duration_ms: float) -> Counter:
+    """The counter increments one request contributes to its minute's bucket."""
+    b = bucket_of(duration_ms)
+    fields = Counter({"requests": 1, f"lat|{b}": 1, f"route|{route}|n": 1, f"route|{route}|lat|{b}": 1})
+    if status >= 500:
+        fields["errors"] += 1
+        fields[f"route|{route}|errors"] += 1
+    elif status >= 400:
+        fields["client_errors"] += 1
+    if status == 429:
+        fields["rl|refused"] += 1
+    return fields
+
+
+class Figures:
+    """What one request (or one background run) adds: bucket increments and list entries."""
+
+    def __init__(self) -> None:
+        self.counts: Counter = Counter()
+        self.entries: dict[str, list[dict]] = {name: [] for name in LISTS}
+
+    def add_entry(self, kind: str, entry: dict) -> None:
+        self.entries[kind].append(entry)
+
+    def __bool__(self) -> bool:
+        return bool(self.counts) or any(self.entries.values())
+
+
+class MemoryStore:
+    """Figures of this process only."""
+
+    scope = "process"
+
+    def __init__(self) -> None:
+        self._buckets: dict[int, Counter] = {}
+        self._lists = {name: deque(maxlen=LIST_CAP) for name in LISTS}
+        self._lock = threading.Lock()
+
+    def write(self, minute: int, figures: Figures) -> None:
+        with self._lock:
+            self._buckets.setdefault(minute, Counter()).update(figures.counts)
+            for kind, entries in figures.entries.items():
+                self._lists[kind].extendleft(entries)
+            for old in [m for m in self._buckets if m < minute - BUCKET_TTL_SECONDS // 60]:
+                del self._buckets[old]
+
+    def buckets(self, minutes: list[int]) -> list[Counter]:
+        with self._lock:
+            return [Counter(self._buckets.get(m, {})) for m in minutes]
+
+    def recent(self, kind: str, limit: int) -> list[dict]:
+        with self._lock:
+            return list(self._lists[kind])[:limit]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._buckets.clear()
+            for entries in self._lists.values():
+                entries.clear()
+
+
+class RedisStore:
+    """Figures shared by every worker and instance, in Redis."""
+
+    scope = "cluster"
+
+    def __init__(self, url: str, prefix: str = "tokenpool:mon") -> None:
+        self.client = redis_lib.Redis.from_url(url, socket_timeout=0.3, socket_connect_timeout=0.3)
+        self.prefix = prefix
+        self._failing = False
+
+    def _key(self, *parts) -> str:
+        return ":".join([self.prefix, *map(str, parts)])
+
+    def write(self, minute: int, figures: Figures) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        if figures.counts:
+            key = self._key("m", minute)
+            for field, n in figures.counts.items():
+                pipe.hincrby(key, field, n)
+            pipe.expire(key, BUCKET_TTL_SECONDS)
+        for kind, entries in figures.entries.items():
+            if entries:
+                pipe.lpush(self._key(kind), *[json.dumps(e) for e in entries])
+                pipe.ltrim(self._key(kind), 0, LIST_CAP - 1)
+        try:
+            pipe.execute()
+            if self._failing:
+                log.warning("monitoring store: Redis answers again")
+                self._failing = False
+        except redis_lib.RedisError as exc:  # figures are best effort; the request is not
+            if not self._failing:
+                log.warning("monitoring store: Redis write failed (%s); figures are lost meanwhile", exc)
+                self._failing = True
+
+    def buckets(self, minutes: list[int]) -> list[Counter]:
+        pipe = self.client.pipeline(transaction=False)
+        for m in minutes:
+            pipe.hgetall(self._key("m", m))
+        return [Counter({k.decode(): int(v) for k, v in raw.items()}) for raw in pipe.execute()]
+
+    def recent(self, kind: str, limit: int) -> list[dict]:
+        return [json.loads(e) for e in self.client.lrange(self._key(kind), 0, limit - 1)]
+
+    def clear(self) -> None:
+        keys = list(self.client.scan_iter(self._key("*"), count=1000))
+        if keys:
+            self.client.delete(*keys)
+
+
+def current_minute(now: float | None = None) -> int:
+    return int((now if now is not None else time.time()) // 60)
+
+
+def window_minutes(window: int, now: float | None = None) -> list[int]:
+    end = current_minute(now)
+    return list(range(end - window + 1, end + 1))
