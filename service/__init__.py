@@ -22,6 +22,7 @@ from .telemetry import init_telemetry
 from .tokens import bp as tokens_bp
 from .tokens.cli import tokens_cli
 from .tokens.sweeper import init_sweeper
+from .tracing import init_tracing
 
 
 def create_app(config: dict | None = None) -> Flask:
@@ -37,6 +38,7 @@ def create_app(config: dict | None = None) -> Flask:
     init_telemetry(app)
     init_db(app)
     init_metrics(app)
+    init_tracing(app)
     init_security(app)  # authenticates before the limiter counts
     init_monitoring(app)
     register_error_handlers(app)

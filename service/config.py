@@ -120,6 +120,8 @@ def _from_environment(instance_path: str, env: str) -> dict:
         "HSTS_MAX_AGE": _int("HSTS_MAX_AGE", 31536000),
         "ALLOWED_ORIGINS": _str("ALLOWED_ORIGINS", ""),
         "ALLOW_ANY_ORIGIN": _bool("ALLOW_ANY_ORIGIN", False),
+        "OTEL_ENABLED": _bool("OTEL_ENABLED", False),
+        "OTEL_SERVICE_NAME": _str("OTEL_SERVICE_NAME", "tokenpool"),
         "ENABLE_TEST_HOOKS": _bool("ENABLE_TEST_HOOKS", False),
         "HEALTH_CACHE_SECONDS": _float("HEALTH_CACHE_SECONDS", 2.0),
         "HEALTH_CHECK_TIMEOUT": _float("HEALTH_CHECK_TIMEOUT", 3.0),

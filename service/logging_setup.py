@@ -9,6 +9,8 @@ import sys
 from flask import g, has_request_context
 from pythonjsonlogger.json import JsonFormatter
 
+from .tracing import current_trace_ids
+
 COLOURS = {"DEBUG": "36", "INFO": "32", "WARNING": "33", "ERROR": "31", "CRITICAL": "35"}
 OUR_HANDLER = "_tokenpool"
 
@@ -23,6 +25,9 @@ class RequestContextFilter(logging.Filter):
         else:
             record.request_id = getattr(record, "request_id", "-")
             record.correlation_id = getattr(record, "correlation_id", "-")
+        ids = current_trace_ids()
+        if ids:
+            record.trace_id, record.span_id = ids
         return True
 
 

@@ -81,7 +81,7 @@ def init_rate_limits(app, blueprints: dict) -> Limiter | None:
         )
 
     def on_breach(limit: RequestLimit) -> None:
-        scope = limit.request_args[1] if len(limit.request_args) > 1 else ""
+        scope = _scope(limit)
         name = scope if scope.startswith("api_key") else "ip"
         metrics.rate_limit_hits.labels(name).inc()
         log.warning(
@@ -112,6 +112,11 @@ def init_rate_limits(app, blueprints: dict) -> Limiter | None:
     return limiter
 
 
+def _scope(limit: RequestLimit) -> str:
+    """The limit's scope: the last request arg (after the key prefix and the key)."""
+    return limit.request_args[-1] if limit.request_args else ""
+
+
 def _limit_keys(limiter: Limiter, bp) -> None:
     """Per API key: its own per-minute, then per-hour limit (minute first: see README)."""
 
@@ -123,8 +128,9 @@ def _limit_keys(limiter: Limiter, bp) -> None:
         own = g.api_key.per_hour if _has_key() else None
         return f"{own or current_app.config['API_KEY_RATE_LIMIT_PER_HOUR']}/hour"
 
-    limiter.limit(per_minute, key_func=_key_identity, exempt_when=_no_key, scope="api_key_minute")(bp)
-    limiter.limit(per_hour, key_func=_key_identity, exempt_when=_no_key, scope="api_key_hour")(bp)
+    # shared: one bucket per key over every route (a plain limit would count each route apart)
+    limiter.shared_limit(per_minute, "api_key_minute", key_func=_key_identity, exempt_when=_no_key)(bp)
+    limiter.shared_limit(per_hour, "api_key_hour", key_func=_key_identity, exempt_when=_no_key)(bp)
 
 
 def _limit_auth_failures(app, limiter: Limiter, metrics) -> None:
@@ -168,7 +174,7 @@ def _per_window_headers(response):
     try:
         for current in limiter.current_limits:
             window = WINDOWS.get(current.limit.get_expiry())
-            if window and current.request_args[1].startswith("api_key"):
+            if window and _scope(current).startswith("api_key"):
                 response.headers[f"X-RateLimit-Limit-{window}"] = str(current.limit.amount)
                 response.headers[f"X-RateLimit-Remaining-{window}"] = str(current.remaining)
                 response.headers[f"X-RateLimit-Reset-{window}"] = str(current.reset_at)

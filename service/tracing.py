@@ -1,0 +1,56 @@
+"""Optional OpenTelemetry tracing (`OTEL_ENABLED`): Flask and SQLAlchemy spans, OTLP export.
+
+Off by default and free when off: nothing is imported. The standard `OTEL_*`
+variables (endpoint, headers, sampler) are read by the SDK itself. W3C
+`traceparent` from callers is honoured by the Flask instrumentation.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from .extensions import db
+
+EXCLUDED_URLS = "healthz,health,live,ready,metrics"
+
+
+def init_tracing(app) -> None:
+    """Instrument the app when `OTEL_ENABLED`; a test may pass `OTEL_TRACER_PROVIDER`."""
+    if not app.config["OTEL_ENABLED"]:
+        return
+    from opentelemetry.instrumentation.flask import FlaskInstrumentor
+    from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
+
+    provider = app.config.get("OTEL_TRACER_PROVIDER") or _otlp_provider(app)
+    FlaskInstrumentor().instrument_app(app, tracer_provider=provider, excluded_urls=EXCLUDED_URLS)
+    with app.app_context():
+        SQLAlchemyInstrumentor().instrument(engine=db.engine, tracer_provider=provider)
+
+
+def _otlp_provider(app):
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    resource = Resource.create(
+        {
+            "service.name": app.config["OTEL_SERVICE_NAME"],
+            "service.version": app.config.get("APP_VERSION") or "0.1.0",
+            "deployment.environment": app.config["APP_ENV"],
+        }
+    )
+    provider = TracerProvider(resource=resource)
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    return provider
+
+
+def current_trace_ids() -> tuple[str, str] | None:
+    """(trace_id, span_id) of the active span, if tracing is loaded and a span is recording."""
+    trace = sys.modules.get("opentelemetry.trace")
+    if trace is None:
+        return None
+    context = trace.get_current_span().get_span_context()
+    if not context.is_valid:
+        return None
+    return format(context.trace_id, "032x"), format(context.span_id, "016x")
