@@ -175,7 +175,8 @@ def engine_options(config: dict) -> dict:
     return {
         "pool_size": config["POOL_SIZE"],
         "max_overflow": config["POOL_MAX_OVERFLOW"],
-        "pool_pre_ping": True,
+        # no pre-ping round trip per checkout: run_transaction retries once on a dropped connection
+        "pool_pre_ping": False,
         "pool_recycle": 1800,
         "pool_timeout": config["DB_CONNECT_TIMEOUT"],
         "connect_args": {"connect_timeout": config["DB_CONNECT_TIMEOUT"], "options": options},

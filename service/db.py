@@ -69,13 +69,29 @@ def _sqlstate(exc: DBAPIError) -> str | None:
     return getattr(exc.orig, "sqlstate", None)
 
 
-def run_transaction(work: Callable[..., T], /, *args, attempts: int = 3, **kwargs) -> T:
-    """Run `work(conn, *args, **kwargs)` in one transaction; retry on deadlock or lock timeout."""
+def _retryable(exc: DBAPIError) -> bool:
+    # a stale pooled connection (database restarted) fails on its first statement and is
+    # invalidated with the rest of the pool; the next attempt gets a fresh connection
+    return exc.connection_invalidated or _sqlstate(exc) in RETRYABLE_SQLSTATES
+
+
+def run_transaction(
+    work: Callable[..., T], /, *args, attempts: int = 3, single_statement: bool = False, **kwargs
+) -> T:
+    """Run `work(conn, *args, **kwargs)` in one transaction and commit it.
+
+    Retries on deadlock, lock timeout or a dropped connection. `single_statement`
+    work runs in autocommit on PostgreSQL (the statement is its own transaction),
+    saving the BEGIN and COMMIT round trips.
+    """
     for attempt in range(1, attempts + 1):
         try:
+            if single_statement and db.engine.dialect.name == "postgresql":
+                with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                    return work(conn, *args, **kwargs)
             with db.engine.begin() as conn:
                 return work(conn, *args, **kwargs)
         except DBAPIError as exc:
-            if attempt == attempts or _sqlstate(exc) not in RETRYABLE_SQLSTATES:
+            if attempt == attempts or not _retryable(exc):
                 raise
     raise AssertionError("unreachable")

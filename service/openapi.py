@@ -264,6 +264,289 @@ PATHS = {
 }
 
 
+# --- /api/monitoring (admin) ------------------------------------------------------
+
+WINDOW = {
+    "name": "window",
+    "in": "query",
+    "description": "Minutes to look back over",
+    "schema": {"type": "integer", "minimum": 1, "maximum": 1440, "default": 60},
+}
+RECENT_LIMIT = {
+    "name": "limit",
+    "in": "query",
+    "description": "How many of the most recent entries, newest first",
+    "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 10},
+}
+SCOPE = {
+    "type": "string",
+    "enum": ["cluster", "process"],
+    "description": "cluster: figures of every worker and instance (Redis); process: this process only",
+}
+LATENCY = {
+    "type": "object",
+    "description": "Upper bound (ms) of the histogram bucket holding each percentile; null without requests",
+    "properties": {q: {"type": "number", "nullable": True} for q in ("p50", "p95", "p99")},
+}
+CACHE_STATS = {
+    "type": "object",
+    "properties": {
+        "hits": {"type": "integer"},
+        "misses": {"type": "integer"},
+        "size": {"type": "integer"},
+        "hit_rate": {"type": "number"},
+        "ttl_seconds": {"type": "number"},
+    },
+}
+
+
+def _monitoring(properties: dict, required: tuple[str, ...] = ()) -> dict:
+    """A monitoring answer: its scope and time, plus these fields."""
+    return {
+        "type": "object",
+        "required": ["scope", "generated_at", *required],
+        "properties": {"scope": SCOPE, "generated_at": TIME, **properties},
+    }
+
+
+def _admin_get(summary: str, operation_id: str, schema: dict, parameters: list | None = None) -> dict:
+    """An admin-only monitoring read; 400 only where there are parameters to get wrong."""
+    operation = {"summary": summary, "operationId": operation_id, "security": ADMIN}
+    if parameters:
+        operation["parameters"] = parameters
+    codes = (400, 401, 403, 429, 503) if parameters else (401, 403, 429, 503)
+    operation["responses"] = {"200": _json(schema, summary), **_errors(*codes)}
+    return {"get": operation}
+
+
+def _recent_entries(key: str, entry: dict) -> dict:
+    return _monitoring(
+        {key: {"type": "array", "items": entry}, "limit": {"type": "integer"}}, required=(key, "limit")
+    )
+
+
+SCHEMAS["MonitoringEntry"] = {
+    "type": "object",
+    "description": "A recent slow request or error (statements carry no parameter values)",
+    "properties": {
+        "time": TIME,
+        "duration_ms": {"type": "number"},
+        "method": {"type": "string"},
+        "route": {"type": "string", "description": "The route template, never the raw path"},
+        "status": {"type": "integer"},
+        "request_id": {"type": "string", "nullable": True},
+        "error_id": {**UUID, "nullable": True},
+        "error_code": {"type": "string", "nullable": True},
+    },
+}
+SCHEMAS["SlowQuery"] = {
+    "type": "object",
+    "properties": {
+        "time": TIME,
+        "duration_ms": {"type": "number"},
+        "statement": {"type": "string", "description": "SQL with placeholders, never parameter values"},
+        "route": {"type": "string"},
+        "request_id": {"type": "string", "nullable": True},
+    },
+}
+SCHEMAS["Finding"] = {
+    "type": "object",
+    "required": ["rule", "severity", "figure", "threshold", "message", "recommendation"],
+    "properties": {
+        "rule": {
+            "type": "string",
+            "enum": [
+                "high_error_rate",
+                "slow_p95",
+                "slow_queries",
+                "pool_utilization_high",
+                "no_token_available",
+                "sweeper_late",
+                "rate_limit_hits_rising",
+            ],
+        },
+        "severity": {"type": "string", "enum": ["critical", "warning", "info"]},
+        "figure": {"type": "number", "nullable": True, "description": "The figure that triggered the rule"},
+        "threshold": {"type": "number"},
+        "message": {"type": "string"},
+        "recommendation": {"type": "string"},
+    },
+}
+SLEEP_HOOK = _admin_get(
+    "Test hook: one deliberately slow `SELECT pg_sleep` (only with ENABLE_TEST_HOOKS, never in production)",
+    "monitoringTestSleep",
+    _monitoring({"slept_ms": {"type": "integer"}}, required=("slept_ms",)),
+    [
+        {
+            "name": "ms",
+            "in": "query",
+            "schema": {"type": "integer", "minimum": 1, "maximum": 10000, "default": 100},
+        }
+    ],
+)
+SLEEP_HOOK["get"]["responses"]["404"] = _json(_ref("Error"), "Test hooks are switched off (the default)")
+
+PATHS.update(
+    {
+        "/api/monitoring/metrics": _admin_get(
+            "Requests, error rate, latency (overall and per route), token operations over a window",
+            "monitoringMetrics",
+            _monitoring(
+                {
+                    "window_minutes": {"type": "integer"},
+                    "requests": {"type": "integer"},
+                    "errors": {"type": "integer", "description": "5xx answers"},
+                    "client_errors": {"type": "integer", "description": "4xx answers"},
+                    "error_rate": {"type": "number", "description": "errors / requests"},
+                    "latency_ms": LATENCY,
+                    "routes": {
+                        "type": "object",
+                        "description": "Per route template, busiest first",
+                        "additionalProperties": {
+                            "type": "object",
+                            "properties": {
+                                "requests": {"type": "integer"},
+                                "errors": {"type": "integer"},
+                                "error_rate": {"type": "number"},
+                                "latency_ms": LATENCY,
+                            },
+                        },
+                    },
+                    "token_operations": {
+                        "type": "object",
+                        "description": "event -> success|failure -> reason -> count",
+                    },
+                    "rate_limit_hits": {"type": "object", "additionalProperties": {"type": "integer"}},
+                    "queries": {"type": "integer"},
+                    "slow_queries": {"type": "integer"},
+                    "slow_requests": {"type": "integer"},
+                },
+                required=("window_minutes", "requests", "error_rate", "latency_ms", "routes"),
+            ),
+            [WINDOW],
+        ),
+        "/api/monitoring/slow-queries": _admin_get(
+            "The most recent statements slower than SLOW_QUERY_MS",
+            "monitoringSlowQueries",
+            _recent_entries("slow_queries", _ref("SlowQuery")),
+            [RECENT_LIMIT],
+        ),
+        "/api/monitoring/slow-apis": _admin_get(
+            "The most recent API requests slower than SLOW_REQUEST_MS",
+            "monitoringSlowApis",
+            _recent_entries("slow_apis", _ref("MonitoringEntry")),
+            [RECENT_LIMIT],
+        ),
+        "/api/monitoring/errors": _admin_get(
+            "The most recent API answers with a 4xx or 5xx status, with their error_id",
+            "monitoringErrors",
+            _recent_entries("errors", _ref("MonitoringEntry")),
+            [RECENT_LIMIT],
+        ),
+        "/api/monitoring/report": _admin_get(
+            "Summary, top issues and rule-based recommendations",
+            "monitoringReport",
+            _monitoring(
+                {
+                    "window_minutes": {"type": "integer"},
+                    "summary": {
+                        "type": "object",
+                        "properties": {
+                            "requests": {"type": "integer"},
+                            "error_rate": {"type": "number"},
+                            "p95_ms": {"type": "number", "nullable": True},
+                            "pool_utilization": {"type": "number"},
+                            "tokens_available": {"type": "integer"},
+                            "last_sweep_at": NULLABLE_TIME,
+                        },
+                    },
+                    "top_issues": {"type": "array", "items": {"type": "string"}},
+                    "recommendations": {"type": "array", "items": _ref("Finding")},
+                    "status": {"type": "string", "enum": ["ok", "attention"]},
+                },
+                required=("window_minutes", "summary", "top_issues", "recommendations", "status"),
+            ),
+            [{**WINDOW, "schema": {**WINDOW["schema"], "minimum": 2}}],
+        ),
+        "/api/monitoring/database-stats": _admin_get(
+            "Tokens, usages, API keys, migration revision, database size and this process's connection pool",
+            "monitoringDatabaseStats",
+            _monitoring(
+                {
+                    "tokens": {
+                        "type": "object",
+                        "properties": {
+                            "total": {"type": "integer"},
+                            "active": {"type": "integer"},
+                            "available": {"type": "integer"},
+                            "utilization": {"type": "number"},
+                        },
+                    },
+                    "usages": {
+                        "type": "object",
+                        "properties": {"total": {"type": "integer"}, "open": {"type": "integer"}},
+                    },
+                    "api_keys": {
+                        "type": "object",
+                        "properties": {"total": {"type": "integer"}, "active": {"type": "integer"}},
+                    },
+                    "migration_revision": {"type": "string"},
+                    "database_size_bytes": {"type": "integer", "nullable": True},
+                    "dialect": {"type": "string"},
+                    "connection_pool": {
+                        "type": "object",
+                        "description": "The pool of the process that answered",
+                        "properties": {
+                            "pid": {"type": "integer"},
+                            "size": {"type": "integer", "nullable": True},
+                            "checked_out": {"type": "integer", "nullable": True},
+                            "overflow": {"type": "integer", "nullable": True},
+                            "status": {"type": "string"},
+                        },
+                    },
+                },
+                required=("tokens", "usages", "api_keys", "migration_revision", "connection_pool"),
+            ),
+        ),
+        "/api/monitoring/cache-stats": _admin_get(
+            "Hits, misses, size and hit rate of this process's caches",
+            "monitoringCacheStats",
+            _monitoring(
+                {
+                    "caches": {
+                        "type": "object",
+                        "properties": {"health_report": CACHE_STATS, "api_keys": CACHE_STATS},
+                    },
+                    "note": {"type": "string"},
+                },
+                required=("caches",),
+            ),
+        ),
+        "/api/monitoring/cache/clear": {
+            "post": {
+                "summary": "Empty this process's caches",
+                "operationId": "monitoringCacheClear",
+                "security": ADMIN,
+                "responses": {
+                    "200": _json(
+                        _monitoring(
+                            {
+                                "status": {"type": "string"},
+                                "cleared": {"type": "array", "items": {"type": "string"}},
+                            },
+                            required=("status", "cleared"),
+                        ),
+                        "The caches that were emptied",
+                    ),
+                    **_errors(401, 403, 429, 503),
+                },
+            }
+        },
+        "/api/monitoring/test/sleep": SLEEP_HOOK,
+    }
+)
+
+
 def document() -> dict:
     """The OpenAPI document; other blueprints add their paths to PATHS."""
     return {

@@ -114,8 +114,8 @@ def authenticate() -> None:
     Raises Unauthorized for an invalid key, or for no key when `API_AUTH_REQUIRED`.
     """
     g.api_key = None
-    if request.blueprint not in PROTECTED_BLUEPRINTS:
-        return
+    if request.blueprint not in PROTECTED_BLUEPRINTS or request.method == "OPTIONS":
+        return  # a CORS preflight never carries the key; OPTIONS runs no view
     key = presented_key()
     if key is None:
         if current_app.config["API_AUTH_REQUIRED"]:
@@ -172,6 +172,7 @@ def init_security(app) -> None:
         session_cookie_secure=app.config["FORCE_HTTPS"],
         x_xss_protection=False,
     )
+    exempt_from_https_redirect(app, "metrics.")  # Prometheus scrapes each instance over plain HTTP
     origins = _allowed_origins(app.config)
     if origins:
         CORS(

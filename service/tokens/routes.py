@@ -72,7 +72,9 @@ def observed(event: str):
 def activate():
     user_id = user_id_from(json_body())
     with timed() as elapsed:
-        lease = run_transaction(service.activate, user_id, lifetime=lifetime(), now=clock())
+        lease = run_transaction(
+            service.activate, user_id, lifetime=lifetime(), now=clock(), single_statement=True
+        )
     emit(
         "activation",
         "success",

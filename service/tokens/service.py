@@ -92,7 +92,8 @@ def _end_lease(conn: Connection, token_id, ended_at: datetime, reason: str) -> N
 def activate(conn: Connection, user_id: uuid.UUID, *, lifetime: int, now: datetime | None = None) -> Lease:
     """Lease a token to `user_id`: theirs if they hold one, else a free one, else evict.
 
-    Raises PoolEmpty when the pool has no token at all.
+    On PostgreSQL this is one statement (safe to run in autocommit). Raises
+    PoolEmpty when the pool has no token at all.
     """
     if _is_postgres(conn):
         row = conn.execute(
