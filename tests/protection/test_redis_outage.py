@@ -1,0 +1,101 @@
+"""Rate limits on a throwaway Redis: served through an outage on memory, one warning, back to Redis."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import redis
+
+from tests.conftest import make_app, reset_database
+from tests.observability.test_metrics import sample
+from tests.procs import ThrowawayRedis, wait_for
+from tests.protection.support import assert_rate_limited
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+FALLBACK = "falling back to in-memory"
+
+
+@pytest.fixture
+def throwaway_redis():
+    server = ThrowawayRedis().start()
+    started = [server]
+
+    def restart() -> ThrowawayRedis:
+        again = ThrowawayRedis(port=server.port).start()
+        started.append(again)
+        return again
+
+    yield server, restart
+    for s in started:
+        s.stop()
+
+
+def counters(port: int) -> dict[str, int]:
+    """The limiter's counters in Redis (`LIMITS:LIMITER/tokenpool/...`): {key: count}."""
+    conn = redis.Redis(host="127.0.0.1", port=port, socket_timeout=2)
+    try:
+        return {k.decode(): int(conn.get(k) or 0) for k in conn.keys("*LIMITER/tokenpool/*")}
+    finally:
+        conn.close()
+
+
+def test_counts_are_in_redis_and_exact(sqlite_url, throwaway_redis):
+    server, _ = throwaway_redis
+    app = make_app(sqlite_url, ENABLE_RATE_LIMITING=True, REDIS_URL=server.url, RATE_LIMIT_PER_MINUTE=3)
+    reset_database(app)
+    assert app.config["RATELIMIT_STORAGE_URI"] == server.url
+    client = app.test_client()
+    for _ in range(3):
+        assert client.get("/api/tokens/summary").status_code == 200
+    assert list(counters(server.port).values()) == [3]
+    assert_rate_limited(client.get("/api/tokens/summary"))
+    # a second app (another worker) on the same Redis sees the same count
+    other = make_app(sqlite_url, ENABLE_RATE_LIMITING=True, REDIS_URL=server.url, RATE_LIMIT_PER_MINUTE=3)
+    assert_rate_limited(other.test_client().get("/api/tokens/summary"))
+
+
+def test_redis_outage_falls_back_once_then_returns_to_redis(sqlite_url, throwaway_redis, records):
+    server, restart = throwaway_redis
+    app = make_app(sqlite_url, ENABLE_RATE_LIMITING=True, REDIS_URL=server.url, RATE_LIMIT_PER_MINUTE=1000)
+    reset_database(app)
+    log = records("flask-limiter")
+    client = app.test_client()
+
+    def fallbacks() -> float:
+        text = client.get("/metrics").get_data(as_text=True)
+        return sample(text, "tokenpool_rate_limit_storage_fallbacks_total")
+
+    for _ in range(3):
+        assert client.get("/api/tokens/summary").status_code == 200
+    assert list(counters(server.port).values()) == [3]
+    assert fallbacks() == 0
+
+    server.stop()  # killed: connections refused from now on
+    for _ in range(6):
+        started = time.monotonic()
+        assert client.get("/api/tokens/summary").status_code == 200
+        assert time.monotonic() - started < 2  # short socket timeouts: no long stalls
+    assert len(log.messages(FALLBACK)) == 1
+    assert fallbacks() == 1
+    assert not [r for r in log.records if r.levelname in ("ERROR", "CRITICAL")]
+
+    server = restart()  # same port, empty
+    wait_for(
+        lambda: client.get("/api/tokens/summary").status_code == 200 and counters(server.port),
+        timeout=90,
+        interval=0.5,
+        what="rate limit counters back in Redis",
+    )
+    before = sum(counters(server.port).values())
+    for _ in range(4):
+        assert client.get("/api/tokens/summary").status_code == 200
+    assert sum(counters(server.port).values()) == before + 4
+    assert len(log.messages(FALLBACK)) == 1
+    assert fallbacks() == 1
+
+    server.stop()  # a second outage: a second warning
+    for _ in range(3):
+        assert client.get("/api/tokens/summary").status_code == 200
+    assert len(log.messages(FALLBACK)) == 2
+    assert fallbacks() == 2
