@@ -545,6 +545,10 @@ PATHS.update(
         "/api/monitoring/test/sleep": SLEEP_HOOK,
     }
 )
+for _reads_store in ("metrics", "slow-queries", "slow-apis", "errors", "report"):
+    PATHS[f"/api/monitoring/{_reads_store}"]["get"]["responses"]["503"] = _json(
+        _ref("Error"), "The database or the monitoring store (Redis) is unavailable"
+    )
 
 
 def document() -> dict:

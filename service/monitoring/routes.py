@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 
 from flask import current_app, jsonify, request
+from redis import RedisError
 from sqlalchemy import func, select, text
 
 from ..apikeys.service import api_keys
 from ..db import run_transaction
-from ..errors import NotFound, ValidationError
+from ..errors import NotFound, ValidationError, error_response
 from ..extensions import db
 from ..health import routes as health_routes
 from ..models import TokenUsage
@@ -26,6 +27,17 @@ usages = TokenUsage.__table__
 @bp.before_request
 def _admin_only():
     require_admin()
+
+
+@bp.errorhandler(RedisError)
+def _store_unavailable(exc):
+    """Redis down is a dependency outage (503), not an unexpected error of ours (500)."""
+    return error_response(
+        503,
+        "SERVICE_UNAVAILABLE",
+        "The monitoring store (Redis) is unavailable. Please retry shortly.",
+        exc_info=exc,
+    )
 
 
 def _int_arg(name: str, default: int, low: int, high: int) -> int:
