@@ -17,6 +17,7 @@ from ..models import TokenUsage
 from ..security import require_admin
 from ..timeutil import isoformat, utcnow
 from ..tokens import service as tokens
+from ..tokens.routes import clock
 from . import bp, store
 from .figures import aggregate, evaluate
 from .store import window_minutes
@@ -112,13 +113,14 @@ def report():
         aggregate(buckets[:half])["rate_limit_hits"].get("refused", 0),
         aggregate(buckets[half:])["rate_limit_hits"].get("refused", 0),
     )
-    pool = run_transaction(tokens.summary)
+    now = clock()
+    pool = run_transaction(tokens.summary, now=now)
     last_sweep = run_transaction(tokens.last_sweep_at)
     findings = evaluate(
         figures,
         pool=pool,
         last_sweep_at=last_sweep,
-        now=utcnow(),
+        now=now or utcnow(),
         rate_limit_halves=halves,
         config=current_app.config,
     )
@@ -157,7 +159,7 @@ def _database_stats(conn) -> dict:
         select(func.count(), func.count().filter(api_keys.c.revoked_at.is_(None))).select_from(api_keys)
     ).one()
     return {
-        "tokens": tokens.summary(conn),
+        "tokens": tokens.summary(conn, now=clock()),
         "usages": {"total": total_usages, "open": open_count},
         "api_keys": {"total": keys_total, "active": keys_active},
         "migration_revision": conn.scalar(text("SELECT version_num FROM alembic_version")),
