@@ -41,9 +41,22 @@ NOT_API_PATH = re.compile(NOT_API)  # health, metrics and docs are not API traff
 UNMATCHED = "<unmatched>"
 
 
+_TEMPLATES: dict[str, str] = {}
+CONVERTER = re.compile(r"<(?:[^:<>]+:)?([^<>]+)>")
+
+
 def url_rule(req) -> str:
-    """The route template (never the raw path: token ids must not become series)."""
-    return req.url_rule.rule if req.url_rule is not None else UNMATCHED
+    """The route template, converters dropped: `/api/tokens/<token_id>`.
+
+    Never the raw path: a million token ids must not become a million series.
+    """
+    if req.url_rule is None:
+        return UNMATCHED
+    rule = req.url_rule.rule
+    template = _TEMPLATES.get(rule)
+    if template is None:
+        template = _TEMPLATES[rule] = CONVERTER.sub(r"<\1>", rule)
+    return template
 
 
 def multiprocess() -> bool:

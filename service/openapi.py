@@ -551,6 +551,52 @@ for _reads_store in ("metrics", "slow-queries", "slow-apis", "errors", "report")
     )
 
 
+# --- operations endpoints: health probes, metrics, this document ---------------------
+
+_PROBE_BODY = {"type": "object", "additionalProperties": True}
+
+
+def _probe(summary: str, *, can_fail: bool) -> dict:
+    responses = {"200": _json(_PROBE_BODY, "The probe passes (or, for /health, degraded)")}
+    if can_fail:
+        responses["503"] = _json(_PROBE_BODY, "The probe fails: the body names the failing checks")
+    return {"get": {"summary": summary, "tags": ["health"], "responses": responses}}
+
+
+for _path in ("/healthz", "/health/quick"):
+    PATHS[_path] = _probe("Load balancer probe: the process serves; touches no dependency", can_fail=False)
+for _path in ("/health/live", "/health/liveness", "/live"):
+    PATHS[_path] = _probe("Liveness: no dependency checks", can_fail=False)
+for _path in ("/health/ready", "/health/readiness", "/ready"):
+    PATHS[_path] = _probe("Readiness: database, schema at head, pool seeded, not draining", can_fail=True)
+PATHS["/health/startup"] = _probe("Start-up work done", can_fail=True)
+for _path in ("/health", "/health/detailed"):
+    PATHS[_path] = _probe("Detailed health: healthy, degraded (200) or unhealthy (503)", can_fail=True)
+    PATHS[_path]["get"]["parameters"] = [
+        {"name": "details", "in": "query", "schema": {"type": "string", "enum": ["true", "false"]}}
+    ]
+PATHS["/metrics"] = {
+    "get": {
+        "summary": "Prometheus metrics (bearer METRICS_TOKEN when configured)",
+        "tags": ["operations"],
+        "responses": {
+            "200": {
+                "description": "Prometheus text format",
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            },
+            **_errors(401),
+        },
+    }
+}
+PATHS["/openapi.json"] = {
+    "get": {
+        "summary": "This document",
+        "tags": ["operations"],
+        "responses": {"200": _json({"type": "object"}, "The OpenAPI 3 document")},
+    }
+}
+
+
 def document() -> dict:
     """The OpenAPI document; other blueprints add their paths to PATHS."""
     return {

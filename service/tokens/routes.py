@@ -109,13 +109,13 @@ def summary():
     return jsonify(counts | {"lifetime_seconds": lifetime()})
 
 
-@bp.get("/<token_id>")
+@bp.get("/<token_id:token_id>")
 def get_token(token_id):
     token = run_transaction(service.get_token, parse_uuid(token_id, "token_id"), now=clock())
     return jsonify(serialise(token))
 
 
-@bp.get("/<token_id>/usages")
+@bp.get("/<token_id:token_id>/usages")
 def usages(token_id):
     tid = parse_uuid(token_id, "token_id")
     limit, before = limit_arg(), cursor_arg("usages", int)
@@ -129,7 +129,7 @@ def usages(token_id):
     )
 
 
-@bp.post("/<token_id>/release")
+@bp.post("/<token_id:token_id>/release")
 @observed("release")
 def release(token_id):
     tid = parse_uuid(token_id, "token_id")
@@ -149,7 +149,7 @@ def release(token_id):
     return jsonify(serialise(token))
 
 
-@bp.post("/<token_id>/renew")
+@bp.post("/<token_id:token_id>/renew")
 @observed("renewal")
 def renew(token_id):
     tid = parse_uuid(token_id, "token_id")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 
 import pytest
@@ -347,7 +348,7 @@ def test_openapi_documents_every_token_route(client, app):
     documented = {(path, method.upper()) for path, ops in doc["paths"].items() for method in ops}
     for rule in app.url_map.iter_rules():
         if rule.rule.startswith("/api/tokens"):
-            path = rule.rule.replace("<token_id>", "{token_id}")
+            path = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule)
             for method in rule.methods - {"HEAD", "OPTIONS"}:
                 assert (path, method) in documented
     assert "Error" in doc["components"]["schemas"]

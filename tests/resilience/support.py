@@ -1,0 +1,204 @@
+"""Shared pieces of the torture and fault tests: an HTTP client, a request log, database checks.
+
+Every request opens a new connection (http.client), so a killed or draining worker
+shows up as a connection error of exactly the requests it held.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import subprocess
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+from urllib.parse import urlsplit
+
+from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
+
+from tests.invariants import violations
+
+OK_STATUSES = {200, 409}  # 409: release/renew of a lease that ended meanwhile (normal under churn)
+
+
+@dataclass
+class Result:
+    op: str
+    base: str
+    started: float
+    ended: float
+    status: int | None  # None: no HTTP answer
+    error: str | None = None  # the exception class of a connection error
+    body: dict | None = None
+    sent: dict | None = None
+
+    @property
+    def outcome(self) -> str:
+        return str(self.status) if self.status is not None else f"connection error ({self.error})"
+
+
+def call(
+    base: str, method: str, path: str, body: dict | None = None, timeout: float = 30
+) -> tuple[int, dict]:
+    """One request on a new connection: (status, JSON body or {}). Raises OSError/HTTPException."""
+    parts = urlsplit(base)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    try:
+        payload = json.dumps(body).encode() if body is not None else None
+        headers = {"Content-Type": "application/json", "Connection": "close"} if payload else {}
+        conn.request(method, path, body=payload, headers=headers)
+        response = conn.getresponse()
+        raw = response.read()
+        try:
+            data = json.loads(raw) if raw else {}
+        except ValueError:
+            data = {"raw": raw[:200].decode(errors="replace")}
+        return response.status, data
+    finally:
+        conn.close()
+
+
+class RequestLog:
+    """Thread-safe record of every request a test made."""
+
+    def __init__(self) -> None:
+        self.results: list[Result] = []
+        self._lock = threading.Lock()
+
+    def send(self, op: str, base: str, method: str, path: str, body: dict | None = None) -> Result:
+        started = time.monotonic()
+        try:
+            status, data = call(base, method, path, body)
+            result = Result(op, base, started, time.monotonic(), status, body=data, sent=body)
+        except (OSError, http.client.HTTPException) as exc:
+            result = Result(op, base, started, time.monotonic(), None, error=type(exc).__name__, sent=body)
+        with self._lock:
+            self.results.append(result)
+        return result
+
+    def counts(self, results: list[Result] | None = None) -> Counter:
+        return Counter((r.op, r.outcome) for r in (self.results if results is None else results))
+
+    def report(self, title: str, results: list[Result] | None = None) -> str:
+        results = self.results if results is None else results
+        lines = [f"{title}: {len(results)} requests"]
+        by_status = Counter(r.outcome for r in results)
+        lines.append("  by status: " + ", ".join(f"{k} x{v}" for k, v in sorted(by_status.items())))
+        for (op, outcome), n in sorted(self.counts(results).items()):
+            lines.append(f"    {op:12} {outcome:40} x{n}")
+        return "\n".join(lines)
+
+    def failures(self) -> list[Result]:
+        return [r for r in self.results if r.status not in OK_STATUSES]
+
+
+class Stream:
+    """A few client threads activating, releasing, renewing and reading until stopped.
+
+    `route()` picks the base URL of each request (a list of instances, a
+    load balancer's choice). Each thread keeps its current lease to release or renew.
+    """
+
+    def __init__(self, log: RequestLog, route, threads: int = 4, pause: float = 0.01) -> None:
+        self.log, self.route, self.pause = log, route, pause
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)]
+
+    def start(self) -> Stream:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(60)
+
+    def _run(self, index: int) -> None:
+        lease: dict | None = None
+        step = 0
+        while not self._stop.is_set():
+            step += 1
+            base = self.route()
+            if lease and step % 4 == 0:
+                op = "release" if step % 8 == 0 else "renew"
+                path = f"/api/tokens/{lease['token_id']}/{op}"
+                self.log.send(op, base, "POST", path, {"user_id": lease["user_id"]})
+                lease = None if op == "release" else lease
+            elif step % 5 == 0:
+                self.log.send("summary", base, "GET", "/api/tokens/summary")
+            else:
+                r = self.log.send("activate", base, "POST", "/api/tokens/activate", {"user_id": new_user()})
+                if r.status == 200:
+                    lease = r.body
+            self._stop.wait(self.pause)
+
+
+def new_user() -> str:
+    return str(uuid.uuid4())
+
+
+def parse_time(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def worker_pids(master_pid: int) -> list[int]:
+    out = subprocess.run(["ps", "--ppid", str(master_pid), "-o", "pid="], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+@dataclass
+class DatabaseCheck:
+    """What the database says after the load: invariant violations and lost answers."""
+
+    violations: dict
+    lost_activations: list = field(default_factory=list)
+    lost_releases: list = field(default_factory=list)
+    usages: int = 0
+    end_reasons: Counter = field(default_factory=Counter)
+    held: int = 0
+
+
+def check_database(url: str, log: RequestLog) -> DatabaseCheck:
+    """Invariants hold; every 200 activation and release the clients saw is in the usage history."""
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            found = violations(conn)
+            rows = conn.execute(
+                text("SELECT token_id, user_id, started_at, ended_at, end_reason FROM token_usages")
+            ).all()
+            held = conn.execute(
+                text("SELECT count(*) FROM tokens WHERE current_user_id IS NOT NULL")
+            ).scalar()
+    finally:
+        engine.dispose()
+    started = {(str(r.token_id), str(r.user_id), r.started_at) for r in rows}
+    ended = {(str(r.token_id), str(r.user_id), r.ended_at) for r in rows if r.end_reason == "released"}
+    check = DatabaseCheck(found, usages=len(rows), end_reasons=Counter(r.end_reason for r in rows), held=held)
+    for r in log.results:
+        if r.status != 200:
+            continue
+        if r.op == "activate":
+            key = (r.body["token_id"], r.body["user_id"], parse_time(r.body["activated_at"]))
+            if key not in started:
+                check.lost_activations.append(r.body)
+        elif r.op == "release" and r.sent:
+            key = (r.body["token_id"], r.sent["user_id"], parse_time(r.body["released_at"]))
+            if key not in ended:
+                check.lost_releases.append(r.body)
+    return check
+
+
+def error_lines(*servers) -> list[str]:
+    """The ERROR lines (with tracebacks) of the gunicorn logs, for failure messages."""
+    lines = []
+    for server in servers:
+        for line in server.log_lines():
+            if '"level": "ERROR"' in line or '"levelname": "ERROR"' in line or "Traceback" in line:
+                lines.append(line[:2000])
+    return lines

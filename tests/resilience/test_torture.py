@@ -1,0 +1,174 @@
+"""Torture: 64 clients for TORTURE_SECONDS (default 30) on two gunicorn instances sharing one database.
+
+Two instances with two workers each on one PostgreSQL database (created on the
+shared server for this test) and one throwaway Redis (rate limits on, at a limit
+never reached). A 20-token pool and a 1-second lifetime, so expiry, sweeping and
+eviction happen all the time. The clients mix activations of new and returning
+users, releases and renewals of their leases, reads (list, summary, one token, its
+usages), admin releases and occasional clears, spread over both instances, each
+request on a new connection.
+
+Afterwards: no 5xx and no connection error; every invariant of SPEC section 2
+holds in the database; every activation answered 200 has its usage row (token,
+user, started_at == activated_at) and every release answered 200 its closed one;
+leases of a token never overlap.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import threading
+import time
+from collections import Counter
+
+import pytest
+
+from tests.procs import Gunicorn, ThrowawayRedis, http_get
+from tests.resilience.support import RequestLog, check_database, error_lines, new_user
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.torture]
+
+SECONDS = float(os.environ.get("TORTURE_SECONDS", "30"))
+CLIENTS = 64
+POOL = 20
+RETURNING_USERS = [new_user() for _ in range(150)]  # users who come back, often while still holding
+EXPECTED = {200, 409}  # 409: release/renew of a lease that expired, was evicted or cleared meanwhile
+
+
+@pytest.fixture
+def stack(pg_database):
+    url = pg_database(POOL)
+    redis = ThrowawayRedis().start()
+    env = {
+        "APP_ENV": "development",  # admin routes open while no API key exists
+        "DATABASE_URL": url,
+        "REDIS_URL": redis.url,
+        "TOKEN_LIFETIME_SECONDS": "1",
+        "CHECK_INTERVAL_SECONDS": "1",
+        "MAX_ACTIVE_TOKENS": str(POOL),
+        "POOL_SIZE": "2",
+        "POOL_MAX_OVERFLOW": "2",
+        "ENABLE_RATE_LIMITING": "true",
+        "RATE_LIMIT_PER_MINUTE": "100000000",
+        "SWEEPER_ENABLED": "true",
+        "LOG_FORMAT": "json",
+        "DRAIN_SECONDS": "1",
+        "LOG_LEVEL": "ERROR",  # 409s are expected by the thousand; 5xx keep their tracebacks
+    }
+    servers = []
+    try:
+        for _ in range(2):
+            servers.append(Gunicorn(env, workers=2).start())
+        yield url, servers
+    finally:
+        for server in servers:  # both drain at once
+            server.signal(signal.SIGTERM)
+        for server in servers:
+            server.stop()
+        redis.stop()
+        for server in servers:
+            server.log_path.unlink(missing_ok=True)
+
+
+OPS = {  # weights of a client's next request
+    "activate-new": 15,
+    "activate-returning": 15,
+    "release": 15,
+    "renew": 15,
+    "list": 10,
+    "summary": 10,
+    "get": 10,
+    "usages": 5,
+    "admin-release": 4,
+    "clear": 0.5,
+}
+CYCLE, QUIET = 6, 2  # the last 2 s of every 6 s are reads only: leases expire, the sweeper closes them
+
+
+def _client(log: RequestLog, bases: list[str], start: float, deadline: float, seed: int) -> None:
+    rnd = random.Random(seed)
+    mine: dict | None = None  # this client's last lease
+    seen: list[str] = []  # token ids this client was given
+    names, weights = list(OPS), list(OPS.values())
+    while time.monotonic() < deadline:
+        base = rnd.choice(bases)
+        quiet = (time.monotonic() - start) % CYCLE >= CYCLE - QUIET
+        op = rnd.choice(["list", "summary", "get"]) if quiet else rnd.choices(names, weights)[0]
+        if op in ("release", "renew") and not mine or op in ("get", "usages", "admin-release") and not seen:
+            op = "activate-new"
+        if op.startswith("activate"):
+            user = new_user() if op == "activate-new" else rnd.choice(RETURNING_USERS)
+            r = log.send("activate", base, "POST", "/api/tokens/activate", {"user_id": user})
+            if r.status == 200:
+                mine = r.body
+                seen = [*seen[-49:], r.body["token_id"]]
+        elif op in ("release", "renew"):
+            log.send(op, base, "POST", f"/api/tokens/{mine['token_id']}/{op}", {"user_id": mine["user_id"]})
+            mine = None if op == "release" else mine
+        elif op == "list":
+            state = rnd.choice(["all", "active", "available"])
+            log.send(op, base, "GET", f"/api/tokens?state={state}&limit={rnd.choice([5, 100])}")
+        elif op == "summary":
+            log.send(op, base, "GET", "/api/tokens/summary")
+        elif op == "get":
+            log.send(op, base, "GET", f"/api/tokens/{rnd.choice(seen)}")
+        elif op == "usages":
+            log.send(op, base, "GET", f"/api/tokens/{rnd.choice(seen)}/usages?limit=20")
+        elif op == "admin-release":  # no body: an admin ends whoever's lease it is
+            log.send(op, base, "POST", f"/api/tokens/{rnd.choice(seen)}/release")
+        else:
+            log.send("clear", base, "DELETE", "/api/tokens/active")
+
+
+def test_torture_two_instances_64_clients_stay_correct(stack):
+    url, servers = stack
+    bases = [s.url for s in servers]
+    log = RequestLog()
+    start = time.monotonic()
+    deadline = start + SECONDS
+    clients = [
+        threading.Thread(target=_client, args=(log, bases, start, deadline, i), daemon=True)
+        for i in range(CLIENTS)
+    ]
+    for c in clients:
+        c.start()
+    for c in clients:
+        c.join(SECONDS + 120)
+    assert not any(c.is_alive() for c in clients), "clients still running long after the deadline"
+
+    print()
+    print(log.report(f"torture, {CLIENTS} clients, {SECONDS:.0f}s, 2 instances x 2 workers"))
+    statuses = Counter(r.outcome for r in log.results)
+    per_instance = Counter(r.base for r in log.results)
+    print("  per instance: " + ", ".join(f"{b} x{n}" for b, n in sorted(per_instance.items())))
+
+    unexpected = [r for r in log.results if r.status not in EXPECTED]
+    server_errors = [r for r in unexpected if r.status is not None and r.status >= 500]
+    assert not server_errors, f"{len(server_errors)} 5xx, first: {server_errors[0]}\n" + "\n".join(
+        error_lines(*servers)[:20]
+    )
+    assert not unexpected, f"unexpected answers {statuses}; first: {unexpected[:5]}"
+    assert statuses["200"] > 0
+
+    for server in servers:  # both instances still serve after the load
+        assert http_get(server.url + "/api/tokens/summary")[0] == 200
+    logged = error_lines(*servers)  # e.g. a failing sweeper, which no client would see
+    assert logged == [], logged[:10]
+
+    check = check_database(url, log)
+    print(
+        f"  database: {check.usages} usages, end reasons {dict(check.end_reasons)}, "
+        f"{check.held} tokens held at the end"
+    )
+    assert check.violations == {}, check.violations
+    assert check.lost_activations == [], f"{len(check.lost_activations)} 200 activations without usage row"
+    assert check.lost_releases == [], f"{len(check.lost_releases)} 200 releases without closed usage row"
+    assert check.held <= POOL
+
+    # the load exercised what it was meant to: every way a lease ends happened
+    answered = Counter(r.op for r in log.results if r.status == 200)
+    assert answered["release"] and answered["renew"] and answered["clear"], answered
+    assert check.end_reasons["released"] and check.end_reasons["evicted"], check.end_reasons
+    assert check.end_reasons["expired"], check.end_reasons
