@@ -69,9 +69,15 @@ def worker_exit(server, worker):
             db.engine.dispose()
 
 
+# Imported here, not in child_exit: gunicorn calls that hook from its SIGCHLD
+# handler, and a first import interrupted by a second SIGCHLD crashes the master.
+if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    from prometheus_client import multiprocess
+else:
+    multiprocess = None
+
+
 def child_exit(server, worker):
     """Drop a dead worker's live gauges from the multiprocess metrics."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        from prometheus_client import multiprocess
-
+    if multiprocess is not None:
         multiprocess.mark_process_dead(worker.pid)

@@ -1,0 +1,347 @@
+"""Real nginx in front of real gunicorn instances, for the end-to-end suite and measure_nginx.py.
+
+nginx runs as a foreground master (`daemon off`) on a free loopback port with a
+configuration rendered from nginx/templates by nginx/render.py into a scratch
+directory that also holds its pid file, logs and temp dirs, so nothing under
+/etc, /run or /var is touched. The gunicorn instances are tests.procs.Gunicorn.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import importlib.util
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from sqlalchemy import create_engine
+
+from tests.procs import ROOT, Gunicorn, ThrowawayRedis, free_port
+
+NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+WRK = shutil.which("wrk") or ("/usr/bin/wrk" if Path("/usr/bin/wrk").exists() else None)
+
+
+def _load_render():
+    spec = importlib.util.spec_from_file_location("tokenpool_nginx_render_e2e", ROOT / "nginx" / "render.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+render = _load_render()
+
+
+# --- HTTP -----------------------------------------------------------------------------
+
+
+class Response:
+    def __init__(self, status: int, headers: dict[str, str], body: bytes):
+        self.status = status
+        self.headers = headers  # lower-case names
+        self.body = body
+
+    def json(self):
+        return json.loads(self.body)
+
+    def __repr__(self) -> str:
+        return f"<Response {self.status} {self.body[:200]!r}>"
+
+
+def request(
+    port: int,
+    method: str,
+    path: str,
+    body: bytes | dict | None = None,
+    headers: dict | None = None,
+    source: str = "127.0.0.1",
+    timeout: float = 10,
+) -> Response:
+    """One request on a new connection from the loopback address `source` (any of 127.0.0.0/8)."""
+    headers = dict(headers or {})
+    if isinstance(body, dict):
+        body = json.dumps(body).encode()
+        headers.setdefault("Content-Type", "application/json")
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout, source_address=(source, 0))
+    try:
+        conn.request(method, path, body=body, headers=headers)
+        resp = conn.getresponse()
+        return Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read())
+    finally:
+        conn.close()
+
+
+def json_lines(lines) -> list[dict]:
+    """The JSON objects among log lines (gunicorn's own lines are plain text)."""
+    out = []
+    for line in lines:
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                pass
+    return out
+
+
+def access_lines(gunicorn: Gunicorn) -> list[dict]:
+    """The app's access lines (logger tokenpool.access) of one gunicorn instance."""
+    return [r for r in json_lines(gunicorn.log_lines()) if r.get("logger") == "tokenpool.access"]
+
+
+# --- nginx ----------------------------------------------------------------------------
+
+
+class Nginx:
+    """An nginx master in the foreground on 127.0.0.1:<free port>, everything under `directory`."""
+
+    def __init__(self, directory: Path, upstreams: list[str], **overrides: str):
+        self.dir = directory
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        servers = " ".join(f"server {u} max_fails=3 fail_timeout=10s;" for u in upstreams)
+        values = render.values_from(
+            {},
+            LISTEN_PORT=f"127.0.0.1:{self.port}",
+            UPSTREAMS=servers,
+            NGINX_PID=str(self.dir / "nginx.pid"),
+            NGINX_ERROR_LOG=str(self.dir / "error.log"),
+            NGINX_ACCESS_LOG=str(self.dir / "access.log"),
+            NGINX_TEMP_DIR=str(self.dir),
+        )
+        values.update(overrides)
+        render.render_all(self.dir / "conf", values)
+        self.conf = self.dir / "conf" / "nginx.conf"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> Nginx:
+        stderr_path = self.dir / "nginx.stderr"
+        with open(stderr_path, "w") as stderr:
+            self.proc = subprocess.Popen(
+                [
+                    NGINX,
+                    "-p",
+                    str(self.dir),
+                    "-e",
+                    str(self.dir / "error.log"),
+                    "-c",
+                    str(self.conf),
+                    "-g",
+                    "daemon off;",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+            )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"nginx exited: {stderr_path.read_text()} {self.error_log()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return self
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise AssertionError("nginx did not start listening")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def access_log(self) -> list[dict]:
+        path = self.dir / "access.log"
+        return json_lines(path.read_text().splitlines()) if path.exists() else []
+
+    def error_log(self) -> str:
+        path = self.dir / "error.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+
+# --- the whole stack --------------------------------------------------------------------
+
+
+def gunicorn_env(database_url: str, redis_url: str, pool: int, **extra: str) -> dict:
+    """The production-like environment of one instance (SPEC 6 / issue 7)."""
+    env = {
+        "APP_ENV": "production",
+        "SECRET_KEY": "e2e-secret",
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "PROXY_FIX_X_FOR": "1",
+        "PROXY_FIX_X_PROTO": "1",
+        "POOL_SIZE": "2",
+        "POOL_MAX_OVERFLOW": "1",
+        "MAX_ACTIVE_TOKENS": str(pool),
+        "LOG_FORMAT": "json",
+        "LOG_LEVEL": "INFO",
+        "SWEEPER_ENABLED": "true",
+        "ENABLE_RATE_LIMITING": "true",
+        "RATE_LIMIT_PER_MINUTE": "100000",  # tests that count the limit set their own
+        "DRAIN_SECONDS": "2",
+        "GUNICORN_GRACEFUL_TIMEOUT": "10",
+    }
+    env.update(extra)
+    return env
+
+
+class Stack:
+    """One Redis, `instances` gunicorns (2 workers each) on one database, nginx in front."""
+
+    def __init__(
+        self,
+        directory: Path,
+        database_url: str,
+        pool: int,
+        instances: int = 2,
+        env: dict | None = None,
+        nginx: dict | None = None,
+    ):
+        self.dir = directory
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.database_url = database_url
+        self.pool = pool
+        self.redis = ThrowawayRedis()
+        self.gunicorns: list[Gunicorn] = []
+        self._instances = instances
+        self._env = env or {}
+        self._nginx_overrides = nginx or {}
+        self.nginx: Nginx | None = None
+        self.extra_nginx: list[Nginx] = []
+
+    def start(self) -> Stack:
+        self.redis.start()
+        for i in range(self._instances):
+            prom = self.dir / f"prom-{i}"
+            prom.mkdir(exist_ok=True)
+            env = gunicorn_env(
+                self.database_url, self.redis.url, self.pool, PROMETHEUS_MULTIPROC_DIR=str(prom), **self._env
+            )
+            self.gunicorns.append(Gunicorn(env, workers=2, log_path=self.dir / f"gunicorn-{i}.log"))
+        _parallel([g.start for g in self.gunicorns])
+        self.nginx = self.add_nginx("nginx", **self._nginx_overrides)
+        return self
+
+    def add_nginx(self, name: str, upstreams: list[Gunicorn] | None = None, **overrides: str) -> Nginx:
+        """Another nginx (own config, port, logs) in front of some or all of the instances."""
+        targets = upstreams if upstreams is not None else self.gunicorns
+        nginx = Nginx(self.dir / name, [f"127.0.0.1:{g.port}" for g in targets], **overrides).start()
+        self.extra_nginx.append(nginx)
+        return nginx
+
+    def stop(self) -> None:
+        """Quick shutdown (SIGQUIT) of what still runs: the graceful path is tested on its own."""
+        for nginx in self.extra_nginx:
+            nginx.stop()
+        for g in self.gunicorns:
+            if g.proc is not None and g.proc.poll() is None:
+                g.signal(signal.SIGQUIT)
+        _parallel([g.stop for g in self.gunicorns])
+        self.redis.stop()
+
+    def __enter__(self) -> Stack:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _parallel(calls) -> None:
+    errors: list[BaseException] = []
+
+    def run(call):
+        try:
+            call()
+        except BaseException as exc:  # re-raised below, in the caller's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(c,)) for c in calls]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+
+
+@contextlib.contextmanager
+def new_database(pool: int):
+    """A migrated database seeded with `pool` tokens on the shared server, dropped afterwards.
+
+    What the `pg_database` fixture does, for a module-scoped fixture and for measure_nginx.py.
+    """
+    import psycopg
+
+    from service.extensions import db
+    from tests.conftest import PG_ADMIN_URL, make_app, reset_database
+
+    name = f"tokenpool_e2e_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        url = "postgresql+psycopg://" + PG_ADMIN_URL.split("://", 1)[1].rsplit("/", 1)[0] + "/" + name
+        app = make_app(url)
+        try:
+            reset_database(app, pool)
+        finally:
+            with app.app_context():
+                db.engine.dispose()
+        yield url
+    finally:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextlib.contextmanager
+def database(url: str):
+    """A connection to a stack's database; the engine is disposed afterwards."""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            yield conn
+    finally:
+        engine.dispose()
+
+
+# --- wrk ------------------------------------------------------------------------------
+
+
+def wrk(url: str, threads: int = 1, connections: int = 8, duration: str = "5s") -> dict:
+    """Run wrk once; return requests/s, the non-2xx count, latency figures and the raw output."""
+    done = subprocess.run(
+        [WRK, f"-t{threads}", f"-c{connections}", f"-d{duration}", "--latency", url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    out = done.stdout
+    result = {"url": url, "output": out, "rps": None, "non_2xx": 0, "errors": ""}
+    for line in out.splitlines():
+        words = line.split()
+        if line.startswith("Requests/sec:"):
+            result["rps"] = float(words[1])
+        elif line.strip().startswith("Non-2xx or 3xx responses:"):
+            result["non_2xx"] = int(words[-1])
+        elif line.strip().startswith("Socket errors:"):
+            result["errors"] = line.strip()
+        elif words[:1] == ["Latency"] and len(words) >= 2 and words[1] != "Distribution":
+            result["latency_avg"] = words[1]
+        elif words[:1] in (["50%"], ["99%"]):
+            result["p" + words[0].rstrip("%")] = words[1]
+    return result
