@@ -1,0 +1,1 @@
+"""Benchmark harness for tokenpool (`make bench`); see docs/PERFORMANCE.md."""

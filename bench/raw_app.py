@@ -1,0 +1,53 @@
+"""Minimal raw-SQL activation: the floor cost of one activation in Python.
+
+Flask + psycopg 3, one autocommit connection per worker, the same PL/pgSQL
+function the service calls. No pool, no ORM, no middleware, no logging.
+
+    DATABASE_URL=postgresql://... gunicorn -c bench/gunicorn_bare.conf.py -w 2 \
+        -b 127.0.0.1:PORT bench.raw_app:app
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import psycopg
+from flask import Flask, jsonify, request
+
+SQL = "SELECT * FROM tokenpool_activate(%s::uuid, NULL, make_interval(secs => 120))"
+
+app = Flask(__name__)
+_conn: psycopg.Connection | None = None
+
+
+def _dsn() -> str:
+    url = os.environ["DATABASE_URL"]
+    return url.replace("postgresql+psycopg://", "postgresql://", 1)
+
+
+def connection() -> psycopg.Connection:
+    """This worker's connection, opened on first use (after gunicorn's fork)."""
+    global _conn
+    if _conn is None or _conn.closed:
+        _conn = psycopg.connect(_dsn(), autocommit=True)
+    return _conn
+
+
+@app.post("/activate")
+def activate():
+    body = request.get_json(silent=True) or {}
+    try:
+        user_id = uuid.UUID(str(body["user_id"]))
+    except (KeyError, ValueError):
+        return jsonify({"error": "user_id must be a UUID"}), 400
+    row = connection().execute(SQL, (user_id,)).fetchone()
+    token_id, activated_at, expires_at, _outcome = row
+    return jsonify(
+        {
+            "token_id": str(token_id),
+            "user_id": str(user_id),
+            "activated_at": activated_at.isoformat(),
+            "expires_at": expires_at.isoformat(),
+        }
+    )

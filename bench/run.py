@@ -1,0 +1,751 @@
+"""`make bench`: the four performance targets of issue 8, measured side by side.
+
+Starts four gunicorn targets (sync, 2 workers each) and drives them in turn,
+alternating the order over several rounds so drift and neighbours' noise hit
+every target alike:
+
+  hello      bench/hello_app.py          GET /hello (bare Flask)
+  raw        bench/raw_app.py            POST /activate (psycopg 3, one SQL call), 100-token pool
+  raw-1m     bench/raw_app.py            the same on the 1,000,000-token pool (is 3a the database?)
+  svc-100    the service, every feature  on a 100-token pool (evicts on every activation)
+  svc-1m     the service, every feature  on a 1,000,000-token pool
+
+Peak rates come from wrk (closed loop, Lua scripts posting random user ids);
+latency at a given rate comes from bench/loadgen.py (open loop, fixed rate).
+Prints medians, spreads and PASS/FAIL per target; writes the raw numbers to
+bench/results/<timestamp>.json. Needs wrk (`apt-get install -y wrk`), the
+PostgreSQL at BENCH_PG_URL and the Redis at BENCH_REDIS_URL (DB 15, flushed).
+See docs/PERFORMANCE.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+sys.path.insert(0, str(BENCH))
+
+from loadgen import run_fixed_rate  # noqa: E402
+
+VENV_BIN = Path(sys.executable).parent
+PG_ADMIN_URL = os.environ.get("BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+# (case name, target, path, wrk script); the order rotates every round
+CASES = [
+    ("hello", "hello", "/hello", "get.lua"),
+    ("raw_activate", "raw", "/activate", "activate.lua"),
+    ("raw_activate_1m", "raw-1m", "/activate", "activate.lua"),
+    ("svc_activate_100", "svc-100", "/api/tokens/activate", "activate.lua"),
+    ("svc_activate_1m", "svc-1m", "/api/tokens/activate", "activate.lua"),
+    ("svc_summary", "svc-100", "/api/tokens/summary", "get.lua"),
+    ("svc_list_1m", "svc-1m", "/api/tokens?limit=100", "get.lua"),
+]
+
+TARGETS_SPEC = [
+    # (id, what, threshold, kind)
+    ("1", "activation: full stack / raw SQL app (100 tokens)", 0.60, "ratio>="),
+    ("2", "GET /api/tokens/summary full stack / bare hello", 0.70, "ratio>="),
+    ("3a", "activation: 1,000,000 tokens / 100 tokens", 0.90, "ratio>="),
+    ("3b", "GET /api/tokens?limit=100 on 1M tokens, p99 ms at half peak", 20.0, "ms<="),
+    ("4", "activation p99 ms at half of peak rate (100 tokens)", 25.0, "ms<="),
+]
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+# --- infrastructure ------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def admin_sql(statement: str, dbname: str | None = None) -> None:
+    import psycopg
+
+    url = PG_ADMIN_URL if dbname is None else PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + dbname
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(statement)
+
+
+def flush_redis() -> None:
+    import redis
+
+    redis.Redis.from_url(REDIS_URL).flushdb()
+
+
+def service_env(db_url: str, port: int, prom_dir: Path) -> dict:
+    """Production settings, every feature on, limits too high to trigger."""
+    return os.environ | {
+        "APP_ENV": "production",
+        "SECRET_KEY": "bench-not-secret",
+        "DATABASE_URL": db_url,
+        "REDIS_URL": REDIS_URL,
+        "LOG_FORMAT": "json",
+        "LOG_LEVEL": "INFO",
+        "RATE_LIMIT_PER_MINUTE": "100000000",
+        "ENABLE_RATE_LIMITING": "true",
+        "METRICS_ENABLED": "true",
+        "PROMETHEUS_MULTIPROC_DIR": str(prom_dir),
+        "BIND": f"127.0.0.1:{port}",
+        "WEB_CONCURRENCY": "2",
+        "SWEEPER_ENABLED": "true",
+        "DRAIN_SECONDS": "0",  # only shortens the shutdown at the end of the run
+    }
+
+
+def prepare_database(name: str, size: int, workdir: Path) -> str:
+    """Create, migrate, seed and VACUUM ANALYZE a fresh database; return its SQLAlchemy URL."""
+    admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin_sql(f'CREATE DATABASE "{name}"')
+    url = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://") + "/" + name
+    env = os.environ | {
+        "APP_ENV": "production",
+        "SECRET_KEY": "bench-not-secret",
+        "DATABASE_URL": url,
+        "SWEEPER_ENABLED": "false",
+        "LOG_LEVEL": "WARNING",
+    }
+    flask = [str(VENV_BIN / "flask"), "--app", "wsgi"]
+    with open(workdir / f"prepare-{name}.log", "w") as out:
+        for args in (["db", "upgrade"], ["tokens", "seed", "--size", str(size)]):
+            subprocess.run(flask + args, cwd=ROOT, env=env, stdout=out, stderr=out, check=True)
+    # a freshly seeded table would otherwise be vacuumed and analysed mid-run by autovacuum
+    admin_sql("VACUUM ANALYZE tokens", dbname=name)
+    admin_sql("CHECKPOINT")
+    return url
+
+
+class Target:
+    """One gunicorn master in its own process group, logs to a file."""
+
+    def __init__(self, name: str, argv: list[str], env: dict, port: int, probe: str, workdir: Path):
+        self.name, self.port, self.probe = name, port, probe
+        self.log_path = workdir / f"{name}.log"
+        self.proc = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            env=env,
+            stdout=open(self.log_path, "w"),  # noqa: SIM115 (closed with the process)
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited; see {self.log_path}")
+            try:
+                with urllib.request.urlopen(self.base + self.probe, timeout=2) as resp:
+                    if resp.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.3)
+        raise RuntimeError(f"{self.name} not ready after {timeout}s; see {self.log_path}")
+
+    def worker_pids(self) -> list[int]:
+        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout
+        return [int(p) for p in out.split()]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+def start_targets(args, workdir: Path, small_url: str, large_url: str) -> dict[str, Target]:
+    gunicorn = str(VENV_BIN / "gunicorn")
+    bare = [gunicorn, "-c", str(BENCH / "gunicorn_bare.conf.py"), "-w", "2", "-k", "sync"]
+    targets = {}
+    port = free_port()
+    targets["hello"] = Target(
+        "hello",
+        bare + ["-b", f"127.0.0.1:{port}", "bench.hello_app:app"],
+        dict(os.environ),
+        port,
+        "/hello",
+        workdir,
+    )
+    for name, url in (("raw", small_url), ("raw-1m", large_url)):
+        port = free_port()
+        targets[name] = Target(
+            name,
+            bare + ["-b", f"127.0.0.1:{port}", "bench.raw_app:app"],
+            os.environ | {"DATABASE_URL": url},
+            port,
+            "/",
+            workdir,
+        )
+    for name, url in (("svc-100", small_url), ("svc-1m", large_url)):
+        port = free_port()
+        prom = workdir / f"prometheus-{name}"
+        prom.mkdir()
+        targets[name] = Target(
+            name,
+            [gunicorn, "-c", "gunicorn.conf.py", "wsgi:app"],
+            service_env(url, port, prom),
+            port,
+            "/health/ready",
+            workdir,
+        )
+    return targets
+
+
+def wait_all(targets: dict[str, Target]) -> None:
+    for t in targets.values():
+        if t.name.startswith("raw"):  # no GET route: any HTTP answer means it is up
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    urllib.request.urlopen(t.base + "/", timeout=2)
+                except urllib.error.HTTPError:
+                    break
+                except OSError:
+                    if time.monotonic() > deadline or t.proc.poll() is not None:
+                        raise RuntimeError(f"raw app not ready; see {t.log_path}") from None
+                    time.sleep(0.3)
+        else:
+            t.wait_ready()
+
+
+# --- wrk -----------------------------------------------------------------------
+
+RPS_RE = re.compile(r"Requests/sec:\s+([\d.]+)")
+NON2XX_RE = re.compile(r"Non-2xx or 3xx responses:\s+(\d+)")
+
+
+def run_wrk(url: str, script: str, *, duration: float, connections: int, threads: int) -> dict:
+    argv = [
+        "wrk",
+        f"-t{threads}",
+        f"-c{connections}",
+        f"-d{max(1, round(duration))}s",
+        "--timeout",
+        "10s",
+        "--latency",
+        "-s",
+        str(BENCH / script),
+        url,
+    ]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60)
+    text = proc.stdout
+    raw = next(
+        (line[len("BENCH_JSON ") :] for line in text.splitlines() if line.startswith("BENCH_JSON ")), None
+    )
+    if proc.returncode != 0 or raw is None:
+        raise RuntimeError(f"wrk failed ({proc.returncode}): {proc.stderr or text}")
+    data = json.loads(raw)
+    match = RPS_RE.search(text)
+    non2xx = NON2XX_RE.search(text)
+    errors = data["errors"]
+    return {
+        "command": " ".join(argv),
+        "rps": float(match.group(1)) if match else data["requests"] / (data["duration_us"] / 1e6),
+        "requests": data["requests"],
+        "non_2xx": int(non2xx.group(1)) if non2xx else 0,
+        "socket_errors": errors["connect"] + errors["read"] + errors["write"] + errors["timeout"],
+        "latency_ms": {k: v / 1000 for k, v in data["latency_us"].items()},
+    }
+
+
+# --- statistics ----------------------------------------------------------------
+
+
+def spread(values: list[float]) -> dict:
+    med = statistics.median(values)
+    return {
+        "median": med,
+        "min": min(values),
+        "max": max(values),
+        "spread_pct": (max(values) - min(values)) / med * 100 if med else 0.0,
+        "values": values,
+    }
+
+
+def case_summary(runs: list[dict]) -> dict:
+    return {
+        "rps": spread([r["rps"] for r in runs]),
+        "p50_ms": spread([r["latency_ms"]["p50"] for r in runs]),
+        "p99_ms": spread([r["latency_ms"]["p99"] for r in runs]),
+        "requests": sum(r["requests"] for r in runs),
+        "errors": sum(r["non_2xx"] + r["socket_errors"] for r in runs),
+        "loadavg_1m": spread([r.get("loadavg_1m", 0.0) for r in runs]),
+    }
+
+
+def ratio(summary: dict, num: str, den: str) -> dict:
+    a, b = summary[num]["rps"], summary[den]["rps"]
+    per_round = [x / y for x, y in zip(a["values"], b["values"], strict=True) if y]
+    return {
+        "value": a["median"] / b["median"] if b["median"] else 0.0,
+        "per_round": per_round,
+        "per_round_min": min(per_round),
+        "per_round_max": max(per_round),
+    }
+
+
+# --- phases --------------------------------------------------------------------
+
+
+# fixed-rate follow-ups: (peak case it follows, name, activate?)
+FOLLOW_UPS = {
+    "svc_activate_100": ("activate_100_at_half_peak", True),
+    "svc_list_1m": ("list_1m_at_half_peak", False),
+}
+
+
+def _log_wrk(rnd: int, args, name: str, res: dict) -> None:
+    errors = res["non_2xx"] + res["socket_errors"]
+    log(
+        f"round {rnd + 1}/{args.rounds} {name:26s} {res['rps']:8.0f} req/s  "
+        f"p50 {res['latency_ms']['p50']:7.2f} ms  p99 {res['latency_ms']['p99']:7.2f} ms"
+        f"  load {res['loadavg_1m']:.1f}" + (f"  errors {errors}" if errors else "")
+    )
+
+
+def measure(args, targets: dict[str, Target]) -> tuple[dict[str, list[dict]], dict[str, list[dict]]]:
+    """All rounds. Returns (wrk runs per case, fixed-rate runs per follow-up).
+
+    Each fixed-rate run comes right after the peak run of its route in the same
+    round, at `rate_fraction` of that peak, so both see the same neighbours.
+    """
+    peaks: dict[str, list[dict]] = {name: [] for name, *_ in CASES} | {"svc_list_1m_few_connections": []}
+    fixed: dict[str, list[dict]] = {name: [] for name, _ in FOLLOW_UPS.values()}
+    log(f"warm-up: {args.warmup}s per case")
+    for _name, target, path, script in CASES:
+        run_wrk(
+            targets[target].base + path,
+            script,
+            duration=args.warmup,
+            connections=args.connections,
+            threads=args.threads,
+        )
+    for rnd in range(args.rounds):
+        order = CASES[rnd % len(CASES) :] + CASES[: rnd % len(CASES)]
+        for name, target, path, script in order:
+            url = targets[target].base + path
+            res = run_wrk(
+                url, script, duration=args.duration, connections=args.connections, threads=args.threads
+            )
+            res |= {"round": rnd + 1, "loadavg_1m": os.getloadavg()[0]}
+            peaks[name].append(res)
+            _log_wrk(rnd, args, name, res)
+            time.sleep(args.pause)
+            if name in FOLLOW_UPS:
+                fname, activate = FOLLOW_UPS[name]
+                rate = res["rps"] * args.rate_fraction
+                fres = run_fixed_rate(url, rate=rate, duration=args.duration, activate=activate)
+                fres |= {"round": rnd + 1, "loadavg_1m": os.getloadavg()[0]}
+                fixed[fname].append(fres)
+                bad = fres["sent"] - fres["ok"] + fres["dropped"]
+                log(
+                    f"round {rnd + 1}/{args.rounds} {fname:26s} {rate:6.0f}/s -> "
+                    f"{fres['achieved_rate']:6.0f}/s  p50 {fres['latency_ms']['p50'] or 0:7.2f} ms  "
+                    f"p99 {fres['latency_ms']['p99'] or 0:7.2f} ms  load {fres['loadavg_1m']:.1f}"
+                    + (f"  failed {bad}" if bad else "")
+                )
+                time.sleep(args.pause)
+            if name == "svc_list_1m":  # closed-loop reference for 3b: wrk with few connections
+                wres = run_wrk(
+                    url, script, duration=args.duration, connections=args.list_connections, threads=1
+                )
+                wres |= {"round": rnd + 1, "loadavg_1m": os.getloadavg()[0]}
+                peaks["svc_list_1m_few_connections"].append(wres)
+                _log_wrk(rnd, args, f"svc_list_1m wrk -c{args.list_connections}", wres)
+                time.sleep(args.pause)
+    return peaks, fixed
+
+
+def summarise_fixed(fixed: dict[str, list[dict]]) -> dict:
+    return {
+        name: {
+            "rate": spread([r["target_rate"] for r in runs]),
+            "achieved_rate": spread([r["achieved_rate"] for r in runs]),
+            "p50_ms": spread([r["latency_ms"]["p50"] or 0.0 for r in runs]),
+            "p99_ms": spread([r["latency_ms"]["p99"] or float("inf") for r in runs]),
+            "failed": sum(r["sent"] - r["ok"] + r["dropped"] for r in runs),
+            "loadavg_1m": spread([r["loadavg_1m"] for r in runs]),
+            "runs": runs,
+        }
+        for name, runs in fixed.items()
+    }
+
+
+def profile(args, targets: dict[str, Target], stamp: str) -> dict | None:
+    """Optional: py-spy of svc-100 (master + both workers) under wrk activation load.
+
+    Two samplings of `seconds` each: --gil (CPU: what limits throughput on 2 cores)
+    and wall clock (CPU + waits on PostgreSQL and Redis), plus a wall-clock flame graph.
+    """
+    pyspy = args.py_spy
+    if not pyspy:
+        return None
+    target = targets["svc-100"]
+    seconds = max(5, round(args.duration))
+    files = {
+        "cpu": BENCH / "results" / f"{stamp}-activate-cpu.folded",
+        "wall": BENCH / "results" / f"{stamp}-activate-wall.folded",
+        "svg": BENCH / "results" / f"{stamp}-activate-wall.svg",
+    }
+    log(f"py-spy: recording svc-100 activation, 3 x {seconds}s (cpu, wall, flame graph)")
+    wrk = subprocess.Popen(
+        ["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{3 * seconds + 10}s", "-s",
+         str(BENCH / "activate.lua"), target.base + "/api/tokens/activate"],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    time.sleep(1)
+    common = ["--pid", str(target.proc.pid), "--subprocesses", "--duration", str(seconds), "--rate", "250"]
+    for extra, fmt, key in ((["--gil"], "raw", "cpu"), ([], "raw", "wall"), ([], "flamegraph", "svg")):
+        subprocess.run(
+            [pyspy, "record", *common, *extra, "--format", fmt, "-o", str(files[key])],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False,
+        )  # fmt: skip
+    wrk.terminate()
+    wrk.wait()
+    if not files["cpu"].exists():
+        log("py-spy produced nothing (ptrace not permitted?)")
+        return None
+    return {
+        "files": {k: str(v.relative_to(ROOT)) for k, v in files.items() if v.exists()},
+        "cpu": summarise_profile(files["cpu"]),
+        "wall": summarise_profile(files["wall"]) if files["wall"].exists() else None,
+    }
+
+
+FRAME_RE = re.compile(r"^(.*) \(([^()]*?)(?::(\d+))?\)$")
+FLASK_PHASES = ("Flask.preprocess_request", "Flask.process_response", "Flask.do_teardown_request")
+
+
+def _function(frame: str) -> str:
+    m = FRAME_RE.match(frame)
+    return f"{m.group(1)} ({m.group(2)})" if m else frame
+
+
+def _package(frame: str) -> str:
+    m = FRAME_RE.match(frame)
+    path = m.group(2) if m else frame
+    if path.startswith("service/"):
+        return "/".join(path.split("/")[:2])
+    return path.split("/")[0].removesuffix(".py")
+
+
+def summarise_profile(folded: Path, top: int = 25) -> dict:
+    """Shares of the samples spent inside requests (under Flask.wsgi_app), from py-spy folded stacks.
+
+    self_by_package: leaf frames grouped by library; hooks: what each before/after-request
+    hook costs; inclusive: per function (line numbers dropped), callers included.
+    """
+    total = 0
+    by_package: dict[str, int] = {}
+    hooks: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    own: dict[str, int] = {}
+    for line in folded.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        frames = [f for f in stack.split(";") if not f.startswith(("process ", "thread "))]
+        if not any(f.startswith("Flask.wsgi_app ") for f in frames):
+            continue  # idle accept loop, sweeper thread, master
+        n = int(count)
+        total += n
+        leaf = frames[-1]
+        by_package[_package(leaf)] = by_package.get(_package(leaf), 0) + n
+        own[leaf] = own.get(leaf, 0) + n
+        for i, frame in enumerate(frames[:-1]):
+            if frame.startswith(FLASK_PHASES):
+                hook = f"{frame.split(' ')[0]} -> {_function(frames[i + 1])}"
+                hooks[hook] = hooks.get(hook, 0) + n
+        for func in {_function(f) for f in frames}:
+            inclusive[func] = inclusive.get(func, 0) + n
+
+    def rank(table: dict[str, int], limit: int = top) -> list[dict]:
+        ordered = sorted(table.items(), key=lambda kv: -kv[1])[:limit]
+        return [{"frame": k, "pct": round(c / total * 100, 1)} for k, c in ordered] if total else []
+
+    return {
+        "samples_in_requests": total,
+        "self_by_package": rank(by_package),
+        "self": rank(own),
+        "hooks": rank(hooks, 15),
+        "inclusive": rank(inclusive, 60),
+    }
+
+
+# --- report --------------------------------------------------------------------
+
+
+def evaluate(peaks: dict, fixed: dict) -> list[dict]:
+    ratios = {
+        "1": ratio(peaks, "svc_activate_100", "raw_activate"),
+        "2": ratio(peaks, "svc_summary", "hello"),
+        "3a": ratio(peaks, "svc_activate_1m", "svc_activate_100"),
+    }
+    errors = {
+        "1": peaks["svc_activate_100"]["errors"] + peaks["raw_activate"]["errors"],
+        "2": peaks["svc_summary"]["errors"] + peaks["hello"]["errors"],
+        "3a": peaks["svc_activate_1m"]["errors"] + peaks["svc_activate_100"]["errors"],
+        "3b": fixed["list_1m_at_half_peak"]["failed"],
+        "4": fixed["activate_100_at_half_peak"]["failed"],
+    }
+    rows = []
+    for tid, what, threshold, kind in TARGETS_SPEC:
+        if kind == "ratio>=":
+            r = ratios[tid]
+            value, detail = r["value"], f"rounds {r['per_round_min']:.2f}-{r['per_round_max']:.2f}"
+            ok = value >= threshold
+        else:
+            key = "list_1m_at_half_peak" if tid == "3b" else "activate_100_at_half_peak"
+            p99 = fixed[key]["p99_ms"]
+            value = p99["median"]
+            rate = fixed[key]["rate"]
+            detail = f"rounds {p99['min']:.1f}-{p99['max']:.1f} ms at {rate['min']:.0f}-{rate['max']:.0f}/s"
+            ok = value <= threshold
+        if errors[tid]:
+            detail += f", {errors[tid]} failed requests"
+            ok = False
+        rows.append(
+            {
+                "id": tid,
+                "what": what,
+                "kind": kind,
+                "threshold": threshold,
+                "value": value,
+                "detail": detail,
+                "pass": ok,
+            }
+        )
+    return rows
+
+
+def print_report(peaks: dict, fixed: dict, rows: list[dict], args) -> None:
+    print()
+    print(
+        f"Peak rates: wrk -t{args.threads} -c{args.connections}, {args.rounds} rounds x {args.duration:g}s"
+        " (median, min-max, spread)"
+    )
+    print(
+        f"  {'case':18s} {'req/s':>8s} {'min':>8s} {'max':>8s} {'spread':>7s} {'p50 ms':>8s} {'p99 ms':>8s}"
+    )
+    for name, *_ in CASES:
+        s = peaks[name]
+        rps = s["rps"]
+        print(
+            f"  {name:18s} {rps['median']:8.0f} {rps['min']:8.0f} {rps['max']:8.0f} {rps['spread_pct']:6.1f}%"
+            f" {s['p50_ms']['median']:8.2f} {s['p99_ms']['median']:8.2f}"
+            + (f"  ({s['errors']} errors)" if s["errors"] else "")
+        )
+    print()
+    w = peaks["svc_list_1m_few_connections"]
+    label = f"svc_list_1m -c{args.list_connections}"
+    print(
+        f"  {label:18s} {w['rps']['median']:8.0f} {w['rps']['min']:8.0f}"
+        f" {w['rps']['max']:8.0f} {w['rps']['spread_pct']:6.1f}% {w['p50_ms']['median']:8.2f}"
+        f" {w['p99_ms']['median']:8.2f}  (reference for 3b: wrk with few connections)"
+    )
+    print()
+    print(
+        f"Fixed rate: {args.rate_fraction:g} x the peak measured just before in the same round; open loop,"
+        " latency from the scheduled send time"
+    )
+    print(f"  {'case':26s} {'rate/s':>7s} {'achieved':>8s} {'p50 ms':>8s} {'p99 ms':>8s}  p99 rounds")
+    for name in ("activate_100_at_half_peak", "list_1m_at_half_peak"):
+        f = fixed[name]
+        print(
+            f"  {name:26s} {f['rate']['median']:7.0f} {f['achieved_rate']['median']:8.0f}"
+            f" {f['p50_ms']['median']:8.2f} {f['p99_ms']['median']:8.2f}"
+            f"  {f['p99_ms']['min']:.1f}-{f['p99_ms']['max']:.1f}"
+            + (f"  failed {f['failed']}" if f["failed"] else "")
+        )
+    load = statistics.median(r for s in peaks.values() for r in s["loadavg_1m"]["values"])
+    cores = os.cpu_count() or 1
+    print(f"  median 1-minute load average during the runs: {load:.1f} on {cores} cores")
+    if load > cores:
+        print("  WARNING: the machine was busy with other work; treat these numbers as noisy")
+    print()
+    info = ratio(peaks, "raw_activate_1m", "raw_activate")
+    print(
+        f"Database share of 3a: raw app 1,000,000 / 100 tokens = {info['value']:.2f}"
+        f" (rounds {info['per_round_min']:.2f}-{info['per_round_max']:.2f})"
+    )
+    print()
+    print("Targets (issue 8)")
+    print(f"  {'#':3s} {'target':62s} {'goal':>8s} {'measured':>9s}  result")
+    for r in rows:
+        goal = f">= {r['threshold']:.2f}" if r["kind"] == "ratio>=" else f"<= {r['threshold']:.0f} ms"
+        value = f"{r['value']:.2f}" if r["kind"] == "ratio>=" else f"{r['value']:.1f} ms"
+        print(
+            f"  {r['id']:3s} {r['what']:62s} {goal:>8s} {value:>9s}  {'PASS' if r['pass'] else 'FAIL'}"
+            f"  ({r['detail']})"
+        )
+    print()
+
+
+def print_profile(prof: dict) -> None:
+    for kind in ("cpu", "wall"):
+        p = prof.get(kind)
+        if not p:
+            continue
+        print(f"py-spy {kind} ({p['samples_in_requests']} samples in requests; {prof['files'].get(kind)})")
+        print(
+            "  self time by package: "
+            + ", ".join(f"{i['frame']} {i['pct']}%" for i in p["self_by_package"][:8])
+        )
+        print("  request hooks:")
+        for item in p["hooks"][:6]:
+            print(f"    {item['pct']:5.1f}%  {item['frame']}")
+        print("  inclusive, service and extensions:")
+        shown = 0
+        for item in p["inclusive"]:
+            if (
+                item["frame"]
+                .split("(")[-1]
+                .startswith(("service/", "flask_", "limits/", "prometheus", "logging"))
+            ):
+                print(f"    {item['pct']:5.1f}%  {item['frame']}")
+                shown += 1
+            if shown == 12:
+                break
+    print()
+
+
+def machine() -> dict:
+    def sh(cmd):
+        try:
+            return subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    return {
+        "nproc": sh("nproc"),
+        "cpu": sh("lscpu | grep 'Model name' | sed 's/.*: *//'"),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "postgres": sh(f"psql '{PG_ADMIN_URL}' -Atc 'show server_version'"),
+        "redis": sh("redis-cli -u " + REDIS_URL + " info server | grep redis_version | cut -d: -f2"),
+        "wrk": sh("wrk -v 2>&1 | head -1"),
+        "loadavg_at_start": os.getloadavg(),
+        "note": "2 cores shared by wrk, the 4 targets, PostgreSQL, Redis and other people's test runs",
+    }
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description="tokenpool benchmark (issue 8 targets)")
+    p.add_argument("--rounds", type=int, default=3, help="rounds over every case (default 3)")
+    p.add_argument("--duration", type=float, default=10.0, help="seconds per case per round (default 10)")
+    p.add_argument("--connections", type=int, default=16, help="wrk connections for peak rates (16)")
+    p.add_argument("--threads", type=int, default=1, help="wrk threads (1: wrk shares the 2 cores)")
+    p.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up per case, discarded")
+    p.add_argument("--pause", type=float, default=1.0, help="seconds between runs")
+    p.add_argument("--rate-fraction", type=float, default=0.5, help="fixed-rate load as a fraction of peak")
+    p.add_argument("--list-connections", type=int, default=4, help="wrk connections for the list reference")
+    p.add_argument("--small-size", type=int, default=100, help="small pool size (100)")
+    p.add_argument("--large-size", type=int, default=1_000_000, help="large pool size (1,000,000)")
+    p.add_argument("--quick", action="store_true", help="smoke run: 1 round of 3 s, 1 s warm-up")
+    p.add_argument("--py-spy", metavar="PATH", help="py-spy binary: also profile service activation")
+    p.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    p.add_argument("--keep", action="store_true", help="keep databases, logs and temp dir")
+    p.add_argument("--output", help="results JSON path (default bench/results/<timestamp>.json)")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.rounds, args.duration, args.warmup, args.pause = 1, 3.0, 1.0, 0.5
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if shutil.which("wrk") is None:
+        sys.exit("wrk not found: apt-get install -y wrk")
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    workdir = Path(tempfile.mkdtemp(prefix="tokenpool-bench-"))
+    tag = f"tokenpool_bench_{os.getpid()}"
+    dbs = {"small": f"{tag}_small", "large": f"{tag}_large"}
+    targets: dict[str, Target] = {}
+    started = time.monotonic()
+    info = machine()
+    try:
+        log(
+            f"work dir {workdir}; databases {dbs['small']} ({args.small_size} tokens), "
+            f"{dbs['large']} ({args.large_size} tokens)"
+        )
+        small_url = prepare_database(dbs["small"], args.small_size, workdir)
+        large_url = prepare_database(dbs["large"], args.large_size, workdir)
+        flush_redis()
+        targets = start_targets(args, workdir, small_url, large_url)
+        wait_all(targets)
+        log("targets up: " + ", ".join(f"{t.name}={t.port}" for t in targets.values()))
+        raw_peaks, raw_fixed = measure(args, targets)
+        peaks = {name: case_summary(runs) for name, runs in raw_peaks.items()}
+        fixed = summarise_fixed(raw_fixed)
+        rows = evaluate(peaks, fixed)
+        prof = profile(args, targets, stamp)
+        print_report(peaks, fixed, rows, args)
+        if prof:
+            print_profile(prof)
+        result = {
+            "date": stamp,
+            "args": vars(args),
+            "machine": info,
+            "targets": rows,
+            "informational": {"raw_1m_over_raw_100": ratio(peaks, "raw_activate_1m", "raw_activate")},
+            "peaks": peaks,
+            "peak_runs": raw_peaks,
+            "fixed_rate": fixed,  # includes every run
+            "profile": prof,
+            "elapsed_s": round(time.monotonic() - started, 1),
+        }
+        output = Path(args.output) if args.output else BENCH / "results" / f"{stamp}.json"
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(result, indent=2, default=str))
+        log(f"results written to {output.relative_to(ROOT) if output.is_relative_to(ROOT) else output}")
+        return 1 if args.strict and not all(r["pass"] for r in rows) else 0
+    finally:
+        for t in targets.values():
+            t.stop()
+        if not args.keep:
+            for name in dbs.values():
+                with contextlib.suppress(Exception):
+                    admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            with contextlib.suppress(Exception):
+                flush_redis()
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            log(f"kept {workdir} and databases {', '.join(dbs.values())}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
