@@ -57,11 +57,14 @@ def post_worker_init(worker):
 
 
 def worker_exit(server, worker):
-    """Stop the sweeper and close database connections before the worker exits."""
+    """Stop the sweeper, send buffered monitoring figures, close database connections."""
     app = getattr(worker, "wsgi", None)
     sweeper = getattr(app, "extensions", {}).get("tokenpool.sweeper")
     if sweeper is not None:
         sweeper.stop()
+    figures = getattr(app, "extensions", {}).get("tokenpool.monitoring")
+    if hasattr(figures, "flush"):
+        figures.flush()
     if app is not None:
         from service.extensions import db
 

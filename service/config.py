@@ -122,6 +122,7 @@ def _from_environment(instance_path: str, env: str) -> dict:
         "ALLOW_ANY_ORIGIN": _bool("ALLOW_ANY_ORIGIN", False),
         "OTEL_ENABLED": _bool("OTEL_ENABLED", False),
         "OTEL_SERVICE_NAME": _str("OTEL_SERVICE_NAME", "tokenpool"),
+        "MONITORING_FLUSH_SECONDS": _float("MONITORING_FLUSH_SECONDS", 1.0),
         "ENABLE_TEST_HOOKS": _bool("ENABLE_TEST_HOOKS", False),
         "HEALTH_CACHE_SECONDS": _float("HEALTH_CACHE_SECONDS", 2.0),
         "HEALTH_CHECK_TIMEOUT": _float("HEALTH_CHECK_TIMEOUT", 3.0),

@@ -10,7 +10,7 @@ from ..db import observe_queries
 from ..metrics import NOT_API_PATH, url_rule
 from ..telemetry import TokenEvent
 from ..timeutil import isoformat, utcnow
-from .store import Figures, MemoryStore, RedisStore, current_minute, request_fields
+from .store import BufferedStore, Figures, MemoryStore, RedisStore, current_minute, request_fields
 
 bp = Blueprint("monitoring", __name__, url_prefix="/api/monitoring")
 
@@ -31,9 +31,20 @@ def _write_now(app, figures: Figures) -> None:
 
 
 def init_monitoring(app) -> None:
-    """Record every API request's figures (one pipelined write at its end) and serve the API."""
-    redis_url = app.config.get("REDIS_URL")
-    app.extensions["tokenpool.monitoring"] = RedisStore(redis_url) if redis_url else MemoryStore()
+    """Record every API request's figures and serve the API.
+
+    A request's figures go to the store at its end: with Redis, into a buffer
+    flushed every MONITORING_FLUSH_SECONDS in one pipeline (0: one pipelined
+    write per request).
+    """
+    redis_url, interval = app.config.get("REDIS_URL"), app.config["MONITORING_FLUSH_SECONDS"]
+    if not redis_url:
+        figure_store = MemoryStore()
+    elif interval > 0:
+        figure_store = BufferedStore(RedisStore(redis_url), interval)
+    else:
+        figure_store = RedisStore(redis_url)
+    app.extensions["tokenpool.monitoring"] = figure_store
     slow_request_ms, slow_query_ms = app.config["SLOW_REQUEST_MS"], app.config["SLOW_QUERY_MS"]
 
     def on_event(event: TokenEvent) -> None:

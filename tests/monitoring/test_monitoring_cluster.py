@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -15,6 +16,7 @@ from tests.procs import Gunicorn, ThrowawayRedis, http_get
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 MON = "/api/monitoring"
+FLUSH_SECONDS = 0.2
 
 
 def get_json(url: str) -> tuple[int, dict, dict]:
@@ -57,6 +59,7 @@ def cluster(pg_database):
         "SWEEPER_ENABLED": "false",
         "LOG_FORMAT": "json",
         "LOG_LEVEL": "INFO",
+        "MONITORING_FLUSH_SECONDS": str(FLUSH_SECONDS),
     }
     server = Gunicorn(env, workers=2)
     try:
@@ -80,6 +83,7 @@ def test_counts_are_exact_whichever_worker_served(cluster):
     activations = 4
     for _ in range(activations):
         assert post_json(base + "/api/tokens/activate", {"user_id": str(uuid.uuid4())})[0] == 200
+    time.sleep(FLUSH_SECONDS * 2.5)  # every worker's buffer has reached Redis
     readers = set()
     for _ in range(8):  # each worker reads the same cluster-wide figures
         status, figures, _ = get_json(base + f"{MON}/metrics?window=5")
@@ -98,6 +102,7 @@ def test_slow_request_and_statement_and_an_error_are_listed(cluster):
     assert status == 200 and slept["slept_ms"] == 300
     request_id = headers["X-Request-ID"]
 
+    time.sleep(FLUSH_SECONDS * 2.5)
     status, slow_apis, _ = get_json(base + f"{MON}/slow-apis?limit=10")
     assert status == 200 and slow_apis["scope"] == "cluster"
     (entry,) = [e for e in slow_apis["slow_apis"] if e["request_id"] == request_id]
@@ -115,6 +120,7 @@ def test_slow_request_and_statement_and_an_error_are_listed(cluster):
     assert status == 400
     error = json.loads(raw)
     assert error["error_code"] == "VALIDATION_ERROR"
+    time.sleep(FLUSH_SECONDS * 2.5)
     status, errors, _ = get_json(base + f"{MON}/errors?limit=5")
     assert status == 200 and errors["scope"] == "cluster"
     (listed,) = [e for e in errors["errors"] if e["request_id"] == error["request_id"]]
@@ -141,15 +147,18 @@ def test_slow_request_and_statement_and_an_error_are_listed(cluster):
     assert figures["slow_requests"] >= 1 and figures["slow_queries"] >= 1 and figures["client_errors"] == 1
 
 
-def test_one_pipelined_redis_write_per_request(sqlite_url):
-    """The hot path: an API request costs exactly one Redis round trip, a pipeline, at its end."""
+@pytest.mark.parametrize(("flush_seconds", "pipelines"), [(0, 3), (60, 1)])
+def test_redis_round_trips_of_requests(sqlite_url, flush_seconds, pipelines):
+    """Unbuffered: one pipelined write per API request. Buffered (the default): none per
+    request, one pipeline per flush."""
     redis = ThrowawayRedis().start()
     try:
-        app = make_app(sqlite_url, REDIS_URL=redis.url)
+        app = make_app(sqlite_url, REDIS_URL=redis.url, MONITORING_FLUSH_SECONDS=flush_seconds)
         reset_database(app)
         with app.app_context():
             store = app.extensions["tokenpool.monitoring"]
         assert store.scope == "cluster"
+        store = getattr(store, "inner", store)
         trips = []
         direct = store.client.execute_command
         store.client.execute_command = lambda *args, **kw: trips.append(args[0]) or direct(*args, **kw)
@@ -167,7 +176,10 @@ def test_one_pipelined_redis_write_per_request(sqlite_url):
         assert activate(client, "nope").status_code == 400
         assert client.get("/api/tokens/summary").status_code == 200
         assert client.get("/healthz").status_code == 200  # not API traffic: no write at all
-        assert trips == ["PIPELINE"] * 3
+        if flush_seconds:
+            assert trips == []
+            app.extensions["tokenpool.monitoring"].flush()
+        assert trips == ["PIPELINE"] * pipelines
         figures = app.test_client().get(f"{MON}/metrics?window=5").get_json()
         assert figures["scope"] == "cluster" and figures["requests"] == 3
     finally:
