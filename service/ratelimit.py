@@ -2,9 +2,9 @@
 
 Storage is Redis when `REDIS_URL` (or `RATELIMIT_STORAGE_URI`) is set, so a
 limit holds across every worker and instance; `memory://` otherwise. The
-strategy is fixed-window: one Redis round trip (INCR + EXPIRE in a pipeline)
-per limit and request, the cheapest of the three, and exact across
-processes. Its cost is the known burst at a window edge (up to 2x the limit
+strategy is fixed-window (`OneTripFixedWindow`): one Redis round trip per
+limit and request, headers included, the cheapest of the three, and exact
+across processes. Its cost is the known burst at a window edge (up to 2x the limit
 over two adjacent windows), which we accept for a token API.
 If Redis fails, requests are served on per-process in-memory counters (one
 warning per outage, a metric) until Redis answers again.
@@ -17,10 +17,12 @@ import math
 import os
 import time
 
-from flask import current_app, g, request
+from flask import current_app, g, has_request_context, request
 from flask_limiter import Limiter, RequestLimit
 from flask_limiter.util import get_remote_address
-from limits import parse
+from limits import WindowStats, parse
+from limits.storage import RedisStorage
+from limits.strategies import STRATEGIES, FixedWindowRateLimiter
 
 from .errors import RateLimited
 
@@ -55,6 +57,48 @@ class _FallbackCounter(logging.Handler):
             self.metrics.rate_limit_fallbacks.inc()
 
 
+class OneTripFixedWindow(FixedWindowRateLimiter):
+    """fixed-window whose hit also reads the window's count and TTL, in one Redis round trip.
+
+    Flask-Limiter asks `get_window_stats` for the X-RateLimit-* headers after
+    each hit, which costs `limits` two more round trips (GET and TTL). Here the
+    hit's Lua script returns both, and the stats of a window hit during this
+    request are answered from `g`. Other storages (the in-memory fallback) use
+    the plain strategy.
+    """
+
+    SCRIPT = """
+    local count = redis.call('incrby', KEYS[1], ARGV[2])
+    if count == tonumber(ARGV[2]) then redis.call('expire', KEYS[1], ARGV[1]) end
+    return {count, redis.call('ttl', KEYS[1])}
+    """
+
+    def __init__(self, storage) -> None:
+        super().__init__(storage)
+        self._script = None
+        if isinstance(storage, RedisStorage):
+            self._script = storage.get_connection().register_script(self.SCRIPT)
+
+    def hit(self, item, *identifiers: str, cost: int = 1) -> bool:
+        if self._script is None:
+            return super().hit(item, *identifiers, cost=cost)
+        key = item.key_for(*identifiers)
+        count, ttl = self._script([self.storage.prefixed_key(key)], [item.get_expiry(), cost])
+        if has_request_context():
+            g.setdefault("rate_windows", {})[key] = (int(count), time.time() + max(int(ttl), 0))
+        return int(count) <= item.amount
+
+    def get_window_stats(self, item, *identifiers: str) -> WindowStats:
+        seen = g.get("rate_windows", {}).get(item.key_for(*identifiers)) if has_request_context() else None
+        if seen is None:
+            return super().get_window_stats(item, *identifiers)
+        count, reset_at = seen
+        return WindowStats(reset_at, max(0, item.amount - count))
+
+
+STRATEGIES.setdefault("tokenpool-fixed-window", OneTripFixedWindow)
+
+
 def _storage_uri(config) -> str:
     return config.get("RATELIMIT_STORAGE_URI") or config.get("REDIS_URL") or "memory://"
 
@@ -66,7 +110,7 @@ def init_rate_limits(app, blueprints: dict) -> Limiter | None:
     storage = _storage_uri(config)
     config["RATELIMIT_ENABLED"] = config["ENABLE_RATE_LIMITING"]
     config["RATELIMIT_STORAGE_URI"] = storage
-    config.setdefault("RATELIMIT_STRATEGY", "fixed-window")
+    config.setdefault("RATELIMIT_STRATEGY", "tokenpool-fixed-window")
     config.setdefault("RATELIMIT_HEADERS_ENABLED", True)
     config.setdefault("RATELIMIT_SWALLOW_ERRORS", True)
     config.setdefault("RATELIMIT_IN_MEMORY_FALLBACK_ENABLED", True)

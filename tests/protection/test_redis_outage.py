@@ -99,3 +99,27 @@ def test_redis_outage_falls_back_once_then_returns_to_redis(sqlite_url, throwawa
         assert client.get("/api/tokens/summary").status_code == 200
     assert len(log.messages(FALLBACK)) == 2
     assert fallbacks() == 2
+
+
+def test_a_limited_request_costs_one_redis_round_trip_headers_included(sqlite_url, throwaway_redis):
+    server, _ = throwaway_redis
+    app = make_app(
+        sqlite_url,
+        ENABLE_RATE_LIMITING=True,
+        REDIS_URL=server.url,
+        RATE_LIMIT_PER_MINUTE=50,
+        MONITORING_FLUSH_SECONDS=60,
+    )
+    reset_database(app)
+    client = app.test_client()
+    client.get("/api/tokens/summary")  # the first call may also load the Lua script
+    connection = app.extensions["tokenpool.limiter"]._storage.get_connection()
+    commands = []
+    direct = connection.execute_command
+    connection.execute_command = lambda *args, **kw: commands.append(args[0]) or direct(*args, **kw)
+    r = client.get("/api/tokens/summary")
+    assert r.status_code == 200
+    assert commands == ["EVALSHA"]
+    assert r.headers["X-RateLimit-Limit"] == "50"
+    assert r.headers["X-RateLimit-Remaining"] == "48"
+    assert 0 < int(r.headers["X-RateLimit-Reset"]) - time.time() <= 61
