@@ -19,4 +19,5 @@ class TokenIdConverter(BaseConverter):
 def _register_converter(state) -> None:
     state.app.url_map.converters["token_id"] = TokenIdConverter
 
+
 from . import routes  # noqa: E402,F401  (registers the views on bp)

@@ -99,19 +99,23 @@ def activate():
 def list_tokens():
     state, limit = state_arg(), limit_arg()
     after = cursor_arg("tokens", uuid.UUID)
-    items, last = run_transaction(service.list_tokens, state=state, limit=limit, after=after, now=clock())
+    items, last = run_transaction(
+        service.list_tokens, state=state, limit=limit, after=after, now=clock(), single_statement=True
+    )
     return jsonify({"tokens": [serialise(t) for t in items], "next_cursor": encode_cursor("tokens", last)})
 
 
 @bp.get("/summary")
 def summary():
-    counts = run_transaction(service.summary, now=clock())
+    counts = run_transaction(service.summary, now=clock(), single_statement=True)
     return jsonify(counts | {"lifetime_seconds": lifetime()})
 
 
 @bp.get("/<token_id:token_id>")
 def get_token(token_id):
-    token = run_transaction(service.get_token, parse_uuid(token_id, "token_id"), now=clock())
+    token = run_transaction(
+        service.get_token, parse_uuid(token_id, "token_id"), now=clock(), single_statement=True
+    )
     return jsonify(serialise(token))
 
 

@@ -24,6 +24,11 @@ usages = TokenUsage.__table__
 sweeper_state = SweeperState.__table__
 
 SWEEP_BATCH = 5000
+# the hot path: one statement, sent as is (no SQL compilation per request)
+ACTIVATE_SQL = (
+    "SELECT token_id, activated_at, expires_at, outcome"
+    " FROM tokenpool_activate(%(user_id)s, %(now)s, make_interval(secs => %(lifetime)s))"
+)
 SEED_BATCH = 50_000
 
 
@@ -64,9 +69,18 @@ def resolve_now(conn: Connection, now: datetime | None) -> datetime:
     return utcnow()
 
 
-def _active(now: datetime):
-    """SQL condition: the token is leased and its lease has not ended."""
-    return tokens.c.current_user_id.is_not(None) & (tokens.c.expires_at > _at(now))
+def _active(at):
+    """SQL condition: the token is leased and its lease has not ended at the SQL time `at`."""
+    return tokens.c.current_user_id.is_not(None) & (tokens.c.expires_at > at)
+
+
+def _read_clock(conn: Connection, now: datetime | None):
+    """The decision time of a read as a SQL expression: no extra round trip for the clock."""
+    if now is not None:
+        return _at(as_utc(now))
+    if _is_postgres(conn):
+        return func.now()
+    return _at(utcnow())
 
 
 def _at(now: datetime):
@@ -96,10 +110,9 @@ def activate(conn: Connection, user_id: uuid.UUID, *, lifetime: int, now: dateti
     PoolEmpty when the pool has no token at all.
     """
     if _is_postgres(conn):
-        row = conn.execute(
-            text("SELECT * FROM tokenpool_activate(:user_id, :now, make_interval(secs => :lifetime))"),
-            {"user_id": user_id, "now": now, "lifetime": lifetime},
-        ).one_or_none()
+        row = conn.exec_driver_sql(
+            ACTIVATE_SQL, {"user_id": user_id, "now": now, "lifetime": lifetime}
+        ).first()
         if row is None:
             raise PoolEmpty("The token pool is empty. Run `flask tokens seed`.", reason="pool_empty")
         return Lease(row.token_id, user_id, as_utc(row.activated_at), as_utc(row.expires_at), row.outcome)
@@ -333,40 +346,41 @@ def token_view(row, now: datetime) -> dict:
 
 
 def get_token(conn: Connection, token_id, *, now: datetime | None = None) -> dict:
-    """One token with its `usage_count`. Raises NotFound."""
-    now = resolve_now(conn, now)
+    """One token with its `usage_count`, in one statement. Raises NotFound."""
     usage_count = (
         select(func.count()).select_from(usages).where(usages.c.token_id == tokens.c.id)
     ).scalar_subquery()
     row = conn.execute(
-        select(tokens, usage_count.label("usage_count")).where(tokens.c.id == token_id)
+        select(tokens, usage_count.label("usage_count"), _read_clock(conn, now).label("now")).where(
+            tokens.c.id == token_id
+        )
     ).one_or_none()
     if row is None:
         raise NotFound("Token not found", details={"token_id": str(token_id)}, reason="token_not_found")
-    return token_view(row, now) | {"usage_count": row.usage_count}
+    return token_view(row, as_utc(row.now)) | {"usage_count": row.usage_count}
 
 
 def list_tokens(conn: Connection, *, state: str, limit: int, after=None, now: datetime | None = None):
-    """Tokens ordered by id after the keyset `after`; returns (tokens, last id or None)."""
-    now = resolve_now(conn, now)
-    query = select(tokens).order_by(tokens.c.id).limit(limit + 1)
+    """Tokens ordered by id after the keyset `after`, in one statement; returns (tokens, last id or None)."""
+    at = _read_clock(conn, now)
+    query = select(tokens, at.label("now")).order_by(tokens.c.id).limit(limit + 1)
     if state == "active":
-        query = query.where(_active(now))
+        query = query.where(_active(at))
     elif state == "available":
-        query = query.where(~_active(now))
+        query = query.where(~_active(at))
     if after is not None:
         query = query.where(tokens.c.id > after)
     rows = conn.execute(query).all()
     more = len(rows) > limit
     rows = rows[:limit]
-    return [token_view(r, now) for r in rows], (rows[-1].id if more else None)
+    return [token_view(r, as_utc(r.now)) for r in rows], (rows[-1].id if more else None)
 
 
 def summary(conn: Connection, *, now: datetime | None = None) -> dict:
-    """Pool counts: total, active, available, utilization."""
-    now = resolve_now(conn, now)
+    """Pool counts: total, active, available, utilization (one statement)."""
+    active = _active(_read_clock(conn, now))
     row = conn.execute(
-        select(func.count(), func.coalesce(func.sum(case((_active(now), 1), else_=0)), 0)).select_from(tokens)
+        select(func.count(), func.coalesce(func.sum(case((active, 1), else_=0)), 0)).select_from(tokens)
     ).one()
     total, active = int(row[0]), int(row[1])
     return {
