@@ -135,7 +135,7 @@ def init_rate_limits(app, blueprints: dict) -> Limiter | None:
 
     limiter = Limiter(
         get_remote_address,
-        application_limits=[lambda: f"{current_app.config['RATE_LIMIT_PER_MINUTE']}/minute"],
+        application_limits=[f"{config['RATE_LIMIT_PER_MINUTE']}/minute"],  # parsed once, not per request
         application_limits_exempt_when=_has_key,
         on_breach=on_breach,
     )
