@@ -10,6 +10,7 @@ function the service calls. No pool, no ORM, no middleware, no logging.
 from __future__ import annotations
 
 import os
+import threading
 import uuid
 
 import psycopg
@@ -18,7 +19,7 @@ from flask import Flask, jsonify, request
 SQL = "SELECT * FROM tokenpool_activate(%s::uuid, NULL, make_interval(secs => 120))"
 
 app = Flask(__name__)
-_conn: psycopg.Connection | None = None
+_local = threading.local()  # a connection per thread (gthread) or per worker (sync)
 
 
 def _dsn() -> str:
@@ -27,11 +28,11 @@ def _dsn() -> str:
 
 
 def connection() -> psycopg.Connection:
-    """This worker's connection, opened on first use (after gunicorn's fork)."""
-    global _conn
-    if _conn is None or _conn.closed:
-        _conn = psycopg.connect(_dsn(), autocommit=True)
-    return _conn
+    """This thread's connection, opened on first use (after gunicorn's fork)."""
+    conn = getattr(_local, "conn", None)
+    if conn is None or conn.closed:
+        conn = _local.conn = psycopg.connect(_dsn(), autocommit=True)
+    return conn
 
 
 @app.post("/activate")

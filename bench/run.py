@@ -96,6 +96,9 @@ def flush_redis() -> None:
     redis.Redis.from_url(REDIS_URL).flushdb()
 
 
+WORKERS, THREADS = 2, 1  # set from --workers / --gunicorn-threads
+
+
 def service_env(db_url: str, port: int, prom_dir: Path) -> dict:
     """Production settings, every feature on, limits too high to trigger."""
     return os.environ | {
@@ -110,7 +113,9 @@ def service_env(db_url: str, port: int, prom_dir: Path) -> dict:
         "METRICS_ENABLED": "true",
         "PROMETHEUS_MULTIPROC_DIR": str(prom_dir),
         "BIND": f"127.0.0.1:{port}",
-        "WEB_CONCURRENCY": "2",
+        "WEB_CONCURRENCY": str(WORKERS),
+        "GUNICORN_WORKER_CLASS": "gthread" if THREADS > 1 else "sync",
+        "GUNICORN_THREADS": str(THREADS),
         "SWEEPER_ENABLED": "true",
         "DRAIN_SECONDS": "0",  # only shortens the shutdown at the end of the run
     }
@@ -189,7 +194,8 @@ class Target:
 
 def start_targets(args, workdir: Path, small_url: str, large_url: str) -> dict[str, Target]:
     gunicorn = str(VENV_BIN / "gunicorn")
-    bare = [gunicorn, "-c", str(BENCH / "gunicorn_bare.conf.py"), "-w", "2", "-k", "sync"]
+    bare = [gunicorn, "-c", str(BENCH / "gunicorn_bare.conf.py"), "-w", str(WORKERS)]
+    bare += ["-k", "gthread", "--threads", str(THREADS)] if THREADS > 1 else ["-k", "sync"]
     targets = {}
     port = free_port()
     targets["hello"] = Target(
@@ -675,12 +681,16 @@ def parse_args(argv=None):
     p.add_argument("--list-connections", type=int, default=4, help="wrk connections for the list reference")
     p.add_argument("--small-size", type=int, default=100, help="small pool size (100)")
     p.add_argument("--large-size", type=int, default=1_000_000, help="large pool size (1,000,000)")
+    p.add_argument("--workers", type=int, default=2, help="gunicorn workers of every target (2)")
+    p.add_argument("--gunicorn-threads", type=int, default=1, help="threads per worker (>1: gthread)")
     p.add_argument("--quick", action="store_true", help="smoke run: 1 round of 3 s, 1 s warm-up")
     p.add_argument("--py-spy", metavar="PATH", help="py-spy binary: also profile service activation")
     p.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     p.add_argument("--keep", action="store_true", help="keep databases, logs and temp dir")
     p.add_argument("--output", help="results JSON path (default bench/results/<timestamp>.json)")
     args = p.parse_args(argv)
+    global WORKERS, THREADS  # every target runs with the same gunicorn settings
+    WORKERS, THREADS = args.workers, args.gunicorn_threads
     if args.quick:
         args.rounds, args.duration, args.warmup, args.pause = 1, 3.0, 1.0, 0.5
     return args
