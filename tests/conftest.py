@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -41,40 +42,48 @@ def _postgres_available() -> str | None:
         return str(exc)
 
 
-@pytest.fixture(scope="session")
-def postgres_url():
-    """A fresh PostgreSQL database for this test session, dropped at the end."""
+def require_postgres() -> None:
+    """Skip (fail in CI, where REQUIRE_POSTGRES is set) when no PostgreSQL answers."""
     problem = _postgres_available()
     if problem:
         if os.environ.get("REQUIRE_POSTGRES"):
             pytest.fail(f"PostgreSQL is required (REQUIRE_POSTGRES) but unreachable: {problem}")
         pytest.skip(f"NO POSTGRESQL REACHABLE at {PG_ADMIN_URL}: {problem}")
-    name = f"tokenpool_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+
+
+@contextlib.contextmanager
+def temporary_database(prefix: str):
+    """A new empty database on the shared server, dropped afterwards; yields its psycopg URL."""
+    require_postgres()
+    name = f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
-    yield PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    try:
+        yield PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A fresh PostgreSQL database for this test session, dropped at the end."""
+    with temporary_database("tokenpool_test") as url:
+        yield url
 
 
 @pytest.fixture
 def pg_database(postgres_url):
     """Factory: a new migrated and seeded PostgreSQL database for real processes; dropped after."""
-    created = []
+    with contextlib.ExitStack() as stack:
 
-    def create(pool: int = POOL) -> str:
-        name = f"tokenpool_e2e_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-        created.append(name)
-        url = "postgresql+psycopg://" + PG_ADMIN_URL.split("://", 1)[1].rsplit("/", 1)[0] + "/" + name
-        reset_database(make_app(url), pool)
-        return url
+        def create(pool: int = POOL) -> str:
+            url = stack.enter_context(temporary_database("tokenpool_e2e"))
+            url = url.replace("postgresql://", "postgresql+psycopg://", 1)
+            reset_database(make_app(url), pool)
+            return url
 
-    yield create
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        for name in created:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        yield create
 
 
 @pytest.fixture(scope="session")
