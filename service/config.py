@@ -102,6 +102,7 @@ def _from_environment(instance_path: str, env: str) -> dict:
         "LOG_FORMAT": _str("LOG_FORMAT", "json" if env == "production" else "console"),
         "LOG_FILE": _str("LOG_FILE", None),
         "LOG_ERROR_FILE": _str("LOG_ERROR_FILE", None),
+        "LOG_ASYNC": _bool("LOG_ASYNC", False),
         "LOG_FILE_MAX_BYTES": _int("LOG_FILE_MAX_BYTES", 50 * 1024 * 1024, minimum=1024),
         "LOG_FILE_BACKUPS": _int("LOG_FILE_BACKUPS", 10, minimum=0),
         "METRICS_ENABLED": _bool("METRICS_ENABLED", True),

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
+import copy
 import logging
 import logging.handlers
+import queue
 import sys
 
 from flask import g, has_request_context
@@ -65,34 +68,72 @@ def json_formatter() -> logging.Formatter:
 
 def _handler(handler: logging.Handler, formatter: logging.Formatter, level=logging.NOTSET):
     handler.setFormatter(formatter)
-    handler.addFilter(RequestContextFilter())
     handler.setLevel(level)
-    setattr(handler, OUR_HANDLER, True)
     return handler
 
 
+class _Enqueue(logging.handlers.QueueHandler):
+    """Hands records to the writer thread with the request's ids and the traceback as text."""
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        record = copy.copy(record)
+        record.msg, record.args = record.getMessage(), None
+        if record.exc_info:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+            record.exc_info = None
+        return record
+
+
+def _stop(listener) -> None:
+    """Write what is queued and end the writer thread (once)."""
+    if listener is not None and listener._thread is not None:
+        listener.stop()
+
+
+def flush_logs() -> None:
+    """Wait until the writer thread (LOG_ASYNC) has written every queued record."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, _Enqueue):
+            handler.queue.join()
+
+
 def configure_logging(config) -> None:
-    """Install our handlers on the root logger (replacing ours from an earlier app)."""
+    """Install our handlers on the root logger (replacing ours from an earlier app).
+
+    With `LOG_ASYNC` a request only queues its records; a thread formats and
+    writes them, so a slow stdout or disk never blocks a request.
+    """
     root = logging.getLogger()
     for handler in [h for h in root.handlers if getattr(h, OUR_HANDLER, False)]:
         root.removeHandler(handler)
+        _stop(getattr(handler, "listener", None))
         handler.close()
     if config["LOG_FORMAT"] == "json":
         console = json_formatter()
     else:
         console = ConsoleFormatter(colour=sys.stderr.isatty())
-    root.addHandler(_handler(logging.StreamHandler(sys.stdout), console))
+    handlers = [_handler(logging.StreamHandler(sys.stdout), console)]
     if config.get("LOG_FILE"):
         rotating = logging.handlers.RotatingFileHandler(
             config["LOG_FILE"], maxBytes=config["LOG_FILE_MAX_BYTES"], backupCount=config["LOG_FILE_BACKUPS"]
         )
-        root.addHandler(_handler(rotating, json_formatter()))
+        handlers.append(_handler(rotating, json_formatter()))
     if config.get("LOG_ERROR_FILE"):
         errors = logging.handlers.RotatingFileHandler(
             config["LOG_ERROR_FILE"],
             maxBytes=config["LOG_FILE_MAX_BYTES"],
             backupCount=config["LOG_FILE_BACKUPS"],
         )
-        root.addHandler(_handler(errors, json_formatter(), logging.ERROR))
+        handlers.append(_handler(errors, json_formatter(), logging.ERROR))
+    if config.get("LOG_ASYNC"):
+        queued = _Enqueue(queue.Queue(100_000))
+        queued.listener = logging.handlers.QueueListener(queued.queue, *handlers, respect_handler_level=True)
+        queued.listener.start()
+        atexit.register(_stop, queued.listener)
+        handlers = [queued]
+    for handler in handlers:
+        handler.addFilter(RequestContextFilter())  # runs in the request's thread, even when queued
+        setattr(handler, OUR_HANDLER, True)
+        root.addHandler(handler)
     root.setLevel(config["LOG_LEVEL"])
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # we write our own access line

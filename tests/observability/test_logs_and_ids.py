@@ -128,3 +128,31 @@ def test_each_failure_reason_is_counted_and_logged(logged):
         ), (operation, reason)
     assert 'tokenpool_releases_total{reason="released"} 1.0' in metrics
     assert 'tokenpool_activations_total{reason="invalid_user_id",result="failure"} 1.0' in metrics
+
+
+def test_async_logging_keeps_ids_and_tracebacks(postgres_url, tmp_path):
+    from service.logging_setup import flush_logs
+
+    path = tmp_path / "async.log"
+    app = make_app(
+        postgres_url,
+        LOG_FILE=str(path),
+        LOG_LEVEL="INFO",
+        LOG_ASYNC=True,
+        APP_ENV="production",
+        SECRET_KEY="s",
+    )
+
+    def boom():
+        raise RuntimeError("queued traceback")
+
+    app.add_url_rule("/boom", "boom", boom)
+    client = app.test_client()
+    assert client.get("/api/tokens/summary", headers={"X-Request-ID": "async-1"}).status_code == 200
+    error_id = client.get("/boom").get_json()["error_id"]
+    flush_logs()
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    access = next(x for x in lines if x.get("request_id") == "async-1" and x["logger"] == "tokenpool.access")
+    assert access["status"] == 200 and access["path"] == "/api/tokens/summary"
+    error = next(x for x in lines if x.get("error_id") == error_id)
+    assert "RuntimeError: queued traceback" in error["exc_info"]
