@@ -12,29 +12,14 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.deploy.exported_metrics import EXPORTED_METRICS
+
 REPO = Path(__file__).resolve().parents[2]
 DASHBOARD = json.loads((REPO / "deploy" / "grafana" / "tokenpool-dashboard.json").read_text())
 PANELS = [p for p in DASHBOARD["panels"] if p["type"] != "row"]
 EXPRS = [t["expr"] for p in PANELS for t in p["targets"]]
 
-KNOWN_METRICS = {
-    "flask_http_request_duration_seconds_bucket",
-    "flask_http_request_total",
-    "flask_http_request_exceptions_total",
-    "tokenpool_http_requests_in_progress",
-    "tokenpool_activations_total",
-    "tokenpool_releases_total",
-    "tokenpool_token_operation_duration_seconds_bucket",
-    "tokenpool_tokens_active",
-    "tokenpool_tokens_available",
-    "tokenpool_pool_size",
-    "tokenpool_sweeper_runs_total",
-    "tokenpool_sweeper_last_run_timestamp_seconds",
-    "tokenpool_rate_limit_hits_total",
-    "tokenpool_database_up",
-    "tokenpool_db_query_duration_seconds_bucket",
-    "tokenpool_db_pool_checked_out_connections",
-}
+KNOWN_METRICS = EXPORTED_METRICS
 
 
 def test_dashboard_identity_and_datasource_variable():

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.deploy.exported_metrics import EXPORTED_METRICS
+
 REPO = Path(__file__).resolve().parents[2]
 PROM_DIR = REPO / "deploy" / "prometheus"
 PROMTOOL = shutil.which("promtool")
@@ -34,24 +36,7 @@ REQUIRED_ALERTS = {
     "InstanceDown",
 }
 
-# Metric names the service exports (see the brief in docs/PRODUCTION.md).
-KNOWN_METRICS = {
-    "up",
-    "flask_http_request_duration_seconds_bucket",
-    "flask_http_request_total",
-    "flask_http_request_exceptions_total",
-    "tokenpool_activations_total",
-    "tokenpool_releases_total",
-    "tokenpool_tokens_active",
-    "tokenpool_tokens_available",
-    "tokenpool_pool_size",
-    "tokenpool_sweeper_runs_total",
-    "tokenpool_sweeper_last_run_timestamp_seconds",
-    "tokenpool_rate_limit_hits_total",
-    "tokenpool_database_up",
-    "tokenpool_db_query_duration_seconds_bucket",
-    "tokenpool_db_pool_checked_out_connections",
-}
+KNOWN_METRICS = EXPORTED_METRICS | {"up"}  # "up" is written by Prometheus itself
 
 
 def _promtool(*args: str) -> subprocess.CompletedProcess:

@@ -89,3 +89,29 @@ def test_metrics_can_be_switched_off(database_url):
 
     app = make_app(database_url, METRICS_ENABLED=False)
     assert_error(app.test_client().get("/metrics"), 404, "NOT_FOUND")
+
+
+def test_every_metric_the_deploy_files_use_is_exported(database_url, clock):
+    from service.tokens.sweeper import run_sweep as sweep
+    from tests.conftest import make_app, reset_database
+    from tests.deploy.exported_metrics import EXPORTED_METRICS
+
+    app = make_app(database_url, ENABLE_RATE_LIMITING=True, RATE_LIMIT_PER_MINUTE=8, TOKEN_CLOCK=clock)
+
+    def boom():
+        raise RuntimeError("for the exceptions counter")
+
+    app.add_url_rule("/api/boom", "boom", boom)
+    reset_database(app)
+    client = app.test_client()
+    for _ in range(6):  # pool of 5: the sixth evicts
+        activate(client, user())
+    client.post("/api/tokens/activate", json={"user_id": "bad"})
+    client.get("/api/boom")
+    assert client.get("/api/tokens/summary").status_code == 429
+    sweep(app)
+    text = client.get("/metrics").get_data(as_text=True)
+    names = {
+        line.split("{")[0].split(" ")[0] for line in text.splitlines() if line and not line.startswith("#")
+    }
+    assert EXPORTED_METRICS <= names, sorted(EXPORTED_METRICS - names)
