@@ -65,6 +65,11 @@ def observe_queries(app, observer: Callable[[str, float], None]) -> None:
     observers.append(observer)
 
 
+def is_postgres(conn) -> bool:
+    """Whether this connection talks to PostgreSQL (else: the embedded SQLite)."""
+    return conn.dialect.name == "postgresql"
+
+
 def _sqlstate(exc: DBAPIError) -> str | None:
     return getattr(exc.orig, "sqlstate", None)
 

@@ -33,6 +33,7 @@ from .db import observe_queries
 from .errors import Unauthorized
 from .extensions import db
 from .telemetry import TokenEvent
+from .tokens import reads
 
 log = logging.getLogger("tokenpool.metrics")
 bp = Blueprint("metrics", __name__)
@@ -172,8 +173,6 @@ class PoolCollector:
         self.app = app
 
     def collect(self):
-        from .tokens import service
-
         up = GaugeMetricFamily("tokenpool_database_up", "1 when the database answered the scrape")
         families = {
             "total": GaugeMetricFamily("tokenpool_pool_size", "Tokens in the pool"),
@@ -182,7 +181,7 @@ class PoolCollector:
         }
         try:
             with self.app.app_context(), db.engine.connect() as conn:
-                counts = service.summary(conn)
+                counts = reads.summary(conn)
             for name, family in families.items():
                 family.add_metric([], counts[name])
             up.add_metric([], 1)

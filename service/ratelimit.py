@@ -116,13 +116,9 @@ def init_rate_limits(app, blueprints: dict) -> Limiter | None:
     config.setdefault("RATELIMIT_IN_MEMORY_FALLBACK_ENABLED", True)
     config.setdefault("RATELIMIT_KEY_PREFIX", "tokenpool")
     if storage.startswith("redis"):
-        config.setdefault(
-            "RATELIMIT_STORAGE_OPTIONS", {"socket_connect_timeout": 0.3, "socket_timeout": 0.3}
-        )
+        config.setdefault("RATELIMIT_STORAGE_OPTIONS", {"socket_connect_timeout": 0.3, "socket_timeout": 0.3})
     elif config["RATELIMIT_ENABLED"] and int(os.environ.get("WEB_CONCURRENCY", "1")) > 1:
-        log.warning(
-            "rate limits use memory:// with several workers: each worker counts alone; set REDIS_URL"
-        )
+        log.warning("rate limits use memory:// with several workers: each worker counts alone; set REDIS_URL")
 
     def on_breach(limit: RequestLimit) -> None:
         scope = _scope(limit)

@@ -179,8 +179,13 @@ def init_security(app) -> None:
             app,
             resources={r"/api/*": {"origins": origins}},
             allow_headers=["Content-Type", "X-API-Key", "Authorization", "X-Request-ID", "X-Correlation-ID"],
-            expose_headers=["X-Request-ID", "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset",
-                            "Retry-After"],
+            expose_headers=[
+                "X-Request-ID",
+                "X-RateLimit-Limit",
+                "X-RateLimit-Remaining",
+                "X-RateLimit-Reset",
+                "Retry-After",
+            ],
             max_age=600,
         )
 

@@ -18,7 +18,7 @@ from sqlalchemy import inspect, text
 
 from ..extensions import db
 from ..timeutil import isoformat, utcnow
-from ..tokens import service
+from ..tokens import reads, service
 
 HEALTHY, DEGRADED, UNHEALTHY = "healthy", "degraded", "unhealthy"
 draining = threading.Event()  # set on SIGTERM: readiness fails, liveness holds
@@ -87,7 +87,7 @@ def database(now=None) -> dict:
                 "schema_revision": current,
                 "head_revision": head,
             }
-        counts = service.summary(conn, now=now)
+        counts = reads.summary(conn, now=now)
         last_sweep = service.last_sweep_at(conn)
     if counts["total"] == 0:
         return {

@@ -16,6 +16,7 @@ from ..health import routes as health_routes
 from ..models import TokenUsage
 from ..security import require_admin
 from ..timeutil import isoformat, utcnow
+from ..tokens import reads
 from ..tokens import service as tokens
 from ..tokens.routes import clock
 from . import bp, store
@@ -114,7 +115,7 @@ def report():
         aggregate(buckets[half:])["rate_limit_hits"].get("refused", 0),
     )
     now = clock()
-    pool = run_transaction(tokens.summary, now=now)
+    pool = run_transaction(reads.summary, now=now)
     last_sweep = run_transaction(tokens.last_sweep_at)
     findings = evaluate(
         figures,
@@ -159,7 +160,7 @@ def _database_stats(conn) -> dict:
         select(func.count(), func.count().filter(api_keys.c.revoked_at.is_(None))).select_from(api_keys)
     ).one()
     return {
-        "tokens": tokens.summary(conn, now=clock()),
+        "tokens": reads.summary(conn, now=clock()),
         "usages": {"total": total_usages, "open": open_count},
         "api_keys": {"total": keys_total, "active": keys_active},
         "migration_revision": conn.scalar(text("SELECT version_num FROM alembic_version")),

@@ -12,7 +12,7 @@ from ..db import run_transaction
 from ..errors import ApiError
 from ..security import require_admin
 from ..telemetry import emit, timed
-from . import bp, service
+from . import bp, reads, service
 from .schemas import (
     cursor_arg,
     encode_cursor,
@@ -100,21 +100,21 @@ def list_tokens():
     state, limit = state_arg(), limit_arg()
     after = cursor_arg("tokens", uuid.UUID)
     items, last = run_transaction(
-        service.list_tokens, state=state, limit=limit, after=after, now=clock(), single_statement=True
+        reads.list_tokens, state=state, limit=limit, after=after, now=clock(), single_statement=True
     )
     return jsonify({"tokens": [serialise(t) for t in items], "next_cursor": encode_cursor("tokens", last)})
 
 
 @bp.get("/summary")
 def summary():
-    counts = run_transaction(service.summary, now=clock(), single_statement=True)
+    counts = run_transaction(reads.summary, now=clock(), single_statement=True)
     return jsonify(counts | {"lifetime_seconds": lifetime()})
 
 
 @bp.get("/<token_id:token_id>")
 def get_token(token_id):
     token = run_transaction(
-        service.get_token, parse_uuid(token_id, "token_id"), now=clock(), single_statement=True
+        reads.get_token, parse_uuid(token_id, "token_id"), now=clock(), single_statement=True
     )
     return jsonify(serialise(token))
 
@@ -123,7 +123,7 @@ def get_token(token_id):
 def usages(token_id):
     tid = parse_uuid(token_id, "token_id")
     limit, before = limit_arg(), cursor_arg("usages", int)
-    items, last = run_transaction(service.list_usages, tid, limit=limit, before=before)
+    items, last = run_transaction(reads.list_usages, tid, limit=limit, before=before)
     return jsonify(
         {
             "token_id": str(tid),

@@ -1,4 +1,4 @@
-"""Leasing, releasing, renewing, clearing and sweeping the token pool.
+"""Leasing, releasing, renewing, clearing, sweeping and seeding the token pool (the writes).
 
 Every public function takes an open Connection inside a transaction (see
 `service.db.run_transaction`) and never sees an HTTP request. `now` is the
@@ -9,16 +9,17 @@ pass their own.
 
 from __future__ import annotations
 
-import functools
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, DateTime, bindparam, case, func, insert, literal, select, text, update
+from sqlalchemy import Connection, DateTime, func, insert, literal, select, text, update
 
+from ..db import is_postgres
 from ..errors import Conflict, NotFound, ServiceUnavailable
 from ..models import EPOCH, SweeperState, Token, TokenUsage
 from ..timeutil import as_utc, utcnow
+from .reads import get_token
 
 tokens = Token.__table__
 usages = TokenUsage.__table__
@@ -53,10 +54,6 @@ class SweepResult:
     at: datetime
 
 
-def _is_postgres(conn: Connection) -> bool:
-    return conn.dialect.name == "postgresql"
-
-
 def resolve_now(conn: Connection, now: datetime | None) -> datetime:
     """The decision time: the given clock, else the database's (PostgreSQL) or ours.
 
@@ -65,14 +62,9 @@ def resolve_now(conn: Connection, now: datetime | None) -> datetime:
     """
     if now is not None:
         return as_utc(now)
-    if _is_postgres(conn):
+    if is_postgres(conn):
         return as_utc(conn.scalar(select(func.clock_timestamp())))
     return utcnow()
-
-
-def _active(at):
-    """SQL condition: the token is leased and its lease has not ended at the SQL time `at`."""
-    return tokens.c.current_user_id.is_not(None) & (tokens.c.expires_at > at)
 
 
 def _at(now: datetime):
@@ -101,7 +93,7 @@ def activate(conn: Connection, user_id: uuid.UUID, *, lifetime: int, now: dateti
     On PostgreSQL this is one statement (safe to run in autocommit). Raises
     PoolEmpty when the pool has no token at all.
     """
-    if _is_postgres(conn):
+    if is_postgres(conn):
         row = conn.exec_driver_sql(
             ACTIVATE_SQL, {"user_id": user_id, "now": now, "lifetime": lifetime}
         ).first()
@@ -293,7 +285,7 @@ def last_sweep_at(conn: Connection) -> datetime | None:
 
 def seed(conn: Connection, size: int, *, progress=None) -> int:
     """Top the pool up to `size` tokens; never deletes. Returns how many were added."""
-    if _is_postgres(conn):  # concurrent seeders queue instead of both topping up
+    if is_postgres(conn):  # concurrent seeders queue instead of both topping up
         conn.execute(text("SELECT pg_advisory_xact_lock(7316001)"))
     have = conn.scalar(select(func.count()).select_from(tokens))
     missing = max(0, size - have)
@@ -301,7 +293,7 @@ def seed(conn: Connection, size: int, *, progress=None) -> int:
     added = 0
     while added < missing:
         n = min(SEED_BATCH, missing - added)
-        if _is_postgres(conn):
+        if is_postgres(conn):
             conn.execute(
                 text(
                     "INSERT INTO tokens (id, expires_at, created_at) "
@@ -318,106 +310,3 @@ def seed(conn: Connection, size: int, *, progress=None) -> int:
         if progress:
             progress(added, missing)
     return added
-
-
-# --- reads ---------------------------------------------------------------------
-
-
-def token_view(row, now: datetime) -> dict:
-    """A token row as the API's token object (times still as datetimes)."""
-    active = row.current_user_id is not None and as_utc(row.expires_at) > now
-    leased = row.activated_at is not None
-    return {
-        "token_id": row.id,
-        "state": "active" if active else "available",
-        "current_user_id": row.current_user_id if active else None,
-        "activated_at": as_utc(row.activated_at),
-        "expires_at": as_utc(row.expires_at) if leased else None,
-        "released_at": as_utc(row.released_at),
-    }
-
-
-# Read statements are built once: per request only the parameters change, so
-# SQLAlchemy neither rebuilds nor re-keys them (measured: ~0.3 ms per request).
-_NOW = bindparam("now", type_=DateTime(timezone=True))
-READ_AT = func.coalesce(_NOW, func.now())  # the caller's clock, else the database's
-_USAGE_COUNT = (
-    select(func.count()).select_from(usages).where(usages.c.token_id == tokens.c.id)
-).scalar_subquery()
-GET_TOKEN = select(tokens, _USAGE_COUNT.label("usage_count"), READ_AT.label("now")).where(
-    tokens.c.id == bindparam("token_id")
-)
-SUMMARY = select(func.count(), func.coalesce(func.sum(case((_active(READ_AT), 1), else_=0)), 0)).select_from(
-    tokens
-)
-
-
-@functools.cache
-def _list_statement(state: str, keyed: bool):
-    query = select(tokens, READ_AT.label("now")).order_by(tokens.c.id).limit(bindparam("limit"))
-    if state == "active":
-        query = query.where(_active(READ_AT))
-    elif state == "available":
-        query = query.where(~_active(READ_AT))
-    if keyed:
-        query = query.where(tokens.c.id > bindparam("after"))
-    return query
-
-
-def _read_now(conn: Connection, now: datetime | None) -> datetime | None:
-    """The `now` parameter of a read: the caller's clock; None lets PostgreSQL use its own."""
-    if now is not None:
-        return as_utc(now)
-    return None if _is_postgres(conn) else utcnow()
-
-
-def get_token(conn: Connection, token_id, *, now: datetime | None = None) -> dict:
-    """One token with its `usage_count`, in one statement. Raises NotFound."""
-    row = conn.execute(GET_TOKEN, {"token_id": token_id, "now": _read_now(conn, now)}).one_or_none()
-    if row is None:
-        raise NotFound("Token not found", details={"token_id": str(token_id)}, reason="token_not_found")
-    return token_view(row, as_utc(row.now)) | {"usage_count": row.usage_count}
-
-
-def list_tokens(conn: Connection, *, state: str, limit: int, after=None, now: datetime | None = None):
-    """Tokens ordered by id after the keyset `after`, in one statement; returns (tokens, last id or None)."""
-    params = {"now": _read_now(conn, now), "limit": limit + 1, "after": after}
-    rows = conn.execute(_list_statement(state, after is not None), params).all()
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return [token_view(r, as_utc(r.now)) for r in rows], (rows[-1].id if more else None)
-
-
-def summary(conn: Connection, *, now: datetime | None = None) -> dict:
-    """Pool counts: total, active, available, utilization (one statement)."""
-    total, active = conn.execute(SUMMARY, {"now": _read_now(conn, now)}).one()
-    total, active = int(total), int(active)
-    return {
-        "total": total,
-        "active": active,
-        "available": total - active,
-        "utilization": round(active / total, 4) if total else 0.0,
-    }
-
-
-def list_usages(conn: Connection, token_id, *, limit: int, before=None):
-    """A token's leases, newest first; returns (usages, last id or None). Raises NotFound."""
-    if conn.scalar(select(tokens.c.id).where(tokens.c.id == token_id)) is None:
-        raise NotFound("Token not found", details={"token_id": str(token_id)}, reason="token_not_found")
-    query = select(usages).where(usages.c.token_id == token_id).order_by(usages.c.id.desc()).limit(limit + 1)
-    if before is not None:
-        query = query.where(usages.c.id < before)
-    rows = conn.execute(query).all()
-    more = len(rows) > limit
-    rows = rows[:limit]
-    items = [
-        {
-            "usage_id": r.id,
-            "user_id": r.user_id,
-            "started_at": as_utc(r.started_at),
-            "ended_at": as_utc(r.ended_at),
-            "end_reason": r.end_reason,
-        }
-        for r in rows
-    ]
-    return items, (rows[-1].id if more else None)

@@ -1,0 +1,126 @@
+"""Reading the pool: one token, a page of tokens, the counts, a token's usages.
+
+Each read is one statement built once at import; only its parameters change
+per request. `now` as in service.py: the caller's clock, or None for the
+database's own on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import functools
+from datetime import datetime
+
+from sqlalchemy import Connection, DateTime, bindparam, case, func, select
+
+from ..db import is_postgres
+from ..errors import NotFound
+from ..models import Token, TokenUsage
+from ..timeutil import as_utc, utcnow
+
+tokens = Token.__table__
+usages = TokenUsage.__table__
+
+
+def _active(at):
+    """SQL condition: the token is leased and its lease has not ended at the SQL time `at`."""
+    return tokens.c.current_user_id.is_not(None) & (tokens.c.expires_at > at)
+
+
+def token_view(row, now: datetime) -> dict:
+    """A token row as the API's token object (times still as datetimes)."""
+    active = row.current_user_id is not None and as_utc(row.expires_at) > now
+    leased = row.activated_at is not None
+    return {
+        "token_id": row.id,
+        "state": "active" if active else "available",
+        "current_user_id": row.current_user_id if active else None,
+        "activated_at": as_utc(row.activated_at),
+        "expires_at": as_utc(row.expires_at) if leased else None,
+        "released_at": as_utc(row.released_at),
+    }
+
+
+# Read statements are built once: per request only the parameters change, so
+# SQLAlchemy neither rebuilds nor re-keys them (measured: ~0.3 ms per request).
+_NOW = bindparam("now", type_=DateTime(timezone=True))
+READ_AT = func.coalesce(_NOW, func.now())  # the caller's clock, else the database's
+_USAGE_COUNT = (
+    select(func.count()).select_from(usages).where(usages.c.token_id == tokens.c.id)
+).scalar_subquery()
+GET_TOKEN = select(tokens, _USAGE_COUNT.label("usage_count"), READ_AT.label("now")).where(
+    tokens.c.id == bindparam("token_id")
+)
+SUMMARY = select(func.count(), func.coalesce(func.sum(case((_active(READ_AT), 1), else_=0)), 0)).select_from(
+    tokens
+)
+
+
+@functools.cache
+def _list_statement(state: str, keyed: bool):
+    query = select(tokens, READ_AT.label("now")).order_by(tokens.c.id).limit(bindparam("limit"))
+    if state == "active":
+        query = query.where(_active(READ_AT))
+    elif state == "available":
+        query = query.where(~_active(READ_AT))
+    if keyed:
+        query = query.where(tokens.c.id > bindparam("after"))
+    return query
+
+
+def _read_now(conn: Connection, now: datetime | None) -> datetime | None:
+    """The `now` parameter of a read: the caller's clock; None lets PostgreSQL use its own."""
+    if now is not None:
+        return as_utc(now)
+    return None if is_postgres(conn) else utcnow()
+
+
+def get_token(conn: Connection, token_id, *, now: datetime | None = None) -> dict:
+    """One token with its `usage_count`, in one statement. Raises NotFound."""
+    row = conn.execute(GET_TOKEN, {"token_id": token_id, "now": _read_now(conn, now)}).one_or_none()
+    if row is None:
+        raise NotFound("Token not found", details={"token_id": str(token_id)}, reason="token_not_found")
+    return token_view(row, as_utc(row.now)) | {"usage_count": row.usage_count}
+
+
+def list_tokens(conn: Connection, *, state: str, limit: int, after=None, now: datetime | None = None):
+    """Tokens ordered by id after the keyset `after`, in one statement; returns (tokens, last id or None)."""
+    params = {"now": _read_now(conn, now), "limit": limit + 1, "after": after}
+    rows = conn.execute(_list_statement(state, after is not None), params).all()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return [token_view(r, as_utc(r.now)) for r in rows], (rows[-1].id if more else None)
+
+
+def summary(conn: Connection, *, now: datetime | None = None) -> dict:
+    """Pool counts: total, active, available, utilization (one statement)."""
+    total, active = conn.execute(SUMMARY, {"now": _read_now(conn, now)}).one()
+    total, active = int(total), int(active)
+    return {
+        "total": total,
+        "active": active,
+        "available": total - active,
+        "utilization": round(active / total, 4) if total else 0.0,
+    }
+
+
+def list_usages(conn: Connection, token_id, *, limit: int, before=None):
+    """A token's leases, newest first; returns (usages, last id or None). Raises NotFound."""
+    if conn.scalar(select(tokens.c.id).where(tokens.c.id == token_id)) is None:
+        raise NotFound("Token not found", details={"token_id": str(token_id)}, reason="token_not_found")
+    query = select(usages).where(usages.c.token_id == token_id).order_by(usages.c.id.desc()).limit(limit + 1)
+    if before is not None:
+        query = query.where(usages.c.id < before)
+    rows = conn.execute(query).all()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    items = [
+        {
+            "usage_id": r.id,
+            "user_id": r.user_id,
+            "started_at": as_utc(r.started_at),
+            "ended_at": as_utc(r.ended_at),
+            "end_reason": r.end_reason,
+        }
+        for r in rows
+    ]
+    return items, (rows[-1].id if more else None)
