@@ -7,9 +7,10 @@ import uuid
 
 from flask import current_app, jsonify
 from sqlalchemy.exc import SQLAlchemyError
+from werkzeug.exceptions import HTTPException
 
 from ..db import run_transaction
-from ..errors import ApiError
+from ..errors import ApiError, status_name
 from ..security import require_admin
 from ..telemetry import emit, timed
 from . import bp, reads, service
@@ -36,8 +37,11 @@ def lifetime() -> int:
 
 
 def failure_reason(exc: Exception) -> str:
+    """The `reason` of a failure event: stable snake_case words, never free text."""
     if isinstance(exc, ApiError):
         return exc.reason
+    if isinstance(exc, HTTPException):  # e.g. 413 from the body size limit
+        return status_name(exc.code or 500)
     if isinstance(exc, SQLAlchemyError):
         return "database_error"
     return "internal_error"
