@@ -6,6 +6,8 @@ that started them; the machine's shared servers are never touched.
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 import shutil
 import signal
@@ -21,6 +23,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
+NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+
+
+def _load_nginx_render():
+    """nginx/render.py (a script, not a package) as a module."""
+    spec = importlib.util.spec_from_file_location("tokenpool_nginx_render", ROOT / "nginx" / "render.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+render = _load_nginx_render()
 
 
 def free_port() -> int:
@@ -181,3 +195,87 @@ class ThrowawayPostgres:
         except subprocess.CalledProcessError:
             pass
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def json_lines(lines) -> list[dict]:
+    """The JSON objects among log lines (gunicorn's own lines are plain text)."""
+    out = []
+    for line in lines:
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                pass
+    return out
+
+
+class Nginx:
+    """An nginx master in the foreground on 127.0.0.1:<free port>, everything under `directory`."""
+
+    def __init__(self, directory: Path, upstreams: list[str], **overrides: str):
+        self.dir = directory
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        servers = " ".join(f"server {u} max_fails=3 fail_timeout=10s;" for u in upstreams)
+        values = render.values_from(
+            {},
+            LISTEN_PORT=f"127.0.0.1:{self.port}",
+            UPSTREAMS=servers,
+            NGINX_PID=str(self.dir / "nginx.pid"),
+            NGINX_ERROR_LOG=str(self.dir / "error.log"),
+            NGINX_ACCESS_LOG=str(self.dir / "access.log"),
+            NGINX_TEMP_DIR=str(self.dir),
+        )
+        values.update(overrides)
+        render.render_all(self.dir / "conf", values)
+        self.conf = self.dir / "conf" / "nginx.conf"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> Nginx:
+        stderr_path = self.dir / "nginx.stderr"
+        with open(stderr_path, "w") as stderr:
+            self.proc = subprocess.Popen(
+                [
+                    NGINX,
+                    "-p",
+                    str(self.dir),
+                    "-e",
+                    str(self.dir / "error.log"),
+                    "-c",
+                    str(self.conf),
+                    "-g",
+                    "daemon off;",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+            )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"nginx exited: {stderr_path.read_text()} {self.error_log()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return self
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise AssertionError("nginx did not start listening")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def access_log(self) -> list[dict]:
+        path = self.dir / "access.log"
+        return json_lines(path.read_text().splitlines()) if path.exists() else []
+
+    def error_log(self) -> str:
+        path = self.dir / "error.log"
+        return path.read_text(errors="replace") if path.exists() else ""

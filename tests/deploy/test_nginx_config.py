@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import gzip
 import http.client
-import importlib.util
 import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -24,29 +22,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.procs import NGINX, Nginx, free_port, render
+
 REPO = Path(__file__).resolve().parents[2]
 NGINX_DIR = REPO / "nginx"
-NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
 
 needs_nginx = pytest.mark.skipif(
     NGINX is None, reason="nginx binary not installed (CI installs it: apt-get install -y nginx)"
 )
-
-
-def _load_render():
-    spec = importlib.util.spec_from_file_location("tokenpool_nginx_render", NGINX_DIR / "render.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-render = _load_render()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _render(tmp_path: Path, **overrides: str) -> Path:
@@ -58,7 +41,7 @@ def _render(tmp_path: Path, **overrides: str) -> Path:
         NGINX_ERROR_LOG=str(tmp_path / "error.log"),
         NGINX_ACCESS_LOG=str(tmp_path / "access.log"),
         NGINX_TEMP_DIR=str(tmp_path),
-        LISTEN_PORT=f"127.0.0.1:{_free_port()}",
+        LISTEN_PORT=f"127.0.0.1:{free_port()}",
     )
     values.update(overrides)
     render.render_all(conf, values)
@@ -211,7 +194,7 @@ def test_nginx_t_accepts_tls_example(tmp_path):
     tls = (NGINX_DIR / "conf.d" / "tls.conf.example").read_text()
     tls = tls.replace("/etc/nginx/tls/tokenpool.crt", str(crt))
     tls = tls.replace("/etc/nginx/tls/tokenpool.key", str(key))
-    tls = tls.replace("listen 443 ssl;", f"listen 127.0.0.1:{_free_port()} ssl;")
+    tls = tls.replace("listen 443 ssl;", f"listen 127.0.0.1:{free_port()} ssl;")
     (conf.parent / "conf.d" / "tls.conf").write_text(tls)
     result = _nginx_t(conf, tmp_path)
     assert result.returncode == 0, result.stderr
@@ -257,45 +240,9 @@ def upstream():
     server.server_close()
 
 
-class _Nginx:
-    """An nginx master in the foreground (daemon off) on a loopback port."""
-
-    def __init__(self, tmp_path: Path, **overrides: str):
-        self.port = _free_port()
-        conf = _render(tmp_path, LISTEN_PORT=f"127.0.0.1:{self.port}", **overrides)
-        self.stderr_path = tmp_path / "nginx.stderr"
-        with open(self.stderr_path, "w") as stderr:
-            self.proc = subprocess.Popen(
-                [NGINX, "-p", str(tmp_path), "-c", str(conf), "-g", "daemon off;"],
-                stdout=subprocess.DEVNULL,
-                stderr=stderr,
-            )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"nginx exited: {self.stderr_path.read_text()}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise AssertionError("nginx did not start listening")
-
-    def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
 @pytest.fixture
 def proxy(tmp_path, upstream, request):
-    overrides = getattr(request, "param", {})
-    values = {"UPSTREAMS": f"server 127.0.0.1:{upstream.server_port};", **overrides}
-    nginx = _Nginx(tmp_path, **values)
+    nginx = Nginx(tmp_path, [f"127.0.0.1:{upstream.server_port}"], **getattr(request, "param", {})).start()
     yield nginx.port
     nginx.stop()
 
@@ -400,7 +347,7 @@ def test_json_is_gzipped(proxy, upstream):
 
 @needs_nginx
 def test_upstream_down_gets_json_503(tmp_path):
-    nginx = _Nginx(tmp_path, UPSTREAMS=f"server 127.0.0.1:{_free_port()};")
+    nginx = Nginx(tmp_path, [f"127.0.0.1:{free_port()}"]).start()
     try:
         status, headers, body = _request(nginx.port, "GET", "/api/tokens")
     finally:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e.stack import NGINX, Stack, new_database
+from tests.e2e.stack import Stack, new_database
+from tests.procs import NGINX
 
 SHARED_POOL = 10
 SHARED_RATE_LIMIT = 50  # per client address and minute, for the shared stack

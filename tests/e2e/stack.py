@@ -10,33 +10,19 @@ from __future__ import annotations
 
 import contextlib
 import http.client
-import importlib.util
 import json
 import shutil
 import signal
-import socket
 import subprocess
 import threading
-import time
 import uuid
 from pathlib import Path
 
 from sqlalchemy import create_engine
 
-from tests.procs import ROOT, Gunicorn, ThrowawayRedis, free_port
+from tests.procs import Gunicorn, Nginx, ThrowawayRedis, json_lines
 
-NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
 WRK = shutil.which("wrk") or ("/usr/bin/wrk" if Path("/usr/bin/wrk").exists() else None)
-
-
-def _load_render():
-    spec = importlib.util.spec_from_file_location("tokenpool_nginx_render_e2e", ROOT / "nginx" / "render.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-render = _load_render()
 
 
 # --- HTTP -----------------------------------------------------------------------------
@@ -78,96 +64,12 @@ def request(
         conn.close()
 
 
-def json_lines(lines) -> list[dict]:
-    """The JSON objects among log lines (gunicorn's own lines are plain text)."""
-    out = []
-    for line in lines:
-        line = line.strip()
-        if line.startswith("{"):
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                pass
-    return out
-
-
 def access_lines(gunicorn: Gunicorn) -> list[dict]:
     """The app's access lines (logger tokenpool.access) of one gunicorn instance."""
     return [r for r in json_lines(gunicorn.log_lines()) if r.get("logger") == "tokenpool.access"]
 
 
 # --- nginx ----------------------------------------------------------------------------
-
-
-class Nginx:
-    """An nginx master in the foreground on 127.0.0.1:<free port>, everything under `directory`."""
-
-    def __init__(self, directory: Path, upstreams: list[str], **overrides: str):
-        self.dir = directory
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        servers = " ".join(f"server {u} max_fails=3 fail_timeout=10s;" for u in upstreams)
-        values = render.values_from(
-            {},
-            LISTEN_PORT=f"127.0.0.1:{self.port}",
-            UPSTREAMS=servers,
-            NGINX_PID=str(self.dir / "nginx.pid"),
-            NGINX_ERROR_LOG=str(self.dir / "error.log"),
-            NGINX_ACCESS_LOG=str(self.dir / "access.log"),
-            NGINX_TEMP_DIR=str(self.dir),
-        )
-        values.update(overrides)
-        render.render_all(self.dir / "conf", values)
-        self.conf = self.dir / "conf" / "nginx.conf"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> Nginx:
-        stderr_path = self.dir / "nginx.stderr"
-        with open(stderr_path, "w") as stderr:
-            self.proc = subprocess.Popen(
-                [
-                    NGINX,
-                    "-p",
-                    str(self.dir),
-                    "-e",
-                    str(self.dir / "error.log"),
-                    "-c",
-                    str(self.conf),
-                    "-g",
-                    "daemon off;",
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=stderr,
-            )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"nginx exited: {stderr_path.read_text()} {self.error_log()}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return self
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise AssertionError("nginx did not start listening")
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def access_log(self) -> list[dict]:
-        path = self.dir / "access.log"
-        return json_lines(path.read_text().splitlines()) if path.exists() else []
-
-    def error_log(self) -> str:
-        path = self.dir / "error.log"
-        return path.read_text(errors="replace") if path.exists() else ""
 
 
 # --- the whole stack --------------------------------------------------------------------
