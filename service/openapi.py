@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify
 
+from .monitoring.figures import RULES
+
 bp = Blueprint("openapi", __name__)
 
 UUID = {"type": "string", "format": "uuid"}
@@ -353,18 +355,7 @@ SCHEMAS["Finding"] = {
     "type": "object",
     "required": ["rule", "severity", "figure", "threshold", "message", "recommendation"],
     "properties": {
-        "rule": {
-            "type": "string",
-            "enum": [
-                "high_error_rate",
-                "slow_p95",
-                "slow_queries",
-                "pool_utilization_high",
-                "no_token_available",
-                "sweeper_late",
-                "rate_limit_hits_rising",
-            ],
-        },
+        "rule": {"type": "string", "enum": list(RULES)},
         "severity": {"type": "string", "enum": ["critical", "warning", "info"]},
         "figure": {"type": "number", "nullable": True, "description": "The figure that triggered the rule"},
         "threshold": {"type": "number"},

@@ -28,10 +28,15 @@ def _before() -> None:
     g.correlation_id = _incoming("X-Correlation-ID") or g.request_id
 
 
+def elapsed_ms() -> float:
+    """Milliseconds since this request began (its first before_request hook)."""
+    return round((time.perf_counter() - g.start_time) * 1000, 3)
+
+
 def _after(response):
     response.headers["X-Request-ID"] = g.request_id
     response.headers["X-Correlation-ID"] = g.correlation_id
-    duration_ms = round((time.perf_counter() - g.start_time) * 1000, 3)
+    duration_ms = elapsed_ms()
     g.duration_ms = duration_ms
     path = request.path
     level = logging.DEBUG if path.startswith(QUIET_PREFIXES) else logging.INFO

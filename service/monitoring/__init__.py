@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import time
-
 from flask import Blueprint, current_app, g, has_request_context, request
 
 from ..db import observe_queries
 from ..metrics import NOT_API_PATH, url_rule
+from ..request_context import elapsed_ms
 from ..telemetry import TokenEvent
 from ..timeutil import isoformat, utcnow
 from .store import BufferedStore, Figures, MemoryStore, RedisStore, current_minute, request_fields
@@ -78,7 +77,7 @@ def init_monitoring(app) -> None:
     def _record(response):
         if NOT_API_PATH.match(request.path):
             return response
-        duration_ms = round((time.perf_counter() - g.start_time) * 1000, 3)
+        duration_ms = elapsed_ms()
         route, status = url_rule(request), response.status_code
         figures = _figures()
         figures.counts.update(request_fields(route, status, duration_ms))

@@ -79,6 +79,18 @@ def aggregate(buckets: list[Counter]) -> dict:
     }
 
 
+# the rule names a finding can carry (documented in /openapi.json)
+RULES = (
+    "high_error_rate",
+    "slow_p95",
+    "slow_queries",
+    "pool_utilization_high",
+    "no_token_available",
+    "sweeper_late",
+    "rate_limit_hits_rising",
+)
+
+
 def _finding(rule, severity, figure, threshold, message, recommendation) -> dict:
     return {
         "rule": rule,

@@ -48,6 +48,10 @@ class Sweeper:
         self._lock = threading.Lock()
 
     @property
+    def started(self) -> bool:
+        return self._thread is not None
+
+    @property
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
@@ -80,5 +84,5 @@ def init_sweeper(app) -> None:
 
     @app.before_request
     def _start_sweeper():
-        if sweeper._thread is None:
+        if not sweeper.started:  # one attribute read per request once it runs
             sweeper.start()

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from service.monitoring.figures import RULES as RULE_NAMES
 from service.monitoring.figures import aggregate, evaluate, percentile
 from service.monitoring.store import (
     BOUNDS_MS,
@@ -20,15 +21,7 @@ from service.monitoring.store import (
 NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 CONFIG = {"SLOW_REQUEST_MS": 2000, "SLOW_QUERY_MS": 1000, "CHECK_INTERVAL_SECONDS": 30}
 HEALTHY_POOL = {"total": 10, "active": 5, "available": 5, "utilization": 0.5}
-RULES = {
-    "high_error_rate",
-    "slow_p95",
-    "slow_queries",
-    "pool_utilization_high",
-    "no_token_available",
-    "sweeper_late",
-    "rate_limit_hits_rising",
-}
+RULES = set(RULE_NAMES)
 
 
 def bucket(
