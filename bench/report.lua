@@ -1,0 +1,14 @@
+-- Shared by the wrk scripts of bench/: the summary line bench/run.py parses.
+
+-- one machine-readable line for bench/run.py (latencies in microseconds)
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'BENCH_JSON {"requests": %d, "duration_us": %d, "bytes": %d, '
+      .. '"errors": {"connect": %d, "read": %d, "write": %d, "status": %d, "timeout": %d}, '
+      .. '"latency_us": {"mean": %.1f, "p50": %d, "p75": %d, "p90": %d, "p99": %d, "p999": %d, "max": %d}}\n',
+    summary.requests, summary.duration, summary.bytes,
+    e.connect, e.read, e.write, e.status, e.timeout,
+    latency.mean, latency:percentile(50), latency:percentile(75), latency:percentile(90),
+    latency:percentile(99), latency:percentile(99.9), latency.max))
+end
