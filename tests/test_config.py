@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from service import create_app
 from service.config import ConfigError
+from tests.procs import ROOT
 
 
 def test_defaults_to_sqlite_under_instance(monkeypatch):
@@ -53,17 +57,14 @@ def test_malformed_value_names_the_variable(monkeypatch, name, value):
         create_app()
 
 
-def test_bad_value_stops_the_cli_with_one_line(tmp_path):
-    import subprocess
-    import sys
-
+def test_bad_value_stops_the_start_with_one_line():
     env = {"PATH": "/usr/bin:/bin", "APP_ENV": "production", "SECRET_KEY": "s", "MAX_ACTIVE_TOKENS": "lots"}
     result = subprocess.run(
         [sys.executable, "-c", "import wsgi"],
         env=env,
         capture_output=True,
         text=True,
-        cwd=str(__import__("pathlib").Path(__file__).parent.parent),
+        cwd=ROOT,
     )
     assert result.returncode == 1
     assert result.stderr.strip() == "configuration error: MAX_ACTIVE_TOKENS must be an integer, got 'lots'"
