@@ -44,7 +44,8 @@ def create_app(config: dict | None = None) -> Flask:
     register_error_handlers(app)
     for bp in (tokens_bp, health_bp, openapi_bp, monitoring_bp):
         app.register_blueprint(bp)
-    exempt_from_https_redirect(app, "health.")
+    # probes (kubelet, load balancers) and Prometheus reach each instance over plain HTTP
+    exempt_from_https_redirect(app, ("health.", "metrics."))
     init_rate_limits(app, app.blueprints)
     app.cli.add_command(tokens_cli)
     app.cli.add_command(apikeys_cli)

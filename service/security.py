@@ -172,7 +172,6 @@ def init_security(app) -> None:
         session_cookie_secure=app.config["FORCE_HTTPS"],
         x_xss_protection=False,
     )
-    exempt_from_https_redirect(app, "metrics.")  # Prometheus scrapes each instance over plain HTTP
     origins = _allowed_origins(app.config)
     if origins:
         CORS(
@@ -190,8 +189,8 @@ def init_security(app) -> None:
         )
 
 
-def exempt_from_https_redirect(app, endpoint_prefix: str) -> None:
-    """Probes over plain HTTP (kubelet, load balancers) must get 200, not a redirect."""
+def exempt_from_https_redirect(app, endpoint_prefixes: tuple[str, ...]) -> None:
+    """These endpoints answer plain HTTP (probes, scrapes) instead of redirecting to HTTPS."""
     for endpoint, view in app.view_functions.items():
-        if endpoint.startswith(endpoint_prefix):
+        if endpoint.startswith(endpoint_prefixes):
             view.talisman_view_options = {"force_https": False}
