@@ -19,6 +19,7 @@ from sqlalchemy import inspect, text
 from ..extensions import db
 from ..timeutil import isoformat, utcnow
 from ..tokens import reads, service
+from ..tokens.routes import clock
 
 HEALTHY, DEGRADED, UNHEALTHY = "healthy", "degraded", "unhealthy"
 draining = threading.Event()  # set on SIGTERM: readiness fails, liveness holds
@@ -150,5 +151,4 @@ def disk() -> dict:
 
 def now():
     """The injected clock (tests) or the process clock."""
-    clock = current_app.config.get("TOKEN_CLOCK")
-    return clock() if clock else utcnow()
+    return clock() or utcnow()
