@@ -113,6 +113,7 @@ def _from_environment(instance_path: str, env: str) -> dict:
         "RATE_LIMIT_PER_MINUTE": _int("RATE_LIMIT_PER_MINUTE", 100, minimum=1),
         "API_KEY_RATE_LIMIT_PER_MINUTE": _int("API_KEY_RATE_LIMIT_PER_MINUTE", 600, minimum=1),
         "API_KEY_RATE_LIMIT_PER_HOUR": _int("API_KEY_RATE_LIMIT_PER_HOUR", 20000, minimum=1),
+        "RATE_LIMIT_LEASE": _int("RATE_LIMIT_LEASE", 32, minimum=1),
         "AUTH_FAILURE_RATE_LIMIT": _str("AUTH_FAILURE_RATE_LIMIT", "10/minute"),
         "RATELIMIT_STORAGE_URI": _str("RATELIMIT_STORAGE_URI", None),
         "API_AUTH_REQUIRED": _bool("API_AUTH_REQUIRED", False),

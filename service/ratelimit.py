@@ -2,10 +2,11 @@
 
 Storage is Redis when `REDIS_URL` (or `RATELIMIT_STORAGE_URI`) is set, so a
 limit holds across every worker and instance; `memory://` otherwise. The
-strategy is fixed-window (`OneTripFixedWindow`): one Redis round trip per
-limit and request, headers included, the cheapest of the three, and exact
-across processes. Its cost is the known burst at a window edge (up to 2x the limit
-over two adjacent windows), which we accept for a token API.
+strategy is fixed-window (`LeasedFixedWindow`): at most one Redis round trip
+per limit and request, headers included, and none for most requests far from
+the limit (leased permits); never more than the limit across processes. Its
+cost is the known burst at a window edge (up to 2x the limit over two adjacent
+windows), which we accept for a token API.
 If Redis fails, requests are served on per-process in-memory counters (one
 warning per outage, a metric) until Redis answers again.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 import time
 
 from flask import current_app, g, has_request_context, request
@@ -57,25 +59,44 @@ class _FallbackCounter(logging.Handler):
             self.metrics.rate_limit_fallbacks.inc()
 
 
-class OneTripFixedWindow(FixedWindowRateLimiter):
-    """fixed-window whose hit also reads the window's count and TTL, in one Redis round trip.
+class LeasedFixedWindow(FixedWindowRateLimiter):
+    """fixed-window on Redis in at most one round trip per request, and usually none.
 
-    Flask-Limiter asks `get_window_stats` for the X-RateLimit-* headers after
-    each hit, which costs `limits` two more round trips (GET and TTL). Here the
-    hit's Lua script returns both, and the stats of a window hit during this
-    request are answered from `g`. Other storages (the in-memory fallback) use
-    the plain strategy.
+    A hit runs one Lua script that increments the window and returns its count
+    and TTL, so the X-RateLimit-* headers cost no extra GET and TTL (their
+    stats for a window hit during this request are answered from `g`).
+    Far from the limit, the script grants a *lease*: up to `most` permits at
+    once, never more than 1/LEASE_SHARE of the room left in the window. This
+    process then admits that many requests of the window without asking Redis.
+    Permits are counted in Redis when leased, so the limit is never exceeded;
+    near the limit (room below 2 x LEASE_SHARE) every request is counted one by
+    one, so the last permits of a window are exact. A lease is kept until its
+    window ends; the cost is that up to one lease per process (at most `most`
+    permits, never more than 1/LEASE_SHARE of the window) can sit unused in a
+    process the client stops reaching. `most = 1` counts every request in Redis.
+    Other storages (memory://, the in-memory fallback) use the plain strategy.
     """
 
+    LEASE_SHARE = 256
     SCRIPT = """
-    local count = redis.call('incrby', KEYS[1], ARGV[2])
-    if count == tonumber(ARGV[2]) then redis.call('expire', KEYS[1], ARGV[1]) end
-    return {count, redis.call('ttl', KEYS[1])}
+    local cost, limit = tonumber(ARGV[2]), tonumber(ARGV[3])
+    local grant = cost
+    local count = tonumber(redis.call('get', KEYS[1]) or '0')
+    if count + cost <= limit then
+        local share = math.floor((limit - count) / tonumber(ARGV[5]))
+        grant = math.max(cost, math.min(tonumber(ARGV[4]) * cost, share))
+    end
+    count = redis.call('incrby', KEYS[1], grant)
+    if count == grant then redis.call('expire', KEYS[1], ARGV[1]) end
+    return {count, redis.call('ttl', KEYS[1]), grant}
     """
 
     def __init__(self, storage) -> None:
         super().__init__(storage)
+        self.most = 1
         self._script = None
+        self._leases: dict[str, list] = {}  # window key -> [permits left, count once spent, window end]
+        self._lock = threading.Lock()
         if isinstance(storage, RedisStorage):
             self._script = storage.get_connection().register_script(self.SCRIPT)
 
@@ -83,10 +104,30 @@ class OneTripFixedWindow(FixedWindowRateLimiter):
         if self._script is None:
             return super().hit(item, *identifiers, cost=cost)
         key = item.key_for(*identifiers)
-        count, ttl = self._script([self.storage.prefixed_key(key)], [item.get_expiry(), cost])
+        now = time.time()
+        with self._lock:
+            lease = self._leases.get(key)
+            if lease is not None and lease[0] >= cost and lease[2] > now:
+                lease[0] -= cost
+                self._seen(key, lease[1] - lease[0], lease[2])
+                return True
+        args = [item.get_expiry(), cost, item.amount, self.most, self.LEASE_SHARE]
+        count, ttl, grant = self._script([self.storage.prefixed_key(key)], args)
+        count, reset_at = int(count), now + max(int(ttl), 0)
+        with self._lock:
+            if int(grant) > cost:
+                if len(self._leases) > 10_000:
+                    self._leases = {k: v for k, v in self._leases.items() if v[2] > now}
+                self._leases[key] = [int(grant) - cost, count, reset_at]
+            else:
+                self._leases.pop(key, None)
+        self._seen(key, count - int(grant) + cost, reset_at)
+        return count <= item.amount
+
+    @staticmethod
+    def _seen(key: str, count: int, reset_at: float) -> None:
         if has_request_context():
-            g.setdefault("rate_windows", {})[key] = (int(count), time.time() + max(int(ttl), 0))
-        return int(count) <= item.amount
+            g.setdefault("rate_windows", {})[key] = (count, reset_at)
 
     def get_window_stats(self, item, *identifiers: str) -> WindowStats:
         seen = g.get("rate_windows", {}).get(item.key_for(*identifiers)) if has_request_context() else None
@@ -96,7 +137,7 @@ class OneTripFixedWindow(FixedWindowRateLimiter):
         return WindowStats(reset_at, max(0, item.amount - count))
 
 
-STRATEGIES.setdefault("tokenpool-fixed-window", OneTripFixedWindow)
+STRATEGIES.setdefault("tokenpool-fixed-window", LeasedFixedWindow)
 
 
 def _storage_uri(config) -> str:
@@ -138,6 +179,8 @@ def init_rate_limits(app, blueprints: dict) -> Limiter | None:
     # after_request hooks run last-registered first: this one runs after Flask-Limiter's own
     app.after_request(_retry_after_as_answered)
     limiter.init_app(app)
+    if limiter.enabled and isinstance(limiter.limiter, LeasedFixedWindow):
+        limiter.limiter.most = config["RATE_LIMIT_LEASE"]
     app.extensions["tokenpool.limiter"] = limiter  # extensions["limiter"] is Flask-Limiter's set of limiters
     fallback = _FallbackCounter(metrics)
     limiter.logger.addHandler(fallback)

@@ -57,7 +57,9 @@ def test_counts_are_in_redis_and_exact(sqlite_url, throwaway_redis):
 
 def test_redis_outage_falls_back_once_then_returns_to_redis(sqlite_url, throwaway_redis, records):
     server, restart = throwaway_redis
-    app = make_app(sqlite_url, ENABLE_RATE_LIMITING=True, REDIS_URL=server.url, RATE_LIMIT_PER_MINUTE=1000)
+    app = make_app(
+        sqlite_url, ENABLE_RATE_LIMITING=True, REDIS_URL=server.url, RATE_LIMIT_PER_MINUTE=1000, RATE_LIMIT_LEASE=1
+    )  # every request counted in Redis one by one, as the test reads the counters
     reset_database(app)
     log = records("flask-limiter")
     client = app.test_client()
@@ -123,3 +125,58 @@ def test_a_limited_request_costs_one_redis_round_trip_headers_included(sqlite_ur
     assert r.headers["X-RateLimit-Limit"] == "50"
     assert r.headers["X-RateLimit-Remaining"] == "48"
     assert 0 < int(r.headers["X-RateLimit-Reset"]) - time.time() <= 61
+
+
+def test_far_from_the_limit_a_worker_leases_permits_and_asks_redis_once_per_lease(sqlite_url, throwaway_redis):
+    server, _ = throwaway_redis
+    app = make_app(
+        sqlite_url,
+        ENABLE_RATE_LIMITING=True,
+        REDIS_URL=server.url,
+        RATE_LIMIT_PER_MINUTE=100_000,
+        RATE_LIMIT_LEASE=8,
+        MONITORING_FLUSH_SECONDS=60,
+    )
+    reset_database(app)
+    client = app.test_client()
+    client.get("/api/tokens/summary")  # loads the script; takes the first lease of 8
+    connection = app.extensions["tokenpool.limiter"]._storage.get_connection()
+    commands = []
+    direct = connection.execute_command
+    connection.execute_command = lambda *args, **kw: commands.append(args[0]) or direct(*args, **kw)
+    remaining = []
+    for _ in range(23):
+        r = client.get("/api/tokens/summary")
+        assert r.status_code == 200
+        remaining.append(int(r.headers["X-RateLimit-Remaining"]))
+    # 24 requests in all: 3 leases of 8, 2 of them taken in the loop; counted in Redis when leased
+    assert commands == ["EVALSHA", "EVALSHA"]
+    assert list(counters(server.port).values()) == [24]
+    assert remaining == sorted(remaining, reverse=True) and remaining[-1] == 100_000 - 24
+
+
+def test_leases_never_admit_more_than_the_limit_and_the_last_permits_are_exact(sqlite_url, throwaway_redis):
+    """Two workers on one Redis, a limit large enough to lease: exactly `limit` admitted, never more."""
+    server, _ = throwaway_redis
+    limit = 1200  # room / 256 >= 2 at the start: the first hits lease, the last ones count one by one
+    workers = [
+        make_app(
+            sqlite_url,
+            ENABLE_RATE_LIMITING=True,
+            REDIS_URL=server.url,
+            RATE_LIMIT_PER_MINUTE=limit,
+            MONITORING_FLUSH_SECONDS=60,
+        )
+        for _ in range(2)
+    ]
+    reset_database(workers[0])
+    clients = [w.test_client() for w in workers]
+    admitted = refused = 0
+    for i in range(limit + 100):
+        status = clients[i % 2].get("/api/tokens/summary").status_code
+        assert status in (200, 429)
+        admitted += status == 200
+        refused += status == 429
+    assert admitted == limit
+    assert refused == 100
+    assert list(counters(server.port).values())[0] >= limit
