@@ -6,8 +6,11 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+import psycopg
+from flask import current_app
+from psycopg.rows import namedtuple_row
 from sqlalchemy import event
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, MultipleResultsFound, NoResultFound
 
 from .extensions import db, migrate
 
@@ -80,6 +83,97 @@ def _retryable(exc: DBAPIError) -> bool:
     return exc.connection_invalidated or _sqlstate(exc) in RETRYABLE_SQLSTATES
 
 
+class Rows(list):
+    """The rows of one statement, read the way SQLAlchemy results are."""
+
+    def first(self):
+        return self[0] if self else None
+
+    def all(self):
+        return self
+
+    def one_or_none(self):
+        if len(self) > 1:
+            raise MultipleResultsFound("more than one row")
+        return self.first()
+
+    def one(self):
+        row = self.one_or_none()
+        if row is None:
+            raise NoResultFound("no row")
+        return row
+
+
+class AutocommitConnection:
+    """One-statement work on PostgreSQL: a pooled psycopg connection in autocommit.
+
+    Same pool, timeouts, query observers and error types as the engine's
+    connections, without SQLAlchemy's Connection around the call, which cost
+    about 0.1 ms of CPU per statement (measured; the statement itself is a
+    fraction of that). Core statements are compiled once per statement object;
+    rows are named tuples. Offers what one-statement work uses: `execute`,
+    `exec_driver_sql`, `scalar` and `dialect`.
+    """
+
+    _compiled: dict = {}
+
+    def __init__(self, engine, dbapi_conn) -> None:
+        self.dialect = engine.dialect
+        self.dbapi_conn = dbapi_conn
+        self.broken = False
+        self._observers = current_app.extensions.get("tokenpool.query_observers", ())
+
+    def exec_driver_sql(self, sql: str, params=None) -> Rows:
+        started = time.perf_counter()
+        try:
+            with self.dbapi_conn.cursor(row_factory=namedtuple_row) as cursor:
+                rows = Rows(cursor.execute(sql, params).fetchall())
+        except psycopg.Error as exc:
+            raise self.failed(exc, sql, params) from exc
+        elapsed = time.perf_counter() - started
+        for notify in self._observers:
+            notify(sql, elapsed)
+        return rows
+
+    def failed(self, exc: psycopg.Error, sql: str, params=None) -> DBAPIError:
+        """The SQLAlchemy error the engine would raise; notes whether the connection is gone."""
+        self.broken = self.dialect.is_disconnect(exc, self.dbapi_conn, None)
+        return DBAPIError.instance(sql, params, exc, psycopg.Error, connection_invalidated=self.broken)
+
+    def execute(self, statement, params=None) -> Rows:
+        compiled = self._compiled.get(statement)
+        if compiled is None:
+            compiled = self._compiled[statement] = statement.compile(dialect=self.dialect)
+        return self.exec_driver_sql(compiled.string, compiled.construct_params(params))
+
+    def scalar(self, statement, params=None):
+        row = self.execute(statement, params).first()
+        return None if row is None else row[0]
+
+
+def _run_autocommit(work: Callable[..., T], args, kwargs) -> T:
+    """`work(conn, ...)` on an AutocommitConnection; a dropped connection empties the pool."""
+    engine = db.engine
+    try:
+        pooled = engine.raw_connection()
+    except psycopg.Error as exc:  # the database refuses connections: as engine.connect() would say
+        raise DBAPIError.instance(None, None, exc, psycopg.Error) from exc
+    conn = AutocommitConnection(engine, pooled.driver_connection)
+    try:
+        try:
+            conn.dbapi_conn.autocommit = True
+        except psycopg.Error as exc:
+            raise conn.failed(exc, "-- autocommit on") from exc
+        return work(conn, *args, **kwargs)
+    finally:
+        if conn.broken:
+            pooled.invalidate()
+            engine.dispose()  # the pool's other connections are as stale as this one
+        else:
+            conn.dbapi_conn.autocommit = False
+        pooled.close()
+
+
 def run_transaction(
     work: Callable[..., T], /, *args, attempts: int = 3, single_statement: bool = False, **kwargs
 ) -> T:
@@ -92,8 +186,7 @@ def run_transaction(
     for attempt in range(1, attempts + 1):
         try:
             if single_statement and db.engine.dialect.name == "postgresql":
-                with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-                    return work(conn, *args, **kwargs)
+                return _run_autocommit(work, args, kwargs)
             with db.engine.begin() as conn:
                 return work(conn, *args, **kwargs)
         except DBAPIError as exc:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
-import time
 import uuid
 
 from flask import current_app, g, jsonify
@@ -97,11 +95,7 @@ class RateLimited(ApiError):
 
 def _retry_after(exc: HTTPException) -> int:
     """Whole seconds until the breached limit resets (rounded up, at least 1)."""
-    if isinstance(exc, RateLimited):
-        return max(1, exc.retry_after)
-    limiter = current_app.extensions.get("tokenpool.limiter")
-    current = limiter.current_limit if limiter else None
-    return max(1, math.ceil(current.reset_at - time.time())) if current else 60
+    return max(1, exc.retry_after) if isinstance(exc, RateLimited) else 60
 
 
 def status_name(code: int) -> str:

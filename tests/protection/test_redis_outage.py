@@ -57,9 +57,8 @@ def test_counts_are_in_redis_and_exact(sqlite_url, throwaway_redis):
 
 def test_redis_outage_falls_back_once_then_returns_to_redis(sqlite_url, throwaway_redis, records):
     server, restart = throwaway_redis
-    app = make_app(
-        sqlite_url, ENABLE_RATE_LIMITING=True, REDIS_URL=server.url, RATE_LIMIT_PER_MINUTE=1000, RATE_LIMIT_LEASE=1
-    )  # every request counted in Redis one by one, as the test reads the counters
+    settings = {"RATE_LIMIT_PER_MINUTE": 1000, "RATE_LIMIT_LEASE": 1}  # each request counted in Redis
+    app = make_app(sqlite_url, ENABLE_RATE_LIMITING=True, REDIS_URL=server.url, **settings)
     reset_database(app)
     log = records("flask-limiter")
     client = app.test_client()
@@ -127,7 +126,7 @@ def test_a_limited_request_costs_one_redis_round_trip_headers_included(sqlite_ur
     assert 0 < int(r.headers["X-RateLimit-Reset"]) - time.time() <= 61
 
 
-def test_far_from_the_limit_a_worker_leases_permits_and_asks_redis_once_per_lease(sqlite_url, throwaway_redis):
+def test_far_from_the_limit_a_worker_leases_permits_and_asks_redis_once_a_lease(sqlite_url, throwaway_redis):
     server, _ = throwaway_redis
     app = make_app(
         sqlite_url,
