@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from flask import current_app
 
@@ -49,7 +49,7 @@ class Telemetry:
 
 def _log_event(event: TokenEvent) -> None:
     level = logging.INFO if event.status == "success" else logging.WARNING
-    fields = {k: v for k, v in asdict(event).items() if v is not None}
+    fields = {k: v for k, v in vars(event).items() if v is not None}  # asdict() deep-copies: slower
     log.log(level, "%s %s", event.event, event.status, extra=fields)
 
 

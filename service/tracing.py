@@ -1,14 +1,18 @@
-"""Optional OpenTelemetry tracing (`OTEL_ENABLED`): Flask and SQLAlchemy spans, OTLP export.
+"""Optional OpenTelemetry tracing (`OTEL_ENABLED`): request and database spans, OTLP export.
 
 Off by default and free when off: nothing is imported. The standard `OTEL_*`
 variables (endpoint, headers, sampler) are read by the SDK itself. W3C
-`traceparent` from callers is honoured by the Flask instrumentation.
+`traceparent` from callers is honoured by the Flask instrumentation. Database
+spans come from the query observers (`service.db.observe_queries`), which see
+every statement, also those run on a bare pooled connection outside SQLAlchemy.
 """
 
 from __future__ import annotations
 
 import sys
+import time
 
+from .db import observe_queries
 from .extensions import db
 
 EXCLUDED_URLS = "healthz,health,live,ready,metrics"
@@ -19,12 +23,31 @@ def init_tracing(app) -> None:
     if not app.config["OTEL_ENABLED"]:
         return
     from opentelemetry.instrumentation.flask import FlaskInstrumentor
-    from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
 
     provider = app.config.get("OTEL_TRACER_PROVIDER") or _otlp_provider(app)
     FlaskInstrumentor().instrument_app(app, tracer_provider=provider, excluded_urls=EXCLUDED_URLS)
+    _trace_statements(app, provider)
+
+
+def _trace_statements(app, provider) -> None:
+    """A client span per statement, child of the request's span, timed as the statement ran."""
+    from opentelemetry import trace
+
+    tracer = trace.get_tracer("tokenpool.db", tracer_provider=provider)
     with app.app_context():
-        SQLAlchemyInstrumentor().instrument(engine=db.engine, tracer_provider=provider)
+        system = db.engine.dialect.name
+
+    def on_query(statement: str, seconds: float) -> None:
+        ended = time.time_ns()
+        span = tracer.start_span(
+            statement.split(None, 1)[0].upper() if statement.strip() else "SQL",
+            kind=trace.SpanKind.CLIENT,
+            start_time=ended - int(seconds * 1e9),
+            attributes={"db.system": system, "db.statement": statement[:2000]},
+        )
+        span.end(end_time=ended)
+
+    observe_queries(app, on_query)
 
 
 def _otlp_provider(app):

@@ -81,6 +81,9 @@ def init_monitoring(app) -> None:
         route, status = url_rule(request), response.status_code
         figures = _figures()
         figures.counts.update(request_fields(route, status, duration_ms))
+        slow, failed = duration_ms >= slow_request_ms, status >= 400 and response.is_json
+        if not (slow or failed):
+            return response
         entry = {
             "time": isoformat(utcnow()),
             "duration_ms": duration_ms,
@@ -89,10 +92,10 @@ def init_monitoring(app) -> None:
             "status": status,
             "request_id": g.get("request_id"),
         }
-        if duration_ms >= slow_request_ms:
+        if slow:
             figures.counts["slow_requests"] += 1
             figures.add_entry("slow_requests", entry)
-        if status >= 400 and response.is_json:
+        if failed:
             body = response.get_json(silent=True) or {}
             figures.add_entry(
                 "errors", entry | {"error_id": body.get("error_id"), "error_code": body.get("error_code")}
