@@ -6,6 +6,7 @@ from flask import Flask
 from flask.sessions import SessionInterface
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from .api_index import bp as api_bp
 from .apikeys.cli import apikeys_cli
 from .config import load_config
 from .db import init_db
@@ -44,7 +45,7 @@ def create_app(config: dict | None = None) -> Flask:
     init_security(app)  # authenticates before the limiter counts
     init_monitoring(app)
     register_error_handlers(app)
-    for bp in (tokens_bp, health_bp, openapi_bp, monitoring_bp):
+    for bp in (api_bp, tokens_bp, health_bp, openapi_bp, monitoring_bp):
         app.register_blueprint(bp)
     # probes (kubelet, load balancers) and Prometheus reach each instance over plain HTTP
     exempt_from_https_redirect(app, ("health.", "metrics."))

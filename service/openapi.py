@@ -60,6 +60,16 @@ SCHEMAS = {
             "usage_count": {"type": "integer"},
         },
     },
+    "ApiIndex": {
+        "type": "object",
+        "required": ["service", "version", "lifetime_seconds", "links"],
+        "properties": {
+            "service": {"type": "string"},
+            "version": {"type": "string"},
+            "lifetime_seconds": {"type": "integer"},
+            "links": {"type": "object", "additionalProperties": {"type": "string"}},
+        },
+    },
     "Lease": {
         "type": "object",
         "required": ["token_id", "user_id", "activated_at", "expires_at"],
@@ -131,6 +141,13 @@ RESPONSES = {
 COMMON = (413, 415, 429, 503)
 
 PATHS = {
+    "/api": {
+        "get": {
+            "summary": "The API's entry point: service, version, token lifetime and links",
+            "operationId": "apiIndex",
+            "responses": {"200": _json(_ref("ApiIndex"), "The index"), **_errors(429)},
+        }
+    },
     "/api/tokens/activate": {
         "post": {
             "summary": "Lease a token to a user (same token if the user already holds one)",

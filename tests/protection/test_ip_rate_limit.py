@@ -93,3 +93,11 @@ def test_retry_after_is_enough_for_a_retry_to_succeed(build):
     body = assert_rate_limited(client.get("/api/tokens/summary", headers=bad), AUTH_LIMITED, max_seconds=3)
     time.sleep(body["retry_after"])
     assert_error(client.get("/api/tokens/summary", headers=bad), 401, "UNAUTHORIZED")
+
+
+def test_the_api_index_counts_against_the_ip_limit(build):
+    app = build(RATE_LIMIT_PER_MINUTE=2)
+    client = app.test_client()
+    assert client.get("/api").status_code == 200
+    assert client.get("/api/tokens/summary").headers["X-RateLimit-Remaining"] == "0"
+    assert_rate_limited(client.get("/api"))

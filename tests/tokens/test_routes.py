@@ -352,3 +352,16 @@ def test_openapi_documents_every_token_route(client, app):
             for method in rule.methods - {"HEAD", "OPTIONS"}:
                 assert (path, method) in documented
     assert "Error" in doc["components"]["schemas"]
+
+
+def test_api_index_links_every_resource(client):
+    r = client.get("/api")
+    assert r.status_code == 200
+    body = r.get_json()
+    assert body["service"] == "tokenpool"
+    assert body["lifetime_seconds"] == client.application.config["TOKEN_LIFETIME_SECONDS"]
+    assert body["links"]["openapi"] == "/openapi.json"
+    documented = client.get("/openapi.json").get_json()["paths"]
+    for path in body["links"].values():
+        assert path in documented or path == "/openapi.json", path
+    assert client.get(body["links"]["summary"]).status_code == 200

@@ -1,0 +1,43 @@
+"""`GET /api`: the API's entry point, with links to its resources and its OpenAPI document.
+
+Its body depends only on the settings, so it is rendered once per app; each
+request pays only for the stack around it (rate limit, logs, metrics, headers).
+"""
+
+from __future__ import annotations
+
+import json
+
+from flask import Blueprint, Response, current_app
+
+bp = Blueprint("api", __name__)
+
+LINKS = {
+    "tokens": "/api/tokens",
+    "activate": "/api/tokens/activate",
+    "summary": "/api/tokens/summary",
+    "openapi": "/openapi.json",
+    "health": "/health",
+}
+
+
+def render(config) -> bytes:
+    """The index document of an app with these settings."""
+    return json.dumps(
+        {
+            "service": "tokenpool",
+            "version": config.get("APP_VERSION") or "0.1.0",
+            "lifetime_seconds": config["TOKEN_LIFETIME_SECONDS"],
+            "links": LINKS,
+        }
+    ).encode()
+
+
+@bp.record_once
+def _render_once(state) -> None:
+    state.app.extensions["tokenpool.api_index"] = render(state.app.config)
+
+
+@bp.get("/api")
+def index():
+    return Response(current_app.extensions["tokenpool.api_index"], mimetype="application/json")
