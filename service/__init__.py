@@ -32,8 +32,7 @@ def create_app(config: dict | None = None) -> Flask:
 
     Raises ConfigError naming the first bad setting. Opens no database connection.
     """
-    app = Flask(__name__, instance_relative_config=True)
-    app.session_interface = NoSessions()
+    app = App(__name__, instance_relative_config=True)
     load_config(app, config)
     configure_logging(app.config)
     _trust_proxy_headers(app)
@@ -67,6 +66,23 @@ class NoSessions(SessionInterface):
 
     def save_session(self, app, session, response):
         return None
+
+
+class App(Flask):
+    """Flask, minus per-request work that gives the same answer every time."""
+
+    session_interface = NoSessions()
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._sync: dict = {}
+
+    def ensure_sync(self, func):
+        """Flask's answer, remembered per function: it asked `inspect` for each of ~20 hooks per request."""
+        sync = self._sync.get(func)
+        if sync is None:
+            sync = self._sync[func] = super().ensure_sync(func)
+        return sync
 
 
 def _trust_proxy_headers(app: Flask) -> None:

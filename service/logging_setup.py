@@ -136,4 +136,8 @@ def configure_logging(config) -> None:
         setattr(handler, OUR_HANDLER, True)
         root.addHandler(handler)
     root.setLevel(config["LOG_LEVEL"])
+    # not in any line we write; the Logging HOWTO's "Optimization" switches skip them (the
+    # process id stays: gunicorn's own log lines print it)
+    logging._srcfile = None  # the caller's file, function and line: a stack walk per record
+    logging.logThreads = logging.logMultiprocessing = False
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # we write our own access line
