@@ -54,3 +54,20 @@ def assert_no_drift():
     with db.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), db.metadata)
     assert diff == []
+
+
+def test_tokens_are_vacuumed_after_a_fixed_number_of_dead_rows(postgres_url):
+    app = make_app(postgres_url)
+
+    def options():
+        with db.engine.connect() as conn:
+            sql = "SELECT coalesce(reloptions, '{}') FROM pg_class WHERE relname = 'tokens'"
+            return set(conn.execute(text(sql)).scalar())
+
+    with app.app_context():
+        upgrade()
+        assert {"autovacuum_vacuum_scale_factor=0", "autovacuum_vacuum_threshold=2000"} <= options()
+        downgrade(revision="0002")
+        assert not {o for o in options() if o.startswith("autovacuum")}
+        upgrade()
+        db.engine.dispose()
