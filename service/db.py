@@ -110,12 +110,13 @@ class AutocommitConnection:
     Same pool, timeouts, query observers and error types as the engine's
     connections, without SQLAlchemy's Connection around the call, which cost
     about 0.1 ms of CPU per statement (measured; the statement itself is a
-    fraction of that). Core statements are compiled once per statement object;
-    rows are named tuples. Offers what one-statement work uses: `execute`,
+    fraction of that). Core statements are compiled once per statement object,
+    so they must be built once (as in tokens/reads.py), not per call; rows are
+    named tuples. Offers what one-statement work uses: `execute`,
     `exec_driver_sql`, `scalar` and `dialect`.
     """
 
-    _compiled: dict = {}
+    _compiled: dict = {}  # statement object -> its PostgreSQL compilation, for the process
 
     def __init__(self, engine, dbapi_conn) -> None:
         self.dialect = engine.dialect
@@ -166,11 +167,14 @@ def _run_autocommit(work: Callable[..., T], args, kwargs) -> T:
             raise conn.failed(exc, "-- autocommit on") from exc
         return work(conn, *args, **kwargs)
     finally:
-        if conn.broken:
+        if not conn.broken:
+            try:
+                conn.dbapi_conn.autocommit = False
+            except psycopg.Error:  # it died without saying so: do not pool it
+                pooled.invalidate()
+        else:
             pooled.invalidate()
             engine.dispose()  # the pool's other connections are as stale as this one
-        else:
-            conn.dbapi_conn.autocommit = False
         pooled.close()
 
 
