@@ -102,22 +102,25 @@ def test_redis_outage_falls_back_once_then_returns_to_redis(sqlite_url, throwawa
     assert fallbacks() == 2
 
 
-def test_a_limited_request_costs_one_redis_round_trip_headers_included(sqlite_url, throwaway_redis):
-    server, _ = throwaway_redis
+def limited_client(database_url: str, redis_url: str, **settings):
+    """A test client of an app limited on this Redis, after one request (it loads the Lua script),
+    and the list of Redis commands the limiter sends from then on."""
     app = make_app(
-        sqlite_url,
-        ENABLE_RATE_LIMITING=True,
-        REDIS_URL=server.url,
-        RATE_LIMIT_PER_MINUTE=50,
-        MONITORING_FLUSH_SECONDS=60,
+        database_url, ENABLE_RATE_LIMITING=True, REDIS_URL=redis_url, MONITORING_FLUSH_SECONDS=60, **settings
     )
     reset_database(app)
     client = app.test_client()
-    client.get("/api/tokens/summary")  # the first call may also load the Lua script
+    client.get("/api/tokens/summary")
     connection = app.extensions["tokenpool.limiter"]._storage.get_connection()
     commands = []
     direct = connection.execute_command
     connection.execute_command = lambda *args, **kw: commands.append(args[0]) or direct(*args, **kw)
+    return client, commands
+
+
+def test_a_limited_request_costs_one_redis_round_trip_headers_included(sqlite_url, throwaway_redis):
+    server, _ = throwaway_redis
+    client, commands = limited_client(sqlite_url, server.url, RATE_LIMIT_PER_MINUTE=50)
     r = client.get("/api/tokens/summary")
     assert r.status_code == 200
     assert commands == ["EVALSHA"]
@@ -128,21 +131,8 @@ def test_a_limited_request_costs_one_redis_round_trip_headers_included(sqlite_ur
 
 def test_far_from_the_limit_a_worker_leases_permits_and_asks_redis_once_a_lease(sqlite_url, throwaway_redis):
     server, _ = throwaway_redis
-    app = make_app(
-        sqlite_url,
-        ENABLE_RATE_LIMITING=True,
-        REDIS_URL=server.url,
-        RATE_LIMIT_PER_MINUTE=100_000,
-        RATE_LIMIT_LEASE=8,
-        MONITORING_FLUSH_SECONDS=60,
-    )
-    reset_database(app)
-    client = app.test_client()
-    client.get("/api/tokens/summary")  # loads the script; takes the first lease of 8
-    connection = app.extensions["tokenpool.limiter"]._storage.get_connection()
-    commands = []
-    direct = connection.execute_command
-    connection.execute_command = lambda *args, **kw: commands.append(args[0]) or direct(*args, **kw)
+    settings = {"RATE_LIMIT_PER_MINUTE": 100_000, "RATE_LIMIT_LEASE": 8}
+    client, commands = limited_client(sqlite_url, server.url, **settings)  # its first request: a lease of 8
     remaining = []
     for _ in range(23):
         r = client.get("/api/tokens/summary")
