@@ -14,9 +14,10 @@ as wrk does against gunicorn's sync workers.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import math
+import selectors
+import socket
 import time
 import uuid
 from collections import Counter
@@ -52,44 +53,63 @@ def request_factory(url: str, *, activate: bool) -> tuple[str, int, Callable[[],
     return host, port, make
 
 
-async def _one(host, port, payload: bytes, scheduled: float, out: list, timeout: float) -> None:
-    sent = time.perf_counter()
-    status = 0
-    try:
-        async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection(host, port)
-            writer.write(payload)
-            data = await reader.read()  # the server closes after the response
-            writer.close()
-        status = int(data[9:12]) if data.startswith(b"HTTP/") else 0
-    except (OSError, TimeoutError, ValueError):
-        status = 0
-    out.append((scheduled, sent, time.perf_counter(), status))
+def _drive(host, port, make, rate: float, duration: float, max_outstanding: int, timeout: float):
+    """Send on schedule with non-blocking sockets and one selector.
 
-
-async def _drive(host, port, make, rate: float, duration: float, max_outstanding: int, timeout: float):
+    Cheaper per request than asyncio streams (measured: 0.27 of a core at
+    350 requests/s with asyncio), which matters when the driver shares the
+    cores with the server it measures.
+    """
     total = int(rate * duration)
+    selector = selectors.DefaultSelector()
+    inflight: dict[socket.socket, list] = {}  # sock -> [scheduled, sent, payload, received, deadline]
     out: list = []
-    pending: set[asyncio.Task] = set()
     dropped = 0
     start = time.perf_counter() + 0.05
     i = 0
-    while i < total:
+
+    def finish(sock: socket.socket, status: int) -> None:
+        scheduled, sent, _payload, _data, _deadline = inflight.pop(sock)
+        selector.unregister(sock)
+        sock.close()
+        out.append((scheduled, sent, time.perf_counter(), status))
+
+    while i < total or inflight:
         now = time.perf_counter()
-        due = start + i / rate
-        if due > now:
-            await asyncio.sleep(min(due - now, 0.002))
-            continue
-        while i < total and start + i / rate <= now:  # catch up after a late wake-up
-            if len(pending) >= max_outstanding:
+        while i < total and start + i / rate <= now:  # every request that is due, late ones included
+            if len(inflight) >= max_outstanding:
                 dropped += 1  # the server is hopelessly behind: count, do not pile up
             else:
-                task = asyncio.create_task(_one(host, port, make(), start + i / rate, out, timeout))
-                pending.add(task)
-                task.add_done_callback(pending.discard)
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                sock.setblocking(False)
+                sock.connect_ex((host, port))
+                inflight[sock] = [start + i / rate, now, make(), bytearray(), now + timeout]
+                selector.register(sock, selectors.EVENT_WRITE)
             i += 1
-    if pending:
-        await asyncio.wait(pending, timeout=timeout + 1)
+        wait = min(max(start + i / rate - time.perf_counter(), 0.0), 0.005) if i < total else 0.005
+        for key, events in selector.select(wait):
+            sock = key.fileobj
+            state = inflight[sock]
+            try:
+                if events & selectors.EVENT_WRITE:
+                    if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+                        finish(sock, 0)
+                        continue
+                    sock.sendall(state[2])  # a small request: fits the socket buffer
+                    selector.modify(sock, selectors.EVENT_READ)
+                else:
+                    chunk = sock.recv(65536)
+                    if chunk:
+                        state[3] += chunk
+                    else:  # the server closes after the response
+                        data = state[3]
+                        finish(sock, int(data[9:12]) if data.startswith(b"HTTP/") else 0)
+            except (OSError, ValueError):
+                finish(sock, 0)
+        now = time.perf_counter()
+        for sock in [s for s, state in inflight.items() if state[4] < now]:
+            finish(sock, 0)
+    selector.close()
     return start, out, dropped
 
 
@@ -104,7 +124,7 @@ def run_fixed_rate(
 ) -> dict:
     """Send `rate` requests/s for `duration` s; return rates, percentiles (ms) and status counts."""
     host, port, make = request_factory(url, activate=activate)
-    start, out, dropped = asyncio.run(_drive(host, port, make, rate, duration, max_outstanding, timeout))
+    start, out, dropped = _drive(host, port, make, rate, duration, max_outstanding, timeout)
     ok = [r for r in out if 200 <= r[3] < 300]
     corrected = sorted((end - scheduled) * 1000 for scheduled, _sent, end, _ in ok)
     service = sorted((end - sent) * 1000 for _scheduled, sent, end, _ in ok)
