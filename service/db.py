@@ -113,7 +113,7 @@ class AutocommitConnection:
     fraction of that). Core statements are compiled once per statement object,
     so they must be built once (as in tokens/reads.py), not per call; rows are
     named tuples. Offers what one-statement work uses: `execute`,
-    `exec_driver_sql`, `scalar` and `dialect`.
+    `exec_driver_sql` and `dialect`.
     """
 
     _compiled: dict = {}  # statement object -> its PostgreSQL compilation, for the process
@@ -147,14 +147,9 @@ class AutocommitConnection:
             compiled = self._compiled[statement] = statement.compile(dialect=self.dialect)
         return self.exec_driver_sql(compiled.string, compiled.construct_params(params))
 
-    def scalar(self, statement, params=None):
-        row = self.execute(statement, params).first()
-        return None if row is None else row[0]
 
-
-def _run_autocommit(work: Callable[..., T], args, kwargs) -> T:
+def _run_autocommit(engine, work: Callable[..., T], args, kwargs) -> T:
     """`work(conn, ...)` on an AutocommitConnection; a dropped connection empties the pool."""
-    engine = db.engine
     try:
         pooled = engine.raw_connection()
     except psycopg.Error as exc:  # the database refuses connections: as engine.connect() would say
@@ -189,9 +184,10 @@ def run_transaction(
     """
     for attempt in range(1, attempts + 1):
         try:
-            if single_statement and db.engine.dialect.name == "postgresql":
-                return _run_autocommit(work, args, kwargs)
-            with db.engine.begin() as conn:
+            engine = db.engine
+            if single_statement and engine.dialect.name == "postgresql":
+                return _run_autocommit(engine, work, args, kwargs)
+            with engine.begin() as conn:
                 return work(conn, *args, **kwargs)
         except DBAPIError as exc:
             if attempt == attempts or not _retryable(exc):
