@@ -17,15 +17,17 @@ VALID_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/+=-]{0,127}$")
 QUIET_PREFIXES = ("/health", "/healthz", "/live", "/ready", "/metrics")
 
 
-def _incoming(header: str) -> str | None:
-    value = request.headers.get(header)
+def _incoming(environ: dict, key: str) -> str | None:
+    value = environ.get(key)
     return value if value and VALID_ID.match(value) else None
 
 
 def _before() -> None:
-    g.start_time = time.perf_counter()
-    g.request_id = _incoming("X-Request-ID") or uuid.uuid4().hex
-    g.correlation_id = _incoming("X-Correlation-ID") or g.request_id
+    environ = request.environ
+    ctx = g._get_current_object()
+    ctx.start_time = time.perf_counter()
+    ctx.request_id = _incoming(environ, "HTTP_X_REQUEST_ID") or uuid.uuid4().hex
+    ctx.correlation_id = _incoming(environ, "HTTP_X_CORRELATION_ID") or ctx.request_id
 
 
 def elapsed_ms() -> float:
@@ -34,25 +36,26 @@ def elapsed_ms() -> float:
 
 
 def _after(response):
-    response.headers["X-Request-ID"] = g.request_id
-    response.headers["X-Correlation-ID"] = g.correlation_id
-    duration_ms = elapsed_ms()
-    g.duration_ms = duration_ms
-    path = request.path
+    ctx, req = g._get_current_object(), request._get_current_object()
+    headers = response.headers
+    headers["X-Request-ID"] = ctx.request_id
+    headers["X-Correlation-ID"] = ctx.correlation_id
+    ctx.duration_ms = duration_ms = round((time.perf_counter() - ctx.start_time) * 1000, 3)
+    path, method, status = req.path, req.method, response.status_code
     level = logging.DEBUG if path.startswith(QUIET_PREFIXES) else logging.INFO
     if log.isEnabledFor(level):
         log.log(
             level,
             "%s %s %s",
-            request.method,
+            method,
             path,
-            response.status_code,
+            status,
             extra={
-                "method": request.method,
+                "method": method,
                 "path": path,
-                "status": response.status_code,
+                "status": status,
                 "duration_ms": duration_ms,
-                "remote_addr": request.remote_addr,
+                "remote_addr": req.remote_addr,
             },
         )
     return response
