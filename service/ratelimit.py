@@ -22,10 +22,10 @@ import os
 import threading
 import time
 
-from flask import current_app, g, has_request_context, request
+from flask import current_app, g, request
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
-from limits import RateLimitItemPerHour, RateLimitItemPerMinute, WindowStats, parse
+from limits import RateLimitItemPerHour, RateLimitItemPerMinute, parse
 from limits.storage import RedisStorage
 from limits.strategies import STRATEGIES, FixedWindowRateLimiter
 
@@ -47,8 +47,8 @@ class LeasedFixedWindow(FixedWindowRateLimiter):
     """fixed-window on Redis in at most one round trip per request, and usually none.
 
     A hit runs one Lua script that increments the window and returns its count
-    and TTL, so the X-RateLimit-* headers cost no extra GET and TTL (their
-    stats for a window hit during this request are answered from `g`).
+    and TTL, so the X-RateLimit-* headers cost no extra GET and TTL
+    (`hit_window` returns them with the answer).
     Far from the limit, the script grants a *lease*: up to `most` permits at
     once, never more than 1/LEASE_SHARE of the room left in the window. This
     process then admits that many requests of the window without asking Redis.
@@ -85,43 +85,45 @@ class LeasedFixedWindow(FixedWindowRateLimiter):
             self._script = storage.get_connection().register_script(self.SCRIPT)
 
     def hit(self, item, *identifiers: str, cost: int = 1) -> bool:
+        return self.hit_window(item, *identifiers, cost=cost)[0]
+
+    def hit_window(self, item, *identifiers: str, cost: int = 1) -> tuple[bool, int, float]:
+        """Hit the limit; (allowed, remaining, reset_at) of its window, learnt in the same round trip."""
         if self._script is None:
-            return super().hit(item, *identifiers, cost=cost)
+            allowed = super().hit(item, *identifiers, cost=cost)
+            reset_at, remaining = super().get_window_stats(item, *identifiers)
+            return allowed, remaining, reset_at
         key = item.key_for(*identifiers)
         now = time.time()
         with self._lock:
             lease = self._leases.get(key)
             if lease is not None and lease[0] >= cost and lease[2] > now:
                 lease[0] -= cost
-                self._seen(key, lease[1] - lease[0], lease[2])
-                return True
+                return True, max(0, item.amount - lease[1] + lease[0]), lease[2]
         args = [item.get_expiry(), cost, item.amount, self.most, self.LEASE_SHARE]
         count, ttl, grant = self._script([self.storage.prefixed_key(key)], args)
-        count, reset_at = int(count), now + max(int(ttl), 0)
+        count, grant, reset_at = int(count), int(grant), now + max(int(ttl), 0)
         with self._lock:
-            if int(grant) > cost:
+            if grant > cost:
                 if len(self._leases) > 10_000:
                     self._leases = {k: v for k, v in self._leases.items() if v[2] > now}
-                self._leases[key] = [int(grant) - cost, count, reset_at]
+                self._leases[key] = [grant - cost, count, reset_at]
             else:
                 self._leases.pop(key, None)
-        self._seen(key, count - int(grant) + cost, reset_at)
-        return count <= item.amount
-
-    @staticmethod
-    def _seen(key: str, count: int, reset_at: float) -> None:
-        if has_request_context():
-            g.setdefault("rate_windows", {})[key] = (count, reset_at)
-
-    def get_window_stats(self, item, *identifiers: str) -> WindowStats:
-        seen = g.get("rate_windows", {}).get(item.key_for(*identifiers)) if has_request_context() else None
-        if seen is None:
-            return super().get_window_stats(item, *identifiers)
-        count, reset_at = seen
-        return WindowStats(reset_at, max(0, item.amount - count))
+        spent = count - grant + cost  # the permits leased along are not spent yet
+        return count <= item.amount, max(0, item.amount - spent), reset_at
 
 
 STRATEGIES.setdefault("tokenpool-fixed-window", LeasedFixedWindow)
+
+
+def hit_window(strategy, item, *identifiers: str) -> tuple[bool, int, float]:
+    """(allowed, remaining, reset_at) from any strategy: one round trip with ours, two otherwise."""
+    if isinstance(strategy, LeasedFixedWindow):
+        return strategy.hit_window(item, *identifiers)
+    allowed = strategy.hit(item, *identifiers)
+    reset_at, remaining = strategy.get_window_stats(item, *identifiers)
+    return allowed, remaining, reset_at
 
 
 class PolicyLimiter(Limiter):
@@ -207,13 +209,12 @@ class PolicyLimiter(Limiter):
         strategy = self.limiter  # the in-memory fallback while the storage is dead
         g.rate_limits = seen = []
         for item, identifiers, kind in checks:
-            allowed = strategy.hit(item, *identifiers)
-            seen.append((item, identifiers))
+            allowed, remaining, reset_at = hit_window(strategy, item, *identifiers)
+            seen.append((item, kind, remaining, reset_at))
             if not allowed:
                 self.metrics.rate_limit_hits.labels(kind).inc()
                 extra = {"event": "rate_limited", "limit": str(item), "key_kind": kind}
                 log.warning("rate limit exceeded", extra=extra)
-                reset_at, _ = strategy.get_window_stats(item, *identifiers)
                 raise RateLimited(math.ceil(reset_at - time.time()))
 
     def _recover_storage(self) -> None:
@@ -234,21 +235,16 @@ class PolicyLimiter(Limiter):
     def headers(self, response):
         """X-RateLimit-{Limit,Remaining,Reset} of the first limit hit; per window for keyed callers."""
         seen = g.get("rate_limits")
-        if not seen:
-            return response
-        try:
-            strategy, headers = self.limiter, response.headers
-            for index, (item, identifiers) in enumerate(seen):
-                reset_at, remaining = strategy.get_window_stats(item, *identifiers)
+        if seen:
+            headers = response.headers
+            for index, (item, kind, remaining, reset_at) in enumerate(seen):
                 values = (str(item.amount), str(remaining), str(int(reset_at)))
                 names = [HEADERS_FIRST] if index == 0 else []
-                if identifiers[-1].startswith("api_key"):
+                if kind != "ip":
                     names.append(HEADERS_OF_WINDOW[item.get_expiry()])
                 for triple in names:
                     for name, value in zip(triple, values, strict=True):
                         headers[name] = value
-        except Exception:  # storage trouble must not fail the answer
-            log.debug("rate limit headers unavailable", exc_info=True)
         return response
 
 
@@ -291,12 +287,11 @@ def _limit_auth_failures(app, limiter: Limiter, metrics) -> None:
         if not current_app.config["RATELIMIT_ENABLED"]:
             return
         try:
-            allowed = limiter.limiter.hit(item, "auth-failures", get_remote_address())
+            allowed, _, reset_at = hit_window(limiter.limiter, item, "auth-failures", get_remote_address())
         except Exception:  # storage down: the request is refused anyway (401)
             return
         if not allowed:
             metrics.rate_limit_hits.labels("auth_failures").inc()
-            reset_at, _ = limiter.limiter.get_window_stats(item, "auth-failures", get_remote_address())
             raise RateLimited(math.ceil(reset_at - time.time()), "Too many failed authentication attempts.")
 
     app.extensions["tokenpool.auth_failure_charge"] = charge
