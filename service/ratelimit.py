@@ -236,15 +236,15 @@ class PolicyLimiter(Limiter):
         """X-RateLimit-{Limit,Remaining,Reset} of the first limit hit; per window for keyed callers."""
         seen = g.get("rate_limits")
         if seen:
-            headers = response.headers
+            headers = []  # only this hook writes them: added, not searched for and replaced
             for index, (item, kind, remaining, reset_at) in enumerate(seen):
                 values = (str(item.amount), str(remaining), str(int(reset_at)))
                 names = [HEADERS_FIRST] if index == 0 else []
                 if kind != "ip":
                     names.append(HEADERS_OF_WINDOW[item.get_expiry()])
                 for triple in names:
-                    for name, value in zip(triple, values, strict=True):
-                        headers[name] = value
+                    headers.extend(zip(triple, values, strict=True))
+            response.headers.extend(headers)
         return response
 
 

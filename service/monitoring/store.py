@@ -54,13 +54,13 @@ class Figures:
 
     def __init__(self) -> None:
         self.counts: Counter = Counter()
-        self.entries: dict[str, list[dict]] = {name: [] for name in LISTS}
+        self.entries: dict[str, list[dict]] = {}  # kind (one of LISTS) -> entries, only kinds with some
 
     def add_entry(self, kind: str, entry: dict) -> None:
-        self.entries[kind].append(entry)
+        self.entries.setdefault(kind, []).append(entry)
 
     def __bool__(self) -> bool:
-        return bool(self.counts) or any(self.entries.values())
+        return bool(self.counts) or bool(self.entries)
 
 
 class MemoryStore:
@@ -183,7 +183,7 @@ class BufferedStore:
                 pending = self._pending[minute] = Figures()
             pending.counts.update(figures.counts)
             for kind, entries in figures.entries.items():
-                pending.entries[kind].extend(entries)
+                pending.entries.setdefault(kind, []).extend(entries)
             if self._thread is None:  # started in the worker, after gunicorn's fork
                 self._thread = threading.Thread(target=self._loop, name="monitoring-flush", daemon=True)
                 self._thread.start()
