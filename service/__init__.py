@@ -12,6 +12,7 @@ from .config import load_config
 from .db import init_db
 from .errors import register_error_handlers
 from .health import bp as health_bp
+from .json_provider import OrjsonProvider
 from .logging_setup import configure_logging
 from .metrics import init_metrics
 from .monitoring import bp as monitoring_bp
@@ -72,6 +73,7 @@ class App(Flask):
     """Flask, minus per-request work that gives the same answer every time."""
 
     session_interface = NoSessions()
+    json_provider_class = OrjsonProvider
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)

@@ -7,6 +7,7 @@ import binascii
 import json
 import uuid
 
+import orjson
 from flask import request
 
 from ..errors import InvalidJson, UnsupportedMediaType, ValidationError
@@ -27,7 +28,7 @@ def json_body() -> dict:
     if not request.is_json:
         raise UnsupportedMediaType("Content-Type must be application/json.")
     try:
-        body = json.loads(raw)
+        body = orjson.loads(raw)  # strict JSON: NaN, Infinity and lone surrogates are refused
     except (ValueError, UnicodeDecodeError):
         raise InvalidJson("Request body is not valid JSON.") from None
     if not isinstance(body, dict):

@@ -126,9 +126,27 @@ def test_activate_with_no_body_is_a_missing_parameter(client):
     )
 
 
-def test_malformed_json_is_invalid_json(client):
-    r = client.post("/api/tokens/activate", data='{"user_id": ', content_type="application/json")
+@pytest.mark.parametrize(
+    "raw",
+    [
+        '{"user_id": ',
+        '{"user_id": NaN}',  # Python's json module would take these; JSON has no such values
+        '{"user_id": Infinity}',
+        '{"user_id": "\\ud800"}',  # a lone surrogate
+        b'{"user_id": "\xff"}',  # not UTF-8
+    ],
+)
+def test_malformed_json_is_invalid_json(client, raw):
+    r = client.post("/api/tokens/activate", data=raw, content_type="application/json")
     assert_error(r, 400, "INVALID_JSON")
+
+
+def test_json_answers_are_compact_with_sorted_keys(client):
+    r = client.post("/api/tokens/activate", json={"user_id": str(user())})
+    assert r.status_code == 200
+    body = r.get_data(as_text=True)
+    keys = re.findall(r'"(\w+)":', body)
+    assert keys == sorted(keys) and ", " not in body and ": " not in body
 
 
 def test_json_that_is_not_an_object_is_rejected(client):
