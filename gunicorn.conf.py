@@ -5,6 +5,7 @@ behind nginx. Sync workers: nginx buffers slow clients, and each worker holds
 one database connection at a time (connections = workers x (POOL_SIZE + overflow)).
 """
 
+import gc
 import os
 import shutil
 import signal
@@ -44,7 +45,13 @@ def on_starting(server):
 
 
 def post_worker_init(worker):
-    """On SIGTERM: fail readiness at once, finish in-flight work, then exit."""
+    """On SIGTERM: fail readiness at once, finish in-flight work, then exit.
+
+    Also moves the loaded app (~110,000 objects) out of the garbage collector's
+    reach (`gc.freeze`): a full collection of them took 33 ms, a pause that hit
+    whichever requests were queued on that worker; the app's own objects live
+    as long as the worker anyway.
+    """
     from service.health.checks import draining
 
     def stop(sig, frame):
@@ -56,6 +63,7 @@ def post_worker_init(worker):
         threading.Timer(min(DRAIN_SECONDS, graceful_timeout / 2), stop, args=(sig, frame)).start()
 
     signal.signal(signal.SIGTERM, drain)
+    gc.freeze()
 
 
 def worker_exit(server, worker):
