@@ -20,9 +20,10 @@ def store():
 
 
 def _figures() -> Figures:
-    if "monitoring_figures" not in g:
-        g.monitoring_figures = Figures()
-    return g.monitoring_figures
+    figures = g.get("monitoring_figures")
+    if figures is None:
+        figures = g.monitoring_figures = Figures()
+    return figures
 
 
 def _write_now(app, figures: Figures) -> None:
