@@ -93,6 +93,35 @@ def admin_sql(statement: str, dbname: str | None = None) -> None:
         conn.execute(statement)
 
 
+def _proc_net(path: str, group: str) -> dict[str, int]:
+    """One group of /proc/net/snmp or /proc/net/netstat ("Tcp", "TcpExt") as name -> value."""
+    lines = [line.split() for line in Path(path).read_text().splitlines() if line.startswith(group + ":")]
+    return {name: int(value) for name, value in zip(lines[0][1:], lines[1][1:], strict=True)}
+
+
+def host_counters() -> dict:
+    """Machine-wide counters to tell a slow round's cause: CPU taken by the VM's host (steal) and
+    idle waiting for disk (iowait), in ms; PostgreSQL checkpoints begun; TCP segments sent again
+    (tail-loss probes fire ~200 ms after a lone segment goes unanswered)."""
+    import psycopg
+
+    ticks = os.sysconf("SC_CLK_TCK")
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        row = conn.execute("SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter").fetchone()
+    return {
+        "iowait_ms": fields[4] * 1000 / ticks,
+        "steal_ms": fields[7] * 1000 / ticks,
+        "checkpoints": row[0],
+        "tcp_retransmits": _proc_net("/proc/net/snmp", "Tcp")["RetransSegs"],
+    }
+
+
+def counters_during(before: dict) -> dict:
+    after = host_counters()
+    return {key: round(after[key] - before[key], 1) for key in before}
+
+
 def flush_redis() -> None:
     import redis
 
@@ -385,14 +414,18 @@ def measure(
             if name in FOLLOW_UPS:
                 fname, activate = FOLLOW_UPS[name]
                 rate = res["rps"] * args.rate_fraction
+                before = host_counters()
                 fres = run_fixed_rate(url, rate=rate, duration=args.duration, activate=activate)
-                fres |= {"round": rnd + 1, "loadavg_1m": os.getloadavg()[0]}
+                host = counters_during(before)
+                fres |= {"round": rnd + 1, "loadavg_1m": os.getloadavg()[0], "host": host}
                 fixed[fname].append(fres)
                 bad = fres["sent"] - fres["ok"] + fres["dropped"]
                 log(
                     f"round {rnd + 1}/{args.rounds} {fname:26s} {rate:6.0f}/s -> "
                     f"{fres['achieved_rate']:6.0f}/s  p50 {fres['latency_ms']['p50'] or 0:7.2f} ms  "
-                    f"p99 {fres['latency_ms']['p99'] or 0:7.2f} ms  load {fres['loadavg_1m']:.1f}"
+                    f"p99 {fres['latency_ms']['p99'] or 0:7.2f} ms  load {fres['loadavg_1m']:.1f}  "
+                    f"steal {host['steal_ms']:.0f} ms  iowait {host['iowait_ms']:.0f} ms  "
+                    f"checkpoints {host['checkpoints']:.0f}  tcp retransmits {host['tcp_retransmits']:.0f}"
                     + (f"  failed {bad}" if bad else "")
                 )
                 time.sleep(args.pause)
