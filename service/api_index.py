@@ -6,8 +6,6 @@ request pays only for the stack around it (rate limit, logs, metrics, headers).
 
 from __future__ import annotations
 
-import json
-
 from flask import Blueprint, Response, current_app
 
 bp = Blueprint("api", __name__)
@@ -21,9 +19,10 @@ LINKS = {
 }
 
 
-def render(config) -> bytes:
-    """The index document of an app with these settings."""
-    return json.dumps(
+def render(app) -> bytes:
+    """The index document of this app, written as every JSON answer is (the app's JSON provider)."""
+    config = app.config
+    return app.json.dumps(
         {
             "service": "tokenpool",
             "version": config.get("APP_VERSION") or "0.1.0",
@@ -35,7 +34,7 @@ def render(config) -> bytes:
 
 @bp.record_once
 def _render_once(state) -> None:
-    state.app.extensions["tokenpool.api_index"] = render(state.app.config)
+    state.app.extensions["tokenpool.api_index"] = render(state.app)
 
 
 @bp.get("/api")
