@@ -39,7 +39,7 @@ def _after(response):
     ctx, req = g._get_current_object(), request._get_current_object()
     # only this hook writes them: added, not searched for and replaced
     response.headers.extend((("X-Request-ID", ctx.request_id), ("X-Correlation-ID", ctx.correlation_id)))
-    ctx.duration_ms = duration_ms = round((time.perf_counter() - ctx.start_time) * 1000, 3)
+    ctx.duration_ms = duration_ms = elapsed_ms()
     path, method, status = req.path, req.method, response.status_code
     level = logging.DEBUG if path.startswith(QUIET_PREFIXES) else logging.INFO
     if log.isEnabledFor(level):
