@@ -93,12 +93,6 @@ def admin_sql(statement: str, dbname: str | None = None) -> None:
         conn.execute(statement)
 
 
-def _proc_net(path: str, group: str) -> dict[str, int]:
-    """One group of /proc/net/snmp or /proc/net/netstat ("Tcp", "TcpExt") as name -> value."""
-    lines = [line.split() for line in Path(path).read_text().splitlines() if line.startswith(group + ":")]
-    return {name: int(value) for name, value in zip(lines[0][1:], lines[1][1:], strict=True)}
-
-
 def host_counters() -> dict:
     """Machine-wide counters to tell a slow round's cause: CPU taken by the VM's host (steal) and
     idle waiting for disk (iowait), in ms; PostgreSQL checkpoints begun; TCP segments sent again
@@ -113,8 +107,15 @@ def host_counters() -> dict:
         "iowait_ms": fields[4] * 1000 / ticks,
         "steal_ms": fields[7] * 1000 / ticks,
         "checkpoints": row[0],
-        "tcp_retransmits": _proc_net("/proc/net/snmp", "Tcp")["RetransSegs"],
+        "tcp_retransmits": _tcp_retransmits(),
     }
+
+
+def _tcp_retransmits() -> int:
+    """RetransSegs of /proc/net/snmp: a header line of names, then a line of values."""
+    lines = Path("/proc/net/snmp").read_text().splitlines()
+    names, values = (line.split() for line in lines if line.startswith("Tcp:"))
+    return int(values[names.index("RetransSegs")])
 
 
 def counters_during(before: dict) -> dict:
