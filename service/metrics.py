@@ -31,6 +31,7 @@ from sqlalchemy import event
 from .db import observe_queries
 from .errors import Unauthorized
 from .extensions import db
+from .request_context import elapsed_ms
 from .telemetry import TokenEvent
 from .tokens import reads
 
@@ -276,7 +277,7 @@ def _track_requests(app, metrics: TokenMetrics) -> None:
     def _out(response):
         if g.get("metrics_tracked"):
             method, route, status = request.method, url_rule(request), response.status_code
-            child(metrics.http_duration, method, route, status).observe(time.perf_counter() - g.start_time)
+            child(metrics.http_duration, method, route, status).observe(elapsed_ms() / 1000)
             child(metrics.http_requests, method, status).inc()
             child(metrics.response_size, route).observe(response.calculate_content_length() or 0)
         return response
