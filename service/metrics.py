@@ -323,4 +323,6 @@ def metrics_endpoint():
     if multiprocess():
         registry = CollectorRegistry()
         MultiProcessCollector(registry)
-    return Response(generate_latest(registry) + generate_latest(scrape), mimetype=CONTENT_TYPE_LATEST)
+    # content_type, not mimetype: CONTENT_TYPE_LATEST names its charset; Werkzeug adds one to a mimetype
+    body = generate_latest(registry) + generate_latest(scrape)
+    return Response(body, content_type=CONTENT_TYPE_LATEST)

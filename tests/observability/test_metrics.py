@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from service.tokens.sweeper import run_sweep
 from tests.helpers import activate, assert_error, user
@@ -44,6 +45,13 @@ def test_http_metrics_use_route_templates_never_ids(client):
     assert 'url_rule="/api/tokens/<token_id>"' in text
     assert 'url_rule="<unmatched>"' in text
     assert "/scanner" not in text
+
+
+def test_metrics_content_type_names_its_charset_once(client):
+    r = client.get("/metrics")
+    assert r.status_code == 200
+    assert r.headers["Content-Type"] == CONTENT_TYPE_LATEST  # text/plain; version=...; charset=utf-8
+    assert r.headers["Content-Type"].count("charset") == 1
 
 
 def test_health_and_metrics_are_not_api_traffic(client):
