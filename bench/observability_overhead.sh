@@ -1,9 +1,9 @@
 #!/bin/bash
-# Observability overhead on activation (issue 3): the same service, database and Redis,
+# Observability overhead on activation: the same service, database and Redis,
 # once with JSON logs + Prometheus metrics (multiprocess) and once without, alternating
 # 3 rounds of wrk. Usage: bash bench/observability_overhead.sh (needs wrk).
 set -e
-cd /work/main
+cd "$(dirname "$0")/.."
 DB=tp_obs
 psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS $DB" -qc "CREATE DATABASE $DB"
 export DATABASE_URL=postgresql+psycopg://postgres@127.0.0.1/$DB

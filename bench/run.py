@@ -1,4 +1,4 @@
-"""`make bench`: the four performance targets of issue 8, measured side by side.
+"""`make bench`: the four performance targets (docs/PERFORMANCE.md), measured side by side.
 
 Starts four gunicorn targets (sync, 2 workers each) and drives them in turn,
 alternating the order over several rounds so drift and neighbours' noise hit
@@ -654,7 +654,7 @@ def print_report(peaks: dict, fixed: dict, rows: list[dict], args) -> None:
         f" (rounds {info['per_round_min']:.2f}-{info['per_round_max']:.2f})"
     )
     print()
-    print("Targets (issue 8)")
+    print("Targets (docs/PERFORMANCE.md)")
     print(f"  {'#':3s} {'target':62s} {'goal':>8s} {'measured':>9s}  result")
     for r in rows:
         goal = f">= {r['threshold']:.2f}" if r["kind"] == "ratio>=" else f"<= {r['threshold']:.0f} ms"
@@ -715,7 +715,7 @@ def machine() -> dict:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description="tokenpool benchmark (issue 8 targets)")
+    p = argparse.ArgumentParser(description="tokenpool benchmark (the targets of docs/PERFORMANCE.md)")
     p.add_argument("--rounds", type=int, default=3, help="rounds over every case (default 3)")
     p.add_argument("--duration", type=float, default=10.0, help="seconds per case per round (default 10)")
     p.add_argument("--connections", type=int, default=16, help="wrk connections for peak rates (16)")

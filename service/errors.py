@@ -99,7 +99,7 @@ def _retry_after(exc: HTTPException) -> int:
 
 
 def status_name(code: int) -> str:
-    """`Not Found` -> `not_found`: the snake_case HTTP reason of SPEC section 3."""
+    """`Not Found` -> `not_found`: the snake_case HTTP reason of the error shape (docs/API.md)."""
     return HTTP_STATUS_CODES.get(code, "error").lower().replace(" ", "_").replace("-", "_")
 
 

@@ -1,4 +1,4 @@
-"""Tables of the pool. The invariants of SPEC section 2 live here, in the schema.
+"""Tables of the pool. The invariants of the pool (docs/API.md, section 1) live here, in the schema.
 
 - a token has at most one open usage: partial unique index on open usages;
 - a user holds at most one token: partial unique index on `current_user_id`;

@@ -1,4 +1,4 @@
-"""SQL checks of SPEC section 2's invariants, run against the database itself."""
+"""SQL checks of the pool's invariants (docs/API.md, section 1), run against the database itself."""
 
 from __future__ import annotations
 

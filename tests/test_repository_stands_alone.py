@@ -23,10 +23,17 @@ FORBIDDEN = [
     (re.compile(r"\.\./s[h]ared\b"), "a path beside the repository"),
     (re.compile(r"(?<![\w.])/w[o]rk/"), "an absolute path of the machine it was written on"),
     (re.compile(r"\bS[P]EC(?:\.md)?\b"), "the outside specification instead of docs/API.md"),
-    (re.compile(r"\bi[s]sues?\s*(?:no\.?\s*)?#?\d+\b", re.IGNORECASE), "an issue number of an outside tracker"),
+    (
+        re.compile(r"\bi[s]sues?\s*(?:no\.?\s*)?#?\d+\b", re.IGNORECASE),
+        "an issue number of an outside tracker",
+    ),
     (re.compile(r"\bs[e]ed\s+0\d\d\b", re.IGNORECASE), "a source document outside the repository"),
 ]
-MARKDOWN_LINK = re.compile(r"\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)|^\s*\[[^\]]+\]:\s*(\S+)", re.MULTILINE)
+MARKDOWN_LINK = re.compile(
+    r"\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)"  # [text](target "title")
+    r"|^\s*\[[^\]]+\]:\s*(\S+)",  # [label]: target
+    re.MULTILINE,
+)
 EXTERNAL_SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:")
 
 

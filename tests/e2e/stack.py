@@ -76,7 +76,7 @@ def access_lines(gunicorn: Gunicorn) -> list[dict]:
 
 
 def gunicorn_env(database_url: str, redis_url: str, pool: int, **extra: str) -> dict:
-    """The production-like environment of one instance (SPEC 6 / issue 7)."""
+    """The production-like environment of one instance (gunicorn, nginx, PostgreSQL, Redis)."""
     env = {
         "APP_ENV": "production",
         "SECRET_KEY": "e2e-secret",

@@ -1,5 +1,5 @@
 """Real nginx (rendered from nginx/templates) in front of two real gunicorn instances, 2 workers each,
-on one PostgreSQL database and one Redis: the deploy files proven with the real programs (issue 7).
+on one PostgreSQL database and one Redis: the deploy files proven with the real programs.
 
 The tests share one stack; each sends from its own loopback address (its own rate-limit bucket, its
 own remote_addr in the logs) and filters the shared logs by that address or by request id.

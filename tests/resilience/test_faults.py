@@ -6,7 +6,7 @@ renewing and reading (each request on a new connection), breaks something, and t
 proves:
 
 - nothing the service answered 200 for is lost: every 200 activation has its usage
-  row, every 200 release its closed usage row, and the invariants of SPEC section 2
+  row, every 200 release its closed usage row, and the pool's invariants
   hold in the database;
 - the service recovers without a restart: requests succeed again after the fault;
 - what failed, and how, is printed; the only failures allowed are the fault's own:

@@ -8,7 +8,7 @@ users, releases and renewals of their leases, reads (list, summary, one token, i
 usages), admin releases and occasional clears, spread over both instances, each
 request on a new connection.
 
-Afterwards: no 5xx and no connection error; every invariant of SPEC section 2
+Afterwards: no 5xx and no connection error; every invariant of the pool
 holds in the database; every activation answered 200 has its usage row (token,
 user, started_at == activated_at) and every release answered 200 its closed one;
 leases of a token never overlap.
