@@ -139,14 +139,34 @@ def memory() -> dict:
     return {"status": DEGRADED if rss_mb > limit else HEALTHY, "rss_mb": round(rss_mb, 1), "limit_mb": limit}
 
 
-def disk() -> dict:
-    usage = shutil.disk_usage(current_app.instance_path if os.path.isdir(current_app.instance_path) else ".")
-    free_ratio = usage.free / usage.total
+def free_space(path: str, *, min_free_ratio: float = 0.05, min_free_bytes: int = 0) -> dict:
+    """Free space of the file system holding `path` (a file or folder, created or not).
+
+    A path that does not exist yet is measured at its nearest existing parent.
+    Degraded when less than `min_free_ratio` of the file system or fewer than
+    `min_free_bytes` bytes are free. Shape: {"status", "free_mb", "free_ratio"};
+    an unreadable file system is degraded with an "error" (the exception's name).
+    No host path in the result: health reports are not for them.
+    """
+    probe = os.path.abspath(path)
+    while not os.path.exists(probe) and os.path.dirname(probe) != probe:
+        probe = os.path.dirname(probe)
+    try:
+        usage = shutil.disk_usage(probe)
+    except OSError as exc:
+        return {"status": DEGRADED, "error": type(exc).__name__}
+    free_ratio = usage.free / usage.total if usage.total else 0.0
+    full = free_ratio < min_free_ratio or usage.free < min_free_bytes
     return {
-        "status": DEGRADED if free_ratio < 0.05 else HEALTHY,
+        "status": DEGRADED if full else HEALTHY,
         "free_mb": usage.free // 2**20,
         "free_ratio": round(free_ratio, 4),
     }
+
+
+def disk() -> dict:
+    """The instance folder's file system (or the working folder's when it has none)."""
+    return free_space(current_app.instance_path if os.path.isdir(current_app.instance_path) else ".")
 
 
 def now():
