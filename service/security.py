@@ -174,6 +174,17 @@ class OnceTalisman(Talisman):
             return super()._force_https()
         return None
 
+    def _set_content_security_policy_headers(self, headers, options):
+        """Talisman's headers, plus `X-XSS-Protection: 0`.
+
+        Talisman 1.1.0 can only send `1; mode=block` (its `x_xss_protection`), which
+        OWASP's Secure Headers Project advises against: the filters it switched on
+        are gone from current browsers, and where left they could be abused to
+        leak or suppress content. `0` turns an old browser's filter off.
+        """
+        super()._set_content_security_policy_headers(headers, options)
+        headers["X-XSS-Protection"] = "0"
+
     def _make_nonce(self):
         if self.content_security_policy_nonce_in:
             super()._make_nonce()
@@ -219,7 +230,7 @@ def init_security(app) -> None:
         referrer_policy="strict-origin-when-cross-origin",
         permissions_policy={"geolocation": "()", "camera": "()", "microphone": "()"},
         session_cookie_secure=app.config["FORCE_HTTPS"],
-        x_xss_protection=False,
+        x_xss_protection=False,  # never "1; mode=block"; OnceTalisman sends "0"
     )
     origins = _allowed_origins(app.config)
     if origins:

@@ -19,7 +19,7 @@ def assert_security_headers(r) -> None:
     assert h["Referrer-Policy"] == "strict-origin-when-cross-origin"
     policy = {part.strip() for part in h["Permissions-Policy"].split(",")}
     assert {"geolocation=()", "camera=()", "microphone=()"} <= policy
-    assert "X-XSS-Protection" not in h
+    assert h["X-XSS-Protection"] == "0"  # the old "1; mode=block" is harmful (OWASP)
 
 
 def test_headers_on_every_kind_of_answer(build):
