@@ -5,8 +5,10 @@ BIN    := $(VENV)/bin
 FLASK  := $(BIN)/flask --app wsgi
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
+N      ?= 1
 
-.PHONY: run test test-fast lint fmt ci bench e2e migrate-up migrate-down migrate-version migrate-create db-reset seed sweep clean
+.PHONY: run test test-fast lint fmt ci bench e2e migrate-up migrate-down migrate-version migrate-create \
+        migrate-force migrate-drop db-shell db-reset seed sweep clean
 
 $(BIN)/activate: requirements.txt requirements-dev.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -45,8 +47,9 @@ bench: venv
 migrate-up: venv
 	$(FLASK) db upgrade
 
-migrate-down: venv
-	$(FLASK) db downgrade
+migrate-down: venv  ## step back N revisions (default 1): make migrate-down N=2
+	@case "$(N)" in ''|0|*[!0-9]*) echo "usage: make migrate-down N=<revisions to step back, 1 or more>" >&2; exit 2;; esac
+	$(FLASK) db downgrade -- -$(N)
 
 migrate-version: venv
 	$(FLASK) db current
@@ -54,6 +57,16 @@ migrate-version: venv
 migrate-create: venv
 	@test -n "$(NAME)" || (echo "usage: make migrate-create NAME=what_changes" && exit 2)
 	$(FLASK) db revision --autogenerate -m "$(NAME)"
+
+migrate-force: venv  ## recovery: record revision V as applied without running anything (flask db stamp)
+	@test -n "$(V)" || (echo "usage: make migrate-force V=<revision>   (a revision id, or head)" >&2 && exit 2)
+	$(FLASK) db stamp --purge $(V)
+
+migrate-drop: venv  ## drop every table, function and type (refused when APP_ENV=production); YES=1 skips the question
+	$(FLASK) database drop $(if $(filter 1 yes true,$(YES)),--yes)
+
+db-shell: venv  ## psql or sqlite3 on DATABASE_URL (the SQLite file under instance/ by default)
+	$(FLASK) database shell
 
 db-reset: venv  ## drop every table and rebuild the schema and the pool
 	$(FLASK) db downgrade base

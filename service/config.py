@@ -7,6 +7,7 @@ so a bad value stops the start with one line naming the variable.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from limits import parse as parse_limit
@@ -75,6 +76,17 @@ def normalise_database_url(url: str) -> str:
         if url.startswith(prefix):
             return "postgresql+psycopg://" + url[len(prefix) :]
     return url
+
+
+_URL_PASSWORD = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://[^:/?#@]*):[^@/?#]*@")
+
+
+def mask_url(url: str | None) -> str | None:
+    """`url` with the password of its `user:password@` part shown as `***`; None stays None.
+
+    Any scheme (postgresql+psycopg, redis, rediss, redis+sentinel with several hosts).
+    """
+    return _URL_PASSWORD.sub(r"\1:***@", url) if url else url
 
 
 def _from_environment(instance_path: str, env: str) -> dict:
