@@ -117,6 +117,7 @@ def _from_environment(instance_path: str, env: str) -> dict:
         "LOG_ASYNC": _bool("LOG_ASYNC", False),
         "LOG_FILE_MAX_BYTES": _int("LOG_FILE_MAX_BYTES", 50 * 1024 * 1024, minimum=1024),
         "LOG_FILE_BACKUPS": _int("LOG_FILE_BACKUPS", 10, minimum=0),
+        "LOG_REPEAT_WINDOW_SECONDS": _float("LOG_REPEAT_WINDOW_SECONDS", 5.0),
         "METRICS_ENABLED": _bool("METRICS_ENABLED", True),
         "METRICS_TOKEN": _str("METRICS_TOKEN", None),
         "SLOW_QUERY_MS": _int("SLOW_QUERY_MS", 1000, minimum=1),

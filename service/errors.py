@@ -118,7 +118,7 @@ def error_response(
     Logged at WARNING for 4xx and ERROR for 5xx unless `log_level` says otherwise
     (a failing readiness probe is expected, not an error of ours).
     """
-    error_id = str(uuid.uuid4())
+    error_id = g.error_id = str(uuid.uuid4())  # also on the access line: the error line may be a repeat
     body = {
         "status": status_name(code),
         "error_code": error_code,

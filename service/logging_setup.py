@@ -8,6 +8,8 @@ import logging
 import logging.handlers
 import queue
 import sys
+import threading
+import time
 
 from flask import g, has_request_context
 from pythonjsonlogger.orjson import OrjsonFormatter
@@ -32,6 +34,102 @@ class RequestContextFilter(logging.Filter):
         if ids:
             record.trace_id, record.span_id = ids
         return True
+
+
+class RepeatFilter(logging.Filter):
+    """One line per kind of failure per window, then one summary line with the count of repeats.
+
+    A kind is a WARNING-or-worse record's logger, level, message template and
+    arguments, exception class, `error_code` and `reason`. The first record of
+    a kind in a window passes whole (its traceback included); the rest of the
+    window is counted, not written, and a summary line (`event=log_repeats`,
+    `repeats`, `window_seconds`) follows when the window closes. Lines below
+    WARNING (the access line, token events) always pass. One filter per
+    handler: each handler writes its own summaries.
+    """
+
+    MAX_KINDS = 1000
+
+    def __init__(self, handler: logging.Handler, window: float, clock=time.monotonic) -> None:
+        super().__init__()
+        self.handler, self.window, self.clock = handler, window, clock
+        self._kinds: dict[tuple, list] = {}  # kind -> [window start, repeats, first record]
+        self._due = None  # when the oldest window with repeats closes
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            if self._due is not None and self.clock() >= self._due:
+                self._summarise(self.clock())
+            return True
+        now = self.clock()
+        kind = _kind(record)
+        with self._lock:
+            entry = self._kinds.get(kind)
+            if entry is not None and now - entry[0] < self.window:
+                entry[1] += 1
+                if self._due is None:
+                    self._due = entry[0] + self.window
+                return False
+        if self._due is not None and now >= self._due or entry is not None:
+            self._summarise(now)
+        with self._lock:
+            if len(self._kinds) >= self.MAX_KINDS:
+                self._kinds.clear()
+            self._kinds[kind] = [now, 0, record]
+        return True
+
+    def _summarise(self, now: float) -> None:
+        """Write a summary for each window that has closed with repeats in it."""
+        with self._lock:
+            closed = [(k, e) for k, e in self._kinds.items() if now - e[0] >= self.window]
+            for kind, _ in closed:
+                del self._kinds[kind]
+            due = [e[0] + self.window for e in self._kinds.values() if e[1]]
+            self._due = min(due) if due else None
+        for _, (_start, repeats, first) in closed:
+            if repeats:  # written past the filters: the summary belongs to no request
+                summary = _summary(first, repeats, self.window)
+                self.handler.acquire()
+                try:
+                    self.handler.emit(summary)
+                finally:
+                    self.handler.release()
+
+    def flush(self) -> None:
+        """Write the summaries of every open window now (at exit)."""
+        self._summarise(float("inf"))
+
+
+def _kind(record: logging.LogRecord) -> tuple:
+    exc = record.exc_info[0].__name__ if record.exc_info and record.exc_info[0] else None
+    kind = (record.name, record.levelno, record.msg, record.args, exc,
+            getattr(record, "error_code", None), getattr(record, "reason", None))
+    try:
+        hash(kind)
+    except TypeError:  # unhashable arguments: compare them by their text
+        kind = (*kind[:3], repr(record.args), *kind[4:])
+    return kind
+
+
+def _summary(first: logging.LogRecord, repeats: int, window: float) -> logging.LogRecord:
+    fields = {
+        "event": "log_repeats",
+        "repeats": repeats,
+        "window_seconds": window,
+        "repeated_message": first.getMessage(),
+        "request_id": "-",
+        "correlation_id": "-",
+    }
+    for name in ("error_code", "reason"):
+        if getattr(first, name, None) is not None:
+            fields[name] = getattr(first, name)
+    record = logging.LogRecord(
+        first.name, first.levelno, "", 0, "%d more like this in the last %g s: %s",
+        (repeats, window, fields["repeated_message"]), None,
+    )
+    record.__dict__.update(fields)
+    return record
 
 
 class ConsoleFormatter(logging.Formatter):
@@ -91,6 +189,26 @@ def _stop(listener) -> None:
         listener.stop()
 
 
+def _close_queue(handler: logging.Handler) -> None:
+    """At exit: the repeat counts into the queue, then the queue to the files."""
+    _flush_repeats(handler)
+    _stop(handler.listener)
+
+
+def _flush_repeats(handler: logging.Handler) -> None:
+    for f in handler.filters:
+        if isinstance(f, RepeatFilter):
+            f.flush()
+
+
+@atexit.register
+def _flush_all_repeats() -> None:
+    """At exit, before logging closes the handlers: the counts of windows still open."""
+    for handler in logging.getLogger().handlers:
+        if getattr(handler, OUR_HANDLER, False):
+            _flush_repeats(handler)
+
+
 def flush_logs() -> None:
     """Wait until the writer thread (LOG_ASYNC) has written every queued record."""
     for handler in logging.getLogger().handlers:
@@ -106,6 +224,7 @@ def configure_logging(config) -> None:
     """
     root = logging.getLogger()
     for handler in [h for h in root.handlers if getattr(h, OUR_HANDLER, False)]:
+        _flush_repeats(handler)
         root.removeHandler(handler)
         _stop(getattr(handler, "listener", None))
         handler.close()
@@ -130,10 +249,13 @@ def configure_logging(config) -> None:
         queued = _Enqueue(queue.Queue(100_000))
         queued.listener = logging.handlers.QueueListener(queued.queue, *handlers, respect_handler_level=True)
         queued.listener.start()
-        atexit.register(_stop, queued.listener)
+        atexit.register(_close_queue, queued)
         handlers = [queued]
+    window = config.get("LOG_REPEAT_WINDOW_SECONDS", 0)
     for handler in handlers:
         handler.addFilter(RequestContextFilter())  # runs in the request's thread, even when queued
+        if window:
+            handler.addFilter(RepeatFilter(handler, window, config.get("LOG_CLOCK") or time.monotonic))
         setattr(handler, OUR_HANDLER, True)
         root.addHandler(handler)
     root.setLevel(config["LOG_LEVEL"])

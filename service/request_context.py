@@ -43,20 +43,16 @@ def _after(response):
     path, method, status = req.path, req.method, response.status_code
     level = logging.DEBUG if path.startswith(QUIET_PREFIXES) else logging.INFO
     if log.isEnabledFor(level):
-        log.log(
-            level,
-            "%s %s %s",
-            method,
-            path,
-            status,
-            extra={
-                "method": method,
-                "path": path,
-                "status": status,
-                "duration_ms": duration_ms,
-                "remote_addr": req.remote_addr,
-            },
-        )
+        fields = {
+            "method": method,
+            "path": path,
+            "status": status,
+            "duration_ms": duration_ms,
+            "remote_addr": req.remote_addr,
+        }
+        if status >= 400:
+            fields["error_id"] = ctx.get("error_id")
+        log.log(level, "%s %s %s", method, path, status, extra=fields)
     return response
 
 
