@@ -103,8 +103,15 @@ class RepeatFilter(logging.Filter):
 
 def _kind(record: logging.LogRecord) -> tuple:
     exc = record.exc_info[0].__name__ if record.exc_info and record.exc_info[0] else None
-    kind = (record.name, record.levelno, record.msg, record.args, exc,
-            getattr(record, "error_code", None), getattr(record, "reason", None))
+    kind = (
+        record.name,
+        record.levelno,
+        record.msg,
+        record.args,
+        exc,
+        getattr(record, "error_code", None),
+        getattr(record, "reason", None),
+    )
     try:
         hash(kind)
     except TypeError:  # unhashable arguments: compare them by their text
@@ -125,8 +132,13 @@ def _summary(first: logging.LogRecord, repeats: int, window: float) -> logging.L
         if getattr(first, name, None) is not None:
             fields[name] = getattr(first, name)
     record = logging.LogRecord(
-        first.name, first.levelno, "", 0, "%d more like this in the last %g s: %s",
-        (repeats, window, fields["repeated_message"]), None,
+        first.name,
+        first.levelno,
+        "",
+        0,
+        "%d more like this in the last %g s: %s",
+        (repeats, window, fields["repeated_message"]),
+        None,
     )
     record.__dict__.update(fields)
     return record
