@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import traceback
 import uuid
 
 from flask import current_app, g, jsonify
@@ -176,11 +177,22 @@ def _handle_database_error(exc: DBAPIError | PoolTimeoutError):
     )
 
 
+def debug_details(exc: BaseException) -> dict:
+    """What a developer needs from a 500: the exception and its traceback (development only).
+
+    `{"exception": class name, "exception_message": str(exc), "traceback": [line, ...]}`.
+    Never sent in production or testing: a traceback shows code paths, file names and values.
+    """
+    return {
+        "exception": type(exc).__name__,
+        "exception_message": str(exc),
+        "traceback": "".join(traceback.format_exception(exc)).splitlines(),
+    }
+
+
 def _handle_unexpected(exc: Exception):
     current_app.extensions["tokenpool.metrics"].exceptions.labels(type(exc).__name__).inc()
-    details = {}
-    if current_app.config["APP_ENV"] != "production":
-        details = {"exception": type(exc).__name__}
+    details = debug_details(exc) if current_app.config["APP_ENV"] == "development" else {}
     return error_response(
         500, "INTERNAL_ERROR", "An unexpected error occurred.", details=details, exc_info=exc
     )

@@ -12,6 +12,8 @@ import logging
 import random
 import threading
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from ..db import run_transaction
 from ..telemetry import emit, timed
 from . import service
@@ -27,8 +29,11 @@ def run_sweep(app, *, min_gap_seconds: float = 0) -> service.SweepResult:
             result = run_transaction(
                 service.sweep, now=clock() if clock else None, min_gap_seconds=min_gap_seconds
             )
-        except Exception:
-            emit("manager_check", "failure", reason="database_error", duration_ms=elapsed())
+        except Exception as exc:
+            # the leases this sweep was to close stay open: an expiration failure, not only a check's
+            reason = "database_error" if isinstance(exc, SQLAlchemyError) else "unexpected_error"
+            emit("expiration", "failure", reason=reason)
+            emit("manager_check", "failure", reason=reason, duration_ms=elapsed())
             raise
         if result.ran:
             if result.expired:

@@ -6,6 +6,7 @@ import threading
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 
 from service.db import run_transaction
 from service.extensions import db
@@ -132,3 +133,21 @@ def test_cli_seed_is_idempotent_and_tops_up(app):
     assert client.get("/api/tokens/summary").get_json()["total"] == POOL + 3
     runner.invoke(args=["tokens", "seed", "--size", "2"])  # never deletes
     assert client.get("/api/tokens/summary").get_json()["total"] == POOL + 3
+
+
+def test_a_failed_sweep_is_an_expiration_failure_too(tmp_path):
+    app = make_app("sqlite:///" + str(tmp_path / "no" / "such" / "dir.sqlite3"))  # cannot be opened
+    events = []
+    app.extensions["tokenpool.telemetry"].subscribe(events.append)
+    with pytest.raises(OperationalError):
+        run_sweep(app)
+    failures = [(e.event, e.status, e.reason) for e in events]
+    assert failures == [
+        ("expiration", "failure", "database_error"),
+        ("manager_check", "failure", "database_error"),
+    ]
+    text_ = app.test_client().get("/metrics").get_data(as_text=True)
+    assert (
+        'tokenpool_token_operation_failures_total{operation="expiration",reason="database_error"} 1.0'
+        in text_
+    )
