@@ -100,17 +100,26 @@ def database(now=None) -> dict:
     return {"status": HEALTHY, "schema_revision": current, "tokens": counts, "last_sweep_at": last_sweep}
 
 
-def token_manager(last_sweep, now) -> dict:
-    """Healthy while the last sweep (by any worker) is younger than a few intervals."""
+def token_manager(last_sweep, now, *, starting_since=None) -> dict:
+    """Healthy while the last sweep (by any worker) is younger than a few intervals.
+
+    `starting_since`: when this process started, while it is still starting up
+    (younger than one interval). The sweeper sweeps at start, so until then a
+    sweep missing since the start is not a finding: the check is healthy with
+    `starting: true`. Later, never run is degraded and stalled is unhealthy.
+    """
     interval = current_app.config["CHECK_INTERVAL_SECONDS"]
     limit = timedelta(seconds=interval * current_app.config["SWEEPER_STALE_INTERVALS"])
+    found = {"last_run_at": isoformat(last_sweep), "interval_seconds": interval}
+    if starting_since is not None and (last_sweep is None or last_sweep < starting_since):
+        return {"status": HEALTHY, "starting": True, **found}
     if last_sweep is None:
         status = DEGRADED  # never ran yet: a fresh deployment
     elif now - last_sweep > limit:
         status = UNHEALTHY
     else:
         status = HEALTHY
-    return {"status": status, "last_run_at": isoformat(last_sweep), "interval_seconds": interval}
+    return {"status": status, **found}
 
 
 def tokens(counts: dict) -> dict:

@@ -10,7 +10,7 @@ import weakref
 from flask import current_app, jsonify, request
 
 from ..errors import error_response
-from ..timeutil import isoformat
+from ..timeutil import isoformat, utcnow
 from . import bp, checks
 from .checks import DEGRADED, HEALTHY, UNHEALTHY
 
@@ -20,9 +20,11 @@ INTERNAL_FIELDS = ("tokens", "last_sweep_at", "failed_check")
 
 
 class _State:
-    """One app's probe state: start-up done, and the cached detailed report."""
+    """One app's probe state: when it was built, start-up done, and the cached detailed report."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock) -> None:
+        self.built_at = clock() if clock else utcnow()  # in the health checks' clock
+        self.built_monotonic = time.monotonic()
         self.started = threading.Event()
         self.lock = threading.Lock()
         self.at = 0.0
@@ -36,7 +38,8 @@ _states: weakref.WeakSet = weakref.WeakSet()
 @bp.record
 def _attach_state(setup_state) -> None:
     # per app, not per module: several apps in one process (tests) must not share a cache
-    state = setup_state.app.extensions.setdefault("tokenpool.health", _State())
+    app = setup_state.app
+    state = app.extensions.setdefault("tokenpool.health", _State(app.config.get("TOKEN_CLOCK")))
     _states.add(state)
 
 
@@ -132,6 +135,13 @@ def _public(found: dict) -> dict:
     }
 
 
+def _starting_since(app, state: _State):
+    """When this app was built, while it is younger than one sweeper interval; else None."""
+    if time.monotonic() - state.built_monotonic < app.config["CHECK_INTERVAL_SECONDS"]:
+        return state.built_at
+    return None
+
+
 def detailed_report() -> dict:
     """Run every check (each with its own timeout) and combine them; cached briefly."""
     app = _app()
@@ -154,7 +164,9 @@ def detailed_report() -> dict:
         )
         database = _note_started(found["database"])
         if database["status"] == HEALTHY:
-            found["token_manager"] = checks.token_manager(database["last_sweep_at"], checks.now())
+            found["token_manager"] = checks.token_manager(
+                database["last_sweep_at"], checks.now(), starting_since=_starting_since(app, state)
+            )
             found["tokens"] = checks.tokens(database["tokens"])
         else:
             found["token_manager"] = {"status": UNHEALTHY, "error": "database unavailable"}

@@ -2,8 +2,10 @@
 
 Every worker of every instance may run one; `service.sweep` lets only one of
 them work per interval (the `sweeper_state` row is the lock), so running many
-is safe and cheap. The thread starts with the first request (never in CLI
-commands or the gunicorn master) and stops at shutdown.
+is safe and cheap. Under gunicorn the thread starts when a worker has loaded
+the app (`post_worker_init`), elsewhere with the first request, never in CLI
+commands or the gunicorn master; it sweeps at once, then every interval, and
+stops at shutdown.
 """
 
 from __future__ import annotations
@@ -72,16 +74,25 @@ class Sweeper:
             self._thread.join(timeout)
 
     def _loop(self) -> None:
-        # jitter spreads the workers' attempts over the interval
-        while not self._stop.wait(self.interval * random.uniform(0.5, 1.0)):
+        delay = 0.0  # the first sweep at start: /health knows the token manager from the outset
+        while not self._stop.wait(delay):
             try:
                 run_sweep(self.app, min_gap_seconds=self.interval * 0.5)
             except Exception:
                 log.exception("token sweep failed; retrying next interval")
+            # jitter spreads the workers' attempts over the interval
+            delay = self.interval * random.uniform(0.5, 1.0)
+
+
+def start_sweeper(app) -> None:
+    """Start the app's sweeper now, if it has one (gunicorn's `post_worker_init`)."""
+    sweeper = getattr(app, "extensions", {}).get("tokenpool.sweeper")
+    if sweeper is not None:
+        sweeper.start()
 
 
 def init_sweeper(app) -> None:
-    """Start the sweeper with the first request when `SWEEPER_ENABLED`."""
+    """Give the app a sweeper when `SWEEPER_ENABLED`; the first request starts it at the latest."""
     if not app.config["SWEEPER_ENABLED"]:
         return
     sweeper = Sweeper(app)

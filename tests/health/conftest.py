@@ -12,3 +12,10 @@ def fresh_pg_database():
     """An empty database (no schema, no rows) created for this test and dropped after it."""
     with temporary_database("tokenpool_health") as url:
         yield url
+
+
+@pytest.fixture
+def past_start_up(app):
+    """The app as if it had been built more than one sweeper interval ago."""
+    app.extensions["tokenpool.health"].built_monotonic -= app.config["CHECK_INTERVAL_SECONDS"] + 1
+    return app

@@ -6,10 +6,13 @@ Runs on SQLite and on PostgreSQL (the `app` fixture).
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 
 import pytest
 
+from service.extensions import db
 from service.health import checks
+from service.models import SweeperState
 from service.tokens.sweeper import run_sweep
 from tests.helpers import POOL, activate, assert_error, user
 
@@ -19,6 +22,7 @@ READY = ["/health/ready", "/health/readiness", "/ready"]
 DETAILED = ["/health", "/health/detailed"]
 EVERY_PATH = QUICK + LIVE + READY + ["/health/startup"] + DETAILED
 CHECK_NAMES = {"database", "redis", "token_manager", "tokens", "memory", "disk"}
+sweeper_state = SweeperState.__table__
 ISO_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 
 
@@ -106,13 +110,43 @@ def test_tokens_check_matches_the_summary_api(client):
     assert (tokens["active"], tokens["available"], tokens["total"]) == (2, POOL - 2, POOL)
 
 
-def test_a_fresh_deployment_whose_sweeper_never_ran_is_degraded_not_unhealthy(client):
+def test_a_fresh_instance_is_healthy_while_its_first_sweep_is_due(app, client):
+    response = client.get("/health")
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["status"] == "healthy"
+    assert body["checks"]["token_manager"] == {
+        "status": "healthy",
+        "starting": True,
+        "last_run_at": None,
+        "interval_seconds": app.config["CHECK_INTERVAL_SECONDS"],
+    }
+
+
+def test_a_sweep_older_than_the_start_is_no_finding_during_start_up(app, client, clock):
+    with app.app_context(), db.engine.begin() as conn:  # the last sweep of an instance long gone
+        conn.execute(sweeper_state.update().values(last_run_at=clock.now - timedelta(days=1)))
+    manager = client.get("/health").get_json()["checks"]["token_manager"]
+    assert (manager["status"], manager["starting"]) == ("healthy", True)
+
+    app.extensions["tokenpool.health"].built_monotonic -= app.config["CHECK_INTERVAL_SECONDS"] + 1
+    assert client.get("/health").get_json()["checks"]["token_manager"]["status"] == "unhealthy"
+
+
+def test_a_sweeper_that_never_ran_after_start_up_is_degraded_not_unhealthy(past_start_up, client):
     response = client.get("/health")
     assert response.status_code == 200
     body = response.get_json()
     assert body["status"] == "degraded"
     assert body["checks"]["token_manager"]["status"] == "degraded"
     assert body["checks"]["token_manager"]["last_run_at"] is None
+    assert "starting" not in body["checks"]["token_manager"]
+
+
+def test_a_sweep_since_the_start_ends_the_start_up_grace(app, client, clock):
+    run_sweep(app)
+    clock.advance(app.config["CHECK_INTERVAL_SECONDS"] * app.config["SWEEPER_STALE_INTERVALS"] + 1)
+    assert client.get("/health").get_json()["checks"]["token_manager"]["status"] == "unhealthy"
 
 
 @pytest.mark.options(MAX_ACTIVE_TOKENS=20)

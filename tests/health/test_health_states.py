@@ -172,7 +172,7 @@ def test_health_json_also_on_detailed_path(client):
     assert response.headers["Content-Type"] == "application/health+json"
 
 
-def test_health_json_warn_for_degraded(client):
+def test_health_json_warn_for_degraded(past_start_up, client):
     body = client.get("/health", headers=HEALTH_JSON).get_json(force=True)  # the sweeper never ran
     assert body["status"] == "warn"
     assert body["checks"]["token_manager:lastRun"][0]["status"] == "warn"

@@ -108,6 +108,24 @@ def test_background_sweeper_runs_and_stops(database_url):
         db.engine.dispose()
 
 
+def test_the_sweeper_sweeps_at_once_when_it_starts(database_url):
+    """The first sweep does not wait an interval: /health knows the token manager at start."""
+    app = make_app(database_url, CHECK_INTERVAL_SECONDS=3600, SWEEPER_ENABLED=True)
+    reset_database(app)
+    sweeper = app.extensions["tokenpool.sweeper"]
+    sweeper.start()
+    assert sweeper.running
+    try:
+        with app.app_context():
+            for _ in range(100):
+                if run_transaction(service.last_sweep_at) is not None:
+                    break
+                threading.Event().wait(0.05)
+            assert run_transaction(service.last_sweep_at) is not None
+    finally:
+        sweeper.stop()
+
+
 def test_sweeper_not_started_by_cli_or_when_disabled(app):
     assert "tokenpool.sweeper" not in app.extensions
     enabled = make_app(app.config["SQLALCHEMY_DATABASE_URI"], SWEEPER_ENABLED=True)

@@ -1,0 +1,37 @@
+"""A fresh gunicorn is healthy from its first probe: the token manager sweeps when a worker starts."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from tests.procs import Gunicorn, http_get
+
+pytestmark = [pytest.mark.e2e]
+
+
+def last_sweep(url: str):
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return conn.scalar(text("SELECT last_run_at FROM sweeper_state"))
+    finally:
+        engine.dispose()
+
+
+def test_a_fresh_gunicorn_is_healthy_at_once_and_sweeps_without_waiting_an_interval(pg_database):
+    url = pg_database()
+    assert last_sweep(url) is None  # a fresh deployment: no sweep has ever run
+    env = {"DATABASE_URL": url, "POOL_SIZE": "2", "POOL_MAX_OVERFLOW": "0", "CHECK_INTERVAL_SECONDS": "30"}
+    with Gunicorn(env, workers=2) as server:
+        status, raw, _ = http_get(server.url + "/health")
+        body = json.loads(raw)
+        assert (status, body["status"]) == (200, "healthy"), body
+        assert body["checks"]["token_manager"]["status"] == "healthy"
+        deadline = time.monotonic() + 5  # not 15-30 s: the first sweep runs at start
+        while last_sweep(url) is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert last_sweep(url) is not None
