@@ -9,7 +9,9 @@ import gc
 import os
 import shutil
 import signal
+import sys
 import threading
+import traceback
 
 bind = os.environ.get("BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("WEB_CONCURRENCY", min(2 * (os.cpu_count() or 1) + 1, 8)))
@@ -37,11 +39,66 @@ DRAIN_SECONDS = float(os.environ.get("DRAIN_SECONDS", "5"))
 
 
 def on_starting(server):
-    """Empty the Prometheus multiprocess directory: stale files from old pids lie."""
+    """Stop at once on a bad setting; start with an empty Prometheus multiprocess folder.
+
+    The app is built once in a throwaway child process before any socket is
+    bound: a bad setting prints the flask CLI's one line and gunicorn exits 1,
+    instead of a master that restarts crashing workers forever. The master
+    itself never imports the app (workers build their own after the fork).
+    Stale metrics files from old pids lie, so the folder is emptied (before
+    the check and again after it: the check's process writes some too).
+    """
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if directory:
-        shutil.rmtree(directory, ignore_errors=True)
+        _empty_folder(directory)
+    if _app_check_fails(server):
+        if server.pidfile is not None:
+            server.pidfile.unlink()
+        sys.exit(1)
+    if directory:
+        _empty_folder(directory)
+
+
+def _app_check_fails(server) -> bool:
+    """Build the app in a forked child; True when that fails (its one line is on stderr)."""
+    pid = os.fork()
+    if pid == 0:  # the child: never returns
+        code = 0
+        try:
+            server.app.wsgi()
+        except SystemExit as exc:  # wsgi.py has printed its one line
+            code = exc.code if isinstance(exc.code, int) else 1
+            if isinstance(exc.code, str):
+                print(exc.code, file=sys.stderr)
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status) != 0
+
+
+def _empty_folder(directory: str) -> None:
+    """Remove what is inside `directory` (it may be a mount point), creating it if missing.
+
+    Best effort: a folder that cannot be created or written is named by the app's own check.
+    """
+    try:
         os.makedirs(directory, exist_ok=True)
+        entries = list(os.scandir(directory))
+    except OSError:
+        return
+    for entry in entries:
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
+        except OSError:
+            pass
 
 
 def post_worker_init(worker):
