@@ -72,8 +72,11 @@ def test_gunicorn_with_good_settings_starts_after_the_check(tmp_path):
 
     env = _env(tmp_path, {})
     env.pop("PATH")
-    with Gunicorn(env, workers=1) as g:
+    g = Gunicorn(env, workers=1)
+    try:
+        g.start()
         assert http_get(g.url + "/healthz")[0] == 200
         assert "configuration error" not in "\n".join(g.log_lines())
-    assert g.proc.returncode == 0
-    g.log_path.unlink(missing_ok=True)
+    finally:
+        g.stop()
+        g.log_path.unlink(missing_ok=True)
