@@ -506,6 +506,10 @@ PATHS.update(
                         "description": "The pool of the process that answered",
                         "properties": {
                             "pid": {"type": "integer"},
+                            "kind": {"type": "string"},
+                            "in_use": {"type": "integer", "nullable": True},
+                            "idle": {"type": "integer", "nullable": True},
+                            "max": {"type": "integer", "nullable": True},
                             "size": {"type": "integer", "nullable": True},
                             "checked_out": {"type": "integer", "nullable": True},
                             "overflow": {"type": "integer", "nullable": True},

@@ -11,7 +11,7 @@ from flask import current_app, jsonify, request
 
 from ..errors import error_response
 from ..timeutil import isoformat, utcnow
-from . import bp, checks
+from . import bp, checks, details
 from .checks import DEGRADED, HEALTHY, UNHEALTHY
 
 STARTED_AT = time.time()
@@ -50,6 +50,12 @@ def _no_store(response):
     return response
 
 
+def _uptime() -> dict:
+    """`uptime_seconds` of this process, and the same as `uptime_human` ("1d 2h 3m 4s")."""
+    seconds = time.time() - STARTED_AT
+    return {"uptime_seconds": round(seconds, 1), "uptime_human": details.human_duration(seconds)}
+
+
 def _app():
     return current_app._get_current_object()
 
@@ -83,7 +89,7 @@ def quick():
 @bp.get("/health/liveness")
 @bp.get("/live")
 def live():
-    return jsonify({"status": "alive", "uptime_seconds": round(time.time() - STARTED_AT, 1)})
+    return jsonify({"status": "alive", **_uptime()})
 
 
 @bp.get("/health/ready")
@@ -177,7 +183,7 @@ def detailed_report() -> dict:
             "timestamp": isoformat(checks.now()),
             "version": app.config.get("APP_VERSION") or "0.1.0",
             "environment": app.config["APP_ENV"],
-            "uptime_seconds": round(time.time() - STARTED_AT, 1),
+            **_uptime(),
             "checks": _public(found),
         }
         state.at, state.report = time.monotonic(), report
@@ -205,6 +211,28 @@ def cache_stats() -> dict:
     }
 
 
+DETAIL_PARTS = {
+    "memory": details.memory,
+    "cache": details.caches,
+    "performance": details.performance,
+    "database_pool": details.database_pool,
+}
+
+
+def _detail_parts() -> dict:
+    """The parts `?details=true` adds, each under the checks' timeout; a part that fails shows its error.
+
+    Not cached with the report: asked for by a human, not by a stampede of probes.
+    """
+    app = _app()
+    found = checks.run_checks(DETAIL_PARTS, app, app.config["HEALTH_CHECK_TIMEOUT"])
+    shown = {}
+    for name, part in found.items():
+        part.pop("latency_ms", None)
+        shown[name] = {"error": part["error"]} if "error" in part else part
+    return shown
+
+
 @bp.get("/health")
 @bp.get("/health/detailed")
 def detailed():
@@ -215,6 +243,7 @@ def detailed():
             "lifetime_seconds": current_app.config["TOKEN_LIFETIME_SECONDS"],
             "check_interval_seconds": current_app.config["CHECK_INTERVAL_SECONDS"],
             "sweeper_in_process": "tokenpool.sweeper" in current_app.extensions,
+            **_detail_parts(),
         }
     if "application/health+json" in request.headers.get("Accept", ""):
         return _health_json(report)

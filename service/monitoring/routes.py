@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 from flask import current_app, jsonify, request
 from redis import RedisError
 from sqlalchemy import func, select, text
@@ -12,6 +10,7 @@ from ..apikeys.service import api_keys
 from ..db import run_transaction
 from ..errors import NotFound, ValidationError, error_response
 from ..extensions import db
+from ..health import details as health_details
 from ..health import routes as health_routes
 from ..models import TokenUsage
 from ..security import require_admin
@@ -172,31 +171,21 @@ def _database_stats(conn) -> dict:
 @bp.get("/database-stats")
 def database_stats():
     stats = run_transaction(_database_stats)
-    pool = db.engine.pool
-    stats["connection_pool"] = {
-        "pid": os.getpid(),
-        "size": pool.size() if hasattr(pool, "size") else None,
-        "checked_out": pool.checkedout() if hasattr(pool, "checkedout") else None,
-        "overflow": pool.overflow() if hasattr(pool, "overflow") else None,
-        "status": pool.status(),
-    }
+    pool = health_details.database_pool()
+    # checked_out: the name this answer had before in_use, kept for its readers
+    pool.update(checked_out=pool["in_use"], status=db.engine.pool.status())
+    stats["connection_pool"] = pool
     return _answer(stats)
-
-
-def _caches() -> dict:
-    return {
-        "health_report": health_routes.cache_stats(),
-        "api_keys": current_app.extensions["tokenpool.key_cache"].stats(),
-    }
 
 
 @bp.get("/cache-stats")
 def cache_stats():
-    return _answer({"caches": _caches(), "note": "per process: each worker keeps its own caches"})
+    caches = health_details.caches()
+    return _answer({"caches": caches, "note": "per process: each worker keeps its own caches"})
 
 
 @bp.post("/cache/clear")
 def cache_clear():
     health_routes.clear_cache()
     current_app.extensions["tokenpool.key_cache"].clear()
-    return _answer({"status": "ok", "cleared": sorted(_caches())})
+    return _answer({"status": "ok", "cleared": sorted(set(health_details.caches()) - {"total"})})
