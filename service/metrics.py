@@ -31,6 +31,7 @@ from sqlalchemy import event
 from .db import observe_queries
 from .errors import Unauthorized
 from .extensions import db
+from .labels import bounded_method, bounded_status, url_rule
 from .request_context import elapsed_ms
 from .telemetry import TokenEvent
 from .tokens import reads
@@ -38,25 +39,6 @@ from .tokens import reads
 log = logging.getLogger("tokenpool.metrics")
 bp = Blueprint("metrics", __name__)
 NOT_API_PATH = re.compile(r"^/(metrics|healthz?|live|ready|openapi\.json)(/|$)")  # not API traffic
-UNMATCHED = "<unmatched>"
-
-
-_TEMPLATES: dict[str, str] = {}
-CONVERTER = re.compile(r"<(?:[^:<>]+:)?([^<>]+)>")
-
-
-def url_rule(req) -> str:
-    """The route template, converters dropped: `/api/tokens/<token_id>`.
-
-    Never the raw path: a million token ids must not become a million series.
-    """
-    if req.url_rule is None:
-        return UNMATCHED
-    rule = req.url_rule.rule
-    template = _TEMPLATES.get(rule)
-    if template is None:
-        template = _TEMPLATES[rule] = CONVERTER.sub(r"<\1>", rule)
-    return template
 
 
 class LabelCache:
@@ -73,7 +55,7 @@ class LabelCache:
         key = (metric, values)
         child = self._children.get(key)
         if child is None:
-            if len(self._children) > 10_000:  # some values come from clients (methods): stay bounded
+            if len(self._children) > 10_000:  # values are bounded (labels.py); a guard all the same
                 self._children.clear()
             child = self._children[key] = metric.labels(*values)
         return child
@@ -276,7 +258,8 @@ def _track_requests(app, metrics: TokenMetrics) -> None:
     @app.after_request
     def _out(response):
         if g.get("metrics_tracked"):
-            method, route, status = request.method, url_rule(request), response.status_code
+            method, route = bounded_method(request.method), url_rule(request)
+            status = bounded_status(response.status_code)
             child(metrics.http_duration, method, route, status).observe(elapsed_ms() / 1000)
             child(metrics.http_requests, method, status).inc()
             child(metrics.response_size, route).observe(response.calculate_content_length() or 0)

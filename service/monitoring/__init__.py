@@ -5,7 +5,8 @@ from __future__ import annotations
 from flask import Blueprint, current_app, g, has_request_context, request
 
 from ..db import observe_queries
-from ..metrics import NOT_API_PATH, url_rule
+from ..labels import bounded_method, url_rule
+from ..metrics import NOT_API_PATH
 from ..request_context import elapsed_ms
 from ..telemetry import TokenEvent
 from ..timeutil import isoformat, utcnow
@@ -88,7 +89,7 @@ def init_monitoring(app) -> None:
         entry = {
             "time": isoformat(utcnow()),
             "duration_ms": duration_ms,
-            "method": request.method,
+            "method": bounded_method(request.method),
             "route": route,
             "status": status,
             "request_id": g.get("request_id"),
