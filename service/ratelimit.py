@@ -17,7 +17,6 @@ warning per outage, a metric) until Redis answers again.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import threading
 import time
@@ -30,16 +29,12 @@ from limits.storage import RedisStorage
 from limits.strategies import STRATEGIES, FixedWindowRateLimiter
 
 from .errors import RateLimited
+from .ratelimit_headers import rate_limit_headers, seconds_until
+from .security import is_cors_preflight
 
 log = logging.getLogger("tokenpool.ratelimit")
 EXEMPT_BLUEPRINTS = frozenset(("health", "metrics", "openapi"))
 KEYED_BLUEPRINTS = frozenset(("tokens", "monitoring"))
-# X-RateLimit-{Limit,Remaining,Reset} of the first limit, then per window of a key's limits
-HEADERS_FIRST = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
-HEADERS_OF_WINDOW = {
-    seconds: tuple(f"{name}-{window}" for name in HEADERS_FIRST)
-    for seconds, window in ((60, "Minute"), (3600, "Hour"))
-}
 FALLBACK = "Rate limit storage unreachable - falling back to in-memory storage"
 
 
@@ -47,8 +42,11 @@ class LeasedFixedWindow(FixedWindowRateLimiter):
     """fixed-window on Redis in at most one round trip per request, and usually none.
 
     A hit runs one Lua script that increments the window and returns its count
-    and TTL, so the X-RateLimit-* headers cost no extra GET and TTL
-    (`hit_window` returns them with the answer).
+    and PTTL, so the rate-limit headers cost no extra GET and TTL
+    (`hit_window` returns them with the answer). The window's end is taken in
+    milliseconds and counted from the moment the answer arrives, so it is never
+    earlier than the moment Redis expires the window (TTL's whole seconds
+    rounded down, up to a second early).
     Far from the limit, the script grants a *lease*: up to `most` permits at
     once, never more than 1/LEASE_SHARE of the room left in the window. This
     process then admits that many requests of the window without asking Redis.
@@ -72,7 +70,7 @@ class LeasedFixedWindow(FixedWindowRateLimiter):
     end
     count = redis.call('incrby', KEYS[1], grant)
     if count == grant then redis.call('expire', KEYS[1], ARGV[1]) end
-    return {count, redis.call('ttl', KEYS[1]), grant}
+    return {count, redis.call('pttl', KEYS[1]), grant}
     """
 
     def __init__(self, storage) -> None:
@@ -101,8 +99,9 @@ class LeasedFixedWindow(FixedWindowRateLimiter):
                 lease[0] -= cost
                 return True, max(0, item.amount - lease[1] + lease[0]), lease[2]
         args = [item.get_expiry(), cost, item.amount, self.most, self.LEASE_SHARE]
-        count, ttl, grant = self._script([self.storage.prefixed_key(key)], args)
-        count, grant, reset_at = int(count), int(grant), now + max(int(ttl), 0)
+        count, pttl, grant = self._script([self.storage.prefixed_key(key)], args)
+        now = time.time()  # after the round trip: Redis counted the PTTL from an earlier moment
+        count, grant, reset_at = int(count), int(grant), now + max(int(pttl), 0) / 1000
         with self._lock:
             if grant > cost:
                 if len(self._leases) > 10_000:
@@ -112,6 +111,16 @@ class LeasedFixedWindow(FixedWindowRateLimiter):
                 self._leases.pop(key, None)
         spent = count - grant + cost  # the permits leased along are not spent yet
         return count <= item.amount, max(0, item.amount - spent), reset_at
+
+    def peek_window(self, item, *identifiers: str) -> tuple[int, float]:
+        """(remaining, reset_at) of the window without hitting it: one round trip (GET and PTTL)."""
+        if self._script is None:
+            reset_at, remaining = super().get_window_stats(item, *identifiers)
+            return remaining, reset_at
+        pipe = self.storage.get_connection().pipeline(transaction=False)
+        key = self.storage.prefixed_key(item.key_for(*identifiers))
+        count, pttl = pipe.get(key).pttl(key).execute()
+        return max(0, item.amount - int(count or 0)), time.time() + max(int(pttl), 0) / 1000
 
 
 STRATEGIES.setdefault("tokenpool-fixed-window", LeasedFixedWindow)
@@ -126,6 +135,14 @@ def hit_window(strategy, item, *identifiers: str) -> tuple[bool, int, float]:
     return allowed, remaining, reset_at
 
 
+def peek_window(strategy, item, *identifiers: str) -> tuple[int, float]:
+    """(remaining, reset_at) from any strategy, counting nothing."""
+    if isinstance(strategy, LeasedFixedWindow):
+        return strategy.peek_window(item, *identifiers)
+    reset_at, remaining = strategy.get_window_stats(item, *identifiers)
+    return remaining, reset_at
+
+
 class PolicyLimiter(Limiter):
     """Flask-Limiter (storage, strategy, in-memory fallback) applying our one policy per request.
 
@@ -135,7 +152,9 @@ class PolicyLimiter(Limiter):
       per-minute, then per-hour limit (its overrides or the defaults), one
       bucket per key across those routes; minute first, and a request refused
       by the minute limit is not counted against the hour;
-    - health, metrics and the OpenAPI document: never limited.
+    - requests matching no route (404) or no method of it (405): per client
+      IP, like any other request without a key;
+    - health, metrics, the OpenAPI document and CORS preflights: never limited.
     """
 
     def __init__(self, config, metrics) -> None:
@@ -168,9 +187,9 @@ class PolicyLimiter(Limiter):
 
     def limits_for_request(self) -> list[tuple]:
         """[(item, storage identifiers, kind)] that apply to this request, in order."""
-        if request.endpoint is None or request.blueprint in EXEMPT_BLUEPRINTS:
+        if request.blueprint in EXEMPT_BLUEPRINTS or is_cors_preflight():
             return []
-        key = g.get("api_key")
+        key = g.get("api_key")  # None without a route (404, 405): those count per IP
         if key is None:
             return [(self.ip_limit, (self._key_prefix, get_remote_address(), "global"), "ip")]
         if request.blueprint not in KEYED_BLUEPRINTS:
@@ -215,7 +234,7 @@ class PolicyLimiter(Limiter):
                 self.metrics.rate_limit_hits.labels(kind).inc()
                 extra = {"event": "rate_limited", "limit": str(item), "key_kind": kind}
                 log.warning("rate limit exceeded", extra=extra)
-                raise RateLimited(math.ceil(reset_at - time.time()))
+                raise RateLimited(seconds_until(reset_at, time.time()))
 
     def _recover_storage(self) -> None:
         """While on the fallback, ask the real storage again (1 s, 2 s, 4 s ... up to 30 s apart)."""
@@ -233,18 +252,12 @@ class PolicyLimiter(Limiter):
             self._recheck_at = time.time() + self._recheck_delay
 
     def headers(self, response):
-        """X-RateLimit-{Limit,Remaining,Reset} of the first limit hit; per window for keyed callers."""
+        """The rate-limit headers of the limits this request hit (ratelimit_headers.py)."""
         seen = g.get("rate_limits")
         if seen:
-            headers = []  # only this hook writes them: added, not searched for and replaced
-            for index, (item, kind, remaining, reset_at) in enumerate(seen):
-                values = (str(item.amount), str(remaining), str(int(reset_at)))
-                names = [HEADERS_FIRST] if index == 0 else []
-                if kind != "ip":
-                    names.append(HEADERS_OF_WINDOW[item.get_expiry()])
-                for triple in names:
-                    headers.extend(zip(triple, values, strict=True))
-            response.headers.extend(headers)
+            hits = [(kind, item.amount, item.get_expiry(), left, reset) for item, kind, left, reset in seen]
+            # only this hook writes them: added, not searched for and replaced
+            response.headers.extend(rate_limit_headers(hits, time.time()))
         return response
 
 
@@ -275,23 +288,53 @@ def init_rate_limits(app) -> Limiter:
         if isinstance(limiter.limiter, LeasedFixedWindow):
             limiter.limiter.most = config["RATE_LIMIT_LEASE"]
         app.after_request(limiter.headers)
-    _limit_auth_failures(app, limiter, metrics)
+    app.extensions["tokenpool.auth_failures"] = AuthFailureBudget(app, limiter, metrics)
     return limiter
 
 
-def _limit_auth_failures(app, limiter: Limiter, metrics) -> None:
-    """A stricter per-IP budget for rejected keys; once spent, key attempts get 429."""
-    item = parse(app.config["AUTH_FAILURE_RATE_LIMIT"])
+class AuthFailureBudget:
+    """A stricter per-IP budget (`AUTH_FAILURE_RATE_LIMIT`) for rejected keys.
 
-    def charge() -> None:
+    Each rejected key spends one (`charge`); once the budget of an IP is spent,
+    a key it sends that would need a database lookup is refused with 429
+    before the lookup (`check`), so guessing keys costs the database nothing.
+    With rate limiting off, or its storage down, neither refuses.
+    """
+
+    MESSAGE = "Too many failed authentication attempts."
+
+    def __init__(self, app, limiter: Limiter, metrics) -> None:
+        self.item = parse(app.config["AUTH_FAILURE_RATE_LIMIT"])
+        self.limiter = limiter
+        self.metrics = metrics
+
+    def _bucket(self) -> tuple[str, str, str]:
+        return self.limiter._key_prefix, "auth-failures", get_remote_address()
+
+    def _refuse(self, reset_at: float) -> None:
+        self.metrics.rate_limit_hits.labels("auth_failures").inc()
+        extra = {"event": "rate_limited", "limit": str(self.item), "key_kind": "auth_failures"}
+        log.warning("rate limit exceeded", extra=extra)
+        raise RateLimited(seconds_until(reset_at, time.time()), self.MESSAGE)
+
+    def check(self) -> None:
+        """Raise RateLimited if this IP's budget is spent (counts nothing)."""
         if not current_app.config["RATELIMIT_ENABLED"]:
             return
         try:
-            allowed, _, reset_at = hit_window(limiter.limiter, item, "auth-failures", get_remote_address())
+            remaining, reset_at = peek_window(self.limiter.limiter, self.item, *self._bucket())
+        except Exception:  # storage down: the lookup decides, as without limits
+            return
+        if remaining <= 0:
+            self._refuse(reset_at)
+
+    def charge(self) -> None:
+        """Spend one failure of this IP's budget; raise RateLimited if that was past the budget."""
+        if not current_app.config["RATELIMIT_ENABLED"]:
+            return
+        try:
+            allowed, _, reset_at = hit_window(self.limiter.limiter, self.item, *self._bucket())
         except Exception:  # storage down: the request is refused anyway (401)
             return
         if not allowed:
-            metrics.rate_limit_hits.labels("auth_failures").inc()
-            raise RateLimited(math.ceil(reset_at - time.time()), "Too many failed authentication attempts.")
-
-    app.extensions["tokenpool.auth_failure_charge"] = charge
+            self._refuse(reset_at)

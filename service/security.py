@@ -11,6 +11,7 @@ from flask import Response, current_app, g, request
 from flask_cors import CORS
 from flask_talisman import Talisman
 
+from . import ratelimit_headers as rate_limit_headers
 from .apikeys import service as apikeys
 from .apikeys.service import Identity, hash_key
 from .config import ConfigError
@@ -34,6 +35,12 @@ def presented_key() -> str | None:
     return None
 
 
+def is_cors_preflight() -> bool:
+    """A browser's CORS preflight (Fetch standard): OPTIONS with Origin and Access-Control-Request-Method."""
+    headers = request.headers
+    return request.method == "OPTIONS" and "Origin" in headers and "Access-Control-Request-Method" in headers
+
+
 class KeyCache:
     """Recent key lookups of this process, so a keyed request costs no query most of the time."""
 
@@ -44,13 +51,17 @@ class KeyCache:
         self._lock = threading.Lock()
         self.hits = self.misses = 0
 
-    def resolve(self, key: str) -> tuple[Identity | None, str | None]:
-        digest = hash_key(key)
-        now = time.monotonic()
-        entry = self._entries.get(digest)
-        if entry and now - entry[0] < self.ttl:
+    def cached(self, key: str) -> tuple[Identity | None, str | None] | None:
+        """(identity, revoked name) as `apikeys.lookup` answered lately, or None if not known here."""
+        entry = self._entries.get(hash_key(key))
+        if entry and time.monotonic() - entry[0] < self.ttl:
             self.hits += 1
             return entry[1], entry[2]
+        return None
+
+    def lookup(self, key: str) -> tuple[Identity | None, str | None]:
+        """`apikeys.lookup` in the database, remembered for `ttl` seconds."""
+        digest, now = hash_key(key), time.monotonic()
         self.misses += 1
         identity, revoked_name = run_transaction(apikeys.lookup, key)
         with self._lock:
@@ -89,18 +100,28 @@ def _auth_failure(reason: str, name: str | None = None) -> None:
         "authentication failed",
         extra={"event": "auth_failure", "reason": reason, "ip": request.remote_addr, "key_name": name},
     )
-    charge = current_app.extensions.get("tokenpool.auth_failure_charge")
-    if charge is not None:
-        charge()
+    budget = current_app.extensions.get("tokenpool.auth_failures")
+    if budget is not None:
+        budget.charge()
 
 
 def identify(key: str) -> Identity | None:
-    """The identity of a key: the bootstrap `ADMIN_API_KEY` or a stored key. Logs failures."""
+    """The identity of a key: the bootstrap `ADMIN_API_KEY` or a stored key. Logs failures.
+
+    Raises RateLimited when the caller's IP spent its failed-auth budget and
+    the key is not known to this process (no database lookup is made).
+    """
     admin_key = current_app.config.get(BOOTSTRAP_ADMIN)
     if admin_key and hmac.compare_digest(hash_key(key), hash_key(admin_key)):
         return Identity("bootstrap-admin", "admin")
     cache: KeyCache = current_app.extensions["tokenpool.key_cache"]
-    identity, revoked_name = cache.resolve(key)
+    found = cache.cached(key)
+    if found is None:
+        budget = current_app.extensions.get("tokenpool.auth_failures")
+        if budget is not None:
+            budget.check()  # an IP that spent its failed-auth budget gets 429 before any lookup
+        found = cache.lookup(key)
+    identity, revoked_name = found
     if identity is None:
         _auth_failure("revoked_key" if revoked_name else "unknown_key", revoked_name)
         return None
@@ -238,13 +259,7 @@ def init_security(app) -> None:
             app,
             resources={r"/api/*": {"origins": origins}},
             allow_headers=["Content-Type", "X-API-Key", "Authorization", "X-Request-ID", "X-Correlation-ID"],
-            expose_headers=[
-                "X-Request-ID",
-                "X-RateLimit-Limit",
-                "X-RateLimit-Remaining",
-                "X-RateLimit-Reset",
-                "Retry-After",
-            ],
+            expose_headers=["X-Request-ID", "X-Correlation-ID", *rate_limit_headers.EXPOSED],
             max_age=600,
         )
 

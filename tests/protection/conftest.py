@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import uuid
 
 import pytest
 from sqlalchemy import text
 
 from service.extensions import db
 from tests.conftest import make_app, reset_database
+from tests.procs import ThrowawayRedis
 from tests.protection.support import Records
 
 
@@ -54,3 +56,17 @@ def records():
     yield attach
     for name, handler in attached:
         logging.getLogger(name).removeHandler(handler)
+
+
+@pytest.fixture(scope="session")
+def limits_redis():
+    """A throwaway Redis for limit tests that need real Redis behaviour (expiry in ms, Lua)."""
+    server = ThrowawayRedis().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def on_redis(limits_redis):
+    """Settings putting an app's limits on the throwaway Redis, under a prefix of this test's own."""
+    return {"REDIS_URL": limits_redis.url, "RATELIMIT_KEY_PREFIX": f"t{uuid.uuid4().hex[:12]}"}

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import secrets
 
 import pytest
 from sqlalchemy import text
 
 from service.apikeys.service import hash_key
+from service.db import observe_queries
 from service.extensions import db
 from tests.helpers import activate, assert_error, user
 from tests.observability.test_metrics import sample
@@ -177,7 +179,31 @@ def test_failed_auth_budget_per_ip(build):
     assert_error(r, 401, "UNAUTHORIZED", INVALID_KEY)
     text_ = client.get("/metrics").get_data(as_text=True)
     assert sample(text_, "tokenpool_rate_limit_hits_total", limit="auth_failures") == 2
-    assert sample(text_, "tokenpool_auth_failures_total", reason="unknown_key") == 6
+    # the two refused attempts were never looked up: not known to be unknown
+    assert sample(text_, "tokenpool_auth_failures_total", reason="unknown_key") == 4
+
+
+@pytest.mark.parametrize("storage", ["memory", "redis"])
+def test_a_spent_failed_auth_budget_refuses_before_any_lookup(build, on_redis, storage):
+    """300 random keys from one IP: 10 lookups (the budget), not 300."""
+    settings = on_redis if storage == "redis" else {}
+    app = build(AUTH_FAILURE_RATE_LIMIT="10/minute", **settings)
+    good = create_key(app, "known", "client")
+    client = app.test_client()
+    assert client.get("/api/tokens/summary", headers=with_key(good)).status_code == 200  # now cached
+    lookups = []
+    observe_queries(app, lambda sql, _: "FROM api_keys" in sql and "key_hash" in sql and lookups.append(sql))
+    statuses = [
+        client.get("/api/tokens/summary", headers=with_key("tp_" + secrets.token_urlsafe(32))).status_code
+        for _ in range(300)
+    ]
+    assert statuses == [401] * 10 + [429] * 290
+    assert len(lookups) == 10
+    # a key this process already knows is still served from the spent address
+    assert client.get("/api/tokens/summary", headers=with_key(good)).status_code == 200
+    assert len(lookups) == 10
+    text_ = client.get("/metrics").get_data(as_text=True)
+    assert sample(text_, "tokenpool_rate_limit_hits_total", limit="auth_failures") == 290
 
 
 def test_auth_failures_are_logged_and_counted_never_the_key(build, tmp_path):

@@ -7,6 +7,7 @@ import pytest
 from service.config import ConfigError
 from tests.conftest import make_app
 from tests.helpers import user
+from tests.protection.support import create_key, with_key
 
 ORIGIN = "https://a.example"
 
@@ -86,3 +87,60 @@ def test_any_origin_is_accepted_outside_production(build):
     client = build(APP_ENV="development", ENABLE_RATE_LIMITING=False, ALLOWED_ORIGINS="*").test_client()
     r = preflight(client, "https://anywhere.example")
     assert r.headers["Access-Control-Allow-Origin"] in ("*", "https://anywhere.example")
+
+
+def test_preflights_are_never_counted_or_refused(build):
+    """RATE_LIMIT_PER_MINUTE=5: seven preflights, then the real calls still have their whole budget."""
+    app = build(RATE_LIMIT_PER_MINUTE=5, ALLOWED_ORIGINS=ORIGIN)
+    client = app.test_client()
+    for path in ["/api/tokens/summary"] * 7 + ["/api/tokens/activate", "/api/nothing-here"]:
+        r = client.options(path, headers={"Origin": ORIGIN, "Access-Control-Request-Method": "GET"})
+        assert r.status_code in (200, 404), r.status_code
+        assert "X-RateLimit-Limit" not in r.headers and "RateLimit" not in r.headers
+    for remaining in (4, 3, 2, 1, 0):
+        r = client.get("/api/tokens/summary", headers={"Origin": ORIGIN})
+        assert r.status_code == 200 and r.headers["X-RateLimit-Remaining"] == str(remaining)
+    r = client.get("/api/tokens/summary", headers={"Origin": ORIGIN})
+    assert r.status_code == 429
+    # a spent budget refuses the real call, never the preflight before it
+    r = client.options(
+        "/api/tokens/summary", headers={"Origin": ORIGIN, "Access-Control-Request-Method": "GET"}
+    )
+    assert r.status_code == 200 and r.headers["Access-Control-Allow-Origin"] == ORIGIN
+
+
+def test_preflights_of_keyed_clients_spend_no_budget(build):
+    app = build(RATE_LIMIT_PER_MINUTE=1, API_KEY_RATE_LIMIT_PER_MINUTE=2, ALLOWED_ORIGINS=ORIGIN)
+    key = create_key(app, "browser", "client")
+    client = app.test_client()
+    for _ in range(5):
+        r = preflight(client, ORIGIN)
+        assert r.status_code == 200
+    for _ in range(2):
+        r = client.post(
+            "/api/tokens/activate", json={"user_id": user()}, headers={"Origin": ORIGIN, **with_key(key)}
+        )
+        assert r.status_code == 200
+    assert client.get("/api/tokens/summary", headers={"Origin": ORIGIN}).status_code == 200  # the IP's one
+
+
+def test_cors_answers_expose_the_rate_limit_headers(build):
+    app = build(RATE_LIMIT_PER_MINUTE=1, ALLOWED_ORIGINS=ORIGIN)
+    client = app.test_client()
+    for status in (200, 429):
+        r = client.get("/api/tokens/summary", headers={"Origin": ORIGIN})
+        assert r.status_code == status
+        exposed = {h.strip().lower() for h in r.headers["Access-Control-Expose-Headers"].split(",")}
+        wanted = {
+            "x-request-id",
+            "x-correlation-id",
+            "retry-after",
+            "ratelimit",
+            "ratelimit-policy",
+            *(
+                f"x-ratelimit-{p}{w}"
+                for p in ("limit", "remaining", "reset")
+                for w in ("", "-minute", "-hour")
+            ),
+        }
+        assert wanted <= exposed, wanted - exposed

@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 import uuid
 
-from tests.helpers import assert_error, user
+from tests.helpers import user
 from tests.observability.test_metrics import sample
-from tests.protection.support import AUTH_LIMITED, assert_rate_limited
+from tests.protection.support import assert_rate_limited
 
 LIMIT = 3
 
@@ -85,19 +85,27 @@ def test_rate_limiting_off_never_answers_429(build):
         assert "X-RateLimit-Limit" not in r.headers
 
 
-def test_retry_after_is_enough_for_a_retry_to_succeed(build):
-    """Retry-After rounds up: a client retrying exactly then is served (here on the failed-auth budget)."""
-    client = build(AUTH_FAILURE_RATE_LIMIT="1 per 2 seconds").test_client()
-    bad = {"X-API-Key": "tp_not-a-key"}
-    assert_error(client.get("/api/tokens/summary", headers=bad), 401, "UNAUTHORIZED")
-    body = assert_rate_limited(client.get("/api/tokens/summary", headers=bad), AUTH_LIMITED, max_seconds=3)
-    time.sleep(body["retry_after"])
-    assert_error(client.get("/api/tokens/summary", headers=bad), 401, "UNAUTHORIZED")
-
-
 def test_the_api_index_counts_against_the_ip_limit(build):
     app = build(RATE_LIMIT_PER_MINUTE=2)
     client = app.test_client()
     assert client.get("/api").status_code == 200
     assert client.get("/api/tokens/summary").headers["X-RateLimit-Remaining"] == "0"
     assert_rate_limited(client.get("/api"))
+
+
+def test_404_and_405_count_against_the_ip_limit(build):
+    client = build(RATE_LIMIT_PER_MINUTE=5).test_client()
+    answers = [client.get(f"/nothing/{i}").status_code for i in range(3)]
+    answers += [client.open("/api/tokens/summary", method=m).status_code for m in ("DELETE", "M1X")]
+    assert answers == [404, 404, 404, 405, 405]
+    for _ in range(40):
+        assert_rate_limited(client.get(f"/nothing/{uuid.uuid4()}"))
+        assert_rate_limited(client.open("/api/tokens/summary", method="M2X"))
+    assert_rate_limited(client.get("/api/tokens/summary"))
+    # and the other way round: a spent budget is not refilled by unknown routes
+    other = {"REMOTE_ADDR": "192.0.2.45"}
+    for _ in range(5):
+        assert client.get("/api/tokens/summary", environ_base=other).status_code == 200
+    r = client.delete("/api/tokens/summary", environ_base=other)
+    assert_rate_limited(r)
+    assert r.headers["X-RateLimit-Remaining"] == "0"
