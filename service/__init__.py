@@ -13,6 +13,7 @@ from .database_cli import database_cli
 from .db import init_db
 from .errors import register_error_handlers
 from .health import bp as health_bp
+from .invalidation import init_invalidation
 from .json_provider import OrjsonProvider
 from .logging_setup import configure_logging
 from .metrics import init_metrics
@@ -43,6 +44,7 @@ def create_app(config: dict | None = None) -> Flask:
     init_db(app)
     init_metrics(app)
     init_tracing(app)
+    init_invalidation(app)
     init_security(app)  # authenticates before the limiter counts
     init_monitoring(app)
     register_error_handlers(app)

@@ -87,6 +87,15 @@ class SweeperState(db.Model):
     last_expired_count: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
 
 
+class CacheGeneration(db.Model):
+    """One row: a number bumped whenever every process must drop its caches (service/invalidation.py)."""
+
+    __tablename__ = "cache_generation"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    generation: Mapped[int] = mapped_column(BigInteger, nullable=False)
+
+
 class ApiKey(db.Model):
     """An API key, stored as the SHA-256 of the key; the key itself is shown once."""
 

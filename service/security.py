@@ -17,6 +17,7 @@ from .apikeys.service import Identity, hash_key
 from .config import ConfigError
 from .db import run_transaction
 from .errors import Forbidden, Unauthorized
+from .invalidation import Generation
 
 log = logging.getLogger("tokenpool.security")
 PROTECTED_BLUEPRINTS = ("tokens", "monitoring")
@@ -42,10 +43,16 @@ def is_cors_preflight() -> bool:
 
 
 class KeyCache:
-    """Recent key lookups of this process, so a keyed request costs no query most of the time."""
+    """Recent key lookups of this process, so a keyed request costs no query most of the time.
 
-    def __init__(self, ttl: float) -> None:
+    Entries live `ttl` seconds, and are dropped everywhere within
+    invalidation.CHECK_SECONDS when a key is created or revoked (`generation`).
+    """
+
+    def __init__(self, ttl: float, generation: Generation) -> None:
         self.ttl = ttl
+        self.generation = generation
+        generation.on_change(self.drop)
         self._entries: dict[str, tuple[float, Identity | None, str | None]] = {}
         self._touched: dict[str, float] = {}
         self._lock = threading.Lock()
@@ -53,6 +60,7 @@ class KeyCache:
 
     def cached(self, key: str) -> tuple[Identity | None, str | None] | None:
         """(identity, revoked name) as `apikeys.lookup` answered lately, or None if not known here."""
+        self.generation.sync()
         entry = self._entries.get(hash_key(key))
         if entry and time.monotonic() - entry[0] < self.ttl:
             self.hits += 1
@@ -76,6 +84,11 @@ class KeyCache:
         if now - self._touched.get(name, -TOUCH_EVERY_SECONDS) >= TOUCH_EVERY_SECONDS:
             self._touched[name] = now
             run_transaction(apikeys.touch, name)
+
+    def drop(self) -> None:
+        """Forget every entry (the counters stay)."""
+        with self._lock:
+            self._entries.clear()
 
     def clear(self) -> None:
         with self._lock:
@@ -237,7 +250,8 @@ def _allowed_origins(config) -> list[str]:
 
 def init_security(app) -> None:
     """API-key authentication, Talisman headers and CORS, all from settings."""
-    app.extensions["tokenpool.key_cache"] = KeyCache(app.config["API_KEY_CACHE_SECONDS"])
+    generation = app.extensions["tokenpool.generation"]
+    app.extensions["tokenpool.key_cache"] = KeyCache(app.config["API_KEY_CACHE_SECONDS"], generation)
     app.before_request(authenticate)
     OnceTalisman(
         app,

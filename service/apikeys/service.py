@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, func, insert, select, update
 
 from ..errors import Conflict, NotFound, ValidationError
+from ..invalidation import bump
 from ..models import ApiKey
 from ..timeutil import utcnow
 
@@ -50,6 +51,7 @@ def create(conn: Connection, *, name: str, role: str, per_minute=None, per_hour=
             rate_limit_per_hour=per_hour,
         )
     )
+    bump(conn)  # a process may remember this key as unknown
     return key
 
 
@@ -83,6 +85,7 @@ def revoke(conn: Connection, name: str) -> None:
     ).rowcount
     if not done:
         raise NotFound(f"no active API key named {name!r}")
+    bump(conn)  # every process forgets the key within invalidation.CHECK_SECONDS
 
 
 def active_count(conn: Connection) -> int:

@@ -31,6 +31,11 @@ class _State:
         self.report: dict | None = None
         self.hits = self.misses = 0
 
+    def drop(self) -> None:
+        """Forget the cached report (another process asked: invalidation.py)."""
+        with self.lock:
+            self.at, self.report = 0.0, None
+
 
 _states: weakref.WeakSet = weakref.WeakSet()
 
@@ -41,6 +46,7 @@ def _attach_state(setup_state) -> None:
     app = setup_state.app
     state = app.extensions.setdefault("tokenpool.health", _State(app.config.get("TOKEN_CLOCK")))
     _states.add(state)
+    app.extensions["tokenpool.generation"].on_change(state.drop)
 
 
 @bp.after_request
@@ -153,6 +159,7 @@ def detailed_report() -> dict:
     app = _app()
     ttl = app.config["HEALTH_CACHE_SECONDS"]
     state = _state()
+    app.extensions["tokenpool.generation"].sync()  # may drop the report (a cache clear elsewhere)
     with state.lock:
         if state.report is not None and time.monotonic() - state.at < ttl:
             state.hits += 1

@@ -12,6 +12,7 @@ from ..errors import NotFound, ValidationError, error_response
 from ..extensions import db
 from ..health import details as health_details
 from ..health import routes as health_routes
+from ..invalidation import bump_now
 from ..models import TokenUsage
 from ..security import require_admin
 from ..timeutil import isoformat, utcnow
@@ -186,6 +187,8 @@ def cache_stats():
 
 @bp.post("/cache/clear")
 def cache_clear():
+    """This process's caches now; every other worker and instance's within invalidation.CHECK_SECONDS."""
+    bump_now()
     health_routes.clear_cache()
     current_app.extensions["tokenpool.key_cache"].clear()
     return _answer({"status": "ok", "cleared": sorted(set(health_details.caches()) - {"total"})})
