@@ -12,6 +12,8 @@ from pathlib import Path
 
 from limits import parse as parse_limit
 
+from .log_files import ROTATIONS, check_folders
+
 ENVIRONMENTS = ("development", "testing", "production")
 
 
@@ -118,6 +120,9 @@ def _from_environment(instance_path: str, env: str) -> dict:
         "LOG_FILE_MAX_BYTES": _int("LOG_FILE_MAX_BYTES", 50 * 1024 * 1024, minimum=1024),
         "LOG_FILE_BACKUPS": _int("LOG_FILE_BACKUPS", 10, minimum=0),
         "LOG_REPEAT_WINDOW_SECONDS": _float("LOG_REPEAT_WINDOW_SECONDS", 5.0),
+        "LOG_EXCEPTIONS_FILE": _str("LOG_EXCEPTIONS_FILE", None),
+        "LOG_ROTATE": _str("LOG_ROTATE", "size"),
+        "LOG_RETENTION_DAYS": _int("LOG_RETENTION_DAYS", 0, minimum=0),
         "METRICS_ENABLED": _bool("METRICS_ENABLED", True),
         "METRICS_TOKEN": _str("METRICS_TOKEN", None),
         "SLOW_QUERY_MS": _int("SLOW_QUERY_MS", 1000, minimum=1),
@@ -153,6 +158,11 @@ def _validate(config: dict) -> None:
         raise ConfigError(f"LOG_LEVEL must be a logging level name, got {config['LOG_LEVEL']!r}")
     if config["LOG_FORMAT"] not in ("json", "console"):
         raise ConfigError(f"LOG_FORMAT must be 'json' or 'console', got {config['LOG_FORMAT']!r}")
+    if config["LOG_ROTATE"] not in ROTATIONS:
+        raise ConfigError(f"LOG_ROTATE must be one of {', '.join(ROTATIONS)}, got {config['LOG_ROTATE']!r}")
+    problem = check_folders(config)
+    if problem:
+        raise ConfigError(problem)
     try:
         parse_limit(config["AUTH_FAILURE_RATE_LIMIT"])
     except ValueError:

@@ -14,6 +14,7 @@ import time
 from flask import g, has_request_context
 from pythonjsonlogger.orjson import OrjsonFormatter
 
+from .log_files import file_handler
 from .tracing import current_trace_ids
 
 COLOURS = {"DEBUG": "36", "INFO": "32", "WARNING": "33", "ERROR": "31", "CRITICAL": "35"}
@@ -177,6 +178,25 @@ def json_formatter() -> logging.Formatter:
     )
 
 
+def _isatty(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # a closed or unusual stream
+        return False
+
+
+class UnhandledOnly(logging.Filter):
+    """The exceptions log: records with a traceback, except the answers to a database outage.
+
+    That is every 500 (an exception no handler expected) and every
+    `log.exception` of a background job, without the repeated 503s of an outage.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        has_traceback = record.exc_info is not None or bool(record.exc_text)
+        return has_traceback and getattr(record, "error_code", None) != "SERVICE_UNAVAILABLE"
+
+
 def _handler(handler: logging.Handler, formatter: logging.Formatter, level=logging.NOTSET):
     handler.setFormatter(formatter)
     handler.setLevel(level)
@@ -240,23 +260,24 @@ def configure_logging(config) -> None:
         root.removeHandler(handler)
         _stop(getattr(handler, "listener", None))
         handler.close()
+    stream = sys.stdout
     if config["LOG_FORMAT"] == "json":
         console = json_formatter()
-    else:
-        console = ConsoleFormatter(colour=sys.stderr.isatty())
-    handlers = [_handler(logging.StreamHandler(sys.stdout), console)]
+    else:  # colour only on a terminal: the stream written to decides, not another one
+        console = ConsoleFormatter(colour=_isatty(stream))
+    handlers = [_handler(logging.StreamHandler(stream), console)]
     if config.get("LOG_FILE"):
-        rotating = logging.handlers.RotatingFileHandler(
-            config["LOG_FILE"], maxBytes=config["LOG_FILE_MAX_BYTES"], backupCount=config["LOG_FILE_BACKUPS"]
-        )
-        handlers.append(_handler(rotating, json_formatter()))
+        handlers.append(_handler(file_handler(config["LOG_FILE"], config), json_formatter()))
     if config.get("LOG_ERROR_FILE"):
-        errors = logging.handlers.RotatingFileHandler(
-            config["LOG_ERROR_FILE"],
-            maxBytes=config["LOG_FILE_MAX_BYTES"],
-            backupCount=config["LOG_FILE_BACKUPS"],
+        handlers.append(
+            _handler(file_handler(config["LOG_ERROR_FILE"], config), json_formatter(), logging.ERROR)
         )
-        handlers.append(_handler(errors, json_formatter(), logging.ERROR))
+    if config.get("LOG_EXCEPTIONS_FILE"):
+        unhandled = _handler(
+            file_handler(config["LOG_EXCEPTIONS_FILE"], config), json_formatter(), logging.ERROR
+        )
+        unhandled.addFilter(UnhandledOnly())
+        handlers.append(unhandled)
     if config.get("LOG_ASYNC"):
         queued = _Enqueue(queue.Queue(100_000))
         queued.listener = logging.handlers.QueueListener(queued.queue, *handlers, respect_handler_level=True)

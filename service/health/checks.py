@@ -17,6 +17,7 @@ from flask_migrate import Migrate
 from sqlalchemy import inspect, text
 
 from ..extensions import db
+from ..log_files import configured_files, write_failures
 from ..timeutil import isoformat, utcnow
 from ..tokens import reads, service
 from ..tokens.routes import clock
@@ -171,6 +172,34 @@ def free_space(path: str, *, min_free_ratio: float = 0.05, min_free_bytes: int =
         "free_mb": usage.free // 2**20,
         "free_ratio": round(free_ratio, 4),
     }
+
+
+def log_files() -> dict:
+    """The file systems the log files are on, and the lines this process failed to write there.
+
+    Degraded when one of them is (nearly) full (`free_space`) or a line failed
+    to be written in the last minute. Files are named by their setting, never
+    by their host path. Shape: {"status", "configured", "free_mb" (the least of
+    them), "files": {setting: {"status", "free_mb", "free_ratio", "lost_lines"?, "last_error"?}}}.
+    """
+    files = configured_files(current_app.config)
+    if not files:
+        return {"status": HEALTHY, "configured": False}
+    found = {}
+    for name, path in files.items():
+        entry = free_space(path)
+        failed = write_failures(path)
+        if failed:
+            entry.update(lost_lines=failed["lost"], last_error=failed["error"])
+            if failed["seconds_ago"] < 60:
+                entry["status"] = DEGRADED
+        found[name] = entry
+    degraded = any(entry["status"] != HEALTHY for entry in found.values())
+    report = {"status": DEGRADED if degraded else HEALTHY, "configured": True, "files": found}
+    free = [entry["free_mb"] for entry in found.values() if "free_mb" in entry]
+    if free:
+        report["free_mb"] = min(free)  # the fullest of them
+    return report
 
 
 def disk() -> dict:

@@ -171,6 +171,7 @@ def detailed_report() -> dict:
                 "redis": checks.redis,
                 "memory": checks.memory,
                 "disk": checks.disk,
+                "log_files": checks.log_files,
             },
             app,
             app.config["HEALTH_CHECK_TIMEOUT"],
@@ -265,6 +266,7 @@ MEASUREMENT = {
     "tokens": "utilization",
     "memory": "rss",
     "disk": "free",
+    "log_files": "free",
 }
 
 

@@ -154,6 +154,7 @@ def test_health_json_shape(app, client):
         "tokens:utilization",
         "memory:rss",
         "disk:free",
+        "log_files:free",
     }
     for key, entries in body["checks"].items():
         assert CHECK_KEY.match(key)
