@@ -1,9 +1,17 @@
-"""Fixtures: one app per test on SQLite and on PostgreSQL, an injectable clock."""
+"""Fixtures: one app per test on SQLite and on PostgreSQL, an injectable clock.
+
+The suite shares its PostgreSQL server with other users, so it holds at most
+`TEST_PG_CONNECTION_LIMIT` (25) connections to it at any moment: every
+connection of the run (this process, and the gunicorn processes it starts)
+carries the application name of the run, a guard samples them, and a test
+during which the run held more fails.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -18,6 +26,9 @@ from service.health import routes as health_routes
 from tests.helpers import POOL
 
 PG_ADMIN_URL = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+PG_CONNECTION_LIMIT = int(os.environ.get("TEST_PG_CONNECTION_LIMIT", "25"))
+# libpq reads PGAPPNAME: every connection of this run, in this process and its children, is named by it
+RUN_APPLICATION_NAME = os.environ.setdefault("PGAPPNAME", f"tokenpool-tests-{os.getpid()}")
 
 
 class FakeClock:
@@ -49,6 +60,93 @@ def require_postgres() -> None:
         if os.environ.get("REQUIRE_POSTGRES"):
             pytest.fail(f"PostgreSQL is required (REQUIRE_POSTGRES) but unreachable: {problem}")
         pytest.skip(f"NO POSTGRESQL REACHABLE at {PG_ADMIN_URL}: {problem}")
+
+
+class ConnectionGuard:
+    """Samples how many connections this run holds on the shared PostgreSQL server.
+
+    Counts the server's backends named `RUN_APPLICATION_NAME` (its own
+    connection included) every `interval` seconds in a daemon thread; `peak`
+    is the highest count since the last `take_peak()`.
+    """
+
+    def __init__(self, url: str, application_name: str, interval: float = 0.1) -> None:
+        self.application_name = application_name
+        self.interval = interval
+        self.conn = psycopg.connect(url, autocommit=True, connect_timeout=3)
+        self.lock = threading.Lock()
+        self.peak = self.run_peak = 0
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="tokenpool-pg-connection-guard", daemon=True)
+        self.thread.start()
+
+    def sample(self) -> int:
+        with self.lock:
+            count = self.conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+                (self.application_name,),
+            ).fetchone()[0]
+            self.peak = max(self.peak, count)
+            self.run_peak = max(self.run_peak, count)
+            return count
+
+    def _loop(self) -> None:
+        while not self.stopped.wait(self.interval):
+            try:
+                self.sample()
+            except psycopg.Error:
+                return
+
+    def take_peak(self) -> int:
+        """The highest count since the last call (one fresh sample included), then start over."""
+        self.sample()
+        with self.lock:
+            peak, self.peak = self.peak, 0
+        return peak
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.thread.join(5)
+        self.conn.close()
+
+
+_guard: list[ConnectionGuard] = []
+_run_peak: list[int] = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _connection_guard():
+    """Start the guard when PostgreSQL answers (a SQLite-only run has nothing to guard)."""
+    if _postgres_available() is None:
+        _guard.append(ConnectionGuard(PG_ADMIN_URL, RUN_APPLICATION_NAME))
+    yield
+    while _guard:
+        guard = _guard.pop()
+        guard.stop()
+        _run_peak.append(guard.run_peak)
+
+
+@pytest.fixture(autouse=True)
+def _bounded_connections(_connection_guard):
+    """Fail the test during which this run held more than PG_CONNECTION_LIMIT connections."""
+    if _guard:
+        _guard[0].take_peak()
+    yield
+    if _guard:
+        peak = _guard[0].take_peak()
+        if peak > PG_CONNECTION_LIMIT:
+            pytest.fail(
+                f"this test run held {peak} PostgreSQL connections at once "
+                f"(limit TEST_PG_CONNECTION_LIMIT={PG_CONNECTION_LIMIT})"
+            )
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _run_peak:
+        terminalreporter.write_line(
+            f"PostgreSQL connections held by this run: at most {max(_run_peak)} "
+            f"(limit {PG_CONNECTION_LIMIT}, application_name {RUN_APPLICATION_NAME})"
+        )
 
 
 @contextlib.contextmanager
@@ -102,7 +200,7 @@ def make_app(database_url: str, **overrides):
         "HEALTH_CACHE_SECONDS": 0,
         "LOG_LEVEL": "WARNING",
         "POOL_SIZE": 5,
-        "POOL_MAX_OVERFLOW": 40,
+        "POOL_MAX_OVERFLOW": 5,
     }
     settings.update(overrides)
     app = create_app(settings)

@@ -80,6 +80,8 @@ class Gunicorn:
             "WEB_CONCURRENCY": str(workers),
             "DRAIN_SECONDS": "3",
             "GUNICORN_GRACEFUL_TIMEOUT": "10",
+            # the run's connections carry its name, so its connection guard counts these too
+            "PGAPPNAME": os.environ.get("PGAPPNAME", "tokenpool-tests"),
             **env,
         }
         self.log_path = log_path or Path(tempfile.mkstemp(prefix="gunicorn-", suffix=".log")[1])

@@ -75,7 +75,9 @@ def check_database(app, leases, statuses, pool):
 
 @pytest.mark.parametrize("pool", [8, 200])
 def test_postgres_32_threads_keep_every_invariant(postgres_url, pool):
-    app = make_app(postgres_url, POOL_SIZE=8, POOL_MAX_OVERFLOW=30, MAX_ACTIVE_TOKENS=pool)
+    # 32 clients on at most 20 connections: 20 transactions race at once, and the run
+    # stays within its connection budget on the shared server (tests/conftest.py)
+    app = make_app(postgres_url, POOL_SIZE=16, POOL_MAX_OVERFLOW=4, MAX_ACTIVE_TOKENS=pool)
     reset_database(app, pool)
     leases, statuses = hammer(app, threads=32, ops_per_thread=40, pool=pool)
     assert statuses.count(200) > 0.5 * len(statuses)
