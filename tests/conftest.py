@@ -127,13 +127,20 @@ def _connection_guard():
 
 
 @pytest.fixture(autouse=True)
-def _bounded_connections(_connection_guard):
-    """Fail the test during which this run held more than PG_CONNECTION_LIMIT connections."""
+def _bounded_connections(_connection_guard, request):
+    """Fail the test during which this run held more than PG_CONNECTION_LIMIT connections.
+
+    With `TEST_PG_CONNECTION_LOG=<file>`, each test's peak is appended to that file.
+    """
     if _guard:
         _guard[0].take_peak()
     yield
     if _guard:
         peak = _guard[0].take_peak()
+        log_path = os.environ.get("TEST_PG_CONNECTION_LOG")
+        if log_path:
+            with open(log_path, "a") as log:
+                log.write(f"{peak}\t{request.node.nodeid}\n")
         if peak > PG_CONNECTION_LIMIT:
             pytest.fail(
                 f"this test run held {peak} PostgreSQL connections at once "
