@@ -127,7 +127,9 @@ def _from_environment(instance_path: str, env: str) -> dict:
         "METRICS_TOKEN": _str("METRICS_TOKEN", None),
         "SLOW_QUERY_MS": _int("SLOW_QUERY_MS", 1000, minimum=1),
         "SLOW_REQUEST_MS": _int("SLOW_REQUEST_MS", 2000, minimum=1),
-        "ENABLE_RATE_LIMITING": _bool("ENABLE_RATE_LIMITING", env != "testing"),
+        # on in production; off in development (a developer's loop of curls or scripts
+        # must not meet 429) and testing; ENABLE_RATE_LIMITING=true turns them on anywhere
+        "ENABLE_RATE_LIMITING": _bool("ENABLE_RATE_LIMITING", env == "production"),
         "RATE_LIMIT_PER_MINUTE": _int("RATE_LIMIT_PER_MINUTE", 100, minimum=1),
         "API_KEY_RATE_LIMIT_PER_MINUTE": _int("API_KEY_RATE_LIMIT_PER_MINUTE", 600, minimum=1),
         "API_KEY_RATE_LIMIT_PER_HOUR": _int("API_KEY_RATE_LIMIT_PER_HOUR", 20000, minimum=1),

@@ -28,6 +28,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from sqlalchemy import event
 
+from .config import ConfigError
 from .db import observe_queries
 from .errors import Unauthorized
 from .extensions import db
@@ -63,6 +64,24 @@ class LabelCache:
 
 def multiprocess() -> bool:
     return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+
+def ensure_multiprocess_dir() -> None:
+    """Create `PROMETHEUS_MULTIPROC_DIR` when it is set but missing.
+
+    prometheus_client writes each metric of a process to a file there and fails
+    with FileNotFoundError when the folder does not exist, so a `flask` command
+    run before gunicorn (which empties the folder at start) must find it too.
+    Raises ConfigError naming the variable when it cannot be created.
+    """
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not directory:
+        return
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as exc:
+        problem = f"{directory!r} cannot be created: {exc.strerror}"
+        raise ConfigError(f"PROMETHEUS_MULTIPROC_DIR {problem}") from None
 
 
 class TokenMetrics:
@@ -280,6 +299,7 @@ def _track_requests(app, metrics: TokenMetrics) -> None:
 
 def init_metrics(app) -> TokenMetrics:
     """Create the app's metrics, subscribe them to telemetry and serve /metrics if enabled."""
+    ensure_multiprocess_dir()
     registry = CollectorRegistry(auto_describe=True)
     metrics = TokenMetrics(registry)
     app.extensions["tokenpool.metrics"] = metrics

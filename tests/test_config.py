@@ -68,3 +68,33 @@ def test_bad_value_stops_the_start_with_one_line():
     )
     assert result.returncode == 1
     assert result.stderr.strip() == "configuration error: MAX_ACTIVE_TOKENS must be an integer, got 'lots'"
+
+
+@pytest.mark.parametrize(
+    ("env", "limited"), [("development", False), ("testing", False), ("production", True)]
+)
+def test_rate_limits_are_on_by_default_in_production_only(monkeypatch, env, limited):
+    monkeypatch.delenv("ENABLE_RATE_LIMITING", raising=False)
+    app = create_app({"APP_ENV": env, "SECRET_KEY": "x", "LOG_LEVEL": "WARNING"})
+    assert app.config["ENABLE_RATE_LIMITING"] is limited
+    assert app.extensions["tokenpool.limiter"].enabled is limited
+
+
+def test_rate_limits_can_be_switched_on_in_development(monkeypatch):
+    monkeypatch.setenv("ENABLE_RATE_LIMITING", "true")
+    app = create_app({"APP_ENV": "development", "LOG_LEVEL": "WARNING"})
+    assert app.extensions["tokenpool.limiter"].enabled
+
+
+def test_a_missing_prometheus_multiproc_dir_is_created(monkeypatch, tmp_path):
+    folder = tmp_path / "not" / "yet"
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(folder))
+    create_app({"LOG_LEVEL": "WARNING"})
+    assert folder.is_dir()
+
+
+def test_a_prometheus_multiproc_dir_that_cannot_be_created_is_named(monkeypatch, tmp_path):
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "a-file" / "prom"))
+    with pytest.raises(ConfigError, match="PROMETHEUS_MULTIPROC_DIR"):
+        create_app({"LOG_LEVEL": "WARNING"})

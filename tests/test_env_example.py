@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from dotenv import dotenv_values
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -22,3 +24,11 @@ def test_every_variable_is_in_env_example():
     missing = variables_read() - listed
     assert not missing, f"add to .env.example: {sorted(missing)}"
     assert len(variables_read()) > 40
+
+
+def test_a_copied_env_example_gives_no_comment_as_a_value():
+    """Comments on their own lines: `VAR=   # note` would make the note the value in a copied .env."""
+    values = dotenv_values(ROOT / ".env.example")
+    assert {name: value for name, value in values.items() if value and "#" in value} == {}
+    lines = (ROOT / ".env.example").read_text().splitlines()
+    assert [line for line in lines if re.match(r"^[A-Z].*\s#", line)] == []
