@@ -13,11 +13,15 @@ import sys
 import threading
 import traceback
 
-bind = os.environ.get("BIND", "127.0.0.1:8000")
+# PORT and REQUEST_TIMEOUT: aliases from the table in service/config.py (ALIASES); BIND and
+# GUNICORN_TIMEOUT win when both are set. PORT alone binds every interface, as gunicorn does.
+_port = os.environ.get("PORT", "").strip()
+bind = os.environ.get("BIND") or (f"0.0.0.0:{_port}" if _port else "127.0.0.1:8000")
 workers = int(os.environ.get("WEB_CONCURRENCY", min(2 * (os.cpu_count() or 1) + 1, 8)))
 worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "sync")
 threads = int(os.environ.get("GUNICORN_THREADS", "1"))
-timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))  # above the 5 s statement timeout
+# above the 5 s statement timeout
+timeout = int(os.environ.get("GUNICORN_TIMEOUT") or os.environ.get("REQUEST_TIMEOUT") or "30")
 graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "30"))
 keepalive = int(os.environ.get("GUNICORN_KEEPALIVE", "5"))
 # a guard against slow leaks, not a routine: a worker serves 1,000+ requests/s, so 20,000

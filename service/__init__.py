@@ -9,6 +9,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from .api_index import bp as api_bp
 from .apikeys.cli import apikeys_cli
 from .config import load_config
+from .config_cli import config_cli
 from .database_cli import database_cli
 from .db import init_db
 from .errors import register_error_handlers
@@ -56,6 +57,7 @@ def create_app(config: dict | None = None) -> Flask:
     app.cli.add_command(tokens_cli)
     app.cli.add_command(apikeys_cli)
     app.cli.add_command(database_cli)
+    app.cli.add_command(config_cli)
     init_sweeper(app)
     return app
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from limits import parse as parse_limit
@@ -21,9 +23,25 @@ class ConfigError(RuntimeError):
     """A configuration value is missing or malformed; the message names it."""
 
 
-def _int(name: str, default: int, *, minimum: int = 0) -> int:
+def _env(name: str) -> tuple[str, str | None]:
+    """(the variable that gave setting `name` its value, that raw value); None when unset or blank.
+
+    `name` itself wins; else the first accepted alias of ALIASES that is set, its
+    value converted. A bad alias value raises ConfigError naming the alias.
+    """
     raw = os.environ.get(name)
-    if raw is None or raw.strip() == "":
+    if raw is not None and raw.strip():
+        return name, raw
+    for alias in _DIRECT_ALIASES.get(name, ()):
+        raw = os.environ.get(alias.name)
+        if raw is not None and raw.strip():
+            return alias.name, alias.convert(raw) if alias.convert else raw
+    return name, None
+
+
+def _int(name: str, default: int, *, minimum: int = 0) -> int:
+    name, raw = _env(name)
+    if raw is None:
         return default
     try:
         value = int(raw)
@@ -35,8 +53,8 @@ def _int(name: str, default: int, *, minimum: int = 0) -> int:
 
 
 def _float(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    if raw is None or raw.strip() == "":
+    name, raw = _env(name)
+    if raw is None:
         return default
     try:
         value = float(raw)
@@ -47,10 +65,7 @@ def _float(name: str, default: float) -> float:
     return value
 
 
-def _bool(name: str, default: bool) -> bool:
-    raw = os.environ.get(name)
-    if raw is None or raw.strip() == "":
-        return default
+def _parse_bool(name: str, raw: str) -> bool:
     value = raw.strip().lower()
     if value in ("1", "true", "yes", "on"):
         return True
@@ -59,9 +74,96 @@ def _bool(name: str, default: bool) -> bool:
     raise ConfigError(f"{name} must be a boolean (true/false), got {raw!r}")
 
 
+def _bool(name: str, default: bool | None) -> bool | None:
+    name, raw = _env(name)
+    return default if raw is None else _parse_bool(name, raw)
+
+
 def _str(name: str, default: str | None) -> str | None:
-    raw = os.environ.get(name)
-    return default if raw is None or raw.strip() == "" else raw.strip()
+    _name, raw = _env(name)
+    return default if raw is None else raw.strip()
+
+
+def _json_logs(raw: str) -> str:
+    return "json" if _parse_bool("USE_JSON_LOGS", raw) else "console"
+
+
+@dataclass(frozen=True)
+class Alias:
+    """A setting name other guides use, and the name this service reads instead.
+
+    `accepted`: the alias works (canonical name unset or blank: the alias gives
+    the value; both set: the canonical name wins). `convert`: alias value ->
+    canonical value (None: the same value). `direct`: `_env` applies it; False
+    when a dedicated reader combines it (LOG_DIR) or gunicorn.conf.py reads it.
+    """
+
+    name: str
+    canonical: str
+    accepted: bool
+    meaning: str
+    convert: Callable[[str], str] | None = None
+    direct: bool = True
+
+
+# The one table of aliases: docs/CONFIGURATION.md shows it, `flask config check` reports their use.
+ALIASES = (
+    Alias(
+        "REQUEST_TIMEOUT", "GUNICORN_TIMEOUT", True,
+        "seconds a worker may take for one request (read by gunicorn.conf.py)", direct=False,
+    ),
+    Alias(
+        "PORT", "BIND", True,
+        "gunicorn binds 0.0.0.0:$PORT, gunicorn's own rule (read by gunicorn.conf.py); make run serves on it",
+        direct=False,
+    ),
+    Alias("MAX_POOL_SIZE", "POOL_SIZE", True, "database connections each worker keeps open"),
+    Alias("POOL_RECYCLE", "POOL_RECYCLE_SECONDS", True, "seconds before a pooled connection is replaced"),
+    Alias("USE_JSON_LOGS", "LOG_FORMAT", True, "true: json, false: console", convert=_json_logs),
+    Alias("LOG_DIR", "LOG_FILE", True, "log to $LOG_DIR/tokenpool.log", direct=False),
+    Alias(
+        "ENABLE_FILE_LOGGING", "LOG_FILE", True,
+        "true: log to $LOG_DIR/tokenpool.log (LOG_DIR default: instance/logs); false: no log file",
+        direct=False,
+    ),
+    Alias("RATE_LIMIT_MAX", "RATE_LIMIT_PER_MINUTE", True, "requests per client IP and window"),
+    Alias(
+        "RATE_LIMIT_TTL", "RATE_LIMIT_PER_MINUTE", True,
+        "the window in seconds: only 60 (limits count per minute); another value stops the start",
+        direct=False,
+    ),
+    Alias("TRACING_ENABLED", "OTEL_ENABLED", True, "OpenTelemetry tracing on or off"),
+    Alias(
+        "JAEGER_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT", False,
+        "it names Jaeger's own (Thrift) collector; give OTEL_EXPORTER_OTLP_ENDPOINT the collector's "
+        "OTLP address instead (Jaeger takes OTLP on port 4318)",
+    ),
+)
+_DIRECT_ALIASES: dict[str, tuple[Alias, ...]] = {}
+for _alias in ALIASES:
+    if _alias.accepted and _alias.direct:
+        _DIRECT_ALIASES[_alias.canonical] = (*_DIRECT_ALIASES.get(_alias.canonical, ()), _alias)
+
+
+def _log_file(instance_path: str) -> str | None:
+    """LOG_FILE, else the file the aliases LOG_DIR / ENABLE_FILE_LOGGING ask for, else None."""
+    explicit = _str("LOG_FILE", None)
+    if explicit:
+        return explicit
+    enabled, folder = _bool("ENABLE_FILE_LOGGING", None), _str("LOG_DIR", None)
+    if enabled is False or (enabled is None and folder is None):
+        return None
+    return str(Path(folder or Path(instance_path) / "logs") / "tokenpool.log")
+
+
+def _rate_limit_per_minute() -> int:
+    """RATE_LIMIT_PER_MINUTE (alias RATE_LIMIT_MAX); the alias RATE_LIMIT_TTL may only say 60 seconds."""
+    window = _int("RATE_LIMIT_TTL", 60, minimum=1)
+    if window != 60:
+        raise ConfigError(
+            f"RATE_LIMIT_TTL must be 60 (limits count per minute; set RATE_LIMIT_PER_MINUTE), got {window}"
+        )
+    return _int("RATE_LIMIT_PER_MINUTE", 100, minimum=1)
 
 
 def _lifetime_seconds() -> int:
@@ -109,12 +211,13 @@ def _from_environment(instance_path: str, env: str) -> dict:
         "SWEEPER_ENABLED": _bool("SWEEPER_ENABLED", env != "testing"),
         "POOL_SIZE": _int("POOL_SIZE", 5, minimum=1),
         "POOL_MAX_OVERFLOW": _int("POOL_MAX_OVERFLOW", 5, minimum=0),
+        "POOL_RECYCLE_SECONDS": _int("POOL_RECYCLE_SECONDS", 1800, minimum=1),
         "DB_CONNECT_TIMEOUT": _int("DB_CONNECT_TIMEOUT", 3, minimum=1),
         "DB_STATEMENT_TIMEOUT_MS": _int("DB_STATEMENT_TIMEOUT_MS", 5000, minimum=0),
         "MAX_CONTENT_LENGTH": _int("MAX_CONTENT_LENGTH", 64 * 1024, minimum=1),
         "LOG_LEVEL": (_str("LOG_LEVEL", "INFO") or "INFO").upper(),
         "LOG_FORMAT": _str("LOG_FORMAT", "json" if env == "production" else "console"),
-        "LOG_FILE": _str("LOG_FILE", None),
+        "LOG_FILE": _log_file(instance_path),
         "LOG_ERROR_FILE": _str("LOG_ERROR_FILE", None),
         "LOG_ASYNC": _bool("LOG_ASYNC", False),
         "LOG_FILE_MAX_BYTES": _int("LOG_FILE_MAX_BYTES", 50 * 1024 * 1024, minimum=1024),
@@ -130,7 +233,7 @@ def _from_environment(instance_path: str, env: str) -> dict:
         # on in production; off in development (a developer's loop of curls or scripts
         # must not meet 429) and testing; ENABLE_RATE_LIMITING=true turns them on anywhere
         "ENABLE_RATE_LIMITING": _bool("ENABLE_RATE_LIMITING", env == "production"),
-        "RATE_LIMIT_PER_MINUTE": _int("RATE_LIMIT_PER_MINUTE", 100, minimum=1),
+        "RATE_LIMIT_PER_MINUTE": _rate_limit_per_minute(),
         "API_KEY_RATE_LIMIT_PER_MINUTE": _int("API_KEY_RATE_LIMIT_PER_MINUTE", 600, minimum=1),
         "API_KEY_RATE_LIMIT_PER_HOUR": _int("API_KEY_RATE_LIMIT_PER_HOUR", 20000, minimum=1),
         "RATE_LIMIT_LEASE": _int("RATE_LIMIT_LEASE", 32, minimum=1),
@@ -150,9 +253,15 @@ def _from_environment(instance_path: str, env: str) -> dict:
         "HEALTH_CHECK_TIMEOUT": _float("HEALTH_CHECK_TIMEOUT", 3.0),
         "SWEEPER_STALE_INTERVALS": _int("SWEEPER_STALE_INTERVALS", 4, minimum=2),
         "MEMORY_LIMIT_MB": _int("MEMORY_LIMIT_MB", 512, minimum=16),
+        "WEB_CONCURRENCY": _int("WEB_CONCURRENCY", 0),  # gunicorn's workers; 0: gunicorn.conf.py's default
         "PROXY_FIX_X_FOR": _int("PROXY_FIX_X_FOR", 0),
         "PROXY_FIX_X_PROTO": _int("PROXY_FIX_X_PROTO", 0),
     }
+
+
+def setting_names(instance_path: str, env: str) -> list[str]:
+    """The `app.config` keys read from the environment, in reading order (for `flask config check`)."""
+    return list(_from_environment(instance_path, env))
 
 
 def _validate(config: dict) -> None:
@@ -205,7 +314,7 @@ def engine_options(config: dict) -> dict:
         "max_overflow": config["POOL_MAX_OVERFLOW"],
         # no pre-ping round trip per checkout: run_transaction retries once on a dropped connection
         "pool_pre_ping": False,
-        "pool_recycle": 1800,
+        "pool_recycle": config["POOL_RECYCLE_SECONDS"],
         "pool_timeout": config["DB_CONNECT_TIMEOUT"],
         "connect_args": {"connect_timeout": config["DB_CONNECT_TIMEOUT"], "options": options},
     }
