@@ -11,10 +11,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_worker_start_freezes_the_loaded_app_out_of_the_collector():
     script = (
-        "import gc, runpy, wsgi\n"
+        "import gc, runpy, types, wsgi\n"
         "hooks = runpy.run_path('gunicorn.conf.py')\n"
         "before = gc.get_freeze_count()\n"
-        "hooks['post_worker_init'](object())\n"
+        "hooks['post_worker_init'](types.SimpleNamespace(wsgi=wsgi.app, run=lambda: None))\n"
         "print(before, gc.get_freeze_count())\n"
     )
     env = {"PATH": "/usr/bin:/bin", "APP_ENV": "development", "LOG_LEVEL": "WARNING"}

@@ -1,0 +1,168 @@
+"""Stop a gunicorn worker without resetting a connection it had already let in.
+
+When the last process holding a listening socket closes it, the kernel resets
+every connection still waiting in the socket's accept queue: clients that had
+connected (and sent their request) get "connection reset", and a proxy cannot
+tell whether a POST was processed, so it does not retry it. gunicorn's own
+shutdown closes the socket after the workers' current requests, whatever is
+queued behind them.
+
+`finish(worker)` ends the drain of one worker instead, in this order:
+
+1. New connections are no longer let in: a socket filter on the listening
+   socket drops the first packet of a new connection (a SYN without ACK), so
+   nothing more enters the accept queue. The client's kernel sends the SYN
+   again after about a second.
+2. After `SETTLE_SECONDS` (handshakes already under way complete), every
+   connection in the queue is accepted (sync workers keep them to serve;
+   other worker types wait until their own loop has accepted them).
+3. This worker's descriptor of the listening socket is swapped for a socket
+   nobody connects to, so a worker still busy with a long request does not
+   keep the port open. When every worker has done so the port is closed and
+   the repeated SYN is refused: nginx retries it on another instance, even a
+   POST, because nothing was sent.
+4. The worker serves what it accepted, then exits; gunicorn's master kills
+   what is left at `graceful_timeout`.
+
+Linux only for step 1 (other systems skip it: a connection arriving in the
+microseconds between the last accept and the close can then still be reset).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import logging
+import os
+import select
+import socket
+import struct
+import threading
+import time
+
+log = logging.getLogger("tokenpool.drain")
+
+_lock = threading.Lock()
+_accepted: list = []  # (listener, client, address) taken by `finish`, for `serve_accepted`
+
+SETTLE_SECONDS = 0.2  # round trips of handshakes already under way; a LAN needs a millisecond
+SO_ATTACH_FILTER = getattr(socket, "SO_ATTACH_FILTER", 26)  # Linux, <asm-generic/socket.h>
+
+# Classic BPF, run by the kernel on each packet for the listening socket with
+# the TCP header at offset 0: drop SYN-without-ACK (a new connection), keep the
+# rest (the final ACK of a handshake under way, data of queued connections).
+_SYN_DROP = (
+    (0x30, 0, 0, 13),  # ldb [13]          TCP flags
+    (0x54, 0, 0, 0x12),  # and #0x12         SYN | ACK
+    (0x15, 0, 1, 0x02),  # jeq #0x02         only SYN: a new connection
+    (0x06, 0, 0, 0),  # ret #0            drop
+    (0x06, 0, 0, 0xFFFFFFFF),  # ret #-1           keep the whole packet
+)
+
+
+def refuse_new_connections(sock: socket.socket) -> bool:
+    """Let no new TCP connection into `sock`'s accept queue (step 1); False where not possible."""
+    if sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return False  # a Unix socket's path is unlinked by gunicorn's master at SIGTERM
+    code = ctypes.create_string_buffer(b"".join(struct.pack("HBBI", *op) for op in _SYN_DROP))
+    program = struct.pack("HP", len(_SYN_DROP), ctypes.addressof(code))  # struct sock_fprog
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, program)
+    except OSError as exc:
+        log.warning("cannot hold new connections back during the drain: %s", exc)
+        return False
+    return True
+
+
+def queue_is_empty(sock: socket.socket) -> bool:
+    """No connection is waiting in `sock`'s accept queue (a listening socket is readable then)."""
+    try:
+        return not select.select([sock], [], [], 0)[0]
+    except (OSError, ValueError):  # closed
+        return True
+
+
+def accept_waiting(sock: socket.socket) -> list[tuple[socket.socket, object]]:
+    """Every connection waiting in `sock`'s accept queue now, as (client, address)."""
+    accepted = []
+    while True:
+        try:
+            client, address = sock.accept()
+        except BlockingIOError:
+            return accepted
+        except OSError as exc:
+            if exc.errno in (errno.ECONNABORTED, errno.EINTR):
+                continue
+            return accepted  # closed or shut down: nothing more to take
+        client.setblocking(True)
+        accepted.append((client, address))
+
+
+def release(sock: socket.socket) -> None:
+    """Drop this process's hold on the listening socket without touching its descriptor number.
+
+    `dup2` puts a socket nobody connects to (listening on an ephemeral loopback
+    port, non-blocking) in its place, so a thread of this process that reaches
+    `accept()` or `select()` on the old number finds an empty queue, never a
+    closed or reused descriptor.
+    """
+    placeholder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        placeholder.bind(("127.0.0.1", 0))
+        placeholder.listen(1)
+        placeholder.setblocking(False)
+        os.dup2(placeholder.fileno(), sock.fileno())
+    finally:
+        placeholder.close()
+
+
+class _Listener:
+    """What a sync worker's `handle()` asks of a listener: its address, kept from before `release`."""
+
+    def __init__(self, name) -> None:
+        self._name = name
+
+    def getsockname(self):
+        return self._name
+
+
+def finish(worker, deadline: float) -> None:
+    """Steps 1-3 for one gunicorn worker (called from a thread); step 4 is `serve_accepted`.
+
+    `deadline` (time.monotonic()) bounds the wait of non-sync workers for their
+    queue to empty. Ends by setting `worker.alive = False` and waking its loop.
+    """
+    from gunicorn.workers.sync import SyncWorker
+
+    try:
+        sockets = [getattr(listener, "sock", listener) for listener in worker.sockets]
+        for sock in sockets:
+            refuse_new_connections(sock)
+        time.sleep(SETTLE_SECONDS)
+        for sock in sockets:
+            name = sock.getsockname()
+            if isinstance(worker, SyncWorker):
+                taken = [(_Listener(name), client, address) for client, address in accept_waiting(sock)]
+                with _lock:
+                    _accepted.extend(taken)
+            else:  # their loop accepts into their own pool of connections
+                while not queue_is_empty(sock) and time.monotonic() < deadline:
+                    time.sleep(0.01)
+            release(sock)
+    except Exception:
+        log.exception("drain: could not stop accepting cleanly")
+    finally:
+        worker.alive = False
+        os.write(worker.PIPE[1], b"1")  # wake the worker's select() so its loop ends now
+
+
+def serve_accepted(worker) -> int:
+    """Step 4, in the worker's main thread after its loop ended: serve what `finish` accepted."""
+    with _lock:
+        accepted = _accepted[:]
+        del _accepted[:]
+    for listener, client, address in accepted:
+        worker.notify()
+        worker.handle(listener, client, address)
+    return len(accepted)
+
