@@ -47,7 +47,8 @@ def on_starting(server):
     """Stop at once on a bad setting; start with an empty Prometheus multiprocess folder.
 
     The app is built once in a throwaway child process before any socket is
-    bound: a bad setting prints the flask CLI's one line and gunicorn exits 1,
+    bound, and the metrics folder must have room for the workers: a bad
+    setting prints the flask CLI's one line and gunicorn exits 1,
     instead of a master that restarts crashing workers forever. The master
     itself never imports the app (workers build their own after the fork).
     Stale metrics files from old pids lie, so the folder is emptied (before
@@ -80,6 +81,9 @@ def _app_check_fails(server) -> bool:
         code = 0
         try:
             server.app.wsgi()
+            from service.metrics_storage import check_at_start
+
+            check_at_start()
         except SystemExit as exc:  # wsgi.py has printed its one line
             code = exc.code if isinstance(exc.code, int) else 1
             if isinstance(exc.code, str):

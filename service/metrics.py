@@ -28,7 +28,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from sqlalchemy import event
 
-from .config import ConfigError
+from . import metrics_storage
 from .db import observe_queries
 from .errors import Unauthorized
 from .extensions import db
@@ -66,22 +66,19 @@ def multiprocess() -> bool:
     return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 
 
-def ensure_multiprocess_dir() -> None:
-    """Create `PROMETHEUS_MULTIPROC_DIR` when it is set but missing.
+def ensure_multiprocess_dir() -> bool:
+    """Create `PROMETHEUS_MULTIPROC_DIR` when it is set but missing; True when it is set.
 
     prometheus_client writes each metric of a process to a file there and fails
     with FileNotFoundError when the folder does not exist, so a `flask` command
     run before gunicorn (which empties the folder at start) must find it too.
-    Raises ConfigError naming the variable when it cannot be created.
+    Raises ConfigError naming the variable when it cannot be created or written.
     """
-    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    directory = os.environ.get(metrics_storage.ENV)
     if not directory:
-        return
-    try:
-        os.makedirs(directory, exist_ok=True)
-    except OSError as exc:
-        problem = f"{directory!r} cannot be created: {exc.strerror}"
-        raise ConfigError(f"PROMETHEUS_MULTIPROC_DIR {problem}") from None
+        return False
+    metrics_storage.check_folder(directory)
+    return True
 
 
 class TokenMetrics:
@@ -298,8 +295,13 @@ def _track_requests(app, metrics: TokenMetrics) -> None:
 
 
 def init_metrics(app) -> TokenMetrics:
-    """Create the app's metrics, subscribe them to telemetry and serve /metrics if enabled."""
-    ensure_multiprocess_dir()
+    """Create the app's metrics, subscribe them to telemetry and serve /metrics if enabled.
+
+    With `PROMETHEUS_MULTIPROC_DIR` set, raises ConfigError when that folder cannot
+    be created or written, and makes the samples' files full-disk safe (metrics_storage).
+    """
+    if ensure_multiprocess_dir():
+        metrics_storage.use_reserved_files()
     registry = CollectorRegistry(auto_describe=True)
     metrics = TokenMetrics(registry)
     app.extensions["tokenpool.metrics"] = metrics

@@ -16,6 +16,7 @@ from flask import current_app
 from flask_migrate import Migrate
 from sqlalchemy import inspect, text
 
+from .. import metrics_storage
 from ..extensions import db
 from ..log_files import configured_files, write_failures
 from ..timeutil import isoformat, utcnow
@@ -205,6 +206,22 @@ def log_files() -> dict:
 def disk() -> dict:
     """The instance folder's file system (or the working folder's when it has none)."""
     return free_space(current_app.instance_path if os.path.isdir(current_app.instance_path) else ".")
+
+
+def metrics_folder() -> dict:
+    """The Prometheus multiprocess folder: room on its file system, and every sample stored.
+
+    Degraded below `metrics_storage.MIN_FREE_BYTES` (or 5 %) free, or once a sample
+    of this process could not be written (it is then missing from /metrics).
+    """
+    directory = os.environ.get(metrics_storage.ENV)
+    if not directory:
+        return {"status": HEALTHY, "configured": False}
+    result = {"configured": True, **free_space(directory, min_free_bytes=metrics_storage.MIN_FREE_BYTES)}
+    error = metrics_storage.storage_error()
+    if error:
+        result.update(status=DEGRADED, error=f"samples kept in memory only: {error}")
+    return result
 
 
 def now():

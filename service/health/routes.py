@@ -172,6 +172,7 @@ def detailed_report() -> dict:
                 "memory": checks.memory,
                 "disk": checks.disk,
                 "log_files": checks.log_files,
+                "metrics_folder": checks.metrics_folder,
             },
             app,
             app.config["HEALTH_CHECK_TIMEOUT"],
@@ -267,6 +268,7 @@ MEASUREMENT = {
     "memory": "rss",
     "disk": "free",
     "log_files": "free",
+    "metrics_folder": "free",
 }
 
 

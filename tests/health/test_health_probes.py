@@ -21,7 +21,16 @@ LIVE = ["/health/live", "/health/liveness", "/live"]
 READY = ["/health/ready", "/health/readiness", "/ready"]
 DETAILED = ["/health", "/health/detailed"]
 EVERY_PATH = QUICK + LIVE + READY + ["/health/startup"] + DETAILED
-CHECK_NAMES = {"database", "redis", "token_manager", "tokens", "memory", "disk", "log_files"}
+CHECK_NAMES = {
+    "database",
+    "redis",
+    "token_manager",
+    "tokens",
+    "memory",
+    "disk",
+    "log_files",
+    "metrics_folder",
+}
 sweeper_state = SweeperState.__table__
 ISO_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 

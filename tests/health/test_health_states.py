@@ -155,6 +155,7 @@ def test_health_json_shape(app, client):
         "memory:rss",
         "disk:free",
         "log_files:free",
+        "metrics_folder:free",
     }
     for key, entries in body["checks"].items():
         assert CHECK_KEY.match(key)

@@ -1,0 +1,236 @@
+"""Prometheus multiprocess files that a full folder cannot turn into a crash.
+
+prometheus_client keeps each process's samples in memory-mapped files under
+`PROMETHEUS_MULTIPROC_DIR` and grows them as sparse files: the disk blocks are
+only taken when a page is first written through the mapping, and on a full
+file system that write kills the process with SIGBUS. A new worker writes at
+once, so it dies at boot, and gunicorn starts the next one forever.
+
+Here every byte of a file is reserved (`posix_fallocate`) before it is mapped,
+when the file is created and each time it grows, so a full folder becomes an
+OSError at that moment. A series whose file cannot take it keeps counting in
+this process's memory (it is missing from the scrape, the process lives on),
+one WARNING line says so, and `storage_error()` reports it to `/health`.
+
+Sizes (measured with this service's metrics): a process writes 4 files
+(counter, histogram, gauge_livesum, gauge_max) of at least 64 KiB each;
+`PROCESS_RESERVE_BYTES` is what one process may need with the bounded label
+values, `folder_bytes(workers)` what the folder needs (docs/DEPLOYMENT.md).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import threading
+
+from prometheus_client import values
+from prometheus_client.mmap_dict import MmapedDict, mmap_key
+
+from .config import ConfigError
+
+log = logging.getLogger("tokenpool.metrics")
+
+ENV = "PROMETHEUS_MULTIPROC_DIR"
+FILE_BYTES = 1 << 16  # prometheus_client's first size of a file (_INITIAL_MMAP_SIZE)
+PROCESS_RESERVE_BYTES = 4 << 20  # 4 files, the histogram grown to 2 MiB by bounded labels
+MIN_FREE_BYTES = 2 * PROCESS_RESERVE_BYTES  # below this at start: refuse; in /health: degraded
+
+_failure: dict = {"error": None, "count": 0}
+_failure_lock = threading.Lock()
+
+
+def folder_bytes(workers: int) -> int:
+    """Room the metrics folder needs: each live worker, the files dead ones left, the margin.
+
+    Dead workers' counters stay on disk for the scrape (about one worker's worth per
+    restart with `max_requests`); the margin covers a start-up check and a replacement.
+    """
+    return (2 * workers + 2) * PROCESS_RESERVE_BYTES
+
+
+def storage_error() -> str | None:
+    """The last reason a sample could not go to its file in this process, or None."""
+    return _failure["error"]
+
+
+def _failed(exc: OSError, filename: str) -> None:
+    with _failure_lock:
+        first = _failure["error"] is None
+        _failure["error"] = f"{os.strerror(exc.errno) if exc.errno else exc} ({os.path.basename(filename)})"
+        _failure["count"] += 1
+    if first:
+        log.warning(
+            "metrics folder %s cannot take more samples (%s): new series of this process stay in memory"
+            " and are missing from /metrics until it restarts",
+            os.path.dirname(filename),
+            _failure["error"],
+        )
+
+
+def _reserve(fd: int, size: int) -> None:
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL):  # no fallocate here: as sparse as before
+            os.ftruncate(fd, max(size, os.fstat(fd).st_size))
+            return
+        raise
+
+
+class ReservedMmapedDict(MmapedDict):
+    """prometheus_client's MmapedDict with every page reserved on disk before it is mapped.
+
+    Raises OSError (ENOSPC) when the file cannot be created or grown, never SIGBUS later.
+    """
+
+    def __init__(self, filename: str, read_mode: bool = False) -> None:
+        if not read_mode:
+            created = not os.path.exists(filename)
+            fd = os.open(filename, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                _reserve(fd, max(os.fstat(fd).st_size, FILE_BYTES))
+            except OSError:
+                if created:
+                    os.unlink(filename)  # an empty file would be mapped sparse next time
+                raise
+            finally:
+                os.close(fd)
+        super().__init__(filename, read_mode)
+
+    def _init_value(self, key: str) -> None:
+        encoded = len(key.encode("utf-8"))
+        needed = self._used + 4 + encoded + (8 - (encoded + 4) % 8) + 16  # MmapedDict's entry layout
+        capacity = self._capacity
+        while needed > capacity:
+            capacity *= 2
+        if capacity != self._capacity:
+            _reserve(self._f.fileno(), capacity)  # the parent then maps the grown file
+        super()._init_value(key)
+
+
+def ReservedMultiProcessValue(process_identifier=os.getpid):  # noqa: N802 (prometheus_client's shape)
+    """prometheus_client's MultiProcessValue on `ReservedMmapedDict`, falling back to memory on OSError."""
+    files: dict[str, ReservedMmapedDict] = {}
+    instances: list = []
+    pid = {"value": process_identifier()}
+    lock = threading.Lock()
+
+    class ReservedValue:
+        _multiprocess = True
+
+        def __init__(self, typ, metric_name, name, labelnames, labelvalues, help_text, multiprocess_mode="", **_):  # noqa: E501
+            self._params = (typ, metric_name, name, labelnames, labelvalues, help_text, multiprocess_mode)
+            with lock:
+                self._check_for_pid_change()
+                self._reset()
+                instances.append(self)
+
+        def _reset(self) -> None:
+            typ, metric_name, name, labelnames, labelvalues, help_text, mode = self._params
+            prefix = f"{typ}_{mode}" if typ == "gauge" else typ
+            self._key = mmap_key(metric_name, name, labelnames, labelvalues, help_text)
+            self._value, self._timestamp, self._file = 0.0, 0.0, None
+            filename = os.path.join(os.environ[ENV], f"{prefix}_{pid['value']}.db")
+            try:
+                if prefix not in files:
+                    files[prefix] = ReservedMmapedDict(filename)
+                self._value, self._timestamp = files[prefix].read_value(self._key)
+                self._file = files[prefix]
+            except OSError as exc:
+                _failed(exc, filename)
+
+        def _check_for_pid_change(self) -> None:
+            actual = process_identifier()
+            if pid["value"] != actual:  # forked: this process writes files of its own
+                pid["value"] = actual
+                for f in files.values():
+                    f.close()
+                files.clear()
+                for value in instances:
+                    value._reset()
+
+        def _write(self) -> None:
+            if self._file is None:
+                return
+            try:
+                self._file.write_value(self._key, self._value, self._timestamp)
+            except OSError as exc:
+                _failed(exc, self._file._fname)
+                self._file = None
+
+        def inc(self, amount) -> None:
+            with lock:
+                self._check_for_pid_change()
+                self._value += amount
+                self._timestamp = 0.0
+                self._write()
+
+        def set(self, value, timestamp=None) -> None:
+            with lock:
+                self._check_for_pid_change()
+                self._value = value
+                self._timestamp = timestamp or 0.0
+                self._write()
+
+        def set_exemplar(self, exemplar) -> None:
+            return  # not in multiprocess mode (as prometheus_client)
+
+        def get(self):
+            with lock:
+                self._check_for_pid_change()
+                return self._value
+
+        def get_exemplar(self):
+            return None
+
+    return ReservedValue
+
+
+def use_reserved_files() -> None:
+    """Make metrics created from now on write reserved files, when `PROMETHEUS_MULTIPROC_DIR` is set.
+
+    prometheus_client reads `values.ValueClass` each time a metric's child is created.
+    """
+    if os.environ.get(ENV) and not getattr(values.ValueClass, "_reserved", False):
+        values.ValueClass = ReservedMultiProcessValue()
+        values.ValueClass._reserved = True
+
+
+def check_folder(directory: str, min_free_bytes: int = 0) -> None:
+    """Create `directory` if missing; raise ConfigError (naming the variable) if it cannot hold files.
+
+    Checks that it is a folder this process can write, and that its file system
+    has at least `min_free_bytes` free.
+    """
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{ENV} folder {directory!r} cannot be created: {exc.strerror}") from None
+    if not os.path.isdir(directory):
+        raise ConfigError(f"{ENV} must name a folder, {directory!r} is not one")
+    probe = os.path.join(directory, f".write-check-{os.getpid()}")
+    try:
+        with open(probe, "wb"):
+            pass
+        os.unlink(probe)
+    except OSError as exc:
+        raise ConfigError(f"{ENV} folder {directory!r} is not writable: {exc.strerror}") from None
+    free = os.statvfs(directory)
+    free_bytes = free.f_bavail * free.f_frsize
+    if free_bytes < min_free_bytes:
+        raise ConfigError(
+            f"{ENV} folder {directory!r} has {free_bytes // 2**10} KiB free, needs at least"
+            f" {min_free_bytes // 2**10} KiB (see docs/DEPLOYMENT.md for its size)"
+        )
+
+
+def check_at_start() -> None:
+    """At gunicorn's start: the metrics folder (if any) is usable and has `MIN_FREE_BYTES` free.
+
+    Raises ConfigError naming `PROMETHEUS_MULTIPROC_DIR`.
+    """
+    directory = os.environ.get(ENV)
+    if directory:
+        check_folder(directory, MIN_FREE_BYTES)

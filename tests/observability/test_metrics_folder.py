@@ -1,0 +1,132 @@
+"""PROMETHEUS_MULTIPROC_DIR on a small, full or read-only file system, under a real gunicorn.
+
+Each test mounts its own tmpfs (root only; skipped elsewhere) and unmounts it afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import time
+
+import psutil
+import pytest
+
+from service import metrics_storage
+from tests.procs import ROOT, VENV_BIN, Gunicorn, free_port, http_get, wait_for
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+@contextlib.contextmanager
+def tmpfs(path, size: str, *options: str):
+    path.mkdir(parents=True, exist_ok=True)
+    mount = ["mount", "-t", "tmpfs", "-o", ",".join((f"size={size}", *options)), "tmpfs", str(path)]
+    if os.geteuid() != 0 or subprocess.run(mount, capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill(directory) -> None:
+    """Take every free byte of the file system holding `directory`."""
+    with open(os.path.join(directory, "filler"), "wb", buffering=0) as f:
+        for size in (1 << 16, 1 << 12):
+            with contextlib.suppress(OSError):
+                while True:
+                    f.write(b"\0" * size)
+    assert os.statvfs(directory).f_bavail == 0
+
+
+def _env(tmp_path, folder) -> dict:
+    return {
+        "DATABASE_URL": f"sqlite:///{tmp_path}/db.sqlite3",
+        "PROMETHEUS_MULTIPROC_DIR": str(folder),
+        "LOG_LEVEL": "WARNING",
+    }
+
+
+def _gunicorn_refuses(env: dict) -> str:
+    """Run gunicorn expecting a refusal; return its one configuration line."""
+    full = {
+        "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+        "APP_ENV": "production",
+        "SECRET_KEY": "test-secret",
+        "BIND": f"127.0.0.1:{free_port()}",
+        "WEB_CONCURRENCY": "2",
+        **env,
+    }
+    done = subprocess.run(
+        [str(VENV_BIN / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"],
+        cwd=ROOT,
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 1, output
+    assert "Traceback" not in output and "Booting worker" not in output, output
+    lines = [line for line in output.splitlines() if "configuration error" in line]
+    assert len(lines) == 1, output
+    return lines[0]
+
+
+def test_a_metrics_folder_with_too_little_room_stops_the_start_with_one_line(tmp_path):
+    with tmpfs(tmp_path / "prom", "1M") as folder:
+        line = _gunicorn_refuses(_env(tmp_path, folder))
+    assert line.startswith("configuration error: PROMETHEUS_MULTIPROC_DIR folder"), line
+    assert "KiB free, needs at least" in line, line
+
+
+@pytest.mark.parametrize("where", ["folder", "missing-below"])
+def test_a_read_only_or_uncreatable_metrics_folder_stops_the_start_with_one_line(tmp_path, where):
+    with tmpfs(tmp_path / "ro", "1M", "ro") as mount:
+        folder = mount if where == "folder" else mount / "prometheus"
+        line = _gunicorn_refuses(_env(tmp_path, folder))
+    assert line.startswith("configuration error: PROMETHEUS_MULTIPROC_DIR folder"), line
+    assert "Read-only file system" in line, line
+
+
+def _workers(master: int) -> set[int]:
+    return {p.pid for p in psutil.Process(master).children()}
+
+
+def test_a_full_metrics_folder_never_kills_workers_and_shows_in_health(tmp_path):
+    size = metrics_storage.MIN_FREE_BYTES + (1 << 20)
+    with tmpfs(tmp_path / "prom", f"{size // 1024}k") as folder:
+        g = Gunicorn(_env(tmp_path, folder), workers=2)
+        try:
+            g.start()
+            checks = json.loads(http_get(g.url + "/health")[1])["checks"]
+            assert checks["metrics_folder"]["status"] == "healthy", checks
+            fill(folder)
+            before = _workers(g.proc.pid)
+            victim = min(before)
+            os.kill(victim, signal.SIGKILL)  # its replacement boots on the full folder
+            wait_for(lambda: len(_workers(g.proc.pid) - before) == 1, 30, what="a replacement worker")
+            # new series in both workers: 404s, 405s, an unknown method, responses of new sizes
+            statuses = []
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                for path in ("/healthz", "/nothing-here", "/api/tokens/summary", "/health/live"):
+                    statuses.append(http_get(g.url + path, timeout=5)[0])
+            health = json.loads(http_get(g.url + "/health")[1])["checks"]["metrics_folder"]
+            metrics_status = http_get(g.url + "/metrics")[0]
+            workers_now = _workers(g.proc.pid)
+            log = g.log_lines()
+        finally:
+            g.stop()
+    boots = [line for line in log if "Booting worker" in line]
+    assert len(boots) == 3, boots  # two at start, one replacement: no restart loop
+    assert victim not in workers_now and len(workers_now) == 2 and g.proc.returncode == 0
+    assert "SIGBUS" not in "\n".join(log) and "signal 7" not in "\n".join(log)
+    assert 200 in statuses and all(s in (200, 404, 503) for s in statuses), sorted(set(statuses))
+    assert health["status"] == "degraded", health
+    assert metrics_status == 200
+    assert any("metrics folder" in line and "cannot take more samples" in line for line in log), log[-20:]
