@@ -144,7 +144,7 @@ def post_worker_init(worker):
     from service.health.checks import draining
     from service.tokens.sweeper import start_sweeper
 
-    start_sweeper(worker.wsgi)
+    start_sweeper(getattr(worker, "wsgi", None))  # the loaded app (absent in a bare hook test)
 
     def drain(sig, frame):
         if draining.is_set():
