@@ -24,6 +24,7 @@ from .openapi import bp as openapi_bp
 from .ratelimit import init_rate_limits
 from .request_context import init_request_context
 from .security import exempt_from_https_redirect, init_security
+from .slow_log import init_slow_query_log
 from .telemetry import init_telemetry
 from .tokens import bp as tokens_bp
 from .tokens.cli import tokens_cli
@@ -43,6 +44,7 @@ def create_app(config: dict | None = None) -> Flask:
     init_request_context(app)
     init_telemetry(app)
     init_db(app)
+    init_slow_query_log(app)
     init_metrics(app)
     init_tracing(app)
     init_invalidation(app)

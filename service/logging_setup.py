@@ -41,7 +41,7 @@ class RepeatFilter(logging.Filter):
     """One line per kind of failure per window, then one summary line with the count of repeats.
 
     A kind is a WARNING-or-worse record's logger, level, message template and
-    arguments, exception class, `error_code` and `reason`. The first record of
+    arguments, exception class, `error_code`, `reason`, `statement` and `path`. The first record of
     a kind in a window passes whole (its traceback included); the rest of the
     window is counted, not written, and a summary line (`event=log_repeats`,
     `repeats`, `window_seconds`) follows when the window closes. Lines below
@@ -112,6 +112,8 @@ def _kind(record: logging.LogRecord) -> tuple:
         exc,
         getattr(record, "error_code", None),
         getattr(record, "reason", None),
+        getattr(record, "statement", None),  # slow queries: one kind per statement
+        getattr(record, "path", None),  # slow requests: one kind per route
     )
     try:
         hash(kind)

@@ -224,20 +224,11 @@ class PoolCollector:
 
 def _track_database(app, metrics: TokenMetrics) -> None:
     slow_ms = app.config["SLOW_QUERY_MS"]
-    slow_log = logging.getLogger("tokenpool.slow")
 
     def on_query(statement: str, elapsed: float) -> None:
         metrics.query_duration.observe(elapsed)
         if elapsed * 1000 >= slow_ms:
-            metrics.slow_queries.inc()
-            slow_log.warning(
-                "slow query",
-                extra={
-                    "event": "slow_query",
-                    "duration_ms": round(elapsed * 1000, 1),
-                    "statement": statement[:500],
-                },
-            )
+            metrics.slow_queries.inc()  # the line: service/slow_log.py
 
     observe_queries(app, on_query)
     with app.app_context():
@@ -262,7 +253,6 @@ def _track_requests(app, metrics: TokenMetrics) -> None:
     cost ~17 us).
     """
     slow_ms = app.config["SLOW_REQUEST_MS"]
-    slow_log = logging.getLogger("tokenpool.slow")
     child = metrics.child
 
     @app.before_request
@@ -287,11 +277,7 @@ def _track_requests(app, metrics: TokenMetrics) -> None:
             metrics.in_progress.dec()
             duration_ms = g.get("duration_ms")
             if duration_ms is not None and duration_ms >= slow_ms:
-                metrics.slow_requests.inc()
-                slow_log.warning(
-                    "slow request",
-                    extra={"event": "slow_request", "duration_ms": duration_ms, "path": url_rule(request)},
-                )
+                metrics.slow_requests.inc()  # the line: service/slow_log.py
 
 
 def init_metrics(app) -> TokenMetrics:

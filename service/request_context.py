@@ -9,8 +9,10 @@ import uuid
 
 from flask import g, request
 
+from .labels import url_rule
+from .slow_log import slow_request
+
 log = logging.getLogger("tokenpool.access")
-slow_log = logging.getLogger("tokenpool.slow")
 
 # what we accept from a client or nginx: short, printable, no separators
 VALID_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/+=-]{0,127}$")
@@ -35,13 +37,15 @@ def elapsed_ms() -> float:
     return round((time.perf_counter() - g.start_time) * 1000, 3)
 
 
-def _after(response):
+def _after(response, slow_ms: float = float("inf")):
     ctx, req = g._get_current_object(), request._get_current_object()
     # only this hook writes them: added, not searched for and replaced
     response.headers.extend((("X-Request-ID", ctx.request_id), ("X-Correlation-ID", ctx.correlation_id)))
     ctx.duration_ms = duration_ms = elapsed_ms()
     path, method, status = req.path, req.method, response.status_code
     level = logging.DEBUG if path.startswith(QUIET_PREFIXES) else logging.INFO
+    if duration_ms >= slow_ms and level == logging.INFO:
+        slow_request(url_rule(req), duration_ms)
     if log.isEnabledFor(level):
         fields = {
             "method": method,
@@ -58,5 +62,10 @@ def _after(response):
 
 def init_request_context(app) -> None:
     """Register the hooks; they run first and last around every request."""
+    slow_ms = app.config["SLOW_REQUEST_MS"]
+
+    def after(response):
+        return _after(response, slow_ms)
+
     app.before_request_funcs.setdefault(None, []).insert(0, _before)
-    app.after_request(_after)
+    app.after_request(after)
