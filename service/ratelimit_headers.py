@@ -31,16 +31,18 @@ EXPOSED = (
     "Retry-After",
 )
 
-_policies: dict[tuple, str] = {}
+_specs: dict[tuple[str, int, int], tuple] = {}
 
 
-def _policy(kind: str, amount: int, window: int) -> str:
-    """`"key-minute";q=600;w=60`, formatted once per policy."""
+def _spec(kind: str, amount: int, window: int) -> tuple[str, str, str, tuple[str, ...]]:
+    """(limit as text, RateLimit-Policy item, RateLimit item prefix, legacy per-window names), made once."""
     key = (kind, amount, window)
-    text = _policies.get(key)
-    if text is None:
-        text = _policies[key] = f'"{POLICY_NAMES[kind]}";q={amount};w={window}'
-    return text
+    spec = _specs.get(key)
+    if spec is None:
+        name = POLICY_NAMES[kind]
+        per_window = LEGACY_OF_WINDOW[window] if kind != "ip" else ()
+        spec = _specs[key] = (str(amount), f'"{name}";q={amount};w={window}', f'"{name}";r=', per_window)
+    return spec
 
 
 def seconds_until(reset_at: float, now: float) -> int:
@@ -56,14 +58,15 @@ def rate_limit_headers(hits: list[tuple[str, int, int, int, float]], now: float)
     """
     headers: list[tuple[str, str]] = []
     policies, states = [], []
-    for index, (kind, amount, window, remaining, reset_at) in enumerate(hits):
-        values = (str(amount), str(remaining), str(math.ceil(reset_at)))
-        if index == 0:
-            headers.extend(zip(LEGACY, values, strict=True))
-        if kind != "ip":
-            headers.extend(zip(LEGACY_OF_WINDOW[window], values, strict=True))
-        policies.append(_policy(kind, amount, window))
-        states.append(f'"{POLICY_NAMES[kind]}";r={remaining};t={seconds_until(reset_at, now)}')
+    for kind, amount, window, remaining, reset_at in hits:
+        limit, policy, prefix, per_window = _spec(kind, amount, window)
+        left, reset = str(remaining), str(math.ceil(reset_at))
+        if not headers:
+            headers += ((LEGACY[0], limit), (LEGACY[1], left), (LEGACY[2], reset))
+        if per_window:
+            headers += ((per_window[0], limit), (per_window[1], left), (per_window[2], reset))
+        policies.append(policy)
+        states.append(f"{prefix}{left};t={seconds_until(reset_at, now)}")
     headers.append((POLICY, ", ".join(policies)))
     headers.append((STATE, ", ".join(states)))
     return headers

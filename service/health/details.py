@@ -65,9 +65,7 @@ def _cgroup_dirs(root: Path, proc_cgroup: Path) -> list[tuple[Path, str, str]]:
     return found
 
 
-def memory_limit(
-    root: Path = Path("/sys/fs/cgroup"), proc_cgroup: Path = Path("/proc/self/cgroup")
-) -> dict:
+def memory_limit(root: Path = Path("/sys/fs/cgroup"), proc_cgroup: Path = Path("/proc/self/cgroup")) -> dict:
     """The memory this process may use: its cgroup's limit if one is set, else the machine's memory.
 
     `{"limit_bytes", "limit_source": "cgroup" | "system", "cgroup_usage_bytes"}` (usage of the
