@@ -342,7 +342,20 @@ def test_json_is_gzipped(proxy, upstream):
     status, headers, body = _request(proxy, "GET", "/big", headers={"Accept-Encoding": "gzip"})
     assert status == 200
     assert headers.get("Content-Encoding") == "gzip"
+    assert headers.get("Vary") == "Accept-Encoding"
     assert json.loads(gzip.decompress(body))["echo"]["path"] == "/big"
+
+
+@needs_nginx
+def test_json_stays_plain_for_a_client_without_gzip_or_under_1_kib(proxy, upstream):
+    status, headers, body = _request(proxy, "GET", "/big")  # no Accept-Encoding
+    assert status == 200 and "Content-Encoding" not in headers
+    assert headers.get("Vary") == "Accept-Encoding"  # a cache must still tell the two answers apart
+    assert json.loads(body)["echo"]["path"] == "/big"
+    status, headers, body = _request(proxy, "GET", "/small", headers={"Accept-Encoding": "gzip"})
+    assert status == 200 and len(body) < 1024
+    assert "Content-Encoding" not in headers  # gzip_min_length 1024: not worth a compression
+    assert json.loads(body)["echo"]["path"] == "/small"
 
 
 @needs_nginx
@@ -355,3 +368,4 @@ def test_upstream_down_gets_json_503(tmp_path):
     assert status == 503
     assert headers["Content-Type"].startswith("application/json")
     assert json.loads(body)["error_code"] == "SERVICE_UNAVAILABLE"
+

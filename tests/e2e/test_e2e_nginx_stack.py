@@ -7,6 +7,8 @@ own remote_addr in the logs) and filters the shared logs by that address or by r
 
 from __future__ import annotations
 
+import gzip
+import json
 import re
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -248,3 +250,29 @@ def test_metrics_allow_list_healthz_and_body_limit(shared_stack):
     assert under.status == 400, under
     assert under.json()["error_code"] == "VALIDATION_ERROR"
     assert _access_with(s, "under-cap-1") == [(ACTIVATE, 400)]
+
+
+def test_nginx_gzips_the_apps_json_above_1_kib_and_the_app_never_does(shared_stack):
+    s, client = shared_stack, "127.0.0.15"
+    gzip_ok = {"Accept-Encoding": "gzip"}
+    big = "/api/tokens?state=all&limit=100"  # the whole shared pool: well above 1 KiB
+    plain = request(s.nginx.port, "GET", big, source=client)
+    assert plain.status == 200 and len(plain.body) > 1024
+    assert "content-encoding" not in plain.headers
+    assert plain.headers["vary"] == "Accept-Encoding"
+
+    packed = request(s.nginx.port, "GET", big, headers=gzip_ok, source=client)
+    assert packed.status == 200
+    assert packed.headers["content-encoding"] == "gzip"
+    assert packed.headers["vary"] == "Accept-Encoding"
+    assert len(packed.body) < len(plain.body) / 2
+    assert json.loads(gzip.decompress(packed.body)) == plain.json()
+
+    small = request(s.nginx.port, "GET", "/api/tokens/summary", headers=gzip_ok, source=client)
+    assert small.status == 200 and len(small.body) < 1024
+    assert "content-encoding" not in small.headers
+
+    # errors are JSON too: a big one would be packed the same way; the app itself never compresses
+    for g in s.gunicorns:
+        direct = request(g.port, "GET", big, headers=gzip_ok, source=client)
+        assert direct.status == 200 and "content-encoding" not in direct.headers
