@@ -2,7 +2,9 @@
 
 - a token has at most one open usage: partial unique index on open usages;
 - a user holds at most one token: partial unique index on `current_user_id`;
-- active tokens never exceed the pool: a lease is a column of a token row.
+- active tokens never exceed the pool: a lease is a column of a token row;
+- a held token carries its lease's `lease_id` (the holder's proof of
+  holdership) and its open usage carries the same one.
 
 `expires_at` is never null: a token that was never leased carries the epoch,
 and a released token the moment it was released. So "available" is exactly
@@ -13,6 +15,7 @@ ends first (the one to evict). One index serves both.
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime
 
 from sqlalchemy import BigInteger, CheckConstraint, DateTime, ForeignKey, Index, Integer, String, Uuid
@@ -33,9 +36,12 @@ class Token(db.Model):
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
     released_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    # the current lease's secret: set with current_user_id, cleared with it
+    lease_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
 
     __table_args__ = (
         CheckConstraint("current_user_id IS NULL OR activated_at IS NOT NULL", name="holder_has_lease"),
+        CheckConstraint("(current_user_id IS NULL) = (lease_id IS NULL)", name="holder_has_lease_id"),
         Index("ix_tokens_expires_at_id", "expires_at", "id"),
         Index(
             "uq_tokens_current_user_id",
@@ -58,6 +64,8 @@ class TokenUsage(db.Model):
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
     ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     end_reason: Mapped[str | None] = mapped_column(String(16))
+    # the lease's secret; null only on leases that ended before lease ids existed
+    lease_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
 
     __table_args__ = (
         CheckConstraint(
@@ -66,6 +74,7 @@ class TokenUsage(db.Model):
         ),
         CheckConstraint("(ended_at IS NULL) = (end_reason IS NULL)", name="ended_with_reason"),
         CheckConstraint("ended_at IS NULL OR ended_at >= started_at", name="ends_after_start"),
+        CheckConstraint("ended_at IS NOT NULL OR lease_id IS NOT NULL", name="open_has_lease_id"),
         Index("ix_token_usages_token_id_id", "token_id", "id"),
         Index(
             "uq_token_usages_open_token_id",

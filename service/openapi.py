@@ -37,6 +37,23 @@ USER_BODY = {
         }
     },
 }
+LEASE_ID = {
+    **UUID,
+    "description": "The lease's secret, given to the caller granted the lease (and shown to admin keys): "
+    "release and renew by the holder must present it",
+}
+HOLDER_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "required": ["user_id", "lease_id"],
+                "properties": {"user_id": UUID, "lease_id": UUID},
+            }
+        }
+    },
+}
 TOKEN_ID = {"name": "token_id", "in": "path", "required": True, "schema": UUID}
 LIMIT = {
     "name": "limit",
@@ -58,6 +75,10 @@ SCHEMAS = {
             "expires_at": NULLABLE_TIME,
             "released_at": NULLABLE_TIME,
             "usage_count": {"type": "integer"},
+            "lease_id": {
+                **LEASE_ID,
+                "description": "An active token's lease_id: only for admin keys, and in renew's answer",
+            },
         },
     },
     "ApiIndex": {
@@ -73,7 +94,17 @@ SCHEMAS = {
     "Lease": {
         "type": "object",
         "required": ["token_id", "user_id", "activated_at", "expires_at"],
-        "properties": {"token_id": UUID, "user_id": UUID, "activated_at": TIME, "expires_at": TIME},
+        "properties": {
+            "token_id": UUID,
+            "user_id": UUID,
+            "activated_at": TIME,
+            "expires_at": TIME,
+            "lease_id": {
+                **LEASE_ID,
+                "description": "On a new lease; absent when the user's running lease is returned "
+                "again, unless the caller has an admin key",
+            },
+        },
     },
     "Usage": {
         "type": "object",
@@ -87,6 +118,11 @@ SCHEMAS = {
                 "type": "string",
                 "nullable": True,
                 "enum": ["released", "expired", "evicted", "cleared", None],
+            },
+            "lease_id": {
+                **LEASE_ID,
+                "nullable": True,
+                "description": "Only for admin keys (null for leases older than lease ids)",
             },
         },
     },
@@ -130,7 +166,7 @@ RESPONSES = {
         401: "Missing or invalid API key",
         403: "The API key lacks the admin role",
         404: "Token not found",
-        409: "The token is not active or is held by another user",
+        409: "The token is not active, is held by another user, or the lease_id is not its current lease's",
         413: "Request body too large",
         415: "Content-Type is not application/json",
         429: "Rate limit exceeded",
@@ -258,10 +294,10 @@ PATHS = {
     },
     "/api/tokens/{token_id}/release": {
         "post": {
-            "summary": "End a lease: by its holder (user_id), or by an admin (no body)",
+            "summary": "End a lease: by its holder (user_id and lease_id), or by an admin (no body)",
             "operationId": "release",
             "parameters": [TOKEN_ID],
-            "requestBody": {**USER_BODY, "required": False},
+            "requestBody": {**HOLDER_BODY, "required": False},
             "responses": {
                 "200": _json(_ref("Token"), "The released token"),
                 **_errors(400, 401, 403, 404, 409, *COMMON),
@@ -270,12 +306,12 @@ PATHS = {
     },
     "/api/tokens/{token_id}/renew": {
         "post": {
-            "summary": "The holder extends the lease to now + lifetime",
+            "summary": "The holder (user_id and lease_id) extends the lease to now + lifetime",
             "operationId": "renew",
             "parameters": [TOKEN_ID],
-            "requestBody": USER_BODY,
+            "requestBody": HOLDER_BODY,
             "responses": {
-                "200": _json(_ref("Token"), "The renewed token"),
+                "200": _json({"allOf": [_ref("Token"), {"required": ["lease_id"]}]}, "The renewed token"),
                 **_errors(400, 404, 409, *COMMON),
             },
         }

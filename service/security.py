@@ -165,6 +165,12 @@ def _keys_configured() -> bool:
     return bool(current_app.config.get(BOOTSTRAP_ADMIN)) or run_transaction(apikeys.active_count) > 0
 
 
+def is_admin() -> bool:
+    """The caller presented an admin key (the open development mode without keys does not count)."""
+    identity = g.get("api_key")
+    return identity is not None and identity.role == "admin"
+
+
 def require_admin() -> None:
     """Allow the call only with an admin key. Open in development and testing while no key exists.
 

@@ -22,8 +22,23 @@ def assert_error(response, status: int, error_code: str, message: str | None = N
     return body
 
 
-def activate(client, user_id: str):
-    return client.post("/api/tokens/activate", json={"user_id": user_id})
+def activate(client, user_id: str, **kwargs):
+    return client.post("/api/tokens/activate", json={"user_id": user_id}, **kwargs)
+
+
+def proof(lease: dict) -> dict:
+    """The body a holder sends to release or renew: its `user_id` and the lease's `lease_id`."""
+    return {"user_id": lease["user_id"], "lease_id": lease["lease_id"]}
+
+
+def release(client, lease: dict, **kwargs):
+    """The holder of `lease` (an activation answer) releases it."""
+    return client.post(f"/api/tokens/{lease['token_id']}/release", json=proof(lease), **kwargs)
+
+
+def renew(client, lease: dict, **kwargs):
+    """The holder of `lease` (an activation answer) renews it."""
+    return client.post(f"/api/tokens/{lease['token_id']}/renew", json=proof(lease), **kwargs)
 
 
 def user() -> str:

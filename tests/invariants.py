@@ -16,6 +16,10 @@ CHECKS = {
         LEFT JOIN token_usages u ON u.token_id = t.id AND u.ended_at IS NULL
         WHERE t.current_user_id IS NOT NULL
           AND (u.id IS NULL OR u.user_id <> t.current_user_id OR u.started_at <> t.activated_at)""",
+    "a held token's lease_id is its open usage's": """
+        SELECT t.id FROM tokens t
+        JOIN token_usages u ON u.token_id = t.id AND u.ended_at IS NULL
+        WHERE t.current_user_id IS NOT NULL AND (t.lease_id IS NULL OR u.lease_id <> t.lease_id)""",
     "a free token has no open usage": """
         SELECT t.id FROM tokens t JOIN token_usages u ON u.token_id = t.id AND u.ended_at IS NULL
         WHERE t.current_user_id IS NULL""",

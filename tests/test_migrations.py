@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import uuid
+from datetime import UTC, datetime, timedelta
+
 import pytest
 from flask_migrate import downgrade, upgrade
-from sqlalchemy import inspect, text
+from sqlalchemy import insert, inspect, select, text
 
 from service.extensions import db
+from service.models import Token, TokenUsage
 from tests.conftest import make_app
-from tests.helpers import activate, user
+from tests.helpers import activate, release, user
+from tests.invariants import assert_invariants
+
+tokens, usages = Token.__table__, TokenUsage.__table__
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -71,3 +78,64 @@ def test_tokens_are_vacuumed_after_a_fixed_number_of_dead_rows(postgres_url):
         assert not {o for o in options() if o.startswith("autovacuum")}
         upgrade()
         db.engine.dispose()
+
+
+def test_lease_ids_upgrade_gives_open_leases_one_and_downgrade_keeps_the_data(fresh_app):
+    """0003 -> 0004 with a held, an expired-but-open and a free token; then back to 0003."""
+    app, now = fresh_app, datetime.now(UTC)
+    held, stale, free = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    with app.app_context():
+        upgrade(revision="0003")
+        with db.engine.begin() as conn:
+            for token, holder, start, ends in (
+                (held, uuid.uuid4(), now, now + timedelta(seconds=120)),
+                (stale, uuid.uuid4(), now - timedelta(seconds=300), now - timedelta(seconds=180)),
+                (free, None, None, now - timedelta(seconds=60)),
+            ):
+                conn.execute(
+                    insert(tokens).values(
+                        id=token, current_user_id=holder, activated_at=start, expires_at=ends, created_at=now
+                    )
+                )
+                if holder:
+                    conn.execute(insert(usages).values(token_id=token, user_id=holder, started_at=start))
+            ended = dict(token_id=free, user_id=uuid.uuid4(), started_at=now - timedelta(seconds=90))
+            conn.execute(insert(usages).values(**ended, ended_at=ended["started_at"], end_reason="released"))
+        upgrade()
+        with db.engine.connect() as conn:
+            on_tokens = dict(conn.execute(select(tokens.c.id, tokens.c.lease_id)).all())
+            on_usages = conn.execute(select(usages.c.token_id, usages.c.ended_at, usages.c.lease_id)).all()
+            assert_invariants(conn, 3)
+        assert on_tokens[held] and on_tokens[stale] and on_tokens[held] != on_tokens[stale]
+        assert on_tokens[free] is None
+        assert {(u.token_id, u.lease_id) for u in on_usages if u.ended_at is None} == {
+            (held, on_tokens[held]),
+            (stale, on_tokens[stale]),
+        }
+        assert [u.lease_id for u in on_usages if u.ended_at is not None] == [None]
+        assert_no_drift()
+
+    client = app.test_client()  # the holder never got the id: an admin can still end the lease
+    guess = {"user_id": "00000000-0000-4000-8000-000000000000", "lease_id": str(uuid.uuid4())}
+    assert client.post(f"/api/tokens/{held}/release", json=guess).status_code == 409
+    assert client.post(f"/api/tokens/{held}/release").status_code == 200
+    lease = activate(client, user()).get_json()
+    assert release(client, lease).status_code == 200
+
+    with app.app_context():
+        downgrade(revision="0003")
+        with db.engine.connect() as conn:
+            assert "lease_id" not in {c["name"] for c in inspect(conn).get_columns("tokens")}
+            assert "lease_id" not in {c["name"] for c in inspect(conn).get_columns("token_usages")}
+            assert conn.execute(text("SELECT count(*) FROM token_usages")).scalar() == 4
+            assert conn.execute(text("SELECT count(*) FROM tokens")).scalar() == 3
+        if db.engine.dialect.name == "postgresql":  # revision 0001's function again, four columns
+            with db.engine.begin() as conn:
+                row = conn.execute(
+                    text("SELECT * FROM tokenpool_activate(:u, NULL, make_interval(secs => 120))"),
+                    {"u": uuid.uuid4()},
+                ).one()
+            assert len(row) == 4
+        else:  # the triggers went with the column: a row without lease_id is fine again
+            with db.engine.begin() as conn:
+                conn.execute(text("UPDATE tokens SET current_user_id = id, activated_at = expires_at"))

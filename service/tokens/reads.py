@@ -2,7 +2,8 @@
 
 Each read is one statement built once at import; only its parameters change
 per request. `now` as in service.py: the caller's clock, or None for the
-database's own on PostgreSQL.
+database's own on PostgreSQL. A lease's `lease_id` is its holder's secret:
+the reads add it only when the caller asks (`lease_ids=True`, for admin keys).
 """
 
 from __future__ import annotations
@@ -26,11 +27,14 @@ def _active(at):
     return tokens.c.current_user_id.is_not(None) & (tokens.c.expires_at > at)
 
 
-def token_view(row, now: datetime) -> dict:
-    """A token row as the API's token object (times still as datetimes)."""
+def token_view(row, now: datetime, *, lease_ids: bool = False) -> dict:
+    """A token row as the API's token object (times still as datetimes).
+
+    With `lease_ids`, an active token also shows its lease's `lease_id`.
+    """
     active = row.current_user_id is not None and as_utc(row.expires_at) > now
     leased = row.activated_at is not None
-    return {
+    view = {
         "token_id": row.id,
         "state": "active" if active else "available",
         "current_user_id": row.current_user_id if active else None,
@@ -38,6 +42,9 @@ def token_view(row, now: datetime) -> dict:
         "expires_at": as_utc(row.expires_at) if leased else None,
         "released_at": as_utc(row.released_at),
     }
+    if lease_ids and active:
+        view["lease_id"] = row.lease_id
+    return view
 
 
 # Read statements are built once: per request only the parameters change, so
@@ -74,21 +81,29 @@ def _read_now(conn: Connection, now: datetime | None) -> datetime | None:
     return None if is_postgres(conn) else utcnow()
 
 
-def get_token(conn: Connection, token_id, *, now: datetime | None = None) -> dict:
+def get_token(conn: Connection, token_id, *, now: datetime | None = None, lease_ids: bool = False) -> dict:
     """One token with its `usage_count`, in one statement. Raises NotFound."""
     row = conn.execute(GET_TOKEN, {"token_id": token_id, "now": _read_now(conn, now)}).one_or_none()
     if row is None:
         raise NotFound("Token not found", details={"token_id": str(token_id)}, reason="token_not_found")
-    return token_view(row, as_utc(row.now)) | {"usage_count": row.usage_count}
+    return token_view(row, as_utc(row.now), lease_ids=lease_ids) | {"usage_count": row.usage_count}
 
 
-def list_tokens(conn: Connection, *, state: str, limit: int, after=None, now: datetime | None = None):
+def list_tokens(
+    conn: Connection,
+    *,
+    state: str,
+    limit: int,
+    after=None,
+    now: datetime | None = None,
+    lease_ids: bool = False,
+):
     """Tokens ordered by id after the keyset `after`, in one statement; returns (tokens, last id or None)."""
     params = {"now": _read_now(conn, now), "limit": limit + 1, "after": after}
     rows = conn.execute(_list_statement(state, after is not None), params).all()
     more = len(rows) > limit
     rows = rows[:limit]
-    return [token_view(r, as_utc(r.now)) for r in rows], (rows[-1].id if more else None)
+    return [token_view(r, as_utc(r.now), lease_ids=lease_ids) for r in rows], (rows[-1].id if more else None)
 
 
 def summary(conn: Connection, *, now: datetime | None = None) -> dict:
@@ -103,8 +118,12 @@ def summary(conn: Connection, *, now: datetime | None = None) -> dict:
     }
 
 
-def list_usages(conn: Connection, token_id, *, limit: int, before=None):
-    """A token's leases, newest first; returns (usages, last id or None). Raises NotFound."""
+def list_usages(conn: Connection, token_id, *, limit: int, before=None, lease_ids: bool = False):
+    """A token's leases, newest first; returns (usages, last id or None). Raises NotFound.
+
+    With `lease_ids`, each usage also shows its lease's `lease_id` (null for
+    leases that ended before lease ids existed).
+    """
     if conn.scalar(select(tokens.c.id).where(tokens.c.id == token_id)) is None:
         raise NotFound("Token not found", details={"token_id": str(token_id)}, reason="token_not_found")
     query = select(usages).where(usages.c.token_id == token_id).order_by(usages.c.id.desc()).limit(limit + 1)
@@ -121,6 +140,7 @@ def list_usages(conn: Connection, token_id, *, limit: int, before=None):
             "ended_at": as_utc(r.ended_at),
             "end_reason": r.end_reason,
         }
+        | ({"lease_id": r.lease_id} if lease_ids else {})
         for r in rows
     ]
     return items, (rows[-1].id if more else None)

@@ -11,12 +11,13 @@ from werkzeug.exceptions import HTTPException
 
 from ..db import run_transaction
 from ..errors import ApiError, status_name
-from ..security import require_admin
+from ..security import is_admin, require_admin
 from ..telemetry import emit, timed
 from . import bp, reads, service
 from .schemas import (
     cursor_arg,
     encode_cursor,
+    holder_from,
     json_body,
     limit_arg,
     parse_uuid,
@@ -74,6 +75,8 @@ def observed(event: str):
 @bp.post("/activate")
 @observed("activation")
 def activate():
+    """Lease a token. A new lease's answer carries its `lease_id`, the holder's proof for
+    release and renew; the running lease returned again (`existing`) shows it to admin keys only."""
     user_id = user_id_from(json_body())
     with timed() as elapsed:
         lease = run_transaction(
@@ -87,16 +90,15 @@ def activate():
         user_id=str(user_id),
         duration_ms=elapsed(),
     )
-    return jsonify(
-        serialise(
-            {
-                "token_id": lease.token_id,
-                "user_id": lease.user_id,
-                "activated_at": lease.activated_at,
-                "expires_at": lease.expires_at,
-            }
-        )
-    )
+    answer = {
+        "token_id": lease.token_id,
+        "user_id": lease.user_id,
+        "activated_at": lease.activated_at,
+        "expires_at": lease.expires_at,
+    }
+    if lease.outcome != "existing" or is_admin():
+        answer["lease_id"] = lease.lease_id
+    return jsonify(serialise(answer))
 
 
 @bp.get("")
@@ -104,7 +106,13 @@ def list_tokens():
     state, limit = state_arg(), limit_arg()
     after = cursor_arg("tokens", uuid.UUID)
     items, last = run_transaction(
-        reads.list_tokens, state=state, limit=limit, after=after, now=clock(), single_statement=True
+        reads.list_tokens,
+        state=state,
+        limit=limit,
+        after=after,
+        now=clock(),
+        lease_ids=is_admin(),
+        single_statement=True,
     )
     return jsonify({"tokens": [serialise(t) for t in items], "next_cursor": encode_cursor("tokens", last)})
 
@@ -118,7 +126,11 @@ def summary():
 @bp.get("/<token_id:token_id>")
 def get_token(token_id):
     token = run_transaction(
-        reads.get_token, parse_uuid(token_id, "token_id"), now=clock(), single_statement=True
+        reads.get_token,
+        parse_uuid(token_id, "token_id"),
+        now=clock(),
+        lease_ids=is_admin(),
+        single_statement=True,
     )
     return jsonify(serialise(token))
 
@@ -127,7 +139,7 @@ def get_token(token_id):
 def usages(token_id):
     tid = parse_uuid(token_id, "token_id")
     limit, before = limit_arg(), cursor_arg("usages", int)
-    items, last = run_transaction(reads.list_usages, tid, limit=limit, before=before)
+    items, last = run_transaction(reads.list_usages, tid, limit=limit, before=before, lease_ids=is_admin())
     return jsonify(
         {
             "token_id": str(tid),
@@ -141,17 +153,17 @@ def usages(token_id):
 @observed("release")
 def release(token_id):
     tid = parse_uuid(token_id, "token_id")
-    user_id = user_id_from(json_body(), required=False)
-    if user_id is None:
+    holder = holder_from(json_body(), required=False)
+    if holder is None:
         require_admin()
     with timed() as elapsed:
-        token, holder = run_transaction(service.release, tid, user_id=user_id, now=clock())
+        token, user_id = run_transaction(service.release, tid, holder=holder, now=clock())
     emit(
         "release",
         "success",
         reason="released",
         token_id=str(tid),
-        user_id=str(holder),
+        user_id=str(user_id),
         duration_ms=elapsed(),
     )
     return jsonify(serialise(token))
@@ -161,11 +173,11 @@ def release(token_id):
 @observed("renewal")
 def renew(token_id):
     tid = parse_uuid(token_id, "token_id")
-    user_id = user_id_from(json_body())
+    holder = holder_from(json_body())
     with timed() as elapsed:
-        token = run_transaction(service.renew, tid, user_id=user_id, lifetime=lifetime(), now=clock())
-    emit("renewal", "success", token_id=str(tid), user_id=str(user_id), duration_ms=elapsed())
-    return jsonify(serialise(token))
+        token = run_transaction(service.renew, tid, holder=holder, lifetime=lifetime(), now=clock())
+    emit("renewal", "success", token_id=str(tid), user_id=str(holder.user_id), duration_ms=elapsed())
+    return jsonify(serialise(token | {"lease_id": holder.lease_id}))  # the holder presented it
 
 
 @bp.delete("/active")

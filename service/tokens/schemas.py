@@ -12,6 +12,7 @@ from flask import request
 
 from ..errors import InvalidJson, UnsupportedMediaType, ValidationError
 from ..timeutil import isoformat
+from .service import Holder
 
 STATES = ("available", "active", "all")
 DEFAULT_LIMIT, MAX_LIMIT = 100, 1000
@@ -50,17 +51,31 @@ def parse_uuid(value, field: str) -> uuid.UUID:
         ) from None
 
 
-def user_id_from(body: dict, *, required: bool = True) -> uuid.UUID | None:
-    """`user_id` of a request body. Raises ValidationError when missing or malformed."""
-    if body.get("user_id") is None:
-        if not required:
-            return None
+def _required_uuid(body: dict, field: str) -> uuid.UUID:
+    """The UUID `field` of a request body. Raises ValidationError when missing or malformed."""
+    if body.get(field) is None:
         raise ValidationError(
-            "Missing required parameter: user_id",
-            details={"field": "user_id"},
-            reason="missing_user_id",
+            f"Missing required parameter: {field}",
+            details={"field": field},
+            reason=f"missing_{field}",
         )
-    return parse_uuid(body["user_id"], "user_id")
+    return parse_uuid(body[field], field)
+
+
+def user_id_from(body: dict) -> uuid.UUID:
+    """`user_id` of a request body. Raises ValidationError when missing or malformed."""
+    return _required_uuid(body, "user_id")
+
+
+def holder_from(body: dict, *, required: bool = True) -> Holder | None:
+    """The holder's proof in a release or renew body: `user_id` and `lease_id`, both UUIDs.
+
+    A body with neither is None when not `required` (an admin's release).
+    Raises ValidationError naming the first field missing or malformed.
+    """
+    if not required and body.get("user_id") is None and body.get("lease_id") is None:
+        return None
+    return Holder(_required_uuid(body, "user_id"), _required_uuid(body, "lease_id"))
 
 
 def state_arg() -> str:

@@ -9,6 +9,7 @@ pass their own.
 
 from __future__ import annotations
 
+import hmac
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -28,7 +29,7 @@ sweeper_state = SweeperState.__table__
 SWEEP_BATCH = 5000
 # the hot path: one statement, sent as is (no SQL compilation per request)
 ACTIVATE_SQL = (
-    "SELECT token_id, activated_at, expires_at, outcome"
+    "SELECT token_id, activated_at, expires_at, outcome, lease_id"
     " FROM tokenpool_activate(%(user_id)s, %(now)s, make_interval(secs => %(lifetime)s))"
 )
 SEED_BATCH = 50_000
@@ -45,6 +46,7 @@ class Lease:
     activated_at: datetime
     expires_at: datetime
     outcome: str  # existing | available | expired | evicted
+    lease_id: uuid.UUID  # the holder's secret: show it only to its holder (and admins)
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,11 @@ def _at(now: datetime):
     return literal(now, DateTime(timezone=True))
 
 
+def new_lease_id() -> uuid.UUID:
+    """A fresh lease id: a random UUID (122 bits from the OS's CSPRNG), as PostgreSQL's gen_random_uuid."""
+    return uuid.uuid4()
+
+
 def _end_lease(conn: Connection, token_id, ended_at: datetime, reason: str) -> None:
     conn.execute(
         update(usages)
@@ -80,7 +87,7 @@ def _end_lease(conn: Connection, token_id, ended_at: datetime, reason: str) -> N
     conn.execute(
         update(tokens)
         .where(tokens.c.id == token_id)
-        .values(current_user_id=None, expires_at=ended_at, released_at=ended_at)
+        .values(current_user_id=None, lease_id=None, expires_at=ended_at, released_at=ended_at)
     )
 
 
@@ -90,8 +97,9 @@ def _end_lease(conn: Connection, token_id, ended_at: datetime, reason: str) -> N
 def activate(conn: Connection, user_id: uuid.UUID, *, lifetime: int, now: datetime | None = None) -> Lease:
     """Lease a token to `user_id`: theirs if they hold one, else a free one, else evict.
 
-    On PostgreSQL this is one statement (safe to run in autocommit). Raises
-    PoolEmpty when the pool has no token at all.
+    A new lease gets a new `lease_id`; the user's running lease keeps its own
+    (outcome `existing`). On PostgreSQL this is one statement (safe to run in
+    autocommit). Raises PoolEmpty when the pool has no token at all.
     """
     if is_postgres(conn):
         row = conn.exec_driver_sql(
@@ -99,20 +107,23 @@ def activate(conn: Connection, user_id: uuid.UUID, *, lifetime: int, now: dateti
         ).first()
         if row is None:
             raise PoolEmpty("The token pool is empty. Run `flask tokens seed`.", reason="pool_empty")
-        return Lease(row.token_id, user_id, as_utc(row.activated_at), as_utc(row.expires_at), row.outcome)
+        return Lease(
+            row.token_id, user_id, as_utc(row.activated_at), as_utc(row.expires_at), row.outcome, row.lease_id
+        )
     return _activate_portable(conn, user_id, lifetime=lifetime, now=resolve_now(conn, now))
 
 
 def _activate_portable(conn: Connection, user_id, *, lifetime: int, now: datetime) -> Lease:
     """The steps of the PostgreSQL function `tokenpool_activate`, in Core statements."""
     own = conn.execute(
-        select(tokens.c.id, tokens.c.activated_at, tokens.c.expires_at)
+        select(tokens.c.id, tokens.c.activated_at, tokens.c.expires_at, tokens.c.lease_id)
         .where(tokens.c.current_user_id == user_id)
         .with_for_update()
     ).one_or_none()
     if own is not None:
         if as_utc(own.expires_at) > now:
-            return Lease(own.id, user_id, as_utc(own.activated_at), as_utc(own.expires_at), "existing")
+            activated_at, expires_at = as_utc(own.activated_at), as_utc(own.expires_at)
+            return Lease(own.id, user_id, activated_at, expires_at, "existing", own.lease_id)
         _end_lease(conn, own.id, as_utc(own.expires_at), "expired")
 
     first_free = (
@@ -133,20 +144,32 @@ def _activate_portable(conn: Connection, user_id, *, lifetime: int, now: datetim
         _end_lease(conn, candidate.id, min(held_until, now), outcome)
 
     expires_at = now + timedelta(seconds=lifetime)
+    lease_id = new_lease_id()
     conn.execute(
         update(tokens)
         .where(tokens.c.id == candidate.id)
-        .values(current_user_id=user_id, activated_at=now, expires_at=expires_at)
+        .values(current_user_id=user_id, lease_id=lease_id, activated_at=now, expires_at=expires_at)
     )
-    conn.execute(insert(usages).values(token_id=candidate.id, user_id=user_id, started_at=now))
-    return Lease(candidate.id, user_id, now, expires_at, outcome)
+    conn.execute(
+        insert(usages).values(token_id=candidate.id, user_id=user_id, started_at=now, lease_id=lease_id)
+    )
+    return Lease(candidate.id, user_id, now, expires_at, outcome, lease_id)
 
 
 # --- release, renew, clear ---------------------------------------------------------
 
 
-def _lock_held_token(conn: Connection, token_id, user_id, now: datetime | None):
-    """Lock the token; check it is active and held by `user_id` (any holder if None).
+@dataclass(frozen=True)
+class Holder:
+    """Who asks to end or extend a lease: the holder's `user_id` and the lease's secret `lease_id`."""
+
+    user_id: uuid.UUID
+    lease_id: uuid.UUID
+
+
+def _lock_held_token(conn: Connection, token_id, holder: Holder | None, now: datetime | None):
+    """Lock the token; check it is active and, unless `holder` is None (an admin), that
+    `holder` presents its current lease: the holding `user_id` and that lease's `lease_id`.
 
     Returns (row, decision time). Raises NotFound, Conflict.
     """
@@ -156,30 +179,42 @@ def _lock_held_token(conn: Connection, token_id, user_id, now: datetime | None):
         raise NotFound("Token not found", details={"token_id": str(token_id)}, reason="token_not_found")
     if row.current_user_id is None or as_utc(row.expires_at) <= now:
         raise Conflict("Token is not active", details={"token_id": str(token_id)}, reason="not_active")
-    if user_id is not None and row.current_user_id != user_id:
+    if holder is None:
+        return row, now
+    if row.current_user_id != holder.user_id:
         raise Conflict(
             "Token is held by another user",
-            details={"token_id": str(token_id), "user_id": str(user_id)},
+            details={"token_id": str(token_id), "user_id": str(holder.user_id)},
             reason="not_holder",
+        )
+    if not hmac.compare_digest(row.lease_id.bytes, holder.lease_id.bytes):
+        # never echo either id: the presented one may be a guess, the right one is the secret
+        raise Conflict(
+            "lease_id does not match the token's current lease",
+            details={"token_id": str(token_id), "field": "lease_id"},
+            reason="wrong_lease",
         )
     return row, now
 
 
 def release(
-    conn: Connection, token_id, *, user_id=None, now: datetime | None = None
+    conn: Connection, token_id, *, holder: Holder | None = None, now: datetime | None = None
 ) -> tuple[dict, uuid.UUID]:
-    """End an active lease: by its holder (`user_id`), or by an admin (None).
+    """End an active lease: by its holder (`holder`), or by an admin (None).
 
     Returns the token and the user whose lease ended. Raises NotFound, Conflict.
     """
-    row, now = _lock_held_token(conn, token_id, user_id, now)
+    row, now = _lock_held_token(conn, token_id, holder, now)
     _end_lease(conn, token_id, now, "released")
     return get_token(conn, token_id, now=now), row.current_user_id
 
 
-def renew(conn: Connection, token_id, *, user_id, lifetime: int, now: datetime | None = None) -> dict:
-    """Extend the holder's lease to now + lifetime. Raises NotFound, Conflict."""
-    _, now = _lock_held_token(conn, token_id, user_id, now)
+def renew(conn: Connection, token_id, *, holder: Holder, lifetime: int, now: datetime | None = None) -> dict:
+    """Extend the holder's lease to now + lifetime; the lease keeps its `lease_id`.
+
+    Raises NotFound, Conflict.
+    """
+    _, now = _lock_held_token(conn, token_id, holder, now)
     conn.execute(
         update(tokens).where(tokens.c.id == token_id).values(expires_at=now + timedelta(seconds=lifetime))
     )
@@ -199,7 +234,7 @@ def _close_expired(conn: Connection, token_ids) -> None:
     conn.execute(
         update(tokens)
         .where(tokens.c.id.in_(token_ids))
-        .values(current_user_id=None, released_at=tokens.c.expires_at)
+        .values(current_user_id=None, lease_id=None, released_at=tokens.c.expires_at)
     )
 
 
@@ -227,7 +262,7 @@ def clear_active(conn: Connection, *, now: datetime | None = None) -> int:
         conn.execute(
             update(tokens)
             .where(tokens.c.id.in_(chunk))
-            .values(current_user_id=None, expires_at=now, released_at=now)
+            .values(current_user_id=None, lease_id=None, expires_at=now, released_at=now)
         )
     return len(active)
 

@@ -120,14 +120,17 @@ def test_success_paths_match_the_documented_schema(fuzz_app):
     assert call("/api/tokens/activate", "POST", 200, body={"user_id": holder}) == lease
     call("/api/tokens/activate", "POST", 200, body={"user_id": other})
     assert call("/api/tokens/{token_id}", "GET", 200, path_parameters=tid)["state"] == "active"
-    call("/api/tokens/{token_id}/renew", "POST", 200, path_parameters=tid, body={"user_id": holder})
-    call("/api/tokens/{token_id}/renew", "POST", 409, path_parameters=tid, body={"user_id": other})
-    call("/api/tokens/{token_id}/release", "POST", 409, path_parameters=tid, body={"user_id": other})
-    released = call(
-        "/api/tokens/{token_id}/release", "POST", 200, path_parameters=tid, body={"user_id": holder}
-    )
+    proof = {"user_id": holder, "lease_id": lease["lease_id"]}
+    guess = {"user_id": holder, "lease_id": str(uuid.uuid4())}
+    renewed = call("/api/tokens/{token_id}/renew", "POST", 200, path_parameters=tid, body=proof)
+    assert renewed["lease_id"] == lease["lease_id"]
+    for path in ("/api/tokens/{token_id}/renew", "/api/tokens/{token_id}/release"):
+        call(path, "POST", 409, path_parameters=tid, body=proof | {"user_id": other})
+        call(path, "POST", 409, path_parameters=tid, body=guess)
+        call(path, "POST", 400, path_parameters=tid, body={"user_id": holder})
+    released = call("/api/tokens/{token_id}/release", "POST", 200, path_parameters=tid, body=proof)
     assert released["state"] == "available"
-    call("/api/tokens/{token_id}/release", "POST", 409, path_parameters=tid, body={"user_id": holder})
+    call("/api/tokens/{token_id}/release", "POST", 409, path_parameters=tid, body=proof)
     for _ in range(POOL + 1):  # free tokens never leased go first; then the released one comes back
         if (
             call("/api/tokens/activate", "POST", 200, body={"user_id": str(uuid.uuid4())})["token_id"]

@@ -16,7 +16,7 @@ import pytest
 from service.extensions import db
 from service.tokens.sweeper import run_sweep
 from tests.conftest import make_app, reset_database
-from tests.helpers import POOL, activate, assert_error, user
+from tests.helpers import POOL, activate, assert_error, release, user
 from tests.procs import ThrowawayPostgres, ThrowawayRedis, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -170,8 +170,7 @@ def test_redis_down_is_degraded_and_the_api_keeps_answering(sqlite_url, clock, r
         lease = activate(client, holder)
         assert lease.status_code in (200, 201), lease.get_data(as_text=True)
         assert client.get("/api/tokens/summary").get_json()["active"] == 1
-        token_id = lease.get_json()["token_id"]
-        released = client.post(f"/api/tokens/{token_id}/release", json={"user_id": holder})
+        released = release(client, lease.get_json())
         assert released.status_code == 200, released.get_data(as_text=True)
 
         redis_servers(throwaway_redis.port)  # back on the same address

@@ -13,7 +13,7 @@ from service import create_app
 from service.config import ConfigError
 from service.extensions import db
 from tests.conftest import make_app, reset_database
-from tests.helpers import POOL, activate, assert_error, user
+from tests.helpers import POOL, activate, assert_error, release, user
 from tests.procs import free_port
 
 MON = "/api/monitoring"
@@ -220,10 +220,7 @@ def test_report_is_quiet_when_healthy_and_names_what_is_wrong(client, app):
 
 def test_database_stats_agree_with_the_token_api(client, app):
     leases = [activate(client, user()).get_json() for _ in range(3)]
-    released = client.post(
-        f"/api/tokens/{leases[0]['token_id']}/release", json={"user_id": leases[0]["user_id"]}
-    )
-    assert released.status_code == 200
+    assert release(client, leases[0]).status_code == 200
     stats = get(client, "/database-stats")
     summary = client.get("/api/tokens/summary").get_json()
     for name in ("total", "active", "available"):

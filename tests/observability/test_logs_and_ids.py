@@ -8,7 +8,7 @@ import pytest
 
 from service.extensions import db
 from tests.conftest import make_app, reset_database
-from tests.helpers import activate, assert_error, user
+from tests.helpers import activate, assert_error, proof, release, renew, user
 
 
 @pytest.fixture
@@ -107,15 +107,19 @@ def test_each_failure_reason_is_counted_and_logged(logged):
     lease = activate(client, user()).get_json()
     client.post("/api/tokens/activate", json={"user_id": "x"})
     client.post("/api/tokens/activate", json={})
-    client.post(f"/api/tokens/{lease['token_id']}/release", json={"user_id": user()})
-    client.post("/api/tokens/00000000-0000-0000-0000-000000000000/release", json={"user_id": user()})
-    client.post(f"/api/tokens/{lease['token_id']}/release", json={"user_id": lease["user_id"]})
+    client.post(f"/api/tokens/{lease['token_id']}/release", json=proof(lease) | {"user_id": user()})
     client.post(f"/api/tokens/{lease['token_id']}/renew", json={"user_id": lease["user_id"]})
+    client.post(f"/api/tokens/{lease['token_id']}/renew", json=proof(lease) | {"lease_id": user()})
+    client.post("/api/tokens/00000000-0000-0000-0000-000000000000/release", json=proof(lease))
+    release(client, lease)
+    renew(client, lease)
     metrics = client.get("/metrics").get_data(as_text=True)
     expected = [
         ("activation", "invalid_user_id"),
         ("activation", "missing_user_id"),
         ("release", "not_holder"),
+        ("renewal", "missing_lease_id"),
+        ("renewal", "wrong_lease"),
         ("release", "token_not_found"),
         ("renewal", "not_active"),
     ]
@@ -128,6 +132,8 @@ def test_each_failure_reason_is_counted_and_logged(logged):
         ), (operation, reason)
     assert 'tokenpool_releases_total{reason="released"} 1.0' in metrics
     assert 'tokenpool_activations_total{reason="invalid_user_id",result="failure"} 1.0' in metrics
+    assert not [line for line in lines() if lease["lease_id"] in json.dumps(line)]  # the holder's secret
+    assert lease["lease_id"] not in metrics
 
 
 def test_async_logging_keeps_ids_and_tracebacks(postgres_url, tmp_path):

@@ -127,7 +127,7 @@ class Stream:
             if lease and step % 4 == 0:
                 op = "release" if step % 8 == 0 else "renew"
                 path = f"/api/tokens/{lease['token_id']}/{op}"
-                self.log.send(op, base, "POST", path, {"user_id": lease["user_id"]})
+                self.log.send(op, base, "POST", path, {k: lease[k] for k in ("user_id", "lease_id")})
                 lease = None if op == "release" else lease
             elif step % 5 == 0:
                 self.log.send("summary", base, "GET", "/api/tokens/summary")

@@ -112,7 +112,8 @@ def _assert_recovered(base: str, n: int = 10) -> None:
         user = new_user()
         status, lease = call(base, "POST", "/api/tokens/activate", {"user_id": user})
         assert status == 200, (status, lease)
-        status, body = call(base, "POST", f"/api/tokens/{lease['token_id']}/release", {"user_id": user})
+        proof = {"user_id": user, "lease_id": lease["lease_id"]}
+        status, body = call(base, "POST", f"/api/tokens/{lease['token_id']}/release", proof)
         assert status in OK_STATUSES, (status, body)
 
 

@@ -6,12 +6,13 @@ never reached). A 20-token pool and a 1-second lifetime, so expiry, sweeping and
 eviction happen all the time. The clients mix activations of new and returning
 users, releases and renewals of their leases, reads (list, summary, one token, its
 usages), admin releases and occasional clears, spread over both instances, each
-request on a new connection.
+request on a new connection. Some clients try to end or extend their lease with
+the right user_id and a guessed lease_id, as anyone who can list tokens could.
 
 Afterwards: no 5xx and no connection error; every invariant of the pool
 holds in the database; every activation answered 200 has its usage row (token,
 user, started_at == activated_at) and every release answered 200 its closed one;
-leases of a token never overlap.
+leases of a token never overlap; no guessed lease_id was ever accepted.
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ OPS = {  # weights of a client's next request
     "get": 10,
     "usages": 5,
     "admin-release": 4,
+    "guess": 4,  # release or renew with the holder's user_id and a guessed lease_id
     "clear": 0.5,
 }
 CYCLE, QUIET = 6, 2  # the last 2 s of every 6 s are reads only: leases expire, the sweeper closes them
@@ -96,17 +98,31 @@ def _client(log: RequestLog, bases: list[str], start: float, deadline: float, se
         base = rnd.choice(bases)
         quiet = (time.monotonic() - start) % CYCLE >= CYCLE - QUIET
         op = rnd.choice(["list", "summary", "get"]) if quiet else rnd.choices(names, weights)[0]
-        if op in ("release", "renew") and not mine or op in ("get", "usages", "admin-release") and not seen:
+        if (
+            op in ("release", "renew", "guess")
+            and not mine
+            or op in ("get", "usages", "admin-release")
+            and not seen
+        ):
             op = "activate-new"
         if op.startswith("activate"):
             user = new_user() if op == "activate-new" else rnd.choice(RETURNING_USERS)
             r = log.send("activate", base, "POST", "/api/tokens/activate", {"user_id": user})
             if r.status == 200:
-                mine = r.body
                 seen = [*seen[-49:], r.body["token_id"]]
+                if "lease_id" in r.body:
+                    mine = r.body
+                elif not (mine and mine["token_id"] == r.body["token_id"]):
+                    mine = None  # a returning user's lease granted to another client: no lease_id here
         elif op in ("release", "renew"):
-            log.send(op, base, "POST", f"/api/tokens/{mine['token_id']}/{op}", {"user_id": mine["user_id"]})
+            proof = {"user_id": mine["user_id"], "lease_id": mine["lease_id"]}
+            log.send(op, base, "POST", f"/api/tokens/{mine['token_id']}/{op}", proof)
             mine = None if op == "release" else mine
+        elif op == "guess":
+            guess = {"user_id": mine["user_id"], "lease_id": new_user()}
+            log.send(
+                op, base, "POST", f"/api/tokens/{mine['token_id']}/{rnd.choice(['release', 'renew'])}", guess
+            )
         elif op == "list":
             state = rnd.choice(["all", "active", "available"])
             log.send(op, base, "GET", f"/api/tokens?state={state}&limit={rnd.choice([5, 100])}")
@@ -151,6 +167,8 @@ def test_torture_two_instances_64_clients_stay_correct(stack):
     )
     assert not unexpected, f"unexpected answers {statuses}; first: {unexpected[:5]}"
     assert statuses["200"] > 0
+    guesses = Counter(r.status for r in log.results if r.op == "guess")
+    assert set(guesses) == {409}, f"a guessed lease_id was answered {guesses}"
 
     for server in servers:  # both instances still serve after the load
         assert http_get(server.url + "/api/tokens/summary")[0] == 200

@@ -20,7 +20,13 @@ pytestmark = [pytest.mark.concurrency, pytest.mark.slow]
 
 
 def hammer(app, threads: int, ops_per_thread: int, pool: int):
-    """Run a random mix of operations from `threads` clients; return every 200 activation."""
+    """Run a random mix of operations from `threads` clients; return every 200 activation.
+
+    Users are shared between threads, so a thread may hold a lease another thread was
+    granted: it then has no lease_id (a repeated activation does not show it) and
+    tries, with a guessed one, what a caller who knows only the user_id would try.
+    Such a release or renew must be refused (409) and count as a failure otherwise.
+    """
     users = [str(uuid.uuid4()) for _ in range(pool * 3)]  # repeated users, more users than tokens
     leases, statuses, lock = [], [], threading.Lock()
     start = threading.Barrier(threads)
@@ -28,7 +34,7 @@ def hammer(app, threads: int, ops_per_thread: int, pool: int):
     def client_loop(seed):
         rnd = random.Random(seed)
         client = app.test_client()
-        held = {}
+        held = {}  # user -> (token_id, lease_id or None when this thread never got it)
         start.wait()
         for _ in range(ops_per_thread):
             u = rnd.choice(users)
@@ -37,15 +43,21 @@ def hammer(app, threads: int, ops_per_thread: int, pool: int):
                 r = client.post("/api/tokens/activate", json={"user_id": u})
                 if r.status_code == 200:
                     body = r.get_json()
-                    held[u] = body["token_id"]
+                    known = held.get(u, (None, None))  # an answer again omits the lease_id we have
+                    same = known[0] == body["token_id"]
+                    held[u] = (body["token_id"], body.get("lease_id") or (known[1] if same else None))
                     with lock:
                         leases.append(body)
-            elif op < 0.8:
-                r = client.post(f"/api/tokens/{held.pop(u)}/release", json={"user_id": u})
+                status = r.status_code
             else:
-                r = client.post(f"/api/tokens/{held[u]}/renew", json={"user_id": u})
+                token_id, lease_id = held.pop(u) if op < 0.8 else held[u]
+                action = "release" if op < 0.8 else "renew"
+                proof = {"user_id": u, "lease_id": lease_id or str(uuid.uuid4())}
+                r = client.post(f"/api/tokens/{token_id}/{action}", json=proof)
+                # a guessed lease_id that is accepted is the fault under test
+                status = r.status_code if lease_id or r.status_code != 200 else "guess accepted"
             with lock:
-                statuses.append(r.status_code)
+                statuses.append(status)
 
     workers = [threading.Thread(target=client_loop, args=(i,)) for i in range(threads)]
     for w in workers:
@@ -57,7 +69,7 @@ def hammer(app, threads: int, ops_per_thread: int, pool: int):
 
 def check_database(app, leases, statuses, pool):
     # 409 is a legitimate answer (the lease was evicted meanwhile); nothing else may fail
-    assert set(statuses) <= {200, 409}, sorted(set(statuses))
+    assert set(statuses) <= {200, 409}, sorted(set(statuses), key=str)
     with app.app_context(), db.engine.connect() as conn:
         assert_invariants(conn, pool)
         for lease in leases:  # every 200 activation has its usage row, committed
@@ -68,9 +80,11 @@ def check_database(app, leases, statuses, pool):
                     usages.c.token_id == uuid.UUID(lease["token_id"]),
                     usages.c.user_id == uuid.UUID(lease["user_id"]),
                     usages.c.started_at == datetime.fromisoformat(lease["activated_at"]),
+                    *([usages.c.lease_id == uuid.UUID(lease["lease_id"])] if "lease_id" in lease else []),
                 )
             )
             assert found >= 1, lease
+        assert sum("lease_id" in lease for lease in leases) > 0.5 * len(leases)
 
 
 @pytest.mark.parametrize("pool", [8, 200])

@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from tests.helpers import POOL, activate, assert_error, user
+from tests.helpers import POOL, activate, assert_error, release, renew, user
 
 LIFETIME = 120
 
@@ -17,8 +17,9 @@ def test_activate_returns_a_lease(client, clock):
     r = activate(client, u)
     assert r.status_code == 200
     body = r.get_json()
-    assert set(body) == {"token_id", "user_id", "activated_at", "expires_at"}
+    assert set(body) == {"token_id", "user_id", "lease_id", "activated_at", "expires_at"}
     assert body["user_id"] == u
+    assert str(uuid.UUID(body["lease_id"])) == body["lease_id"]
     assert body["activated_at"] == "2030-01-01T12:00:00Z"
     assert body["expires_at"] == "2030-01-01T12:02:00Z"
 
@@ -27,6 +28,7 @@ def test_same_user_gets_the_same_token_unchanged(client, clock):
     u = user()
     first = activate(client, u).get_json()
     clock.advance(30)
+    first.pop("lease_id")  # the holder has it already; the answer again does not repeat it
     assert activate(client, u).get_json() == first
     assert client.get("/api/tokens/summary").get_json()["active"] == 1
 
@@ -63,10 +65,7 @@ def test_renewal_counts_as_a_fresh_start_for_eviction(client, clock):
     for u in users:
         leases.append(activate(client, u).get_json())
         clock.advance(1)
-    assert (
-        client.post(f"/api/tokens/{leases[0]['token_id']}/renew", json={"user_id": users[0]}).status_code
-        == 200
-    )
+    assert renew(client, leases[0]).status_code == 200
     evicted = activate(client, user()).get_json()
     assert evicted["token_id"] == leases[1]["token_id"]
 
@@ -98,7 +97,7 @@ def test_expired_lease_closes_at_its_true_end_when_reused(client, clock):
 def test_least_recently_released_token_is_leased_first(client, clock):
     tokens = [activate(client, user()).get_json() for _ in range(POOL)]
     for lease in reversed(tokens):  # release in reverse order, one second apart
-        client.post(f"/api/tokens/{lease['token_id']}/release", json={"user_id": lease["user_id"]})
+        release(client, lease)
         clock.advance(1)
     assert activate(client, user()).get_json()["token_id"] == tokens[-1]["token_id"]
     assert activate(client, user()).get_json()["token_id"] == tokens[-2]["token_id"]
@@ -186,7 +185,9 @@ def test_unknown_token_is_404_token_not_found(client):
         assert_error(client.get(path), 404, "NOT_FOUND", "Token not found")
     tid = uuid.uuid4()
     assert_error(client.post(f"/api/tokens/{tid}/release"), 404, "NOT_FOUND", "Token not found")
-    assert_error(client.post(f"/api/tokens/{tid}/renew", json={"user_id": user()}), 404, "NOT_FOUND")
+    body = {"user_id": user(), "lease_id": user()}
+    assert_error(client.post(f"/api/tokens/{tid}/renew", json=body), 404, "NOT_FOUND")
+    assert_error(client.post(f"/api/tokens/{tid}/release", json=body), 404, "NOT_FOUND")
 
 
 def test_malformed_token_id_is_400(client):
@@ -202,9 +203,10 @@ def test_release_by_holder(client, clock):
     u = user()
     lease = activate(client, u).get_json()
     clock.advance(10)
-    r = client.post(f"/api/tokens/{lease['token_id']}/release", json={"user_id": u})
+    r = release(client, lease)
     assert r.status_code == 200
     token = r.get_json()
+    assert "lease_id" not in token
     assert token["state"] == "available"
     assert token["released_at"] == "2030-01-01T12:00:10Z"
     history = client.get(f"/api/tokens/{lease['token_id']}/usages").get_json()["usages"]
@@ -214,7 +216,7 @@ def test_release_by_holder(client, clock):
 
 def test_release_by_non_holder_is_conflict_and_changes_nothing(client):
     lease = activate(client, user()).get_json()
-    r = client.post(f"/api/tokens/{lease['token_id']}/release", json={"user_id": user()})
+    r = release(client, lease | {"user_id": user()})
     assert_error(r, 409, "CONFLICT", "Token is held by another user")
     assert client.get(f"/api/tokens/{lease['token_id']}").get_json()["state"] == "active"
 
@@ -222,8 +224,7 @@ def test_release_by_non_holder_is_conflict_and_changes_nothing(client):
 def test_release_of_inactive_token_is_conflict(client):
     lease = activate(client, user()).get_json()
     client.post(f"/api/tokens/{lease['token_id']}/release")
-    r = client.post(f"/api/tokens/{lease['token_id']}/release", json={"user_id": lease["user_id"]})
-    assert_error(r, 409, "CONFLICT", "Token is not active")
+    assert_error(release(client, lease), 409, "CONFLICT", "Token is not active")
 
 
 def test_admin_release_without_body(client):
@@ -237,8 +238,9 @@ def test_renew_extends_to_now_plus_lifetime(client, clock):
     u = user()
     lease = activate(client, u).get_json()
     clock.advance(100)
-    token = client.post(f"/api/tokens/{lease['token_id']}/renew", json={"user_id": u}).get_json()
+    token = renew(client, lease).get_json()
     assert token["expires_at"] == "2030-01-01T12:03:40Z"
+    assert token["lease_id"] == lease["lease_id"]  # the same lease, extended
     assert token["activated_at"] == lease["activated_at"]
     clock.advance(LIFETIME - 1)
     assert client.get(f"/api/tokens/{lease['token_id']}").get_json()["state"] == "active"
@@ -247,12 +249,10 @@ def test_renew_extends_to_now_plus_lifetime(client, clock):
 def test_renew_by_non_holder_or_of_expired_is_conflict(client, clock):
     u = user()
     lease = activate(client, u).get_json()
-    r = client.post(f"/api/tokens/{lease['token_id']}/renew", json={"user_id": user()})
-    assert_error(r, 409, "CONFLICT", "Token is held by another user")
+    assert_error(renew(client, lease | {"user_id": user()}), 409, "CONFLICT", "Token is held by another user")
     assert_error(client.post(f"/api/tokens/{lease['token_id']}/renew", json={}), 400, "VALIDATION_ERROR")
     clock.advance(LIFETIME)
-    r = client.post(f"/api/tokens/{lease['token_id']}/renew", json={"user_id": u})
-    assert_error(r, 409, "CONFLICT", "Token is not active")
+    assert_error(renew(client, lease), 409, "CONFLICT", "Token is not active")
 
 
 def test_clear_releases_every_active_token(client, clock):
@@ -319,11 +319,13 @@ def test_usages_newest_first_and_paginated(client, clock):
     for _ in range(POOL - 1):  # every other token is held, so u always gets the same one
         activate(client, user())
     u = user()
-    token_id = activate(client, u).get_json()["token_id"]
+    lease = activate(client, u).get_json()
+    token_id = lease["token_id"]
     for _ in range(4):
         clock.advance(1)
-        client.post(f"/api/tokens/{token_id}/release", json={"user_id": u})
-        assert activate(client, u).get_json()["token_id"] == token_id
+        release(client, lease)
+        lease = activate(client, u).get_json()
+        assert lease["token_id"] == token_id
     pages, cursor = [], None
     while True:
         url = f"/api/tokens/{token_id}/usages?limit=2" + (f"&cursor={cursor}" if cursor else "")
