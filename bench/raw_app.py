@@ -16,7 +16,10 @@ import uuid
 import psycopg
 from flask import Flask, jsonify, request
 
-SQL = "SELECT * FROM tokenpool_activate(%s::uuid, NULL, make_interval(secs => 120))"
+SQL = (
+    "SELECT token_id, activated_at, expires_at, outcome, lease_id"
+    " FROM tokenpool_activate(%s::uuid, NULL, make_interval(secs => 120))"
+)
 
 app = Flask(__name__)
 _local = threading.local()  # a connection per thread (gthread) or per worker (sync)
@@ -43,12 +46,13 @@ def activate():
     except (KeyError, ValueError):
         return jsonify({"error": "user_id must be a UUID"}), 400
     row = connection().execute(SQL, (user_id,)).fetchone()
-    token_id, activated_at, expires_at, _outcome = row
-    return jsonify(
-        {
-            "token_id": str(token_id),
-            "user_id": str(user_id),
-            "activated_at": activated_at.isoformat(),
-            "expires_at": expires_at.isoformat(),
-        }
-    )
+    token_id, activated_at, expires_at, outcome, lease_id = row
+    answer = {
+        "token_id": str(token_id),
+        "user_id": str(user_id),
+        "activated_at": activated_at.isoformat(),
+        "expires_at": expires_at.isoformat(),
+    }
+    if outcome != "existing":  # as the service: a lease's secret only to the caller granted it
+        answer["lease_id"] = str(lease_id)
+    return jsonify(answer)

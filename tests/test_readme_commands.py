@@ -131,9 +131,10 @@ def test_make_run_and_the_curls_of_try_it(tmp_path, dotenv):
         try_it = ["bash", "-ec", block_with("curl")]
         curls = subprocess.run(try_it, cwd=checkout, env=env, capture_output=True, text=True, timeout=30)
         assert curls.returncode == 0, curls.stderr
-        lease, summary = [json.loads(part) for part in re.findall(r"\{[^{}]*\}", curls.stdout)]
+        lease, summary, released = [json.loads(part) for part in re.findall(r"\{[^{}]*\}", curls.stdout)]
         assert lease["user_id"] == "6f1c1c1e-2d4b-4b7a-9a53-2f7f0c3b9d10" and lease["token_id"]
         assert (summary["total"], summary["active"]) == (100, 1)
+        assert (released["token_id"], released["state"]) == (lease["token_id"], "available")
 
         # development: a newcomer's loop of curls never meets 429
         statuses = {http_get(f"http://127.0.0.1:{port}/api/tokens/summary")[0] for _ in range(150)}
