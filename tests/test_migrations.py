@@ -81,11 +81,11 @@ def test_tokens_are_vacuumed_after_a_fixed_number_of_dead_rows(postgres_url):
 
 
 def test_lease_ids_upgrade_gives_open_leases_one_and_downgrade_keeps_the_data(fresh_app):
-    """0003 -> 0004 with a held, an expired-but-open and a free token; then back to 0003."""
+    """0004 -> 0005 with a held, an expired-but-open and a free token; then back to 0004."""
     app, now = fresh_app, datetime.now(UTC)
     held, stale, free = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
     with app.app_context():
-        upgrade(revision="0003")
+        upgrade(revision="0004")
         with db.engine.begin() as conn:
             for token, holder, start, ends in (
                 (held, uuid.uuid4(), now, now + timedelta(seconds=120)),
@@ -123,7 +123,7 @@ def test_lease_ids_upgrade_gives_open_leases_one_and_downgrade_keeps_the_data(fr
     assert release(client, lease).status_code == 200
 
     with app.app_context():
-        downgrade(revision="0003")
+        downgrade(revision="0004")
         with db.engine.connect() as conn:
             assert "lease_id" not in {c["name"] for c in inspect(conn).get_columns("tokens")}
             assert "lease_id" not in {c["name"] for c in inspect(conn).get_columns("token_usages")}

@@ -11,8 +11,8 @@ PostgreSQL's cryptographic random source) and returns it as a fifth column;
 its arguments are unchanged, so a caller that selects the four old columns
 by name keeps working during a rolling upgrade.
 
-Revision ID: 0004
-Revises: 0003
+Revision ID: 0005
+Revises: 0004
 Create Date: 2026-11-30
 """
 
@@ -23,8 +23,8 @@ from pathlib import Path
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0004"
-down_revision = "0003"
+revision = "0005"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 
