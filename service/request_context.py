@@ -56,6 +56,12 @@ def _after(response, slow_ms: float = float("inf")):
         }
         if status >= 400:
             fields["error_id"] = ctx.get("error_id")
+        key = ctx.get("api_key")
+        if key is not None:
+            fields["key_name"] = key.name  # the key's name, never the key
+        agent = req.environ.get("HTTP_USER_AGENT")
+        if agent:
+            fields["user_agent"] = agent[:256]
         log.log(level, "%s %s %s", method, path, status, extra=fields)
     return response
 

@@ -15,7 +15,7 @@ log = logging.getLogger("tokenpool.slow")
 
 def slow_request(route: str, duration_ms: float) -> None:
     """One line for an API request that took at least SLOW_REQUEST_MS (`route`: the template)."""
-    log.warning("slow request", extra={"event": "slow_request", "duration_ms": duration_ms, "path": route})
+    log.warning("slow request", extra={"event": "slow_request", "duration_ms": duration_ms, "route": route})
 
 
 def init_slow_query_log(app) -> None:

@@ -162,3 +162,40 @@ def test_async_logging_keeps_ids_and_tracebacks(postgres_url, tmp_path):
     assert access["status"] == 200 and access["path"] == "/api/tokens/summary"
     error = next(x for x in lines if x.get("error_id") == error_id)
     assert "RuntimeError: queued traceback" in error["exc_info"]
+
+
+def test_every_line_names_the_service_and_every_request_line_its_method_and_path(postgres_url, tmp_path):
+    path = tmp_path / "app.log"
+    app = make_app(postgres_url, LOG_FILE=str(path), LOG_LEVEL="INFO", APP_VERSION="9.9.9")
+    reset_database(app)
+    client = app.test_client()
+    client.post("/api/tokens/activate", json={"user_id": user()}, headers={"X-Request-ID": "mp-1"})
+    client.post("/api/tokens/activate", json={"user_id": "nope"}, headers={"X-Request-ID": "mp-2"})
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert lines
+    for line in lines:
+        assert (line["service"], line["version"], line["environment"]) == ("tokenpool", "9.9.9", "testing")
+    for request_id in ("mp-1", "mp-2"):
+        mine = [line for line in lines if line["request_id"] == request_id]
+        assert {line["logger"] for line in mine} >= {"tokenpool.events", "tokenpool.access"}
+        for line in mine:
+            assert (line["method"], line["path"]) == ("POST", "/api/tokens/activate"), line
+    assert any(line["logger"] == "tokenpool.errors" for line in lines if line["request_id"] == "mp-2")
+
+
+def test_access_line_names_the_key_and_the_user_agent_never_the_key(postgres_url, tmp_path):
+    path = tmp_path / "app.log"
+    secret = "sk-admin-SECRET-0123456789"
+    app = make_app(postgres_url, LOG_FILE=str(path), LOG_LEVEL="INFO", ADMIN_API_KEY=secret)
+    reset_database(app)
+    client = app.test_client()
+    headers = {"X-API-Key": secret, "User-Agent": "inventory-sync/2.1 (+ops)", "X-Request-ID": "ua-1"}
+    assert client.get("/api/tokens/summary", headers=headers).status_code == 200
+    client.get("/api/tokens/summary", headers={"User-Agent": "x" * 5000, "X-Request-ID": "ua-2"})
+    text = path.read_text()
+    lines = [json.loads(line) for line in text.splitlines()]
+    access = {line["request_id"]: line for line in lines if line["logger"] == "tokenpool.access"}
+    assert access["ua-1"]["key_name"] == "bootstrap-admin"
+    assert access["ua-1"]["user_agent"] == "inventory-sync/2.1 (+ops)"
+    assert "key_name" not in access["ua-2"] and len(access["ua-2"]["user_agent"]) == 256
+    assert "SECRET" not in text

@@ -31,5 +31,5 @@ def test_slow_request_and_query_lines_do_not_depend_on_metrics(postgres_url, tmp
     assert "pg_sleep" in query["statement"] and "0.15" not in query["statement"]
     assert query["duration_ms"] >= 150
     request = next(x for x in slow if x["event"] == "slow_request")
-    assert request["path"] == "/api/monitoring/test/sleep" and request["duration_ms"] >= 150
+    assert request["route"] == "/api/monitoring/test/sleep" and request["duration_ms"] >= 150
     assert (client.get("/metrics").status_code == 200) is metrics
