@@ -248,6 +248,8 @@ def _close_queue(handler: logging.Handler) -> None:
 
 
 def _flush_repeats(handler: logging.Handler) -> None:
+    if getattr(getattr(handler, "stream", None), "closed", False):
+        return  # its stream was closed under it (a test's captured stdout): nowhere to write
     for f in handler.filters:
         if isinstance(f, RepeatFilter):
             f.flush()
