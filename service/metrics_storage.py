@@ -13,9 +13,11 @@ this process's memory (it is missing from the scrape, the process lives on),
 one WARNING line says so, and `storage_error()` reports it to `/health`.
 
 Sizes (measured with this service's metrics): a process writes 4 files
-(counter, histogram, gauge_livesum, gauge_max) of at least 64 KiB each;
-`PROCESS_RESERVE_BYTES` is what one process may need with the bounded label
-values, `folder_bytes(workers)` what the folder needs (docs/DEPLOYMENT.md).
+(counter, histogram, gauge_livesum, gauge_max) of at least 64 KiB each; every
+route called with 8 methods, good and bad bodies, grew them to 448 KiB (the
+histogram to 256 KiB), because label values are bounded (route templates, not
+paths). `PROCESS_RESERVE_BYTES` allows one more doubling of the histogram;
+`folder_bytes(workers)` is what the folder needs (docs/DEPLOYMENT.md).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ log = logging.getLogger("tokenpool.metrics")
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 FILE_BYTES = 1 << 16  # prometheus_client's first size of a file (_INITIAL_MMAP_SIZE)
-PROCESS_RESERVE_BYTES = 4 << 20  # 4 files, the histogram grown to 2 MiB by bounded labels
+PROCESS_RESERVE_BYTES = 2 << 20  # measured 448 KiB per process with every route, method and status
 MIN_FREE_BYTES = 2 * PROCESS_RESERVE_BYTES  # below this at start: refuse; in /health: degraded
 
 _failure: dict = {"error": None, "count": 0}
@@ -42,10 +44,9 @@ _failure_lock = threading.Lock()
 
 
 def folder_bytes(workers: int) -> int:
-    """Room the metrics folder needs: each live worker, the files dead ones left, the margin.
+    """Room the metrics folder needs: each live worker, as many restarted ones, the start check and a spare.
 
-    Dead workers' counters stay on disk for the scrape (about one worker's worth per
-    restart with `max_requests`); the margin covers a start-up check and a replacement.
+    A restarted worker's counter files stay until the next start (the scrape keeps adding them).
     """
     return (2 * workers + 2) * PROCESS_RESERVE_BYTES
 
