@@ -8,7 +8,12 @@ from .monitoring.figures import RULES
 
 bp = Blueprint("openapi", __name__)
 
-UUID = {"type": "string", "format": "uuid"}
+# canonical text only (service/parsing.py): braces, urn:uuid: or spaces are a 400
+UUID = {
+    "type": "string",
+    "format": "uuid",
+    "pattern": "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$",
+}
 TIME = {"type": "string", "format": "date-time"}
 NULLABLE_TIME = {"type": "string", "format": "date-time", "nullable": True}
 
@@ -60,7 +65,12 @@ LIMIT = {
     "in": "query",
     "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
 }
-CURSOR = {"name": "cursor", "in": "query", "schema": {"type": "string"}}
+CURSOR = {
+    "name": "cursor",
+    "in": "query",
+    "description": "next_cursor of the previous page of this listing; any other value is a 400",
+    "schema": {"type": "string", "maxLength": 256},
+}
 ADMIN = [{"ApiKey": []}, {"Bearer": []}]
 
 SCHEMAS = {

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import current_app, jsonify, request
+from flask import current_app, jsonify
 from redis import RedisError
 from sqlalchemy import func, select, text
 
@@ -14,6 +14,7 @@ from ..health import details as health_details
 from ..health import routes as health_routes
 from ..invalidation import bump_now
 from ..models import TokenUsage
+from ..parsing import int_arg
 from ..security import require_admin
 from ..timeutil import isoformat, utcnow
 from ..tokens import reads
@@ -42,21 +43,6 @@ def _store_unavailable(exc):
     )
 
 
-def _int_arg(name: str, default: int, low: int, high: int) -> int:
-    raw = request.args.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        value = low - 1
-    if not low <= value <= high:
-        raise ValidationError(
-            f"Invalid {name}. Must be an integer between {low} and {high}.", details={"field": name}
-        )
-    return value
-
-
 def _answer(body: dict):
     return jsonify({"scope": store().scope, "generated_at": isoformat(utcnow())} | body)
 
@@ -67,12 +53,12 @@ def _window_figures(window: int) -> dict:
 
 @bp.get("/metrics")
 def metrics():
-    window = _int_arg("window", 60, 1, 1440)
+    window = int_arg("window", 60, 1, 1440)
     return _answer({"window_minutes": window} | _window_figures(window))
 
 
 def _recent(kind: str, key: str):
-    limit = _int_arg("limit", 10, 1, 100)
+    limit = int_arg("limit", 10, 1, 100)
     return _answer({key: store().recent(kind, limit), "limit": limit})
 
 
@@ -96,7 +82,7 @@ def test_sleep():
     """Test hook (ENABLE_TEST_HOOKS, never in production): one deliberately slow statement."""
     if not current_app.config["ENABLE_TEST_HOOKS"]:
         raise NotFound("The requested URL was not found.")
-    ms = _int_arg("ms", 100, 1, 10000)
+    ms = int_arg("ms", 100, 1, 10000)
     if db.engine.dialect.name != "postgresql":
         raise ValidationError("The sleep hook needs PostgreSQL.")
     run_transaction(lambda conn: conn.execute(text("SELECT pg_sleep(:s)"), {"s": ms / 1000}))
@@ -105,7 +91,7 @@ def test_sleep():
 
 @bp.get("/report")
 def report():
-    window = _int_arg("window", 60, 2, 1440)
+    window = int_arg("window", 60, 2, 1440)
     minutes = window_minutes(window)
     buckets = store().buckets(minutes)
     figures = aggregate(buckets)

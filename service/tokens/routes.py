@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import uuid
 
 from flask import current_app, jsonify
 from sqlalchemy.exc import SQLAlchemyError
@@ -18,12 +17,14 @@ from .schemas import (
     cursor_arg,
     encode_cursor,
     holder_from,
+    id_position,
     json_body,
     limit_arg,
     parse_uuid,
     serialise,
     state_arg,
     user_id_from,
+    uuid_position,
 )
 
 
@@ -104,7 +105,7 @@ def activate():
 @bp.get("")
 def list_tokens():
     state, limit = state_arg(), limit_arg()
-    after = cursor_arg("tokens", uuid.UUID)
+    after = cursor_arg("tokens", uuid_position)
     items, last = run_transaction(
         reads.list_tokens,
         state=state,
@@ -138,13 +139,13 @@ def get_token(token_id):
 @bp.get("/<token_id:token_id>/usages")
 def usages(token_id):
     tid = parse_uuid(token_id, "token_id")
-    limit, before = limit_arg(), cursor_arg("usages", int)
+    limit, before = limit_arg(), cursor_arg(f"usages:{tid}", id_position)
     items, last = run_transaction(reads.list_usages, tid, limit=limit, before=before, lease_ids=is_admin())
     return jsonify(
         {
             "token_id": str(tid),
             "usages": [serialise(u) for u in items],
-            "next_cursor": encode_cursor("usages", last),
+            "next_cursor": encode_cursor(f"usages:{tid}", last),
         }
     )
 

@@ -4,18 +4,25 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import json
+import re
 import uuid
 
 import orjson
-from flask import request
+from flask import current_app, request
 
 from ..errors import InvalidJson, UnsupportedMediaType, ValidationError
+from ..parsing import canonical_int, canonical_uuid, int_arg
 from ..timeutil import isoformat
 from .service import Holder
 
 STATES = ("available", "active", "all")
 DEFAULT_LIMIT, MAX_LIMIT = 100, 1000
+BIGINT_MAX = 2**63 - 1  # the largest key of a PostgreSQL bigint column
+MAX_CURSOR_LENGTH = 256  # an issued cursor is under 150 characters; longer ones are not read
+_CURSOR = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]{22}")  # base64url(payload) "." base64url(16-byte MAC)
 
 
 def json_body() -> dict:
@@ -38,17 +45,19 @@ def json_body() -> dict:
 
 
 def parse_uuid(value, field: str) -> uuid.UUID:
-    """A UUID from a string. Raises ValidationError naming the field."""
-    try:
-        if not isinstance(value, str):
-            raise ValueError
-        return uuid.UUID(value)
-    except ValueError:
+    """A UUID from its canonical text (8-4-4-4-12 hex digits, either case).
+
+    Raises ValidationError naming the field for anything else (braces, `urn:uuid:`,
+    spaces, misplaced hyphens, a non-string).
+    """
+    parsed = canonical_uuid(value)
+    if parsed is None:
         raise ValidationError(
             f"Invalid {field} format. Must be a valid UUID.",
             details={"field": field},
             reason=f"invalid_{field}",
-        ) from None
+        )
+    return parsed
 
 
 def _required_uuid(body: dict, field: str) -> uuid.UUID:
@@ -89,41 +98,77 @@ def state_arg() -> str:
 
 
 def limit_arg(default: int = DEFAULT_LIMIT, maximum: int = MAX_LIMIT) -> int:
-    raw = request.args.get("limit")
-    if raw is None:
-        return default
-    try:
-        limit = int(raw)
-    except ValueError:
-        limit = 0
-    if not 1 <= limit <= maximum:
-        raise ValidationError(
-            f"Invalid limit. Must be an integer between 1 and {maximum}.",
-            details={"field": "limit"},
-        )
-    return limit
+    """`?limit=` of a listing: 1..maximum. Raises ValidationError."""
+    return int_arg("limit", default, 1, maximum)
 
 
-def encode_cursor(kind: str, value) -> str | None:
-    """An opaque cursor for the keyset position `value` of a `kind` listing."""
-    if value is None:
-        return None
-    raw = json.dumps({"k": kind, "v": str(value)}, separators=(",", ":")).encode()
+def uuid_position(value) -> uuid.UUID | None:
+    """A keyset position that is a UUID (None when it is not one)."""
+    return canonical_uuid(value)
+
+
+def id_position(value) -> int | None:
+    """A keyset position that is a bigint row id, 1..2**63-1 (None when it is not one)."""
+    return canonical_int(value, 1, BIGINT_MAX)
+
+
+def _cursor_mac(payload: bytes) -> bytes:
+    """HMAC-SHA256 of a cursor's payload under a key derived from SECRET_KEY (first 16 bytes)."""
+    secret = current_app.config["SECRET_KEY"].encode()
+    key = hmac.new(secret, b"tokenpool keyset cursor", hashlib.sha256).digest()
+    return hmac.new(key, payload, hashlib.sha256).digest()[:16]
+
+
+def _b64(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def cursor_arg(kind: str, convert):
-    """Decode `?cursor=` of a `kind` listing with `convert`; None when absent."""
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def encode_cursor(kind: str, value) -> str | None:
+    """An opaque, signed cursor for the keyset position `value` of the listing `kind`.
+
+    `kind` names the listing exactly (e.g. `usages:<token_id>`), so a cursor is
+    accepted only by the listing that issued it. Shape: base64url(JSON payload)
+    "." base64url(MAC); the MAC (HMAC-SHA256 keyed from SECRET_KEY) makes a
+    cursor that this service did not issue fail before its payload is parsed.
+    """
+    if value is None:
+        return None
+    payload = json.dumps({"k": kind, "v": str(value)}, separators=(",", ":")).encode()
+    return f"{_b64(payload)}.{_b64(_cursor_mac(payload))}"
+
+
+def cursor_arg(kind: str, position):
+    """The keyset position of `?cursor=` for the listing `kind`; None when absent.
+
+    `position` turns the issued text back into a position and returns None (or
+    raises ValueError/TypeError) when it is not one. Raises ValidationError
+    "Invalid cursor." for any cursor this service did not issue for `kind`:
+    bad base64, a wrong or missing signature, another listing, a value of the
+    wrong type or out of range, an absurd size.
+    """
     raw = request.args.get("cursor")
     if not raw:
         return None
     try:
-        data = json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
-        if data["k"] != kind:
+        if len(raw) > MAX_CURSOR_LENGTH or not _CURSOR.fullmatch(raw):
             raise ValueError
-        return convert(data["v"])
-    except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError):
-        raise ValidationError("Invalid cursor.", details={"field": "cursor"}) from None
+        body, mac = raw.split(".")
+        payload = _unb64(body)
+        if _b64(payload) != body or not hmac.compare_digest(mac, _b64(_cursor_mac(payload))):
+            raise ValueError  # only the one spelling this service wrote is accepted
+        data = json.loads(payload)
+        if not isinstance(data, dict) or data.get("k") != kind or not isinstance(data.get("v"), str):
+            raise ValueError
+        value = position(data["v"])
+    except (ValueError, TypeError, OverflowError, binascii.Error, UnicodeDecodeError):
+        value = None
+    if value is None:
+        raise ValidationError("Invalid cursor.", details={"field": "cursor"})
+    return value
 
 
 def serialise(obj: dict) -> dict:
