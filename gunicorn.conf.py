@@ -29,8 +29,21 @@ keepalive = int(os.environ.get("GUNICORN_KEEPALIVE", "5"))
 # restarted each one every ~20 s under load (a second of boot CPU, p99 stalls of ~350 ms)
 max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "1000000"))
 max_requests_jitter = int(os.environ.get("GUNICORN_MAX_REQUESTS_JITTER", "100000"))
-# trust X-Forwarded-* only from nginx; the app's ProxyFix does the same by hop count
-forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
+# Forwarded headers are trusted in one place: the app's ProxyFix, by the hop counts
+# PROXY_FIX_X_FOR / PROXY_FIX_X_PROTO (service/__init__.py). gunicorn trusts none of them from
+# anyone: by default it takes X-Forwarded-Proto, X-Forwarded-Ssl and X-Forwarded-Protocol from
+# 127.0.0.1 as the scheme (a local client could fake HTTPS with PROXY_FIX_X_PROTO=0) and answers
+# HTML 400 "Contradictory scheme headers" when they disagree. FORWARDED_ALLOW_IPS is not read.
+forwarded_allow_ips = ""
+secure_scheme_headers: dict = {}
+forwarder_headers = ""
+# Above nginx's limits (nginx/templates/nginx.conf.template: request line and each header line
+# 4k, all header lines about 4 x 4k, X-Forwarded-For 1k), so through nginx every oversized
+# request is refused by nginx in the JSON error shape and never by gunicorn's HTML 400/431.
+# A client that reaches gunicorn directly can still get those (docs/PRODUCTION.md).
+limit_request_line = 8190  # gunicorn's maximum
+limit_request_fields = 4500
+limit_request_field_size = 8190
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
 preload_app = False  # every worker builds its own app and database pool after the fork
 accesslog = os.environ.get("GUNICORN_ACCESS_LOG") or None  # the app writes one JSON access line

@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Flask
 from flask.sessions import SessionInterface
 from werkzeug.middleware.proxy_fix import ProxyFix
+from werkzeug.routing import RequestRedirect
 
 from .api_index import bp as api_bp
 from .apikeys.cli import apikeys_cli
@@ -22,6 +23,7 @@ from .monitoring import bp as monitoring_bp
 from .monitoring import init_monitoring
 from .openapi import bp as openapi_bp
 from .ratelimit import init_rate_limits
+from .redirects import routing_redirect
 from .request_context import init_request_context
 from .security import exempt_from_https_redirect, init_security
 from .slow_log import init_slow_query_log
@@ -87,6 +89,12 @@ class App(Flask):
         super().__init__(*args, **kwargs)
         self._sync: dict = {}
 
+    def raise_routing_exception(self, request):
+        """werkzeug's own redirects (merged slashes) as our 308: JSON body, Location not from Host."""
+        if isinstance(request.routing_exception, RequestRedirect):
+            raise routing_redirect(request.routing_exception)
+        super().raise_routing_exception(request)
+
     def ensure_sync(self, func):
         """Flask's answer, remembered per function: it asked `inspect` for each of ~20 hooks per request."""
         sync = self._sync.get(func)
@@ -95,16 +103,34 @@ class App(Flask):
         return sync
 
 
+# Headers that claim the scheme of the client's connection. ProxyFix reads X-Forwarded-Proto
+# from the trusted hops only; the rest are read by nobody here, but a library that looks at the
+# raw header (Talisman does) must not be fooled, so none of them stays in the environ.
+SCHEME_HEADERS = (
+    "HTTP_X_FORWARDED_PROTO",
+    "HTTP_X_FORWARDED_SSL",
+    "HTTP_X_FORWARDED_PROTOCOL",
+    "HTTP_X_FORWARDED_SCHEME",
+    "HTTP_X_URL_SCHEME",
+    "HTTP_FRONT_END_HTTPS",
+    "HTTP_FORWARDED",
+)
+
+
 def _trust_proxy_headers(app: Flask) -> None:
-    """ProxyFix for exactly the configured hops; without trusted hops, drop X-Forwarded-Proto."""
+    """The one place that decides which forwarded headers count: ProxyFix for exactly the
+    configured hops (PROXY_FIX_X_FOR, PROXY_FIX_X_PROTO); gunicorn trusts none of them
+    (gunicorn.conf.py). After it, `wsgi.url_scheme` and `REMOTE_ADDR` are the truth and the
+    raw scheme headers are dropped.
+    """
     x_for, x_proto = app.config["PROXY_FIX_X_FOR"], app.config["PROXY_FIX_X_PROTO"]
-    if x_for or x_proto:
+    inner = app.wsgi_app
+
+    def drop_scheme_headers(environ, start_response):
+        for name in SCHEME_HEADERS:
+            environ.pop(name, None)
+        return inner(environ, start_response)
+
+    app.wsgi_app = drop_scheme_headers
+    if x_for or x_proto:  # outermost: ProxyFix reads the headers before they are dropped
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=x_for, x_proto=x_proto)
-    if not x_proto:  # Talisman reads the raw header; a direct client must not fake HTTPS
-        inner = app.wsgi_app
-
-        def strip_forwarded_proto(environ, start_response):
-            environ.pop("HTTP_X_FORWARDED_PROTO", None)
-            return inner(environ, start_response)
-
-        app.wsgi_app = strip_forwarded_proto

@@ -11,6 +11,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from limits import parse as parse_limit
 
@@ -174,6 +175,28 @@ def _lifetime_seconds() -> int:
     return 120
 
 
+def _public_url(raw: str | None) -> str | None:
+    """PUBLIC_URL as `scheme://host[:port]` (no path, query or user), or None when unset."""
+    if raw is None:
+        return None
+    parts = urlsplit(raw)
+    try:
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:
+        port_ok = False
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or parts.username is not None
+        or parts.path not in ("", "/")
+        or parts.query
+        or parts.fragment
+        or not port_ok
+    ):
+        raise ConfigError(f"PUBLIC_URL must look like https://tokens.example.com, got {raw!r}")
+    return f"{parts.scheme}://{parts.netloc}"
+
+
 def normalise_database_url(url: str) -> str:
     """Point plain PostgreSQL URLs at psycopg 3, the driver we ship."""
     for prefix in ("postgres://", "postgresql://"):
@@ -242,6 +265,7 @@ def _from_environment(instance_path: str, env: str) -> dict:
         "API_AUTH_REQUIRED": _bool("API_AUTH_REQUIRED", False),
         "API_KEY_CACHE_SECONDS": _float("API_KEY_CACHE_SECONDS", 10.0),
         "FORCE_HTTPS": _bool("FORCE_HTTPS", False),
+        "PUBLIC_URL": _str("PUBLIC_URL", None),
         "HSTS_MAX_AGE": _int("HSTS_MAX_AGE", 31536000),
         "ALLOWED_ORIGINS": _str("ALLOWED_ORIGINS", ""),
         "ALLOW_ANY_ORIGIN": _bool("ALLOW_ANY_ORIGIN", False),
@@ -279,6 +303,9 @@ def _validate(config: dict) -> None:
     except ValueError:
         value = config["AUTH_FAILURE_RATE_LIMIT"]
         raise ConfigError(f"AUTH_FAILURE_RATE_LIMIT must look like '10/minute', got {value!r}") from None
+    config["PUBLIC_URL"] = _public_url(config.get("PUBLIC_URL") or None)
+    if config["FORCE_HTTPS"] and (config.get("PUBLIC_URL") or "https:").startswith("http:"):
+        raise ConfigError("PUBLIC_URL must be an https:// URL when FORCE_HTTPS is on")
     if config["APP_ENV"] == "production":
         if not config.get("SECRET_KEY"):
             raise ConfigError("SECRET_KEY must be set in production")

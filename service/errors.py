@@ -44,6 +44,7 @@ class ApiError(HTTPException):
 
     code = 400
     error_code = "VALIDATION_ERROR"
+    response_headers: dict = {}  # noqa: RUF012 - read-only default; subclasses set their own
 
     def __init__(self, message: str, *, details: dict | None = None, reason: str | None = None):
         super().__init__(description=message)
@@ -99,9 +100,15 @@ def _retry_after(exc: HTTPException) -> int:
     return max(1, exc.retry_after) if isinstance(exc, RateLimited) else 60
 
 
+# werkzeug's reason phrases predate RFC 7231; these codes keep the names the API documents
+# (413 PAYLOAD_TOO_LARGE) and that nginx's own error pages use too.
+STATUS_NAMES = {413: "payload_too_large", 414: "uri_too_long"}
+
+
 def status_name(code: int) -> str:
     """`Not Found` -> `not_found`: the snake_case HTTP reason of the error shape (docs/API.md)."""
-    return HTTP_STATUS_CODES.get(code, "error").lower().replace(" ", "_").replace("-", "_")
+    name = STATUS_NAMES.get(code) or HTTP_STATUS_CODES.get(code, "error")
+    return name.lower().replace(" ", "_").replace("-", "_")
 
 
 def error_response(
@@ -116,7 +123,7 @@ def error_response(
 ):
     """Build (and log once) the JSON error answer every non-2xx response uses.
 
-    Logged at WARNING for 4xx and ERROR for 5xx unless `log_level` says otherwise
+    Logged at INFO for 3xx, WARNING for 4xx and ERROR for 5xx unless `log_level` says otherwise
     (a failing readiness probe is expected, not an error of ours).
     """
     error_id = g.error_id = str(uuid.uuid4())  # also on the access line: the error line may be a repeat
@@ -131,7 +138,9 @@ def error_response(
     }
     if extra:
         body.update(extra)
-    level = log_level or (logging.ERROR if code >= 500 else logging.WARNING)
+    level = log_level or (
+        logging.ERROR if code >= 500 else logging.WARNING if code >= 400 else logging.INFO
+    )
     log.log(
         level,
         "%s %s: %s",
@@ -159,7 +168,9 @@ def _handle_http_exception(exc: HTTPException):
         response.headers["Retry-After"] = str(retry_after)
         return response
     if isinstance(exc, ApiError):
-        return error_response(exc.code, exc.error_code, exc.message, details=exc.details)
+        response = error_response(exc.code, exc.error_code, exc.message, details=exc.details)
+        response.headers.update(exc.response_headers)
+        return response
     code = exc.code or 500
     message = HTTP_MESSAGES.get(code) or exc.description or status_name(code)
     response = error_response(code, HTTP_ERROR_CODES.get(code, status_name(code).upper()), message)

@@ -18,6 +18,7 @@ from .config import ConfigError
 from .db import run_transaction
 from .errors import Forbidden, Unauthorized
 from .invalidation import Generation
+from .redirects import https_redirect
 
 log = logging.getLogger("tokenpool.security")
 PROTECTED_BLUEPRINTS = ("tokens", "monitoring")
@@ -210,8 +211,12 @@ class OnceTalisman(Talisman):
         return options
 
     def _force_https(self):
-        if self._get_local_options()["force_https"]:
-            return super()._force_https()
+        """Talisman's redirect answers 302 (a POST is followed with GET), builds the URL from the
+        Host header and has an HTML body; ours is service/redirects.py. HTTPS is the request's
+        `wsgi.url_scheme` alone: the proxy hops trusted by ProxyFix decide it (service/__init__.py).
+        """
+        if self._get_local_options()["force_https"] and not request.is_secure:
+            raise https_redirect()
         return None
 
     def _set_content_security_policy_headers(self, headers, options):
@@ -232,9 +237,8 @@ class OnceTalisman(Talisman):
     def _set_response_headers(self, response):
         if self.content_security_policy_nonce_in:
             return super()._set_response_headers(response)
-        environ = request.environ  # Talisman's test for HSTS: is_secure or X-Forwarded-Proto
-        https = environ["wsgi.url_scheme"] == "https" or environ.get("HTTP_X_FORWARDED_PROTO") == "https"
-        key = (request.endpoint, https)
+        # HSTS on HTTPS only; the raw scheme headers were consumed by ProxyFix and removed
+        key = (request.endpoint, request.is_secure)
         headers = self._headers_of.get(key)
         if headers is None:
             probe = Response()

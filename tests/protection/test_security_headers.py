@@ -92,10 +92,12 @@ def test_forged_forwarded_proto_without_trusted_proxy_gets_no_hsts(build):
 
 
 def test_force_https_redirects_plain_http_once(build):
-    client = build(ENABLE_RATE_LIMITING=False, FORCE_HTTPS=True, PROXY_FIX_X_PROTO=1).test_client()
+    client = build(
+        ENABLE_RATE_LIMITING=False, FORCE_HTTPS=True, PROXY_FIX_X_PROTO=1, PUBLIC_URL="https://tokens.test"
+    ).test_client()
     r = client.get("/api/tokens/summary?state=active")
-    assert r.status_code in (301, 302)
-    assert r.headers["Location"] == "https://localhost/api/tokens/summary?state=active"
+    assert_error(r, 308, "HTTPS_REQUIRED")
+    assert r.headers["Location"] == "https://tokens.test/api/tokens/summary?state=active"
     assert_security_headers(r)
     # nginx terminates TLS and forwards the redirected request over HTTP with X-Forwarded-Proto
     r = client.get("/api/tokens/summary?state=active", headers=HTTPS)
@@ -107,10 +109,12 @@ def test_force_https_redirects_plain_http_once(build):
 
 
 def test_force_https_without_trusted_proxy_does_not_trust_a_forged_scheme(build):
-    client = build(ENABLE_RATE_LIMITING=False, FORCE_HTTPS=True, PROXY_FIX_X_PROTO=0).test_client()
+    client = build(
+        ENABLE_RATE_LIMITING=False, FORCE_HTTPS=True, PROXY_FIX_X_PROTO=0, PUBLIC_URL="https://tokens.test"
+    ).test_client()
     r = client.get("/api/tokens/summary", headers=HTTPS)
-    assert r.status_code in (301, 302)
-    assert r.headers["Location"].startswith("https://")
+    assert_error(r, 308, "HTTPS_REQUIRED")
+    assert r.headers["Location"] == "https://tokens.test/api/tokens/summary"
 
 
 @pytest.mark.parametrize("path", ["/healthz", "/health/ready", "/health/live", "/ready", "/live", "/metrics"])

@@ -1,0 +1,77 @@
+"""Every redirect the service answers: the method kept, a JSON body, a Location the client cannot choose.
+
+Two redirects exist: the HTTPS upgrade (`FORCE_HTTPS`) and werkzeug's path
+normalisation (`/api//tokens` -> `/api/tokens`). Both answer 308 Permanent
+Redirect, which a client follows with the same method and body (RFC 9110
+section 15.4.9; a 301/302 is followed with GET, and a POST's body is lost),
+in the one JSON error shape. An absolute Location is built from `PUBLIC_URL`,
+never from the request's Host header (which a client sets at will); without
+`PUBLIC_URL` the path redirect is relative and the HTTPS upgrade, which needs
+an absolute URL, is refused with 403 HTTPS_REQUIRED.
+"""
+
+from __future__ import annotations
+
+from flask import current_app, request
+from werkzeug.routing import RequestRedirect
+
+from .errors import ApiError
+
+_PLACEHOLDER_ORIGIN = "http://service.invalid"  # RFC 6761: a name that never resolves
+
+
+class Redirect(ApiError):
+    """308 to `location` (in the `Location` header and `details.location`)."""
+
+    code, error_code = 308, "REDIRECT"
+
+    def __init__(self, location: str, message: str):
+        super().__init__(message, details={"location": location}, reason="redirect")
+        self.response_headers = {"Location": location}
+
+
+class HttpsRedirect(Redirect):
+    error_code = "HTTPS_REQUIRED"
+
+
+class HttpsRequired(ApiError):
+    """The request came over plain HTTP, FORCE_HTTPS is on and no PUBLIC_URL says where to go."""
+
+    code, error_code = 403, "HTTPS_REQUIRED"
+
+
+def _safe_path(target: str) -> str:
+    """`target` as an origin-relative reference: one leading slash, never `//` or `/\\` (another host)."""
+    return "/" + target.lstrip("/\\")
+
+
+def https_redirect() -> ApiError:
+    """The answer to a plain-HTTP request when FORCE_HTTPS is on: HttpsRedirect or HttpsRequired."""
+    public = current_app.config.get("PUBLIC_URL")
+    if not public:
+        return HttpsRequired("This API is served over HTTPS only.")
+    target = _safe_path(request.full_path if request.query_string else request.path)
+    return HttpsRedirect(public + target, "This API is served over HTTPS: repeat the request at Location.")
+
+
+def routing_redirect(exc: RequestRedirect) -> Redirect:
+    """werkzeug's RequestRedirect (merged slashes, a strict trailing slash), re-aimed at our origin.
+
+    werkzeug writes the new URL with the Host header of the request; the same
+    match is run again on an adapter bound to a placeholder host, and only the
+    path and query of its answer are kept.
+    """
+    adapter = current_app.url_map.bind(
+        "service.invalid",
+        script_name=request.script_root or "/",
+        url_scheme="http",
+        path_info=request.path,
+        query_args=request.query_string.decode("latin-1"),
+    )
+    try:
+        adapter.match(method=request.method)
+        target = request.path  # not reached: the same match redirects again
+    except RequestRedirect as again:
+        target = again.new_url.removeprefix(_PLACEHOLDER_ORIGIN)
+    location = (current_app.config.get("PUBLIC_URL") or "") + _safe_path(target)
+    return Redirect(location, "The resource is at the URL in Location.")
