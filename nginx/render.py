@@ -29,7 +29,7 @@ SUFFIX = ".template"
 
 DEFAULTS = {
     "LISTEN_PORT": "80",
-    "SERVER_NAME": "_",
+    "SERVER_NAME": "~.",
     "UPSTREAMS": "server 127.0.0.1:8000 max_fails=3 fail_timeout=10s;",
     "METRICS_ALLOW": (
         "allow 127.0.0.1; allow ::1; allow 10.0.0.0/8; allow 172.16.0.0/12; allow 192.168.0.0/16;"

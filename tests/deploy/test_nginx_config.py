@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -369,3 +370,148 @@ def test_upstream_down_gets_json_503(tmp_path):
     assert headers["Content-Type"].startswith("application/json")
     assert json.loads(body)["error_code"] == "SERVICE_UNAVAILABLE"
 
+
+# --- nginx's own errors, scheme headers, hosts, the access log --------------------------------
+
+
+def _raw(port: int, data: bytes) -> tuple[int, dict, bytes]:
+    """Send bytes as they are (requests http.client refuses to write); parse the one answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(data)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
+    return int(lines[0].split()[1]), headers, body
+
+
+def _get(path: str, *headers: str, method: str = "GET", version: str = "HTTP/1.1") -> bytes:
+    lines = [f"{method} {path} {version}", *headers, "Connection: close", "", ""]
+    return "\r\n".join(lines).encode("latin-1")
+
+
+# Requests nginx refuses itself, each with the status it answers.
+REFUSED_BY_NGINX = {
+    "nul byte in the path": (_get("/api/tokens/%00", "Host: a"), 400),
+    "bad percent-encoding": (_get("/api/%ZZ", "Host: a"), 400),
+    "no Host in HTTP/1.1": (_get("/api/tokens/summary"), 400),
+    "TRACE": (_get("/", "Host: a", method="TRACE"), 405),
+    "CONNECT": (_get("a:443", "Host: a", method="CONNECT"), 400),
+    "request line over 4k": (_get("/" + "a" * 5000, "Host: a"), 414),
+    "header line over 4k": (_get("/", "Host: a", "X-A: " + "a" * 5000), 431),
+    "headers over 4 x 4k": (_get("/", "Host: a", *[f"X-H{i}: {'v' * 60}" for i in range(400)]), 431),
+    "X-Forwarded-For over 1k": (_get("/", "Host: a", *["X-Forwarded-For: " + "1" * 300] * 4), 431),
+    "Content-Length not a number": (_get("/", "Host: a", "Content-Length: abc", method="POST"), 400),
+    "two Content-Lengths": (
+        _get("/", "Host: a", "Content-Length: 1", "Content-Length: 2", method="POST") + b"ab",
+        400,
+    ),
+    "Content-Length and chunked": (
+        _get("/", "Host: a", "Content-Length: 5", "Transfer-Encoding: chunked", method="POST") + b"0\r\n\r\n",
+        400,
+    ),
+    "unknown Transfer-Encoding": (_get("/", "Host: a", "Transfer-Encoding: gzip", method="POST"), 501),
+    "HTTP/2.0 in plain text": (_get("/", "Host: a", version="HTTP/2.0"), 505),
+    "body over 64k": (
+        _get("/api/tokens/activate", "Host: a", "Content-Length: 70000", method="POST") + b"x" * 70000,
+        413,
+    ),
+    "an internal error page asked for directly": (_get("/_tokenpool_error/500", "Host: a"), 404),
+}
+
+
+def assert_nginx_error(status: int, headers: dict, body: bytes, expected: int) -> dict:
+    """nginx's answer is the service's JSON error shape, with the service's names for `expected`."""
+    from service.errors import HTTP_ERROR_CODES, status_name
+
+    assert status == expected, (status, body[:300])
+    assert headers["Content-Type"] == "application/json", headers
+    error = json.loads(body)
+    assert set(error) == {"status", "error_code", "message", "error_id", "request_id", "timestamp", "details"}
+    assert error["status"] == status_name(expected)
+    assert error["error_code"] == HTTP_ERROR_CODES.get(expected, status_name(expected).upper())
+    assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", error["error_id"])
+    assert error["request_id"] == headers["X-Request-ID"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", error["timestamp"]), error["timestamp"]
+    assert headers["X-Content-Type-Options"] == "nosniff" and headers["X-Frame-Options"] == "DENY"
+    return error
+
+
+@needs_nginx
+@pytest.mark.parametrize("case", list(REFUSED_BY_NGINX))
+def test_nginx_refuses_malformed_requests_in_the_json_error_shape(proxy, upstream, case):
+    data, expected = REFUSED_BY_NGINX[case]
+    assert_nginx_error(*_raw(proxy, data), expected)
+    assert not _Upstream.seen, "refused by nginx, never proxied"
+
+
+@needs_nginx
+def test_every_error_page_uses_the_service_names(tmp_path):
+    """Each page of snippets/tokenpool-errors.conf names its code as service/errors.py does."""
+    from service.errors import HTTP_ERROR_CODES, status_name
+
+    text = (NGINX_DIR / "snippets" / "tokenpool-errors.conf").read_text()
+    pages = re.findall(r"location = /_tokenpool_error/(\d+) \{.*?return (\d+) '(.*?)\\n';", text, re.S)
+    assert {int(code) for code, _, _ in pages} >= {400, 403, 404, 405, 413, 414, 421, 431, 500, 503}
+    for code, returned, body in pages:
+        assert code == returned
+        error = json.loads(body)
+        assert error["status"] == status_name(int(code)), code
+        assert error["error_code"] == HTTP_ERROR_CODES.get(int(code), status_name(int(code)).upper()), code
+    for target in re.findall(r"error_page [\d ]+ (?:=\d+ )?(\S+);", text):
+        assert target.removeprefix("/_tokenpool_error/") in {code for code, _, _ in pages}, target
+
+
+SCHEME_HEADERS = {
+    "X-Forwarded-Proto": "https",
+    "X-Forwarded-Ssl": "on",
+    "X-Forwarded-Protocol": "ssl",
+    "X-Forwarded-Scheme": "https",
+    "X-Url-Scheme": "https",
+    "Front-End-Https": "on",
+    "Forwarded": "for=1.2.3.4;proto=https",
+}
+
+
+@needs_nginx
+def test_every_scheme_header_is_set_or_removed(proxy, upstream):
+    status, _, _ = _request(proxy, "GET", "/api/tokens/summary", headers=SCHEME_HEADERS)
+    assert status == 200
+    seen = _Upstream.seen[-1]["headers"]
+    assert seen["x-forwarded-proto"] == "http"
+    for name in SCHEME_HEADERS:
+        if name != "X-Forwarded-Proto":
+            assert name.lower() not in seen, name
+
+
+@needs_nginx
+def test_access_log_never_holds_the_query_string(proxy, upstream, tmp_path):
+    secret = "tp_live_0123456789abcdef"
+    for query in (f"api_key={secret}", f"state=active&key={secret}&token={secret}", f"x={secret}"):
+        assert _request(proxy, "GET", f"/api/tokens?{query}")[0] == 200
+    assert _request(proxy, "GET", f"/api/tokens/%00?api_key={secret}")[0] == 400
+    entries = _access_log(tmp_path)
+    assert [e["uri"] for e in entries[-4:]][:3] == ["/api/tokens"] * 3
+    assert secret not in (tmp_path / "access.log").read_text()
+
+
+@needs_nginx
+@pytest.mark.parametrize("proxy", [{"SERVER_NAME": "tokens.example.com"}], indirect=True)
+def test_unknown_hosts_are_refused_when_server_name_is_set(proxy, upstream):
+    status, _, _ = _request(proxy, "GET", "/api/tokens", headers={"Host": "tokens.example.com"})
+    assert status == 200 and _Upstream.seen[-1]["headers"]["host"] == "tokens.example.com"
+    _Upstream.seen.clear()
+    for host in ("evil.example", "127.0.0.1", "tokens.example.com.evil.example"):
+        for method, path in (("GET", "/api/tokens"), ("POST", "/api/tokens/activate"), ("GET", "/metrics")):
+            assert_nginx_error(*_raw(proxy, _get(path, f"Host: {host}", method=method)), 421)
+    assert not _Upstream.seen
+    # probes that address nginx by IP still reach /healthz
+    assert _request(proxy, "GET", "/healthz", headers={"Host": "10.1.2.3"})[0] == 200
+
+
+@needs_nginx
+def test_default_server_name_serves_any_host(proxy, upstream):
+    for host in ("tokens.example.com", "127.0.0.1", "localhost:8080"):
+        assert _request(proxy, "GET", "/api/tokens", headers={"Host": host})[0] == 200
