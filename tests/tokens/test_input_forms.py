@@ -12,7 +12,7 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.helpers import POOL, activate, assert_error, user
+from tests.helpers import POOL, activate, assert_error, release, user
 
 UUID_MESSAGE = "Invalid {}format. Must be a valid UUID."
 CANON = "0f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0"
@@ -60,7 +60,21 @@ def test_canonical_uuid_in_either_case_is_accepted(client):
     tid = lease["token_id"]
     assert client.get(f"/api/tokens/{tid.upper()}").get_json()["token_id"] == tid
     assert client.get(f"/api/tokens/{tid.upper()}/usages").status_code == 200
-    assert client.post(f"/api/tokens/{tid.upper()}/release", json={"user_id": u}).status_code == 200
+    body = {"user_id": u.upper(), "lease_id": lease["lease_id"].upper()}
+    assert client.post(f"/api/tokens/{tid.upper()}/renew", json=body).status_code == 200
+    assert client.post(f"/api/tokens/{tid.upper()}/release", json=body).status_code == 200
+
+
+@pytest.mark.parametrize("raw", LOOSE_UUIDS)
+def test_loose_lease_id_is_refused_and_changes_nothing(client, raw):
+    lease = activate(client, user()).get_json()
+    loose = raw.replace(CANON, lease["lease_id"]) if CANON in raw else raw
+    for action in ("release", "renew"):
+        body = {"user_id": lease["user_id"], "lease_id": loose}
+        r = client.post(f"/api/tokens/{lease['token_id']}/{action}", json=body)
+        assert_error(r, 400, "VALIDATION_ERROR", UUID_MESSAGE.format("lease_id "))
+    token = client.get(f"/api/tokens/{lease['token_id']}").get_json()
+    assert token["state"] == "active" and token["expires_at"] == lease["expires_at"]
 
 
 @pytest.mark.parametrize("raw", LOOSE_UUIDS)
@@ -73,8 +87,8 @@ def test_loose_token_id_in_the_path_is_refused(client, raw):
     for method, suffix, body in (
         ("GET", "", None),
         ("GET", "/usages", None),
-        ("POST", "/release", {"user_id": user()}),
-        ("POST", "/renew", {"user_id": user()}),
+        ("POST", "/release", {"user_id": user(), "lease_id": user()}),
+        ("POST", "/renew", {"user_id": user(), "lease_id": user()}),
     ):
         r = client.open(path + suffix, method=method, json=body)
         assert_error(r, 400, "VALIDATION_ERROR", message)
@@ -184,11 +198,13 @@ def listings(client, clock):
     for _ in range(POOL - 1):  # every other token is held, so u always gets the same one
         activate(client, user())
     u = user()
-    tid = activate(client, u).get_json()["token_id"]
+    lease = activate(client, u).get_json()
+    tid = lease["token_id"]
     for _ in range(2):
         clock.advance(1)
-        client.post(f"/api/tokens/{tid}/release", json={"user_id": u})
-        assert activate(client, u).get_json()["token_id"] == tid
+        assert release(client, lease).status_code == 200
+        lease = activate(client, u).get_json()
+        assert lease["token_id"] == tid
     tokens = client.get("/api/tokens").get_json()["tokens"]
     other = next(t["token_id"] for t in tokens if t["token_id"] != tid)
     usages_cursor = client.get(f"/api/tokens/{tid}/usages?limit=1").get_json()["next_cursor"]
