@@ -39,6 +39,8 @@ def build(database_url):
     yield create
     if built:
         wipe_keys(built[0])
+        with built[0].app_context():
+            db.engine.dispose()  # the engines were disposed before this teardown: close the wipe's connection
 
 
 @pytest.fixture
