@@ -23,7 +23,7 @@ from sqlalchemy import text
 from service import create_app
 from service.extensions import db
 from service.health import routes as health_routes
-from tests.helpers import POOL
+from tests.helpers import BUILT_APPS, POOL
 
 PG_ADMIN_URL = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 PG_CONNECTION_LIMIT = int(os.environ.get("TEST_PG_CONNECTION_LIMIT", "25"))
@@ -211,19 +211,16 @@ def make_app(database_url: str, **overrides):
     }
     settings.update(overrides)
     app = create_app(settings)
-    _apps.append(app)
+    BUILT_APPS.append(app)
     return app
-
-
-_apps: list = []
 
 
 @pytest.fixture(autouse=True)
 def _dispose_engines():
     """Close the database connections of every app a test built, so none leaks."""
     yield
-    while _apps:
-        app = _apps.pop()
+    while BUILT_APPS:
+        app = BUILT_APPS.pop()
         sweeper = app.extensions.get("tokenpool.sweeper")
         if sweeper is not None:
             sweeper.stop()

@@ -5,6 +5,11 @@ from __future__ import annotations
 import uuid
 
 POOL = 5  # tokens in the test pool
+# Apps built by conftest.make_app, disposed after each test. The list lives here, not in
+# conftest.py: pytest imports that file as `conftest` while test modules import it as
+# `tests.conftest`, two module objects; a list of its own in each would leave the apps
+# of the second one undisposed, each holding its database connections to the end.
+BUILT_APPS: list = []
 ERROR_KEYS = {"status", "error_code", "message", "error_id", "request_id", "timestamp", "details"}
 
 
