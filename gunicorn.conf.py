@@ -197,11 +197,14 @@ def worker_exit(server, worker):
 # handler, and a first import interrupted by a second SIGCHLD crashes the master.
 if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     from prometheus_client import multiprocess
+
+    from service.metrics_storage import fold_dead_process
 else:
-    multiprocess = None
+    multiprocess = fold_dead_process = None
 
 
 def child_exit(server, worker):
-    """Drop a dead worker's live gauges from the multiprocess metrics."""
+    """Drop a dead worker's live gauges; fold its counters into the archive (the folder stays bounded)."""
     if multiprocess is not None:
         multiprocess.mark_process_dead(worker.pid)
+        fold_dead_process(worker.pid)

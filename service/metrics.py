@@ -314,6 +314,10 @@ def metrics_endpoint():
     if multiprocess():
         registry = CollectorRegistry()
         MultiProcessCollector(registry)
+        with metrics_storage.folder_lock(os.environ[metrics_storage.ENV], exclusive=False):
+            body = generate_latest(registry)  # no dead worker half folded into the archive meanwhile
+    else:
+        body = generate_latest(registry)
     # content_type, not mimetype: CONTENT_TYPE_LATEST names its charset; Werkzeug adds one to a mimetype
-    body = generate_latest(registry) + generate_latest(scrape)
+    body += generate_latest(scrape)
     return Response(body, content_type=CONTENT_TYPE_LATEST)

@@ -17,12 +17,16 @@ Sizes (measured with this service's metrics): a process writes 4 files
 route called with 8 methods, good and bad bodies, grew them to 448 KiB (the
 histogram to 256 KiB), because label values are bounded (route templates, not
 paths). `PROCESS_RESERVE_BYTES` allows one more doubling of the histogram;
-`folder_bytes(workers)` is what the folder needs (docs/DEPLOYMENT.md).
+`folder_bytes(workers)` is what the folder needs (docs/DEPLOYMENT.md). A
+dead worker's files are folded into per-type archive files by gunicorn's
+master (`fold_dead_process`), so restarts do not grow the folder.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import logging
 import os
 import threading
@@ -44,11 +48,12 @@ _failure_lock = threading.Lock()
 
 
 def folder_bytes(workers: int) -> int:
-    """Room the metrics folder needs: each live worker, as many restarted ones, the start check and a spare.
+    """Room the metrics folder needs: the live workers, the archive of dead ones, the start check, a spare.
 
-    A restarted worker's counter files stay until the next start (the scrape keeps adding them).
+    A dead worker's samples are folded into the archive files (`fold_dead_process`),
+    so restarts do not add files.
     """
-    return (2 * workers + 2) * PROCESS_RESERVE_BYTES
+    return (workers + 3) * PROCESS_RESERVE_BYTES
 
 
 def storage_error() -> str | None:
@@ -235,3 +240,95 @@ def check_at_start() -> None:
     directory = os.environ.get(ENV)
     if directory:
         check_folder(directory, MIN_FREE_BYTES)
+
+
+# How the samples of a dead process join the archive, per file prefix (prometheus_client's
+# aggregation of that type or gauge mode). Other gauge modes keep one series per pid.
+FOLDS = {
+    "counter": "sum",
+    "histogram": "sum",
+    "summary": "sum",
+    "gauge_sum": "sum",
+    "gauge_max": "max",
+    "gauge_min": "min",
+    "gauge_mostrecent": "mostrecent",
+}
+ARCHIVE = "archive"  # `<prefix>_archive.db`: read by MultiProcessCollector like any process's file
+LOCK_FILE = "fold.lock"  # not *.db: the collector ignores it
+_folding: dict = {"busy": False, "pending": []}
+
+
+@contextlib.contextmanager
+def folder_lock(directory: str, *, exclusive: bool):
+    """Shared for a scrape, exclusive for a fold: a scrape never sees a process half folded."""
+    fd = os.open(os.path.join(directory, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _folded(how: str, old: tuple | None, new: tuple) -> tuple:
+    if old is None:
+        return new
+    if how == "sum":
+        return old[0] + new[0], 0.0
+    if how == "max":
+        return max(old[0], new[0]), 0.0
+    if how == "min":
+        return min(old[0], new[0]), 0.0
+    return new if new[1] >= old[1] else old  # mostrecent: the later timestamp wins
+
+
+def fold_dead_process(pid: int, directory: str | None = None) -> None:
+    """Add the samples of dead process `pid` into the folder's archive files, then delete its files.
+
+    Called by gunicorn's master for each worker that exited (from its SIGCHLD
+    handler: a call that arrives while another runs is queued, never nested).
+    Bounds the folder to the live processes plus one archive per file type,
+    however often workers restart, while counters never go back. A file that
+    cannot be folded (the folder is full) stays as it is: nothing is lost.
+    """
+    directory = directory or os.environ.get(ENV)
+    if not directory:
+        return
+    _folding["pending"].append((pid, directory))
+    if _folding["busy"]:
+        return
+    _folding["busy"] = True
+    try:
+        while _folding["pending"]:
+            try:
+                _fold_one(*_folding["pending"].pop(0))
+            except Exception:  # the master must live on: at worst a file stays
+                log.exception("metrics of a dead process not folded")
+    finally:
+        _folding["busy"] = False
+
+
+def _fold_one(pid: int, directory: str) -> None:
+    with folder_lock(directory, exclusive=True):
+        for prefix, how in FOLDS.items():
+            dead = os.path.join(directory, f"{prefix}_{pid}.db")
+            if not os.path.exists(dead):
+                continue
+            try:
+                samples = [sample[:3] for sample in MmapedDict.read_all_values_from_file(dead)]
+                archive = ReservedMmapedDict(os.path.join(directory, f"{prefix}_{ARCHIVE}.db"))
+            except (OSError, RuntimeError) as exc:
+                log.warning("metrics of process %s not folded (%s): its file stays", pid, exc)
+                continue
+            try:
+                current = {key: (value, ts) for key, value, ts in archive.read_all_values()}
+                for key, _, _ in samples:  # room for every new series first: all or nothing
+                    if key not in current:
+                        archive.read_value(key)
+                for key, value, ts in samples:
+                    archive.write_value(key, *_folded(how, current.get(key), (value, ts)))
+            except OSError as exc:
+                _failed(exc, dead)
+                continue
+            finally:
+                archive.close()
+            os.unlink(dead)

@@ -131,3 +131,35 @@ def test_a_full_metrics_folder_never_kills_workers_and_shows_in_health(tmp_path)
     assert health["status"] == "degraded", health
     assert metrics_status == 200
     assert any("metrics folder" in line and "cannot take more samples" in line for line in log), log[-20:]
+
+
+def _counted(url: str, method: str, status: str) -> float:
+    body = http_get(url + "/metrics")[1].decode()
+    wanted = f'flask_http_request_total{{method="{method}",status="{status}"}} '
+    return sum(float(line.split()[-1]) for line in body.splitlines() if line.startswith(wanted))
+
+
+def test_restarted_workers_leave_no_files_and_every_request_stays_counted(tmp_path):
+    folder = tmp_path / "prom"
+    env = {
+        **_env(tmp_path, folder),
+        "ENABLE_RATE_LIMITING": "false",
+        "GUNICORN_MAX_REQUESTS": "25",  # each worker restarts after 25 requests
+        "GUNICORN_MAX_REQUESTS_JITTER": "1",
+    }
+    sent = 300
+    g = Gunicorn(env, workers=2)
+    try:
+        g.start()
+        for _ in range(sent):
+            assert http_get(g.url + "/no-such-page", timeout=10)[0] == 404
+        wait_for(lambda: len(_workers(g.proc.pid)) == 2, 30, what="two workers after the last restart")
+        counted = _counted(g.url, "GET", "404")
+        files = sorted(os.listdir(folder))
+        boots = [line for line in g.log_lines() if "Booting worker" in line]
+    finally:
+        g.stop()
+    assert len(boots) >= sent // 25, len(boots)  # the workers did restart, many times
+    assert counted == sent, (counted, files)  # none lost with a dead worker, none counted twice
+    pids = {name.rsplit("_", 1)[1] for name in files if name.endswith(".db")} - {"archive.db"}
+    assert len(pids) <= 2, files  # the live workers' files and the archive, nothing more
