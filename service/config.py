@@ -89,6 +89,17 @@ def _json_logs(raw: str) -> str:
     return "json" if _parse_bool("USE_JSON_LOGS", raw) else "console"
 
 
+_HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:[0-9]{1,5})?$")
+
+
+def _https_origin(raw: str) -> str:
+    """PHX_HOST (a host name, as Phoenix's guides use it) -> PUBLIC_URL https://host."""
+    host = raw.strip()
+    if not _HOST.match(host):
+        raise ConfigError(f"PHX_HOST must be a host name like tokens.example.com, got {raw!r}")
+    return f"https://{host}"
+
+
 @dataclass(frozen=True)
 class Alias:
     """A setting name other guides use, and the name this service reads instead.
@@ -134,6 +145,10 @@ ALIASES = (
         direct=False,
     ),
     Alias("TRACING_ENABLED", "OTEL_ENABLED", True, "OpenTelemetry tracing on or off"),
+    Alias(
+        "PHX_HOST", "PUBLIC_URL", True,
+        "the public host name: PUBLIC_URL becomes https://$PHX_HOST", convert=_https_origin,
+    ),
     Alias(
         "JAEGER_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT", False,
         "it names Jaeger's own (Thrift) collector; give OTEL_EXPORTER_OTLP_ENDPOINT the collector's "

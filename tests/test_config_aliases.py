@@ -48,10 +48,17 @@ def env(monkeypatch, tmp_path):
         ("USE_JSON_LOGS", "0", "LOG_FORMAT", "console"),
         ("RATE_LIMIT_MAX", "42", "RATE_LIMIT_PER_MINUTE", 42),
         ("TRACING_ENABLED", "true", "OTEL_ENABLED", True),
+        ("PHX_HOST", "tokens.example.com", "PUBLIC_URL", "https://tokens.example.com"),
     ],
 )
 def test_an_accepted_alias_gives_its_setting(env, alias, value, setting, expected):
     assert env(**{alias: value})[setting] == expected
+
+
+def test_phx_host_gives_the_public_url_of_the_app(env, monkeypatch):
+    monkeypatch.setenv("PHX_HOST", "tokens.example.com:8443")
+    app = make_app("sqlite://")
+    assert app.config["PUBLIC_URL"] == "https://tokens.example.com:8443"
 
 
 def test_the_canonical_name_wins_over_its_alias(env):
@@ -67,6 +74,7 @@ def test_the_canonical_name_wins_over_its_alias(env):
         ("USE_JSON_LOGS", "maybe", "USE_JSON_LOGS must be a boolean (true/false), got 'maybe'"),
         ("TRACING_ENABLED", "yes please", "TRACING_ENABLED must be a boolean (true/false), got 'yes please'"),
         ("ENABLE_FILE_LOGGING", "x", "ENABLE_FILE_LOGGING must be a boolean (true/false), got 'x'"),
+        ("PHX_HOST", "https://x/", "PHX_HOST must be a host name like tokens.example.com, got 'https://x/'"),
         (
             "RATE_LIMIT_TTL",
             "30",
