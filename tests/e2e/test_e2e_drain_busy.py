@@ -68,9 +68,9 @@ def _cycle(port: int, stop: threading.Event, out: list[Sent]) -> None:
         r = send("activate", "POST", "/api/tokens/activate", {"user_id": user})
         if r is None or r.status != 200:
             continue
-        token = r.json()["token_id"]
+        token, lease = r.json()["token_id"], r.json()["lease_id"]
         out[-1].user, out[-1].token_id = user, token
-        r = send("release", "POST", f"/api/tokens/{token}/release", {"user_id": user})
+        r = send("release", "POST", f"/api/tokens/{token}/release", {"user_id": user, "lease_id": lease})
         if r is not None:
             out[-1].user, out[-1].token_id = user, token
         send("summary", "GET", "/api/tokens/summary")
