@@ -135,6 +135,13 @@ def _empty_folder(directory: str) -> None:
             pass
 
 
+def when_ready(server):
+    """Before the first worker: a SIGTERM to this master will mean the whole instance stops (drain)."""
+    from service.drain import watch_master
+
+    watch_master(server)
+
+
 def post_worker_init(worker):
     """Start the token manager; on SIGTERM drain: readiness 503 at once, then stop accepting, then exit.
 
@@ -153,7 +160,7 @@ def post_worker_init(worker):
     whichever requests were queued on that worker; the app's own objects live
     as long as the worker anyway.
     """
-    from service.drain import finish, serve_accepted
+    from service.drain import finish, instance_stopping, retire, serve_accepted
     from service.health.checks import draining
     from service.tokens.sweeper import start_sweeper
 
@@ -163,8 +170,11 @@ def post_worker_init(worker):
         if draining.is_set():
             return  # a second SIGTERM changes nothing
         draining.set()
-        deadline = time.monotonic() + graceful_timeout - 1
-        threading.Timer(min(DRAIN_SECONDS, graceful_timeout / 2), finish, args=(worker, deadline)).start()
+        wait = min(DRAIN_SECONDS, graceful_timeout / 2)
+        if instance_stopping():
+            threading.Timer(wait, finish, args=(worker, time.monotonic() + graceful_timeout - 1)).start()
+        else:  # retired alone (HUP, fewer workers): the master and the other workers keep the port
+            threading.Timer(wait, retire, args=(worker,)).start()
 
     loop = worker.run
 

@@ -24,6 +24,13 @@ queued behind them.
 4. The worker serves what it accepted, then exits; gunicorn's master kills
    what is left at `graceful_timeout`.
 
+Only when the whole instance stops (`watch_master` marks a SIGTERM to
+gunicorn's master, which then closes its own copy of the port): a worker
+retired alone (a HUP reload, fewer workers) just ends its loop, because the
+master and the other workers keep serving the port and its queue. Never with
+systemd socket activation or during a USR2 upgrade, where the port outlives
+this master.
+
 Linux only for step 1 (other systems skip it: a connection arriving in the
 microseconds between the last accept and the close can then still be reset).
 """
@@ -33,8 +40,10 @@ from __future__ import annotations
 import ctypes
 import errno
 import logging
+import mmap
 import os
 import select
+import signal
 import socket
 import struct
 import threading
@@ -47,6 +56,8 @@ _accepted: list = []  # (listener, client, address) taken by `finish`, for `serv
 
 SETTLE_SECONDS = 0.2  # round trips of handshakes already under way; a LAN needs a millisecond
 SO_ATTACH_FILTER = getattr(socket, "SO_ATTACH_FILTER", 26)  # Linux, <asm-generic/socket.h>
+SO_DETACH_FILTER = getattr(socket, "SO_DETACH_FILTER", 27)
+_stopping: mmap.mmap | None = None  # one byte shared by the master and its workers: 1 = instance stops
 
 # Classic BPF, run by the kernel on each packet for the listening socket with
 # the TCP header at offset 0: drop SYN-without-ACK (a new connection), keep the
@@ -72,6 +83,46 @@ def refuse_new_connections(sock: socket.socket) -> bool:
         log.warning("cannot hold new connections back during the drain: %s", exc)
         return False
     return True
+
+
+def let_new_connections_in(sock: socket.socket) -> None:
+    """Remove a filter left on an inherited listening socket (systemd, a USR2 upgrade)."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_DETACH_FILTER, 0)
+    except OSError:
+        pass  # none attached (ENOENT), or not Linux
+
+
+def watch_master(server) -> None:
+    """In gunicorn's master before the first worker (`when_ready`): mark a SIGTERM as the instance stopping.
+
+    Wraps gunicorn's own SIGTERM handler. Not marked while a USR2 upgrade runs
+    (`reexec_pid`) or with systemd's sockets: the port outlives this master then.
+    """
+    global _stopping
+    for listener in server.LISTENERS:
+        let_new_connections_in(getattr(listener, "sock", listener))
+    if _stopping is None:
+        _stopping = mmap.mmap(-1, 1)  # anonymous and shared: workers forked later see its byte
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_term(sig, frame):
+        if not getattr(server, "systemd", False) and not getattr(server, "reexec_pid", 0):
+            _stopping[0] = 1
+        previous(sig, frame)
+
+    signal.signal(signal.SIGTERM, on_term)
+
+
+def instance_stopping() -> bool:
+    """True in a worker once its master got SIGTERM (the whole instance stops, the port closes)."""
+    return _stopping is not None and _stopping[0] == 1
+
+
+def retire(worker) -> None:
+    """End a worker's loop after its current request; its master keeps the port (HUP, fewer workers)."""
+    worker.alive = False
+    os.write(worker.PIPE[1], b"1")
 
 
 def queue_is_empty(sock: socket.socket) -> bool:
