@@ -36,12 +36,14 @@ class Token(db.Model):
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
     released_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
-    # the current lease's secret: set with current_user_id, cleared with it
+    # the current lease's secret: set with current_user_id, cleared with it (the check
+    # asks only "a holder has one", so code of the previous revision, which clears only
+    # current_user_id, keeps working against this schema during a rolling upgrade)
     lease_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
 
     __table_args__ = (
         CheckConstraint("current_user_id IS NULL OR activated_at IS NOT NULL", name="holder_has_lease"),
-        CheckConstraint("(current_user_id IS NULL) = (lease_id IS NULL)", name="holder_has_lease_id"),
+        CheckConstraint("current_user_id IS NULL OR lease_id IS NOT NULL", name="holder_has_lease_id"),
         Index("ix_tokens_expires_at_id", "expires_at", "id"),
         Index(
             "uq_tokens_current_user_id",

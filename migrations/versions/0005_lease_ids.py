@@ -1,10 +1,16 @@
 """Lease ids: the secret a holder presents to release or renew its lease.
 
-`tokens.lease_id` is the current lease's id (null exactly when the token has
-no holder); `token_usages.lease_id` the id of the lease that row records
-(null only on leases that ended before this revision). Every open lease gets
-one here, so leases granted before the upgrade can still be ended by an
-admin and expire as usual (their holders never received the id).
+`tokens.lease_id` is the current lease's id (a holder always has one; the
+service clears it when the lease ends); `token_usages.lease_id` the id of the
+lease that row records (null only on leases that ended before this
+revision). Every open lease gets one here, so leases granted before the
+upgrade can still be ended by an admin and expire as usual (their holders
+never received the id).
+
+Rolling upgrade on PostgreSQL: the previous release's code keeps working on
+this schema (its activations go through the new function; its releases and
+sweeps clear only `current_user_id`, which the checks allow) but it does not
+ask for lease ids, so finish the rollout before relying on them.
 
 `tokenpool_activate` grants each new lease a random UUID (gen_random_uuid,
 PostgreSQL's cryptographic random source) and returns it as a fifth column;
@@ -112,7 +118,7 @@ $$;
 CHECKS = {
     "tokens": (
         "ck_tokens_holder_has_lease_id",
-        "({row}current_user_id IS NULL) = ({row}lease_id IS NULL)",
+        "{row}current_user_id IS NULL OR {row}lease_id IS NOT NULL",
     ),
     "token_usages": (
         "ck_token_usages_open_has_lease_id",

@@ -213,7 +213,10 @@ def test_reads_never_show_a_lease_id_except_to_admin_keys(client, client_key):
     ("sql", "rule"),
     [
         ("UPDATE tokens SET lease_id = NULL WHERE current_user_id IS NOT NULL", "holder_has_lease_id"),
-        ("UPDATE tokens SET lease_id = id WHERE current_user_id IS NULL", "holder_has_lease_id"),
+        (
+            "UPDATE tokens SET current_user_id = id, activated_at = expires_at WHERE current_user_id IS NULL",
+            "holder_has_lease_id",
+        ),
         ("UPDATE token_usages SET lease_id = NULL WHERE ended_at IS NULL", "open_has_lease_id"),
     ],
 )
@@ -221,3 +224,23 @@ def test_the_database_refuses_a_holder_or_open_lease_without_a_lease_id(app, cli
     activate(client, user())
     with app.app_context(), pytest.raises(IntegrityError, match=rule), db.engine.begin() as conn:
         conn.execute(text(sql))
+
+
+def test_the_previous_releases_statements_still_run_on_this_schema(app, client, is_postgres):
+    """A rolling upgrade: instances of the previous release share the upgraded database."""
+    lease = activate(client, user()).get_json()
+    with app.app_context(), db.engine.begin() as conn:
+        if is_postgres:  # its activation: the four columns it knows, by name
+            old = text(
+                "SELECT token_id, activated_at, expires_at, outcome"
+                " FROM tokenpool_activate(:u, NULL, make_interval(secs => 120))"
+            )
+            assert conn.execute(old, {"u": uuid.uuid4()}).one().outcome == "available"
+        tid = _param(conn, uuid.UUID(lease["token_id"]))
+        conn.execute(  # its release: closes the usage and clears only current_user_id
+            text("UPDATE token_usages SET ended_at = started_at, end_reason = 'released' WHERE token_id=:t"),
+            {"t": tid},
+        )
+        conn.execute(text("UPDATE tokens SET current_user_id = NULL WHERE id = :t"), {"t": tid})
+    assert client.get(f"/api/tokens/{lease['token_id']}").get_json()["state"] == "available"
+    assert activate(client, user()).status_code == 200
