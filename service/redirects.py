@@ -12,12 +12,18 @@ an absolute URL, is refused with 403 HTTPS_REQUIRED.
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 from flask import current_app, request
 from werkzeug.routing import RequestRedirect
 
 from .errors import ApiError
 
-_PLACEHOLDER_ORIGIN = "http://service.invalid"  # RFC 6761: a name that never resolves
+_PLACEHOLDER_HOST = "service.invalid"  # RFC 6761: a name that never resolves
+# RFC 3986 section 3.3: pchar and "/" stay in a path; anything else (a decoded CR or LF, a
+# space, "%", non-ASCII) is percent-encoded, so a Location is one clean header.
+_PATH_SAFE = "/:@!$&'()*+,;=-._~"
+_ENCODED_SAFE = _PATH_SAFE + "?%"  # a path and query already percent-encoded
 
 
 class Redirect(ApiError):
@@ -40,9 +46,10 @@ class HttpsRequired(ApiError):
     code, error_code = 403, "HTTPS_REQUIRED"
 
 
-def _safe_path(target: str) -> str:
-    """`target` as an origin-relative reference: one leading slash, never `//` or `/\\` (another host)."""
-    return "/" + target.lstrip("/\\")
+def _relative(encoded: str) -> str:
+    """A percent-encoded path (and query) as an origin-relative reference: one leading slash,
+    never `//` (which a browser reads as another host)."""
+    return "/" + quote(encoded, safe=_ENCODED_SAFE).lstrip("/")
 
 
 def https_redirect() -> ApiError:
@@ -50,7 +57,10 @@ def https_redirect() -> ApiError:
     public = current_app.config.get("PUBLIC_URL")
     if not public:
         return HttpsRequired("This API is served over HTTPS only.")
-    target = _safe_path(request.full_path if request.query_string else request.path)
+    target = quote(request.script_root + request.path, safe=_PATH_SAFE)
+    if request.query_string:
+        target += "?" + request.query_string.decode("latin-1")  # as the client encoded it
+    target = _relative(target)
     return HttpsRedirect(public + target, "This API is served over HTTPS: repeat the request at Location.")
 
 
@@ -62,7 +72,7 @@ def routing_redirect(exc: RequestRedirect) -> Redirect:
     path and query of its answer are kept.
     """
     adapter = current_app.url_map.bind(
-        "service.invalid",
+        _PLACEHOLDER_HOST,
         script_name=request.script_root or "/",
         url_scheme="http",
         path_info=request.path,
@@ -70,8 +80,8 @@ def routing_redirect(exc: RequestRedirect) -> Redirect:
     )
     try:
         adapter.match(method=request.method)
-        target = request.path  # not reached: the same match redirects again
+        target = quote(request.path, safe=_PATH_SAFE)  # not reached: the same match redirects again
     except RequestRedirect as again:
-        target = again.new_url.removeprefix(_PLACEHOLDER_ORIGIN)
-    location = (current_app.config.get("PUBLIC_URL") or "") + _safe_path(target)
+        target = again.new_url.removeprefix(f"http://{_PLACEHOLDER_HOST}")
+    location = (current_app.config.get("PUBLIC_URL") or "") + _relative(target)  # werkzeug encoded it
     return Redirect(location, "The resource is at the URL in Location.")

@@ -142,3 +142,35 @@ def test_force_https_needs_an_https_public_url():
     settings = {"APP_ENV": "testing", "SQLALCHEMY_DATABASE_URI": "sqlite://", "PUBLIC_URL": PUBLIC + "/"}
     app = create_app(settings)
     assert app.config["PUBLIC_URL"] == PUBLIC
+
+
+@pytest.mark.parametrize(
+    ("path", "https_target", "merged_target"),
+    [
+        (
+            "/api//tokens/%0d%0aSet-Cookie:%20x/usages",
+            "/api//tokens/%0D%0ASet-Cookie:%20x/usages",
+            "/api/tokens/%0D%0ASet-Cookie:%20x/usages",
+        ),
+        (
+            "/api//tokens/%2541/usages?q=%0d%0a",
+            "/api//tokens/%2541/usages?q=%0d%0a",
+            "/api/tokens/%2541/usages?q=%0d%0a",
+        ),
+        (
+            "/api//tokens/%E2%82%AC%5C/usages",
+            "/api//tokens/%E2%82%AC%5C/usages",
+            "/api/tokens/%E2%82%AC%5C/usages",
+        ),
+    ],
+)
+def test_a_location_is_percent_encoded_never_a_second_header(build, path, https_target, merged_target):
+    """A decoded CR LF, "%" or non-ASCII character of the path is encoded again, never written raw."""
+    app = build(ENABLE_RATE_LIMITING=False, FORCE_HTTPS=True, PUBLIC_URL=PUBLIC)
+    r = app.test_client().get(path)
+    assert_error(r, 308, "HTTPS_REQUIRED")
+    assert r.headers["Location"] == PUBLIC + https_target and "Set-Cookie" not in r.headers
+    app = build(ENABLE_RATE_LIMITING=False)
+    r = app.test_client().get(path)
+    assert_error(r, 308, "REDIRECT")
+    assert r.headers["Location"] == merged_target and "Set-Cookie" not in r.headers
