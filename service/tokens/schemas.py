@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import json
@@ -112,11 +113,15 @@ def id_position(value) -> int | None:
     return canonical_int(value, 1, BIGINT_MAX)
 
 
+@functools.lru_cache(maxsize=4)
+def _cursor_key(secret: str) -> bytes:
+    """The cursor key: HMAC-SHA256(SECRET_KEY, a fixed label), so SECRET_KEY itself signs nothing here."""
+    return hmac.new(secret.encode(), b"tokenpool keyset cursor", hashlib.sha256).digest()
+
+
 def _cursor_mac(payload: bytes) -> bytes:
-    """HMAC-SHA256 of a cursor's payload under a key derived from SECRET_KEY (first 16 bytes)."""
-    secret = current_app.config["SECRET_KEY"].encode()
-    key = hmac.new(secret, b"tokenpool keyset cursor", hashlib.sha256).digest()
-    return hmac.new(key, payload, hashlib.sha256).digest()[:16]
+    """HMAC-SHA256 of a cursor's payload under the cursor key (first 16 bytes)."""
+    return hmac.new(_cursor_key(current_app.config["SECRET_KEY"]), payload, hashlib.sha256).digest()[:16]
 
 
 def _b64(raw: bytes) -> str:
