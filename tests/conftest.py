@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 from flask_migrate import upgrade
+from prometheus_client import values
 from sqlalchemy import text
 
 from service import create_app
@@ -124,6 +125,18 @@ def _connection_guard():
         guard = _guard.pop()
         guard.stop()
         _run_peak.append(guard.run_peak)
+
+
+@pytest.fixture(autouse=True)
+def _prometheus_value_class():
+    """Undo a test's switch of prometheus_client to multiprocess files (PROMETHEUS_MULTIPROC_DIR).
+
+    The switch is process-wide: the apps of later tests, built without the
+    variable, would otherwise look for its folder.
+    """
+    saved = values.ValueClass
+    yield
+    values.ValueClass = saved
 
 
 @pytest.fixture(autouse=True)
