@@ -264,6 +264,9 @@ def _from_environment(instance_path: str, env: str) -> dict:
         "LOG_EXCEPTIONS_FILE": _str("LOG_EXCEPTIONS_FILE", None),
         "LOG_ROTATE": _str("LOG_ROTATE", "size"),
         "LOG_RETENTION_DAYS": _int("LOG_RETENTION_DAYS", 0, minimum=0),
+        "LOGSTASH_HOST": _str("LOGSTASH_HOST", None),
+        "LOGSTASH_PORT": _int("LOGSTASH_PORT", 5000, minimum=1),
+        "LOGSTASH_QUEUE_SIZE": _int("LOGSTASH_QUEUE_SIZE", 10000, minimum=1),
         "METRICS_ENABLED": _bool("METRICS_ENABLED", True),
         "METRICS_TOKEN": _str("METRICS_TOKEN", None),
         "SLOW_QUERY_MS": _int("SLOW_QUERY_MS", 1000, minimum=1),
@@ -310,6 +313,8 @@ def _validate(config: dict) -> None:
         raise ConfigError(f"LOG_FORMAT must be 'json' or 'console', got {config['LOG_FORMAT']!r}")
     if config["LOG_ROTATE"] not in ROTATIONS:
         raise ConfigError(f"LOG_ROTATE must be one of {', '.join(ROTATIONS)}, got {config['LOG_ROTATE']!r}")
+    if config["LOGSTASH_PORT"] > 65535:
+        raise ConfigError(f"LOGSTASH_PORT must be a TCP port (1-65535), got {config['LOGSTASH_PORT']}")
     problem = check_folders(config)
     if problem:
         raise ConfigError(problem)

@@ -15,6 +15,7 @@ from flask import g, has_request_context, request
 from pythonjsonlogger.orjson import OrjsonFormatter
 
 from .log_files import file_handler
+from .log_shipping import TcpJsonLines, count_drop
 from .tracing import current_trace_ids
 
 COLOURS = {"DEBUG": "36", "INFO": "32", "WARNING": "33", "ERROR": "31", "CRITICAL": "35"}
@@ -235,10 +236,33 @@ class _Enqueue(logging.handlers.QueueHandler):
         return record
 
 
+class _DroppingEnqueue(_Enqueue):
+    """The shipping queue: a full queue drops the record (counted) instead of waiting."""
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        try:
+            self.queue.put_nowait(record)
+        except queue.Full:
+            count_drop("queue_full")
+
+
+def _ship(config) -> logging.Handler:
+    """LOGSTASH_HOST: a queue in front of a TCP sender thread (service/log_shipping.py)."""
+    sender = TcpJsonLines(config["LOGSTASH_HOST"], config["LOGSTASH_PORT"])
+    sender.setFormatter(json_formatter(config))
+    shipping = _DroppingEnqueue(queue.Queue(config["LOGSTASH_QUEUE_SIZE"]))
+    shipping.listener = logging.handlers.QueueListener(shipping.queue, sender)
+    shipping.listener.start()
+    atexit.register(_close_queue, shipping)
+    return shipping
+
+
 def _stop(listener) -> None:
-    """Write what is queued and end the writer thread (once)."""
+    """Write what is queued, end the writer thread and close what it wrote to (once)."""
     if listener is not None and listener._thread is not None:
         listener.stop()
+        for handler in listener.handlers:
+            handler.close()
 
 
 def _close_queue(handler: logging.Handler) -> None:
@@ -306,6 +330,8 @@ def configure_logging(config) -> None:
         queued.listener.start()
         atexit.register(_close_queue, queued)
         handlers = [queued]
+    if config.get("LOGSTASH_HOST"):
+        handlers.append(_ship(config))
     window = config.get("LOG_REPEAT_WINDOW_SECONDS", 0)
     for handler in handlers:
         handler.addFilter(RequestContextFilter())  # runs in the request's thread, even when queued

@@ -33,6 +33,7 @@ from .db import observe_queries
 from .errors import Unauthorized
 from .extensions import db
 from .labels import bounded_method, bounded_status, url_rule
+from .log_shipping import report_drops_to
 from .request_context import elapsed_ms
 from .telemetry import TokenEvent
 from .tokens import reads
@@ -137,6 +138,12 @@ class TokenMetrics:
         )
         self.auth_failures = Counter(
             "tokenpool_auth_failures_total", "Rejected API key attempts by reason", ["reason"], registry=r
+        )
+        self.log_lines_dropped = Counter(
+            "tokenpool_log_lines_dropped_total",
+            "Log lines not shipped to LOGSTASH_HOST, by reason (queue_full, collector_down)",
+            ["reason"],
+            registry=r,
         )
         self.exceptions = Counter(
             "tokenpool_unhandled_exceptions_total", "Unexpected exceptions by type", ["type"], registry=r
@@ -292,6 +299,8 @@ def init_metrics(app) -> TokenMetrics:
     metrics = TokenMetrics(registry)
     app.extensions["tokenpool.metrics"] = metrics
     app.extensions["tokenpool.telemetry"].subscribe(metrics.on_event)
+    if app.config.get("LOGSTASH_HOST"):
+        report_drops_to(metrics.log_lines_dropped)
     if not app.config["METRICS_ENABLED"]:
         return metrics
     _track_requests(app, metrics)
