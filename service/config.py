@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from limits import parse as parse_limit
 
+from .deadline import BoundedQueuePool, Deadline
 from .log_files import ROTATIONS, check_folders
 
 ENVIRONMENTS = ("development", "testing", "production")
@@ -252,6 +253,7 @@ def _from_environment(instance_path: str, env: str) -> dict:
         "POOL_RECYCLE_SECONDS": _int("POOL_RECYCLE_SECONDS", 1800, minimum=1),
         "DB_CONNECT_TIMEOUT": _int("DB_CONNECT_TIMEOUT", 3, minimum=1),
         "DB_STATEMENT_TIMEOUT_MS": _int("DB_STATEMENT_TIMEOUT_MS", 5000, minimum=0),
+        "DB_DEADLINE_SECONDS": _float("DB_DEADLINE_SECONDS", 3.0),
         "MAX_CONTENT_LENGTH": _int("MAX_CONTENT_LENGTH", 64 * 1024, minimum=1),
         "LOG_LEVEL": (_str("LOG_LEVEL", "INFO") or "INFO").upper(),
         "LOG_FORMAT": _str("LOG_FORMAT", "json" if env == "production" else "console"),
@@ -326,6 +328,9 @@ def _validate(config: dict) -> None:
     config["PUBLIC_URL"] = _public_url(config.get("PUBLIC_URL") or None)
     if config["FORCE_HTTPS"] and (config.get("PUBLIC_URL") or "https:").startswith("http:"):
         raise ConfigError("PUBLIC_URL must be an https:// URL when FORCE_HTTPS is on")
+    deadline = config["DB_DEADLINE_SECONDS"]
+    if not 0.1 <= deadline <= 600:
+        raise ConfigError(f"DB_DEADLINE_SECONDS must be between 0.1 and 600 (seconds), got {deadline}")
     if config["APP_ENV"] == "production":
         if not config.get("SECRET_KEY"):
             raise ConfigError("SECRET_KEY must be set in production")
@@ -346,8 +351,8 @@ def load_config(app, overrides: dict | None = None) -> None:
     if overrides:
         app.config.update(overrides)
     app.config["SQLALCHEMY_DATABASE_URI"] = normalise_database_url(app.config["SQLALCHEMY_DATABASE_URI"])
-    app.config["SQLALCHEMY_ENGINE_OPTIONS"] = engine_options(app.config)
     _validate(app.config)
+    app.config["SQLALCHEMY_ENGINE_OPTIONS"] = engine_options(app.config)
 
 
 def engine_options(config: dict) -> dict:
@@ -355,8 +360,12 @@ def engine_options(config: dict) -> dict:
     url = config["SQLALCHEMY_DATABASE_URI"]
     if url.startswith("sqlite"):
         return {"connect_args": {"timeout": 30, "check_same_thread": False}}
-    options = f"-c statement_timeout={config['DB_STATEMENT_TIMEOUT_MS']} -c lock_timeout=3000"
+    # a new connection's statement and lock timeouts fit a whole request budget (see deadline.py)
+    deadline = Deadline(config["DB_DEADLINE_SECONDS"], config["DB_STATEMENT_TIMEOUT_MS"])
+    timeout_ms = deadline.session_timeout_ms()
+    options = f"-c statement_timeout={timeout_ms} -c lock_timeout={timeout_ms}"
     return {
+        "poolclass": BoundedQueuePool,  # a checkout waits no longer than the budget
         "pool_size": config["POOL_SIZE"],
         "max_overflow": config["POOL_MAX_OVERFLOW"],
         # no pre-ping round trip per checkout: run_transaction retries once on a dropped connection

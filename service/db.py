@@ -12,6 +12,7 @@ from psycopg.rows import namedtuple_row
 from sqlalchemy import event
 from sqlalchemy.exc import DBAPIError, MultipleResultsFound, NoResultFound
 
+from .deadline import BoundedConnection, Deadline
 from .extensions import db, migrate
 
 T = TypeVar("T")
@@ -21,13 +22,34 @@ RETRYABLE_SQLSTATES = {"40P01", "40001", "55P03"}
 
 
 def init_db(app) -> None:
-    """Bind Flask-SQLAlchemy and Flask-Migrate; make SQLite transactions serialise writers."""
+    """Bind Flask-SQLAlchemy and Flask-Migrate; bound PostgreSQL waits; serialise SQLite writers."""
     db.init_app(app)
     migrate.init_app(app, db, render_as_batch=True, compare_type=True)
+    deadline = app.extensions["tokenpool.deadline"] = Deadline(
+        app.config["DB_DEADLINE_SECONDS"], app.config["DB_STATEMENT_TIMEOUT_MS"]
+    )
     with app.app_context():
         engine = db.engine  # created lazily, no connection is opened here
         if engine.dialect.name == "sqlite":
             _serialise_sqlite(engine)
+        elif engine.dialect.name == "postgresql":
+            _bound_waits(engine, deadline)
+
+
+def _bound_waits(engine, deadline: Deadline) -> None:
+    """Connect with BoundedConnection: every wait on the socket ends at the deadline."""
+    session_timeout_ms = deadline.session_timeout_ms()  # what engine_options' startup options set
+
+    @event.listens_for(engine, "do_connect")
+    def _connect(dialect, record, cargs, cparams):
+        conn = BoundedConnection.connect(*cargs, **cparams)
+        conn.server_timeout_ms = session_timeout_ms
+        return conn
+
+
+def database_deadline() -> Deadline:
+    """The current app's database deadline (settings and stall state)."""
+    return current_app.extensions["tokenpool.deadline"]
 
 
 def _serialise_sqlite(engine) -> None:
@@ -148,7 +170,7 @@ class AutocommitConnection:
         return self.exec_driver_sql(compiled.string, compiled.construct_params(params))
 
 
-def _run_autocommit(engine, work: Callable[..., T], args, kwargs) -> T:
+def _run_autocommit(engine, deadline: Deadline, work: Callable[..., T], args, kwargs) -> T:
     """`work(conn, ...)` on an AutocommitConnection; a dropped connection empties the pool."""
     try:
         pooled = engine.raw_connection()
@@ -160,6 +182,7 @@ def _run_autocommit(engine, work: Callable[..., T], args, kwargs) -> T:
             conn.dbapi_conn.autocommit = True
         except psycopg.Error as exc:
             raise conn.failed(exc, "-- autocommit on") from exc
+        deadline.fit_server_timeouts(conn, conn.dbapi_conn, local=False)
         return work(conn, *args, **kwargs)
     finally:
         if not conn.broken:
@@ -174,22 +197,38 @@ def _run_autocommit(engine, work: Callable[..., T], args, kwargs) -> T:
 
 
 def run_transaction(
-    work: Callable[..., T], /, *args, attempts: int = 3, single_statement: bool = False, **kwargs
+    work: Callable[..., T],
+    /,
+    *args,
+    attempts: int = 3,
+    single_statement: bool = False,
+    budget_seconds: float | None = None,
+    **kwargs,
 ) -> T:
     """Run `work(conn, *args, **kwargs)` in one transaction and commit it.
 
-    Retries on deadlock, lock timeout or a dropped connection. `single_statement`
-    work runs in autocommit on PostgreSQL (the statement is its own transaction),
-    saving the BEGIN and COMMIT round trips.
+    Retries on deadlock, lock timeout or a dropped connection while the budget
+    lasts. The budget (see `Deadline.budget`; `budget_seconds` None: the
+    request's, else DB_DEADLINE_SECONDS) bounds every attempt, and the retries
+    together: past it the database error is raised (503). Raises
+    DatabaseStalled (503) at once while the database is known to be stalled.
+    `single_statement` work runs in autocommit on PostgreSQL (the statement is
+    its own transaction), saving the BEGIN and COMMIT round trips.
     """
-    for attempt in range(1, attempts + 1):
-        try:
-            engine = db.engine
-            if single_statement and engine.dialect.name == "postgresql":
-                return _run_autocommit(engine, work, args, kwargs)
-            with engine.begin() as conn:
-                return work(conn, *args, **kwargs)
-        except DBAPIError as exc:
-            if attempt == attempts or not _retryable(exc):
-                raise
+    deadline = database_deadline()
+    with deadline.budget(budget_seconds):
+        for attempt in range(1, attempts + 1):
+            try:
+                engine = db.engine
+                if engine.dialect.name != "postgresql":
+                    with engine.begin() as conn:
+                        return work(conn, *args, **kwargs)
+                if single_statement:
+                    return _run_autocommit(engine, deadline, work, args, kwargs)
+                with engine.begin() as conn:
+                    deadline.fit_server_timeouts(conn, conn.connection.driver_connection, local=True)
+                    return work(conn, *args, **kwargs)
+            except DBAPIError as exc:
+                if attempt == attempts or not _retryable(exc) or not deadline.may_retry():
+                    raise
     raise AssertionError("unreachable")

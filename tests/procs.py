@@ -191,6 +191,25 @@ class ThrowawayPostgres:
     def stop(self, mode: str = "fast") -> None:
         self._run(str(PG_BIN / "pg_ctl"), "-D", str(self.dir / "data"), "-m", mode, "-w", "stop")
 
+    def pids(self) -> list[int]:
+        """The postmaster and its children (backends, background workers)."""
+        postmaster = int((self.dir / "data" / "postmaster.pid").read_text().split()[0])
+        out = subprocess.run(["pgrep", "-P", str(postmaster)], capture_output=True, text=True).stdout
+        return [postmaster, *map(int, out.split())]
+
+    def freeze(self) -> list[int]:
+        """SIGSTOP the whole cluster: connections stay open, nothing answers. Returns the pids."""
+        pids = self.pids()
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        return pids
+
+    @staticmethod
+    def thaw(pids: list[int]) -> None:
+        """SIGCONT exactly the processes `freeze` stopped."""
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+
     def destroy(self) -> None:
         try:
             self.stop("immediate")

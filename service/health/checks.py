@@ -17,6 +17,8 @@ from flask_migrate import Migrate
 from sqlalchemy import inspect, text
 
 from .. import metrics_storage
+from ..db import database_deadline
+from ..deadline import DeadlineExceeded
 from ..extensions import db
 from ..log_files import configured_files, write_failures
 from ..timeutil import isoformat, utcnow
@@ -51,7 +53,9 @@ def run_checks(named: dict, app, timeout: float) -> dict[str, dict]:
         except concurrent.futures.TimeoutError:
             results[name] = {"status": UNHEALTHY, "error": f"timed out after {timeout:g}s"}
         except Exception as exc:  # a failing dependency is a finding, not a crash
-            results[name] = {"status": UNHEALTHY, "error": type(exc).__name__}
+            timed_out = isinstance(getattr(exc, "orig", exc), DeadlineExceeded)  # its own deadline ended it
+            error = f"timed out after {timeout:g}s" if timed_out else type(exc).__name__
+            results[name] = {"status": UNHEALTHY, "error": error}
         results[name].setdefault("latency_ms", round((time.perf_counter() - start) * 1000, 2))
     return results
 
@@ -71,8 +75,15 @@ def head_revision() -> str | None:
 
 
 def database(now=None) -> dict:
-    """The database answers, the schema is at head and the pool is seeded."""
-    with db.engine.connect() as conn:
+    """The database answers, the schema is at head and the pool is seeded.
+
+    Every wait is bounded by HEALTH_CHECK_TIMEOUT (at most DB_DEADLINE_SECONDS),
+    so a frozen database ends the check instead of leaving its thread stuck.
+    Raises DatabaseStalled at once while the database is known to be stalled.
+    """
+    config = current_app.config
+    budget = database_deadline().budget(min(config["HEALTH_CHECK_TIMEOUT"], config["DB_DEADLINE_SECONDS"]))
+    with budget, db.engine.connect() as conn:
         conn.execute(text("SELECT 1"))
         if not inspect(conn).has_table("alembic_version"):
             return {

@@ -7,6 +7,7 @@ from flask import current_app
 from flask.cli import AppGroup
 
 from ..db import run_transaction
+from ..deadline import NO_DEADLINE
 from . import service
 from .sweeper import run_sweep
 
@@ -22,7 +23,8 @@ def seed(size):
     def progress(done, total):
         click.echo(f"seeded {done}/{total}")
 
-    added = run_transaction(service.seed, size, progress=progress)
+    # a large pool takes as long as it takes: no request deadline for an operator's command
+    added = run_transaction(service.seed, size, progress=progress, budget_seconds=NO_DEADLINE)
     click.echo(f"pool size {size}: {added} tokens added")
 
 

@@ -6,9 +6,6 @@ on a free port; the test stops, freezes and restarts them.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import time
 
 import pytest
@@ -94,19 +91,11 @@ def test_postgres_down_fails_readiness_fast_and_recovers_without_restart(throwaw
     assert activate(client, user()).status_code in (200, 201)
 
 
-def _cluster_pids(pg: ThrowawayPostgres) -> list[int]:
-    postmaster = int((pg.dir / "data" / "postmaster.pid").read_text().split()[0])
-    children = subprocess.run(["pgrep", "-P", str(postmaster)], capture_output=True, text=True).stdout.split()
-    return [postmaster, *map(int, children)]
-
-
 def test_a_hung_postgres_cannot_hang_the_probes(throwaway_pg, pg_app):
     """Frozen, not stopped: connections open but nothing answers. Each check has its own timeout."""
     client = pg_app.test_client()
     assert client.get("/health/ready").status_code == 200
-    pids = _cluster_pids(throwaway_pg)
-    for pid in pids:
-        os.kill(pid, signal.SIGSTOP)
+    pids = throwaway_pg.freeze()
     try:
         start = time.monotonic()
         response = client.get("/health/ready")
@@ -120,8 +109,7 @@ def test_a_hung_postgres_cannot_hang_the_probes(throwaway_pg, pg_app):
         assert time.monotonic() - start < pg_app.config["HEALTH_CHECK_TIMEOUT"] + 1.5
         assert client.get("/health/live").status_code == 200
     finally:
-        for pid in pids:
-            os.kill(pid, signal.SIGCONT)
+        throwaway_pg.thaw(pids)
     _poll(client, "/health/ready", 200, timeout=15)
 
 

@@ -1,0 +1,247 @@
+"""The database deadline: a client-side bound on every wait for PostgreSQL.
+
+PostgreSQL's `statement_timeout` and `lock_timeout` run on the server: a frozen,
+stopped or black-holed server never fires them, and the kernel of a SIGSTOPped
+host still acknowledges TCP, so keepalives do not end the wait either. The
+client therefore keeps a deadline of its own (`DB_DEADLINE_SECONDS`):
+
+- `Deadline.budget()` sets the deadline of the database work inside it: the
+  request's (its start plus `DB_DEADLINE_SECONDS`, shared by every transaction
+  of the request), or its own outside a request (health checks, the sweeper).
+- `BoundedConnection` (psycopg 3) waits on its socket, while connecting and
+  for every statement, only until that deadline; past it the connection is
+  closed, so the pool discards it, and `DeadlineExceeded` is raised.
+- `BoundedQueuePool` waits for a free pooled connection only as long as the
+  budget lasts.
+- `Deadline.fit_server_timeouts` keeps the server's statement and lock timeouts
+  just under the remaining budget, so a lock wait ends on the server (which
+  keeps the connection usable and frees the backend) before the client gives up.
+- After the database stalled (a budget spent waiting for it), database work in
+  this process fails at once for `STALL_COOLDOWN_SECONDS`: queued requests and
+  probes behind a stuck worker do not each wait a whole budget.
+
+psycopg waits through `Connection.wait` (statements, commits, rollbacks) and
+`Connection._connect_gen` (connecting); both are overridden here. See
+psycopg's `waiting` module: a wait generator is sent `READY_NONE` when the
+poll interval passes without I/O, which is where the deadline is checked.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextvars import ContextVar
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg import waiting
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlalchemy.pool import QueuePool
+
+from .errors import ServiceUnavailable
+from .request_context import request_started
+
+NO_DEADLINE = math.inf  # work that may take as long as it needs (CLI commands)
+STALL_COOLDOWN_SECONDS = 1.0
+_WAIT_INTERVAL = 0.1  # psycopg's own poll interval: the deadline is checked at least this often
+
+# the absolute deadline (time.perf_counter seconds) of the database work of this thread
+_deadline: ContextVar[float | None] = ContextVar("tokenpool_db_deadline", default=None)
+_clock = time.perf_counter
+
+
+class DeadlineExceeded(psycopg.OperationalError):
+    """The database did not answer within the deadline; the connection was closed."""
+
+
+class DatabaseStalled(ServiceUnavailable):
+    """The database stalled moments ago: answered at once instead of waiting again."""
+
+    def __init__(self) -> None:
+        super().__init__("The database is unavailable. Please retry shortly.", reason="database_error")
+
+
+def remaining() -> float | None:
+    """Seconds left before this thread's database deadline, or None without one."""
+    deadline = _deadline.get()
+    return None if deadline is None else deadline - _clock()
+
+
+def _until(gen, deadline: float):
+    """Drive psycopg wait generator `gen`, raising DeadlineExceeded once `deadline` passes.
+
+    The first step runs unchecked: it does no waiting (a generator that needs
+    no I/O, such as a rollback outside a transaction, finishes here).
+    """
+    try:
+        state = next(gen)
+        while True:
+            if _clock() >= deadline:
+                raise DeadlineExceeded("the database did not answer within the deadline")
+            state = gen.send((yield state))
+    except StopIteration as done:
+        return done.value
+
+
+class BoundedConnection(psycopg.Connection):
+    """A psycopg connection whose waits end at this thread's database deadline.
+
+    `server_timeout_ms`: the session's statement and lock timeout, as set at
+    connect time (None when unknown, e.g. through PgBouncer).
+    """
+
+    server_timeout_ms: int | None = None
+
+    def wait(self, gen, interval: float = _WAIT_INTERVAL):
+        deadline = _deadline.get()
+        if deadline is None:
+            return super().wait(gen, interval)
+        try:
+            return waiting.wait(_until(gen, deadline), self.pgconn.socket, interval=interval)
+        except DeadlineExceeded:
+            # mid-protocol: the answer may still come, so the connection can never be reused
+            self.close()
+            raise
+
+    @classmethod
+    def _connect_gen(cls, conninfo: str = "", *, timeout: float = 0.0):
+        left = remaining()
+        if left is not None:
+            if left <= 0:
+                raise DeadlineExceeded("no time left to connect to the database")
+            timeout = min(timeout, left) if timeout else left
+        return super()._connect_gen(conninfo, timeout=timeout)
+
+
+class BoundedQueuePool(QueuePool):
+    """SQLAlchemy's QueuePool, whose wait for a free connection ends with the budget.
+
+    QueuePool reads `self._timeout` when it waits (sqlalchemy/pool/impl.py,
+    `_do_get`); tests/resilience/test_db_deadline.py fails if that changes.
+    """
+
+    @property
+    def _timeout(self) -> float:
+        left = remaining()
+        return self._configured_timeout if left is None else max(0.0, min(self._configured_timeout, left))
+
+    @_timeout.setter
+    def _timeout(self, value: float) -> None:
+        self._configured_timeout = value
+
+
+_STALLS = (DeadlineExceeded, pg_errors.ConnectionTimeout)  # the client gave up waiting
+_SERVER_TIMEOUTS = (pg_errors.QueryCanceled, pg_errors.LockNotAvailable)  # the server gave up
+
+
+class Deadline:
+    """One app's database deadline settings and its process-wide stall state.
+
+    `seconds`: DB_DEADLINE_SECONDS. `margin`: how long before the client's
+    deadline the server's timeouts fire (a tenth of the deadline, at most
+    0.25 s). `statement_cap_ms`: DB_STATEMENT_TIMEOUT_MS (0: no cap).
+    """
+
+    def __init__(self, seconds: float, statement_cap_ms: int) -> None:
+        self.seconds = seconds
+        self.margin = min(0.25, seconds / 10)
+        self.statement_cap_ms = statement_cap_ms
+        self.stalled_until = 0.0
+
+    def session_timeout_ms(self) -> int:
+        """The statement and lock timeout a new connection starts with: a full budget's."""
+        return self._server_timeout_ms(self.seconds)
+
+    def _server_timeout_ms(self, left: float) -> int:
+        ms = int((left - self.margin) * 1000)
+        return min(ms, self.statement_cap_ms) if self.statement_cap_ms else ms
+
+    def budget(self, seconds: float | None = None) -> Budget:
+        """The deadline for the database work of a `with` block.
+
+        `seconds` None: the request's budget (its start plus DB_DEADLINE_SECONDS)
+        inside a request, else DB_DEADLINE_SECONDS from now. An enclosing budget
+        that ends sooner wins. NO_DEADLINE: none (CLI commands). Entering raises
+        DatabaseStalled while the database is known to be stalled.
+        """
+        return Budget(self, seconds)
+
+    def stalled(self) -> None:
+        """Note that the database stalled: fail fast for STALL_COOLDOWN_SECONDS."""
+        self.stalled_until = _clock() + STALL_COOLDOWN_SECONDS
+
+    def is_stall(self, exc: BaseException, left: float | None) -> bool:
+        """Whether `exc` says the database did not answer within the budget."""
+        if isinstance(exc, PoolTimeoutError):
+            return True
+        orig = exc.orig if isinstance(exc, DBAPIError) else exc
+        if isinstance(orig, _STALLS):
+            return True
+        # a server-side timeout is a stall when it spent the budget, not when a cap cut one statement
+        return isinstance(orig, _SERVER_TIMEOUTS) and left is not None and left < 2 * self.margin
+
+    def may_retry(self) -> bool:
+        """Whether enough of the budget is left for another attempt."""
+        left = remaining()
+        return left is None or left >= 2 * self.margin
+
+    def fit_server_timeouts(self, conn, dbapi_conn, *, local: bool) -> None:
+        """Keep the server's statement and lock timeouts just under the remaining budget.
+
+        `conn` runs the statement (a SQLAlchemy Connection or an AutocommitConnection);
+        `dbapi_conn` is its psycopg connection. `local`: for this transaction only
+        (SET LOCAL), else for the session. Sends nothing when the session's
+        timeouts already fit, which is the common case. Raises DBAPIError
+        (DeadlineExceeded) when the budget is too short to start.
+        """
+        left = remaining()
+        if left is None:
+            return
+        target = self._server_timeout_ms(left)
+        if target < 1:
+            exc = DeadlineExceeded("no time left for the database")
+            raise DBAPIError.instance(None, None, exc, psycopg.Error)
+        current = getattr(dbapi_conn, "server_timeout_ms", None)
+        margin_ms = self.margin * 1000
+        if current is not None and target - margin_ms <= current <= target + margin_ms / 2:
+            return
+        value = str(target)
+        conn.exec_driver_sql(
+            "SELECT set_config('statement_timeout', %s, %s) AS statement_timeout,"
+            " set_config('lock_timeout', %s, %s) AS lock_timeout",
+            (value, local, value, local),
+        )
+        if not local and isinstance(dbapi_conn, BoundedConnection):
+            dbapi_conn.server_timeout_ms = target
+
+
+class Budget:
+    """See `Deadline.budget`."""
+
+    __slots__ = ("deadline", "seconds", "token")
+
+    def __init__(self, deadline: Deadline, seconds: float | None) -> None:
+        self.deadline, self.seconds, self.token = deadline, seconds, None
+
+    def __enter__(self) -> Budget:
+        state = self.deadline
+        now = _clock()
+        if now < state.stalled_until:
+            raise DatabaseStalled()
+        seconds = self.seconds
+        if seconds == NO_DEADLINE:
+            self.token = _deadline.set(None)
+            return self
+        if seconds is None:
+            ends = (request_started() or now) + state.seconds
+        else:
+            ends = now + seconds
+        outer = _deadline.get()
+        self.token = _deadline.set(ends if outer is None or ends < outer else outer)
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc is not None and self.deadline.is_stall(exc, remaining()):
+            self.deadline.stalled()
+        _deadline.reset(self.token)

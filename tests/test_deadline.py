@@ -1,0 +1,166 @@
+"""The database deadline's parts, without a stalled server (see tests/resilience/test_db_deadline.py)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from psycopg import errors as pg_errors
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+
+from service.config import ConfigError
+from service.db import database_deadline, run_transaction
+from service.deadline import (
+    NO_DEADLINE,
+    BoundedQueuePool,
+    DatabaseStalled,
+    Deadline,
+    DeadlineExceeded,
+    remaining,
+)
+from tests.conftest import make_app
+
+
+class FakeDbapiConnection:
+    """What a pool needs of a DBAPI connection."""
+
+    server_timeout_ms = None
+
+    def rollback(self):
+        pass
+
+    def close(self):
+        pass
+
+
+class Recorder:
+    """Stands in for the connection `fit_server_timeouts` sends its SET through."""
+
+    def __init__(self):
+        self.sent = []
+
+    def exec_driver_sql(self, sql, params):
+        self.sent.append(params)
+
+
+def test_a_pool_checkout_waits_no_longer_than_the_budget():
+    """SQLAlchemy's QueuePool reads `_timeout` when it waits: this fails if that changes."""
+    pool = BoundedQueuePool(FakeDbapiConnection, pool_size=1, max_overflow=0, timeout=30)
+    held = pool.connect()
+    deadline = Deadline(0.5, 0)
+    try:
+        with deadline.budget(0.5):
+            started = time.perf_counter()
+            with pytest.raises(PoolTimeoutError):
+                pool.connect()
+            assert time.perf_counter() - started < 1.0
+        assert pool.timeout() == 30  # without a budget: the configured wait
+    finally:
+        held.close()
+
+
+def test_the_server_timeouts_are_set_only_when_the_session_ones_do_not_fit():
+    deadline = Deadline(3.0, 5000)
+    assert deadline.margin == 0.25 and deadline.session_timeout_ms() == 2750
+    dbapi = FakeDbapiConnection()
+    dbapi.server_timeout_ms = 2750
+    conn = Recorder()
+    with deadline.budget(3.0):  # a full budget: the session's timeouts fit, nothing is sent
+        deadline.fit_server_timeouts(conn, dbapi, local=False)
+    assert conn.sent == []
+    with deadline.budget(1.0):  # a budget partly spent: lowered just under what is left
+        deadline.fit_server_timeouts(conn, dbapi, local=True)
+    value, local = conn.sent[-1][:2]
+    assert 700 <= int(value) <= 750 and local is True
+    with deadline.budget(12.0):  # slow work with a budget of its own: raised, up to the statement cap
+        deadline.fit_server_timeouts(conn, dbapi, local=True)
+    assert conn.sent[-1][:2] == ("5000", True)
+    with deadline.budget(NO_DEADLINE):
+        assert remaining() is None
+        deadline.fit_server_timeouts(conn, dbapi, local=True)
+    assert len(conn.sent) == 2
+    with deadline.budget(0.2), pytest.raises(DBAPIError) as raised:  # not even the margin is left
+        deadline.fit_server_timeouts(conn, dbapi, local=True)
+    assert isinstance(raised.value.orig, DeadlineExceeded)
+
+
+def _server_timeouts(conn) -> tuple[int, int]:
+    """The session's statement and lock timeouts, in ms."""
+    sql = "SELECT current_setting('statement_timeout') AS s, current_setting('lock_timeout') AS l"
+    return tuple(int(value.removesuffix("ms")) for value in conn.exec_driver_sql(sql).first())
+
+
+@pytest.mark.parametrize("single_statement", [True, False], ids=["autocommit", "transaction"])
+def test_each_attempt_gets_server_timeouts_from_the_budget_left(postgres_url, single_statement):
+    app = make_app(postgres_url, DB_DEADLINE_SECONDS=3.0, POOL_SIZE=1, POOL_MAX_OVERFLOW=0)
+    with app.app_context():
+        full = run_transaction(_server_timeouts, single_statement=single_statement)
+        assert full == (2750, 2750)  # set at connect time: no statement spent on it
+        with database_deadline().budget(1.0):  # most of the request's budget already spent
+            statement, lock = run_transaction(_server_timeouts, single_statement=single_statement)
+        assert statement == lock and 700 <= statement <= 750
+        # a SET LOCAL ends with its transaction; a session SET is raised again by the next full budget
+        statement, lock = run_transaction(_server_timeouts, single_statement=single_statement)
+        assert statement == lock and 2600 <= statement <= 2750
+
+
+def test_budgets_nest_and_the_sooner_end_wins():
+    deadline = Deadline(3.0, 0)
+    with deadline.budget(1.0):
+        with deadline.budget(10.0):
+            assert remaining() <= 1.0
+        with deadline.budget(0.5):
+            assert remaining() <= 0.5
+        assert 0.5 < remaining() <= 1.0
+    assert remaining() is None
+
+
+def test_a_stall_fails_the_next_database_work_at_once_for_a_moment():
+    deadline = Deadline(1.0, 0)
+    with pytest.raises(DeadlineExceeded), deadline.budget():
+        raise DeadlineExceeded("no answer")
+    with pytest.raises(DatabaseStalled), deadline.budget():
+        pass
+    deadline.stalled_until = 0.0  # the cool-down is over
+    with deadline.budget():
+        pass
+
+
+def test_only_timeouts_that_spent_the_budget_count_as_a_stall():
+    deadline = Deadline(3.0, 0)
+    lock_timeout = pg_errors.LockNotAvailable("canceling statement due to lock timeout")
+    assert deadline.is_stall(DeadlineExceeded("x"), 2.0)
+    assert deadline.is_stall(PoolTimeoutError("x"), 2.0)
+    assert deadline.is_stall(DBAPIError.instance(None, None, lock_timeout, pg_errors.Error), 0.1)
+    assert not deadline.is_stall(lock_timeout, 2.0)  # a statement cap, not the budget
+    assert not deadline.is_stall(pg_errors.UniqueViolation("x"), 0.0)
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "soon", "601"])
+def test_a_bad_deadline_stops_the_start(monkeypatch, value):
+    monkeypatch.setenv("DB_DEADLINE_SECONDS", value)
+    with pytest.raises(ConfigError, match="DB_DEADLINE_SECONDS"):
+        make_app("sqlite://")
+
+
+def test_the_sqlite_path_keeps_working_under_a_short_deadline(sqlite_url):
+    app = make_app(sqlite_url, DB_DEADLINE_SECONDS=0.1)
+    with app.app_context():
+        assert run_transaction(lambda conn: conn.execute(text("SELECT 1")).scalar()) == 1
+        assert database_deadline().stalled_until == 0.0
+
+
+def test_retries_stop_when_the_budget_is_spent(sqlite_url):
+    app = make_app(sqlite_url, DB_DEADLINE_SECONDS=0.5)
+    attempts = []
+
+    def deadlocked(conn):
+        attempts.append(time.perf_counter())
+        time.sleep(0.22)
+        raise OperationalError("UPDATE tokens", {}, pg_errors.DeadlockDetected("deadlock detected"))
+
+    with app.app_context(), pytest.raises(OperationalError):
+        run_transaction(deadlocked, attempts=10)
+    assert len(attempts) == 2  # 0.44 s spent: too little budget left for a third
