@@ -21,7 +21,8 @@ bind = os.environ.get("BIND") or (f"0.0.0.0:{_port}" if _port else "127.0.0.1:80
 workers = int(os.environ.get("WEB_CONCURRENCY", min(2 * (os.cpu_count() or 1) + 1, 8)))
 worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "sync")
 threads = int(os.environ.get("GUNICORN_THREADS", "1"))
-# above the 5 s statement timeout
+# A worker silent this long is killed (gunicorn's HTML 500). No request can get near it: every
+# wait for the database ends within DB_DEADLINE_SECONDS (docs/HEALTH.md, "Probe arithmetic").
 timeout = int(os.environ.get("GUNICORN_TIMEOUT") or os.environ.get("REQUEST_TIMEOUT") or "30")
 graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "30"))
 keepalive = int(os.environ.get("GUNICORN_KEEPALIVE", "5"))
