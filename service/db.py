@@ -209,7 +209,7 @@ def run_transaction(
 
     Retries on deadlock, lock timeout or a dropped connection while the budget
     lasts. The budget (see `Deadline.budget`; `budget_seconds` None: the
-    request's, else DB_DEADLINE_SECONDS) bounds every attempt, and the retries
+    request's, none outside a request) bounds every attempt, and the retries
     together: past it the database error is raised (503). Raises
     DatabaseStalled (503) at once while the database is known to be stalled.
     `single_statement` work runs in autocommit on PostgreSQL (the statement is

@@ -7,7 +7,8 @@ client therefore keeps a deadline of its own (`DB_DEADLINE_SECONDS`):
 
 - `Deadline.budget()` sets the deadline of the database work inside it: the
   request's (its start plus `DB_DEADLINE_SECONDS`, shared by every transaction
-  of the request), or its own outside a request (health checks, the sweeper).
+  of the request), or one given (health checks, the sweeper). Commands and
+  other work outside a request have none unless they ask.
 - `BoundedConnection` (psycopg 3) waits on its socket, while connecting and
   for every statement, only until that deadline; past it the connection is
   closed, so the pool discards it, and `DeadlineExceeded` is raised.
@@ -28,7 +29,6 @@ poll interval passes without I/O, which is where the deadline is checked.
 
 from __future__ import annotations
 
-import math
 import time
 from contextvars import ContextVar
 
@@ -42,7 +42,6 @@ from sqlalchemy.pool import QueuePool
 from .errors import ServiceUnavailable
 from .request_context import request_started
 
-NO_DEADLINE = math.inf  # work that may take as long as it needs (CLI commands)
 STALL_COOLDOWN_SECONDS = 1.0
 _WAIT_INTERVAL = 0.1  # psycopg's own poll interval: the deadline is checked at least this often
 
@@ -139,13 +138,14 @@ class Deadline:
     """One app's database deadline settings and its process-wide stall state.
 
     `seconds`: DB_DEADLINE_SECONDS. `margin`: how long before the client's
-    deadline the server's timeouts fire (a tenth of the deadline, at most
-    0.25 s). `statement_cap_ms`: DB_STATEMENT_TIMEOUT_MS (0: no cap).
+    deadline the server's timeouts fire (a tenth of the time left, at most
+    0.25 s; for a full budget). `statement_cap_ms`: DB_STATEMENT_TIMEOUT_MS
+    (0: no cap).
     """
 
     def __init__(self, seconds: float, statement_cap_ms: int) -> None:
         self.seconds = seconds
-        self.margin = min(0.25, seconds / 10)
+        self.margin = _margin(seconds)
         self.statement_cap_ms = statement_cap_ms
         self.stalled_until = 0.0
 
@@ -154,15 +154,15 @@ class Deadline:
         return self._server_timeout_ms(self.seconds)
 
     def _server_timeout_ms(self, left: float) -> int:
-        ms = int((left - self.margin) * 1000)
+        ms = int((left - _margin(left)) * 1000)
         return min(ms, self.statement_cap_ms) if self.statement_cap_ms else ms
 
     def budget(self, seconds: float | None = None) -> Budget:
         """The deadline for the database work of a `with` block.
 
         `seconds` None: the request's budget (its start plus DB_DEADLINE_SECONDS)
-        inside a request, else DB_DEADLINE_SECONDS from now. An enclosing budget
-        that ends sooner wins. NO_DEADLINE: none (CLI commands). Entering raises
+        inside a request, none of its own outside one (commands, migrations).
+        An enclosing budget that ends sooner wins. Entering raises
         DatabaseStalled while the database is known to be stalled.
         """
         return Budget(self, seconds)
@@ -203,7 +203,7 @@ class Deadline:
             exc = DeadlineExceeded("no time left for the database")
             raise DBAPIError.instance(None, None, exc, psycopg.Error)
         current = getattr(dbapi_conn, "server_timeout_ms", None)
-        margin_ms = self.margin * 1000
+        margin_ms = _margin(left) * 1000
         if current is not None and target - margin_ms <= current <= target + margin_ms / 2:
             return
         value = str(target)
@@ -214,6 +214,11 @@ class Deadline:
         )
         if not local and isinstance(dbapi_conn, BoundedConnection):
             dbapi_conn.server_timeout_ms = target
+
+
+def _margin(seconds: float) -> float:
+    """How long before a deadline `seconds` away the server's timeouts should fire."""
+    return min(0.25, seconds / 10)
 
 
 class Budget:
@@ -229,16 +234,13 @@ class Budget:
         now = _clock()
         if now < state.stalled_until:
             raise DatabaseStalled()
-        seconds = self.seconds
-        if seconds == NO_DEADLINE:
-            self.token = _deadline.set(None)
-            return self
-        if seconds is None:
-            ends = (request_started() or now) + state.seconds
+        if self.seconds is not None:
+            ends = now + self.seconds
         else:
-            ends = now + seconds
+            started = request_started()
+            ends = None if started is None else started + state.seconds
         outer = _deadline.get()
-        self.token = _deadline.set(ends if outer is None or ends < outer else outer)
+        self.token = _deadline.set(outer if ends is None or (outer is not None and outer < ends) else ends)
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -7,7 +7,6 @@ from flask import current_app
 from flask.cli import AppGroup
 
 from ..db import run_transaction
-from ..deadline import NO_DEADLINE
 from . import service
 from .sweeper import run_sweep
 
@@ -23,8 +22,7 @@ def seed(size):
     def progress(done, total):
         click.echo(f"seeded {done}/{total}")
 
-    # a large pool takes as long as it takes: no request deadline for an operator's command
-    added = run_transaction(service.seed, size, progress=progress, budget_seconds=NO_DEADLINE)
+    added = run_transaction(service.seed, size, progress=progress)
     click.echo(f"pool size {size}: {added} tokens added")
 
 

@@ -23,13 +23,19 @@ from . import service
 log = logging.getLogger("tokenpool.sweeper")
 
 
-def run_sweep(app, *, min_gap_seconds: float = 0) -> service.SweepResult:
-    """One sweep inside `app`, with its telemetry. Raises what the database raises."""
+def run_sweep(app, *, min_gap_seconds: float = 0, budget_seconds: float | None = None) -> service.SweepResult:
+    """One sweep inside `app`, with its telemetry. Raises what the database raises.
+
+    `budget_seconds`: how long it may wait for the database in all (None: no deadline).
+    """
     clock = app.config.get("TOKEN_CLOCK")
     with app.app_context(), timed() as elapsed:
         try:
             result = run_transaction(
-                service.sweep, now=clock() if clock else None, min_gap_seconds=min_gap_seconds
+                service.sweep,
+                now=clock() if clock else None,
+                min_gap_seconds=min_gap_seconds,
+                budget_seconds=budget_seconds,
             )
         except Exception as exc:
             # the leases this sweep was to close stay open: an expiration failure, not only a check's
@@ -77,7 +83,9 @@ class Sweeper:
         delay = 0.0  # the first sweep at start: /health knows the token manager from the outset
         while not self._stop.wait(delay):
             try:
-                run_sweep(self.app, min_gap_seconds=self.interval * 0.5)
+                # a stalled database ends the attempt by the next one (or the request deadline)
+                budget = max(self.interval, self.app.config["DB_DEADLINE_SECONDS"])
+                run_sweep(self.app, min_gap_seconds=self.interval * 0.5, budget_seconds=budget)
             except Exception:
                 log.exception("token sweep failed; retrying next interval")
             # jitter spreads the workers' attempts over the interval

@@ -147,40 +147,45 @@ def cluster():
         pg.destroy()
 
 
-def _select_one(conn):
+def _driver_connection(conn):
     conn.execute(text("SELECT 1"))
     return conn.connection.driver_connection
 
 
+def _select_one():
+    """One transaction with the budget a request has."""
+    return run_transaction(_driver_connection, budget_seconds=1.0)
+
+
 def test_a_connection_past_its_deadline_is_discarded_and_connecting_is_bounded(cluster):
     """In process, one pooled connection: each wait on the frozen cluster ends at the deadline."""
-    app = make_app(cluster.url, DB_DEADLINE_SECONDS=1.0, POOL_SIZE=1, POOL_MAX_OVERFLOW=0)
+    app = make_app(cluster.url, POOL_SIZE=1, POOL_MAX_OVERFLOW=0)
     with app.app_context():
-        pooled = run_transaction(_select_one)
-        assert run_transaction(_select_one) is pooled  # reused while healthy
+        pooled = _select_one()
+        assert _select_one() is pooled  # reused while healthy
         deadline = database_deadline()
         pids = cluster.freeze()
         try:
             started = time.monotonic()
             with pytest.raises(OperationalError):  # a statement on the pooled connection
-                run_transaction(_select_one)
+                _select_one()
             assert time.monotonic() - started <= 1.0 + SLACK
             assert pooled.closed  # discarded, never handed out again
 
             started = time.monotonic()
             with pytest.raises(DatabaseStalled):  # the stall is known: no second wait
-                run_transaction(_select_one)
+                _select_one()
             assert time.monotonic() - started < 0.1
 
             deadline.stalled_until = 0.0  # as when the cool-down ends
             started = time.monotonic()
             with pytest.raises(OperationalError):  # a new connection to the frozen postmaster
-                run_transaction(_select_one)
+                _select_one()
             assert time.monotonic() - started <= 1.0 + SLACK
         finally:
             cluster.thaw(pids)
         deadline.stalled_until = 0.0
-        assert run_transaction(_select_one) is not pooled  # back, on a fresh connection
+        assert _select_one() is not pooled  # back, on a fresh connection
 
 
 @pytest.fixture(scope="module")
