@@ -254,6 +254,7 @@ def _from_environment(instance_path: str, env: str) -> dict:
         "DB_CONNECT_TIMEOUT": _int("DB_CONNECT_TIMEOUT", 3, minimum=1),
         "DB_STATEMENT_TIMEOUT_MS": _int("DB_STATEMENT_TIMEOUT_MS", 5000, minimum=0),
         "DB_DEADLINE_SECONDS": _float("DB_DEADLINE_SECONDS", 3.0),
+        "DB_PGBOUNCER": _bool("DB_PGBOUNCER", False),
         "MAX_CONTENT_LENGTH": _int("MAX_CONTENT_LENGTH", 64 * 1024, minimum=1),
         "LOG_LEVEL": (_str("LOG_LEVEL", "INFO") or "INFO").upper(),
         "LOG_FORMAT": _str("LOG_FORMAT", "json" if env == "production" else "console"),
@@ -360,10 +361,17 @@ def engine_options(config: dict) -> dict:
     url = config["SQLALCHEMY_DATABASE_URI"]
     if url.startswith("sqlite"):
         return {"connect_args": {"timeout": 30, "check_same_thread": False}}
-    # a new connection's statement and lock timeouts fit a whole request budget (see deadline.py)
-    deadline = Deadline(config["DB_DEADLINE_SECONDS"], config["DB_STATEMENT_TIMEOUT_MS"])
-    timeout_ms = deadline.session_timeout_ms()
-    options = f"-c statement_timeout={timeout_ms} -c lock_timeout={timeout_ms}"
+    connect_args = {"connect_timeout": config["DB_CONNECT_TIMEOUT"]}
+    if config["DB_PGBOUNCER"]:
+        # transaction pooling: no session state at all. No startup options (PgBouncer refuses
+        # them), no server-side prepared statements (they live on one server connection);
+        # the timeouts are set per transaction instead (Deadline.fit_server_timeouts)
+        connect_args["prepare_threshold"] = None
+    else:
+        # a new connection's statement and lock timeouts fit a whole request budget (see deadline.py)
+        deadline = Deadline(config["DB_DEADLINE_SECONDS"], config["DB_STATEMENT_TIMEOUT_MS"])
+        timeout_ms = deadline.session_timeout_ms()
+        connect_args["options"] = f"-c statement_timeout={timeout_ms} -c lock_timeout={timeout_ms}"
     return {
         "poolclass": BoundedQueuePool,  # a checkout waits no longer than the budget
         "pool_size": config["POOL_SIZE"],
@@ -372,5 +380,5 @@ def engine_options(config: dict) -> dict:
         "pool_pre_ping": False,
         "pool_recycle": config["POOL_RECYCLE_SECONDS"],
         "pool_timeout": config["DB_CONNECT_TIMEOUT"],
-        "connect_args": {"connect_timeout": config["DB_CONNECT_TIMEOUT"], "options": options},
+        "connect_args": connect_args,
     }

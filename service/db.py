@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TypeVar
 
 import psycopg
 from flask import current_app
 from psycopg.rows import namedtuple_row
-from sqlalchemy import event
+from sqlalchemy import Connection, event
 from sqlalchemy.exc import DBAPIError, MultipleResultsFound, NoResultFound
 
 from .deadline import BoundedConnection, Deadline
@@ -26,7 +27,9 @@ def init_db(app) -> None:
     db.init_app(app)
     migrate.init_app(app, db, render_as_batch=True, compare_type=True)
     deadline = app.extensions["tokenpool.deadline"] = Deadline(
-        app.config["DB_DEADLINE_SECONDS"], app.config["DB_STATEMENT_TIMEOUT_MS"]
+        app.config["DB_DEADLINE_SECONDS"],
+        app.config["DB_STATEMENT_TIMEOUT_MS"],
+        session_state=not app.config["DB_PGBOUNCER"],
     )
     with app.app_context():
         engine = db.engine  # created lazily, no connection is opened here
@@ -38,7 +41,8 @@ def init_db(app) -> None:
 
 def _bound_waits(engine, deadline: Deadline) -> None:
     """Connect with BoundedConnection: every wait on the socket ends at the deadline."""
-    session_timeout_ms = deadline.session_timeout_ms()  # what engine_options' startup options set
+    # what engine_options' startup options set; unknown through PgBouncer (no session state)
+    session_timeout_ms = deadline.session_timeout_ms() if deadline.session_state else None
 
     @event.listens_for(engine, "do_connect")
     def _connect(dialect, record, cargs, cparams):
@@ -50,6 +54,21 @@ def _bound_waits(engine, deadline: Deadline) -> None:
 def database_deadline() -> Deadline:
     """The current app's database deadline (settings and stall state)."""
     return current_app.extensions["tokenpool.deadline"]
+
+
+@contextmanager
+def bounded_connection(budget_seconds: float | None = None) -> Iterator[Connection]:
+    """`db.engine.connect()` for reads outside run_transaction, under the database deadline.
+
+    On PostgreSQL its transaction gets server timeouts that fit the budget (see
+    `Deadline.budget` for `budget_seconds`). Raises DatabaseStalled at once while
+    the database is known to be stalled.
+    """
+    deadline = database_deadline()
+    with deadline.budget(budget_seconds), db.engine.connect() as conn:
+        if conn.dialect.name == "postgresql":
+            deadline.fit_server_timeouts(conn, conn.connection.driver_connection, local=True)
+        yield conn
 
 
 def _serialise_sqlite(engine) -> None:
@@ -213,7 +232,8 @@ def run_transaction(
     together: past it the database error is raised (503). Raises
     DatabaseStalled (503) at once while the database is known to be stalled.
     `single_statement` work runs in autocommit on PostgreSQL (the statement is
-    its own transaction), saving the BEGIN and COMMIT round trips.
+    its own transaction), saving the BEGIN and COMMIT round trips; not through
+    PgBouncer (DB_PGBOUNCER), where the timeouts must be SET LOCAL in a transaction.
     """
     deadline = database_deadline()
     with deadline.budget(budget_seconds):
@@ -223,7 +243,7 @@ def run_transaction(
                 if engine.dialect.name != "postgresql":
                     with engine.begin() as conn:
                         return work(conn, *args, **kwargs)
-                if single_statement:
+                if single_statement and deadline.session_state:
                     return _run_autocommit(engine, deadline, work, args, kwargs)
                 with engine.begin() as conn:
                     deadline.fit_server_timeouts(conn, conn.connection.driver_connection, local=True)

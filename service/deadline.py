@@ -33,6 +33,7 @@ import time
 from contextvars import ContextVar
 
 import psycopg
+from flask import has_request_context
 from psycopg import errors as pg_errors
 from psycopg import waiting
 from sqlalchemy.exc import DBAPIError
@@ -40,7 +41,6 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.pool import QueuePool
 
 from .errors import ServiceUnavailable
-from .request_context import request_started
 
 STALL_COOLDOWN_SECONDS = 1.0
 _WAIT_INTERVAL = 0.1  # psycopg's own poll interval: the deadline is checked at least this often
@@ -48,6 +48,13 @@ _WAIT_INTERVAL = 0.1  # psycopg's own poll interval: the deadline is checked at 
 # the absolute deadline (time.perf_counter seconds) of the database work of this thread
 _deadline: ContextVar[float | None] = ContextVar("tokenpool_db_deadline", default=None)
 _clock = time.perf_counter
+# when this thread's current request began (set by its first hook), readable without g's proxy
+_request_started: ContextVar[float] = ContextVar("tokenpool_request_started", default=0.0)
+
+
+def request_began(at: float) -> None:
+    """Note the `time.perf_counter()` at which this thread's request began: its budget starts there."""
+    _request_started.set(at)
 
 
 class DeadlineExceeded(psycopg.OperationalError):
@@ -140,11 +147,14 @@ class Deadline:
     `seconds`: DB_DEADLINE_SECONDS. `margin`: how long before the client's
     deadline the server's timeouts fire (a tenth of the time left, at most
     0.25 s; for a full budget). `statement_cap_ms`: DB_STATEMENT_TIMEOUT_MS
-    (0: no cap).
+    (0: no cap). `session_state`: False through a transaction-pooling PgBouncer,
+    where nothing set on a session (startup options, SET) reaches the next
+    transaction: every transaction then sets its timeouts itself.
     """
 
-    def __init__(self, seconds: float, statement_cap_ms: int) -> None:
+    def __init__(self, seconds: float, statement_cap_ms: int, *, session_state: bool = True) -> None:
         self.seconds = seconds
+        self.session_state = session_state
         self.margin = _margin(seconds)
         self.statement_cap_ms = statement_cap_ms
         self.stalled_until = 0.0
@@ -237,8 +247,7 @@ class Budget:
         if self.seconds is not None:
             ends = now + self.seconds
         else:
-            started = request_started()
-            ends = None if started is None else started + state.seconds
+            ends = (_request_started.get() or now) + state.seconds if has_request_context() else None
         outer = _deadline.get()
         self.token = _deadline.set(outer if ends is None or (outer is not None and outer < ends) else ends)
         return self

@@ -29,7 +29,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from sqlalchemy import event
 
 from . import metrics_storage
-from .db import database_deadline, observe_queries
+from .db import bounded_connection, observe_queries
 from .errors import Unauthorized
 from .extensions import db
 from .labels import bounded_method, bounded_status, url_rule
@@ -217,7 +217,7 @@ class PoolCollector:
             "available": GaugeMetricFamily("tokenpool_tokens_available", "Tokens free right now"),
         }
         try:
-            with self.app.app_context(), database_deadline().budget(), db.engine.connect() as conn:
+            with self.app.app_context(), bounded_connection() as conn:
                 counts = reads.summary(conn)
             for name, family in families.items():
                 family.add_metric([], counts[name])

@@ -6,10 +6,10 @@ import logging
 import re
 import time
 import uuid
-from contextvars import ContextVar
 
-from flask import g, has_request_context, request
+from flask import g, request
 
+from .deadline import request_began
 from .labels import url_rule
 from .slow_log import slow_request
 
@@ -18,8 +18,6 @@ log = logging.getLogger("tokenpool.access")
 # what we accept from a client or nginx: short, printable, no separators
 VALID_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/+=-]{0,127}$")
 QUIET_PREFIXES = ("/health", "/healthz", "/live", "/ready", "/metrics")
-# the start of this thread's current request, readable without g's proxy (~1.5 us)
-_started: ContextVar[float] = ContextVar("tokenpool_request_started", default=0.0)
 
 
 def _incoming(environ: dict, key: str) -> str | None:
@@ -31,14 +29,9 @@ def _before() -> None:
     environ = request.environ
     ctx = g._get_current_object()
     ctx.start_time = time.perf_counter()
-    _started.set(ctx.start_time)
+    request_began(ctx.start_time)
     ctx.request_id = _incoming(environ, "HTTP_X_REQUEST_ID") or uuid.uuid4().hex
     ctx.correlation_id = _incoming(environ, "HTTP_X_CORRELATION_ID") or ctx.request_id
-
-
-def request_started() -> float | None:
-    """`time.perf_counter()` when this request began; None outside a request."""
-    return _started.get() if has_request_context() else None
 
 
 def elapsed_ms() -> float:

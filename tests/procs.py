@@ -218,6 +218,67 @@ class ThrowawayPostgres:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+class ThrowawayPgBouncer:
+    """A private PgBouncer in transaction pooling mode in front of a ThrowawayPostgres.
+
+    Its own config file in a temp dir, a free port, trust auth; run in the
+    foreground (as the postgres user when we are root: PgBouncer refuses root)
+    and stopped by its pid.
+    """
+
+    def __init__(self, pg: ThrowawayPostgres, pool_size: int = 2):
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="pgbouncer-throwaway-"))
+        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+        self.ini = self.dir / "pgbouncer.ini"
+        (self.dir / "users.txt").write_text('"postgres" ""\n')
+        self.ini.write_text(
+            "[databases]\n"
+            f"* = host=127.0.0.1 port={pg.port}\n"
+            "[pgbouncer]\n"
+            "listen_addr = 127.0.0.1\n"
+            f"listen_port = {self.port}\n"
+            "unix_socket_dir =\n"
+            "auth_type = trust\n"
+            f"auth_file = {self.dir / 'users.txt'}\n"
+            "pool_mode = transaction\n"
+            f"default_pool_size = {pool_size}\n"
+            "max_client_conn = 200\n"
+            f"logfile = {self.dir / 'pgbouncer.log'}\n"
+        )
+        self._as_postgres = ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups"]
+        if os.geteuid() != 0:
+            self._as_postgres = []
+        else:
+            shutil.chown(self.dir, "postgres", "postgres")
+            for path in self.dir.iterdir():
+                shutil.chown(path, "postgres", "postgres")
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> ThrowawayPgBouncer:
+        self.proc = subprocess.Popen(
+            [*self._as_postgres, "pgbouncer", str(self.ini)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for(lambda: socket.create_connection(("127.0.0.1", self.port), 0.2).close() or True, 10)
+        return self
+
+    def log(self) -> str:
+        path = self.dir / "pgbouncer.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()  # setpriv execs: this pid is PgBouncer itself
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
 def json_lines(lines) -> list[dict]:
     """The JSON objects among log lines (gunicorn's own lines are plain text)."""
     out = []

@@ -17,9 +17,8 @@ from flask_migrate import Migrate
 from sqlalchemy import inspect, text
 
 from .. import metrics_storage
-from ..db import database_deadline
+from ..db import bounded_connection
 from ..deadline import DeadlineExceeded
-from ..extensions import db
 from ..log_files import configured_files, write_failures
 from ..timeutil import isoformat, utcnow
 from ..tokens import reads, service
@@ -82,8 +81,7 @@ def database(now=None) -> dict:
     Raises DatabaseStalled at once while the database is known to be stalled.
     """
     config = current_app.config
-    budget = database_deadline().budget(min(config["HEALTH_CHECK_TIMEOUT"], config["DB_DEADLINE_SECONDS"]))
-    with budget, db.engine.connect() as conn:
+    with bounded_connection(min(config["HEALTH_CHECK_TIMEOUT"], config["DB_DEADLINE_SECONDS"])) as conn:
         conn.execute(text("SELECT 1"))
         if not inspect(conn).has_table("alembic_version"):
             return {
