@@ -86,15 +86,26 @@ def test_rate_limits_can_be_switched_on_in_development(monkeypatch):
     assert app.extensions["tokenpool.limiter"].enabled
 
 
-def test_a_missing_prometheus_multiproc_dir_is_created(monkeypatch, tmp_path):
+def start_with_multiproc_dir(folder) -> subprocess.CompletedProcess:
+    """`import wsgi` (a flask command's start) in a process of its own with PROMETHEUS_MULTIPROC_DIR.
+
+    Not in this process: a multiprocess folder switches prometheus_client to files process-wide.
+    """
+    env = {"PATH": "/usr/bin:/bin", "APP_ENV": "development", "PROMETHEUS_MULTIPROC_DIR": str(folder)}
+    start = [sys.executable, "-c", "import wsgi"]
+    return subprocess.run(start, env=env, capture_output=True, text=True, cwd=ROOT)
+
+
+def test_a_missing_prometheus_multiproc_dir_is_created(tmp_path):
     folder = tmp_path / "not" / "yet"
-    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(folder))
-    create_app({"LOG_LEVEL": "WARNING"})
+    result = start_with_multiproc_dir(folder)
+    assert result.returncode == 0, result.stderr
     assert folder.is_dir()
 
 
-def test_a_prometheus_multiproc_dir_that_cannot_be_created_is_named(monkeypatch, tmp_path):
+def test_a_prometheus_multiproc_dir_that_cannot_be_created_is_named(tmp_path):
     (tmp_path / "a-file").write_text("")
-    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "a-file" / "prom"))
-    with pytest.raises(ConfigError, match="PROMETHEUS_MULTIPROC_DIR"):
-        create_app({"LOG_LEVEL": "WARNING"})
+    result = start_with_multiproc_dir(tmp_path / "a-file" / "prom")
+    assert result.returncode == 1
+    assert result.stderr.startswith("configuration error: PROMETHEUS_MULTIPROC_DIR"), result.stderr
+    assert "Traceback" not in result.stderr
