@@ -58,8 +58,8 @@ def _no_store(response):
 
 def _uptime() -> dict:
     """`uptime_seconds` of this process, and the same as `uptime_human` ("1d 2h 3m 4s")."""
-    seconds = time.time() - STARTED_AT
-    return {"uptime_seconds": round(seconds, 1), "uptime_human": details.human_duration(seconds)}
+    seconds = round(time.time() - STARTED_AT, 1)  # both fields from one rounded reading: they agree
+    return {"uptime_seconds": seconds, "uptime_human": details.human_duration(seconds)}
 
 
 def _app():
