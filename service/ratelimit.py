@@ -30,6 +30,7 @@ from limits.strategies import STRATEGIES, FixedWindowRateLimiter
 
 from .errors import RateLimited
 from .ratelimit_headers import rate_limit_headers, seconds_until
+from .redis_connect import limits_storage_options
 from .security import is_cors_preflight
 
 log = logging.getLogger("tokenpool.ratelimit")
@@ -284,8 +285,8 @@ def init_rate_limits(app) -> Limiter:
     config.setdefault("RATELIMIT_HEADERS_ENABLED", False)  # ours: PolicyLimiter.headers
     config.setdefault("RATELIMIT_IN_MEMORY_FALLBACK_ENABLED", True)
     config.setdefault("RATELIMIT_KEY_PREFIX", "tokenpool")
-    if storage.startswith("redis"):
-        config.setdefault("RATELIMIT_STORAGE_OPTIONS", {"socket_connect_timeout": 0.3, "socket_timeout": 0.3})
+    if storage.startswith(("redis://", "rediss://", "redis+sentinel://")):
+        config.setdefault("RATELIMIT_STORAGE_OPTIONS", limits_storage_options(storage, config))
     elif config["RATELIMIT_ENABLED"] and _int_or_one(os.environ.get("WEB_CONCURRENCY")) > 1:
         log.warning("rate limits use memory:// with several workers: each worker counts alone; set REDIS_URL")
 

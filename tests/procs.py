@@ -126,9 +126,10 @@ class Gunicorn:
 class ThrowawayRedis:
     """A private redis-server on a free port, nothing on disk."""
 
-    def __init__(self, port: int | None = None):
+    def __init__(self, port: int | None = None, args: tuple[str, ...] = ()):
         self.port = port or free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.args = args  # more redis-server options (--replicaof, --tls-port ...)
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> ThrowawayRedis:
@@ -143,6 +144,7 @@ class ThrowawayRedis:
                 "",
                 "--appendonly",
                 "no",
+                *self.args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

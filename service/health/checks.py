@@ -20,6 +20,7 @@ from .. import metrics_storage
 from ..db import bounded_connection
 from ..deadline import DeadlineExceeded
 from ..log_files import configured_files, write_failures
+from ..redis_connect import redis_client
 from ..timeutil import isoformat, utcnow
 from ..tokens import reads, service
 from ..tokens.routes import clock
@@ -143,7 +144,7 @@ def redis() -> dict:
     url = current_app.config.get("REDIS_URL")
     if not url:
         return {"status": HEALTHY, "configured": False}
-    client = redis_lib.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
+    client = redis_client(url, current_app.config, timeout=1)
     try:
         client.ping()
     except redis_lib.RedisError as exc:

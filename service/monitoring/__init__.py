@@ -7,6 +7,7 @@ from flask import Blueprint, current_app, g, has_request_context, request
 from ..db import observe_queries
 from ..labels import bounded_method, url_rule
 from ..metrics import NOT_API_PATH
+from ..redis_connect import redis_client
 from ..request_context import elapsed_ms
 from ..telemetry import TokenEvent
 from ..timeutil import isoformat, utcnow
@@ -42,9 +43,9 @@ def init_monitoring(app) -> None:
     if not redis_url:
         figure_store = MemoryStore()
     elif interval > 0:
-        figure_store = BufferedStore(RedisStore(redis_url), interval)
+        figure_store = BufferedStore(RedisStore(redis_client(redis_url, app.config)), interval)
     else:
-        figure_store = RedisStore(redis_url)
+        figure_store = RedisStore(redis_client(redis_url, app.config))
     app.extensions["tokenpool.monitoring"] = figure_store
     slow_request_ms, slow_query_ms = app.config["SLOW_REQUEST_MS"], app.config["SLOW_QUERY_MS"]
 

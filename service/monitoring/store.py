@@ -101,8 +101,9 @@ class RedisStore:
 
     scope = "cluster"
 
-    def __init__(self, url: str, prefix: str = "tokenpool:mon") -> None:
-        self.client = redis_lib.Redis.from_url(url, socket_timeout=0.3, socket_connect_timeout=0.3)
+    def __init__(self, client: redis_lib.Redis, prefix: str = "tokenpool:mon") -> None:
+        """`client`: from redis_connect.redis_client (any REDIS_URL form, bounded timeouts)."""
+        self.client = client
         self.prefix = prefix
         self._failing = False
 
