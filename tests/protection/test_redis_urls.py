@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -68,7 +69,10 @@ class SentinelSet:
             f"sentinel failover-timeout {SERVICE} 3000\n"
         )
         self.proc = subprocess.Popen(
-            ["redis-sentinel", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            # redis-server's own sentinel mode: no package beyond redis-server needed
+            ["redis-server", str(self.conf), "--sentinel"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         wait_for(self.master_port, 10, what="sentinel up")
         wait_for(self._replica_known, 20, what="sentinel sees the synced replica")
@@ -104,6 +108,7 @@ def sentinel_set(tmp_path):
         servers.stop()
 
 
+@pytest.mark.e2e
 def test_sentinel_limits_monitoring_and_health_then_failover(sqlite_url, sentinel_set):
     settings = {"ENABLE_RATE_LIMITING": True, "REDIS_URL": sentinel_set.url, "MONITORING_FLUSH_SECONDS": 0}
     first = make_app(sqlite_url, RATE_LIMIT_PER_MINUTE=6, RATE_LIMIT_LEASE=1, **settings)
@@ -155,6 +160,27 @@ def test_sentinel_limits_monitoring_and_health_then_failover(sqlite_url, sentine
     assert promoted.keys("tokenpool:mon:m:*")
 
 
+@pytest.mark.e2e
+def test_frozen_sentinel_and_lost_master_keep_requests_bounded(sqlite_url, sentinel_set):
+    """Sentinel's own clients would wait forever without a timeout (limits passes no sentinel timeouts)."""
+    settings = {"ENABLE_RATE_LIMITING": True, "REDIS_URL": sentinel_set.url, "MONITORING_FLUSH_SECONDS": 0}
+    app = make_app(sqlite_url, RATE_LIMIT_PER_MINUTE=1000, RATE_LIMIT_LEASE=1, **settings)
+    reset_database(app)
+    client = app.test_client()
+    assert client.get("/api/tokens/summary").status_code == 200
+    sentinel_set.proc.send_signal(signal.SIGSTOP)  # answers nothing, connections still accepted
+    try:
+        sentinel_set.master.stop()  # the client must ask the frozen sentinel for the master
+        for path in ["/api/tokens/summary"] * 4 + ["/health"]:
+            started = time.monotonic()
+            response = client.get(path)
+            assert time.monotonic() - started < 3, f"{path} stalled on a frozen sentinel"
+            assert response.status_code == 200
+        assert response.get_json()["checks"]["redis"]["status"] == "degraded"
+    finally:
+        sentinel_set.proc.send_signal(signal.SIGCONT)
+
+
 def stream_counted(servers: SentinelSet) -> bool:
     """The stream's per-IP window is being counted in the promoted replica."""
     promoted = redis.Redis(port=servers.replica.port, socket_timeout=1)
@@ -197,6 +223,7 @@ def tls_redis(tmp_path):
     server.stop()
 
 
+@pytest.mark.e2e
 def test_tls_redis_for_limits_monitoring_and_health(sqlite_url, tls_redis):
     url, ca = tls_redis
     app = make_app(
@@ -219,6 +246,7 @@ def test_tls_redis_for_limits_monitoring_and_health(sqlite_url, tls_redis):
     assert client.get("/health").get_json()["checks"]["redis"]["status"] == "healthy"
 
 
+@pytest.mark.e2e
 def test_tls_redis_with_an_untrusted_certificate_is_degraded_not_fatal(sqlite_url, tls_redis):
     url, _ = tls_redis  # no REDIS_TLS_CA_CERTS: the system's CAs do not know the test CA
     app = make_app(sqlite_url, ENABLE_RATE_LIMITING=True, REDIS_URL=url, RATE_LIMIT_PER_MINUTE=3)
