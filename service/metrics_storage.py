@@ -138,7 +138,10 @@ def ReservedMultiProcessValue(process_identifier=os.getpid):  # noqa: N802 (prom
             prefix = f"{typ}_{mode}" if typ == "gauge" else typ
             self._key = mmap_key(metric_name, name, labelnames, labelvalues, help_text)
             self._value, self._timestamp, self._file = 0.0, 0.0, None
-            filename = os.path.join(os.environ[ENV], f"{prefix}_{pid['value']}.db")
+            directory = os.environ.get(ENV)
+            if not directory:
+                return  # the variable was unset since: this series stays in memory
+            filename = os.path.join(directory, f"{prefix}_{pid['value']}.db")
             try:
                 if prefix not in files:
                     files[prefix] = ReservedMmapedDict(filename)
@@ -195,11 +198,15 @@ def ReservedMultiProcessValue(process_identifier=os.getpid):  # noqa: N802 (prom
 
 
 def use_reserved_files() -> None:
-    """Make metrics created from now on write reserved files, when `PROMETHEUS_MULTIPROC_DIR` is set.
+    """Make metrics created from now on write reserved files, in a multiprocess-mode process.
 
     prometheus_client reads `values.ValueClass` each time a metric's child is created.
     """
-    if os.environ.get(ENV) and not getattr(values.ValueClass, "_reserved", False):
+    current = values.ValueClass
+    # only where prometheus_client itself chose multiprocess values (the variable was set when it
+    # was imported): a process that sets the variable later keeps its in-memory values
+    multiprocess = getattr(current, "_multiprocess", False)
+    if os.environ.get(ENV) and multiprocess and not getattr(current, "_reserved", False):
         values.ValueClass = ReservedMultiProcessValue()
         values.ValueClass._reserved = True
 
