@@ -13,8 +13,9 @@ import redis
 from service.config import ConfigError
 from service.redis_connect import parse_sentinel_url, redis_client
 from tests.conftest import make_app, reset_database
-from tests.procs import ThrowawayRedis, free_port, wait_for
+from tests.procs import Gunicorn, ThrowawayRedis, free_port, wait_for
 from tests.protection.support import assert_rate_limited
+from tests.protection.test_rate_limit_processes import env_for, spread
 
 SERVICE = "tokenpool-master"
 
@@ -256,3 +257,42 @@ def test_tls_redis_with_an_untrusted_certificate_is_degraded_not_fatal(sqlite_ur
     assert client.get("/api/tokens/summary").status_code == 200  # served on the in-memory fallback
     assert time.monotonic() - started < 2
     assert client.get("/health").get_json()["checks"]["redis"]["status"] == "degraded"
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_two_gunicorn_instances_through_sentinel_and_a_failover(pg_database, sentinel_set):
+    """Real processes: REDIS_URL=redis+sentinel://... from the environment, two instances x two workers."""
+    n = 20
+    env = env_for(pg_database(), REDIS_URL=sentinel_set.url, RATE_LIMIT_PER_MINUTE=str(n))
+    with Gunicorn(env, workers=2) as a, Gunicorn(env, workers=2) as b:
+        statuses = [status for status, _, _ in spread([a, b], 2 * n)]
+        assert statuses == [200] * n + [429] * n  # exact across both instances and all four workers
+        before = counted(sentinel_set.master.port)
+        assert before >= 2 * n
+        sentinel_set.master.stop()  # killed by its PID while requests keep coming
+        seen, deadline = [], time.monotonic() + 40
+        while time.monotonic() < deadline:
+            seen += [status for status, _, _ in spread([a, b], 4)]
+            promoted = sentinel_set.master_port() == sentinel_set.replica.port
+            recovered = all(any("storage recovered" in line for line in g.log_lines()) for g in (a, b))
+            if promoted and recovered and counted(sentinel_set.replica.port) > before:
+                break
+        assert seen and not [s for s in seen if s >= 500], seen
+        assert set(seen) <= {200, 429}
+        assert sentinel_set.master_port() == sentinel_set.replica.port
+        after = counted(sentinel_set.replica.port)
+        assert after > before, "counting resumed on the promoted replica without a restart"
+        for server in (a, b):  # fallback while failing over, then back to Redis: no error, no traceback
+            lines = server.log_lines()
+            assert any("falling back to in-memory" in line for line in lines)
+            assert any("Rate limit storage recovered" in line for line in lines)
+            assert not any('"level":"ERROR"' in line or "Traceback" in line for line in lines)
+
+
+def counted(port: int) -> int:
+    """The sum of the limiter's counters in the Redis on `port` (0 when it does not answer)."""
+    try:
+        return sum(keys(redis.Redis(port=port, socket_timeout=1), "*LIMITER/*").values())
+    except redis.RedisError:
+        return 0
