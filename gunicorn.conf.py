@@ -207,15 +207,21 @@ def worker_exit(server, worker):
 # Imported here, not in child_exit: gunicorn calls that hook from its SIGCHLD
 # handler, and a first import interrupted by a second SIGCHLD crashes the master.
 if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-    from prometheus_client import multiprocess
+    from prometheus_flask_exporter.multiprocess import GunicornPrometheusMetrics
 
     from service.metrics_storage import fold_dead_process
 else:
-    multiprocess = fold_dead_process = None
+    GunicornPrometheusMetrics = fold_dead_process = None
 
 
 def child_exit(server, worker):
-    """Drop a dead worker's live gauges; fold its counters into the archive (the folder stays bounded)."""
-    if multiprocess is not None:
-        multiprocess.mark_process_dead(worker.pid)
+    """Drop a dead worker's live gauges; fold its counters into the archive (the folder stays bounded).
+
+    The first step is prometheus-flask-exporter's documented gunicorn hook
+    (prometheus_client's `mark_process_dead`: the live gauges' files go);
+    `fold_dead_process` then moves the rest of the worker's samples into the
+    archive files, so the folder does not grow with restarts.
+    """
+    if GunicornPrometheusMetrics is not None:
+        GunicornPrometheusMetrics.mark_process_dead_on_child_exit(worker.pid)
         fold_dead_process(worker.pid)

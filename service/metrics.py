@@ -1,4 +1,4 @@
-"""Prometheus metrics on /metrics: HTTP requests, token events, pool gauges.
+"""Prometheus metrics on /metrics: HTTP requests (prometheus-flask-exporter), token events, pool gauges.
 
 Under gunicorn `PROMETHEUS_MULTIPROC_DIR` is set before start (gunicorn.conf.py
 empties it), every worker writes its samples there, and a scrape of any worker
@@ -26,21 +26,26 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_flask_exporter import PrometheusMetrics
 from sqlalchemy import event
 
 from . import metrics_storage
 from .db import bounded_connection, observe_queries
 from .errors import Unauthorized
 from .extensions import db
-from .labels import bounded_method, bounded_status, url_rule
+from .labels import METHODS, OTHER, url_rule
 from .log_shipping import report_drops_to
-from .request_context import elapsed_ms
 from .telemetry import TokenEvent
 from .tokens import reads
 
 log = logging.getLogger("tokenpool.metrics")
 bp = Blueprint("metrics", __name__)
-NOT_API_PATH = re.compile(r"^/(metrics|healthz?|live|ready|openapi\.json)(/|$)")  # not API traffic
+NOT_API = r"^/(metrics|healthz?|live|ready|openapi\.json)(/|$)"  # not API traffic: the probes, /metrics, docs
+NOT_API_PATH = re.compile(NOT_API)
+HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+DB_OPERATIONS = frozenset(
+    ("select", "insert", "update", "delete", "begin", "commit", "rollback", "set", "lock")
+)
 
 
 class LabelCache:
@@ -88,17 +93,6 @@ class TokenMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         r = registry
         self.child = LabelCache()
-        # the HTTP metrics keep the names and labels of prometheus-flask-exporter's defaults
-        self.http_duration = Histogram(
-            "flask_http_request_duration_seconds",
-            "Flask HTTP request duration in seconds",
-            ["method", "url_rule", "status"],
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
-            registry=r,
-        )
-        self.http_requests = Counter(
-            "flask_http_request_total", "Total number of HTTP requests", ["method", "status"], registry=r
-        )
         self.activations = Counter(
             "tokenpool_activations_total",
             "Activations by result and reason",
@@ -166,6 +160,19 @@ class TokenMetrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+        self.pool_connections = Gauge(
+            "tokenpool_db_pool_connections",
+            "Database connections of the workers' pools by state (in_use, idle, max), over live workers",
+            ["state"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.db_errors = Counter(
+            "tokenpool_db_errors_total",
+            "Database errors by operation (the statement's verb, connect, or other)",
+            ["operation"],
+            registry=r,
+        )
         self.in_progress = Gauge(
             "tokenpool_http_requests_in_progress",
             "API requests being served",
@@ -229,8 +236,26 @@ class PoolCollector:
         yield up
 
 
+def db_operation(statement: str | None) -> str:
+    """The label of a failed database call: `connect` without a statement, else its verb
+    (`select`, `insert`, `update`, `delete`, `begin`, `commit`, `rollback`, `set`, `lock`), else `other`."""
+    if statement is None:
+        return "connect"
+    verb = statement.lstrip().split(None, 1)[0].lower() if statement.strip() else ""
+    return verb if verb in DB_OPERATIONS else OTHER
+
+
 def _track_database(app, metrics: TokenMetrics) -> None:
+    """Statement latency, slow statements, errors by operation, and the pool's connections by state.
+
+    The pool gauges follow SQLAlchemy's pool events in each worker (livesum over
+    live workers): `in_use` checkout +1 / checkin -1; `idle` connect +1,
+    checkout -1, checkin +1, close -1 (a connection invalidated while in use is
+    closed and then checked in without one: -1 +1); `max` is pool_size +
+    max_overflow, set once.
+    """
     slow_ms = app.config["SLOW_QUERY_MS"]
+    child = metrics.child
 
     def on_query(statement: str, elapsed: float) -> None:
         metrics.query_duration.observe(elapsed)
@@ -240,24 +265,89 @@ def _track_database(app, metrics: TokenMetrics) -> None:
     observe_queries(app, on_query)
     with app.app_context():
         engine = db.engine
+    in_use, idle = child(metrics.pool_connections, "in_use"), child(metrics.pool_connections, "idle")
+    pool = engine.pool
+    if hasattr(pool, "size") and hasattr(pool, "_max_overflow"):
+        # QueuePool: size() and overflow; SQLite's pools have no fixed maximum
+        overflow = max(pool._max_overflow, 0)  # -1: unlimited
+        metrics.pool_connections.labels("max").set(pool.size() + overflow)
+
+    @event.listens_for(engine, "connect")
+    def _connect(*_):
+        idle.inc()
+
+    @event.listens_for(engine, "close")
+    def _close(*_):
+        idle.dec()
 
     @event.listens_for(engine, "checkout")
     def _checkout(*_):
         metrics.pool_checked_out.inc()
+        in_use.inc()
+        idle.dec()
 
     @event.listens_for(engine, "checkin")
     def _checkin(*_):
         metrics.pool_checked_out.dec()
+        in_use.dec()
+        idle.inc()
+
+    @event.listens_for(engine, "handle_error")
+    def _error(context):
+        child(metrics.db_errors, db_operation(context.statement)).inc()
+
+
+def _export_http_metrics(app, registry: CollectorRegistry) -> PrometheusMetrics:
+    """prometheus-flask-exporter's request metrics on `registry`, with a bounded method label.
+
+    `flask_http_request_duration_seconds{method,url_rule,status}` (histogram),
+    `flask_http_request_total{method,status}` and, for a request whose view
+    raised, `flask_http_request_exceptions_total{method,status}`, plus
+    `flask_exporter_info{version}`; API traffic only (`NOT_API`). `/metrics`
+    is served by `metrics_endpoint` (bearer token, folder lock, pool gauges).
+
+    The exporter labels with `request.method` as sent and has no hook for that
+    label (`group_by` and `default_labels` cannot replace it), so a client
+    choosing methods freely would add series. Flask runs after-request and
+    teardown functions in the reverse order of registration: the pair
+    registered around the exporter's shows its hooks a method outside
+    `labels.METHODS` as `other` and puts the client's back right after. Every
+    other hook sees the method as sent. Cost: one set lookup per request.
+    """
+
+    def restore(response=None):
+        sent = g.pop("method_as_sent", None)
+        if sent is not None:
+            request.method = sent
+        return response
+
+    def bound(response=None):
+        if request.method not in METHODS:
+            g.method_as_sent = request.method
+            request.method = OTHER
+        return response
+
+    exporter = PrometheusMetrics.for_app_factory(
+        path=None,
+        registry=registry,
+        group_by=url_rule,
+        excluded_paths=[NOT_API],
+        defaults_prefix="flask",
+        buckets=HTTP_BUCKETS,
+    )
+    app.after_request(restore)
+    app.teardown_request(restore)
+    exporter.init_app(app)
+    app.after_request(bound)
+    app.teardown_request(bound)
+    return exporter
 
 
 def _track_requests(app, metrics: TokenMetrics) -> None:
-    """Per API request: in flight, latency, count and body size, in 7 sample writes.
+    """Per API request, besides the exporter's latency and count: in flight and body size.
 
-    Label children are looked up once per process (`LabelCache`), not per
-    request: in multiprocess mode a sample write is cheap, the label resolution
-    around it was not (prometheus-flask-exporter's hooks cost ~24 us per
-    request on top of these three; with its metrics written here, the three
-    cost ~17 us).
+    Label children are looked up once per process (`LabelCache`): prometheus_client
+    checks and stringifies label values and takes a lock on each `labels()` call.
     """
     slow_ms = app.config["SLOW_REQUEST_MS"]
     child = metrics.child
@@ -271,11 +361,7 @@ def _track_requests(app, metrics: TokenMetrics) -> None:
     @app.after_request
     def _out(response):
         if g.get("metrics_tracked"):
-            method, route = bounded_method(request.method), url_rule(request)
-            status = bounded_status(response.status_code)
-            child(metrics.http_duration, method, route, status).observe(elapsed_ms() / 1000)
-            child(metrics.http_requests, method, status).inc()
-            child(metrics.response_size, route).observe(response.calculate_content_length() or 0)
+            child(metrics.response_size, url_rule(request)).observe(response.calculate_content_length() or 0)
         return response
 
     @app.teardown_request
@@ -303,6 +389,7 @@ def init_metrics(app) -> TokenMetrics:
         report_drops_to(metrics.log_lines_dropped)
     if not app.config["METRICS_ENABLED"]:
         return metrics
+    app.extensions["tokenpool.exporter"] = _export_http_metrics(app, registry)
     _track_requests(app, metrics)
     _track_database(app, metrics)
     scrape = CollectorRegistry(auto_describe=False)

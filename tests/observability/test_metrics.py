@@ -123,3 +123,58 @@ def test_every_metric_the_deploy_files_use_is_exported(database_url, clock):
         line.split("{")[0].split(" ")[0] for line in text.splitlines() if line and not line.startswith("#")
     }
     assert EXPORTED_METRICS <= names, sorted(EXPORTED_METRICS - names)
+
+
+def test_http_metrics_come_from_prometheus_flask_exporter(app, client):
+    from prometheus_flask_exporter import PrometheusMetrics
+
+    assert isinstance(app.extensions["tokenpool.exporter"], PrometheusMetrics)
+    client.get("/api/tokens/summary")
+    client.open("/api/tokens/summary", method="BREW")
+    text = client.get("/metrics").get_data(as_text=True)
+    assert sample(text, "flask_http_request_total", method="GET", status="200") >= 1
+    assert sample(text, "flask_http_request_total", method="other", status="405") == 1
+    assert 'flask_exporter_info{version="' in text
+    assert "BREW" not in text
+
+
+def test_a_hook_besides_the_exporter_sees_the_method_as_sent(app, client):
+    seen = []
+    app.after_request(lambda response: seen.append(__import__("flask").request.method) or response)
+    client.open("/api/tokens/summary", method="BREW")
+    assert seen == ["BREW"]
+
+
+def test_pool_connections_by_state(app, client):
+    for _ in range(3):
+        client.get("/api/tokens/summary")
+    text = client.get("/metrics").get_data(as_text=True)
+    assert sample(text, "tokenpool_db_pool_connections", state="in_use") == 0  # between requests
+    assert sample(text, "tokenpool_db_pool_connections", state="idle") >= 1
+    engine_pool = app.extensions["sqlalchemy"].engines[None].pool
+    assert sample(text, "tokenpool_db_pool_connections", state="idle") == engine_pool.checkedin()
+    if hasattr(engine_pool, "_max_overflow"):
+        expected = engine_pool.size() + max(engine_pool._max_overflow, 0)
+        assert sample(text, "tokenpool_db_pool_connections", state="max") == expected
+
+
+def test_db_errors_are_counted_by_operation(app, client):
+    from sqlalchemy import text as sql
+    from sqlalchemy.exc import DBAPIError
+
+    from service.extensions import db
+
+    with app.app_context():
+        with pytest.raises(DBAPIError):
+            with db.engine.connect() as conn:
+                conn.execute(sql("SELECT no_such_column FROM tokens"))
+    body = client.get("/metrics").get_data(as_text=True)
+    assert sample(body, "tokenpool_db_errors_total", operation="select") == 1
+
+
+def test_db_operation_labels_are_bounded():
+    from service.metrics import db_operation
+
+    assert db_operation(None) == "connect"
+    assert db_operation("  UPDATE tokens SET x = 1") == "update"
+    assert db_operation("VACUUM") == "other" and db_operation("") == "other"
