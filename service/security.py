@@ -258,25 +258,29 @@ def _allowed_origins(config) -> list[str]:
     return origins
 
 
-def init_security(app) -> None:
-    """API-key authentication, Talisman headers and CORS, all from settings."""
-    generation = app.extensions["tokenpool.generation"]
-    app.extensions["tokenpool.key_cache"] = KeyCache(app.config["API_KEY_CACHE_SECONDS"], generation)
-    app.before_request(authenticate)
-    OnceTalisman(
-        app,
-        force_https=app.config["FORCE_HTTPS"],
+def talisman_options(config) -> dict:
+    """The Flask-Talisman options of an app with these settings (keyword arguments of `Talisman`)."""
+    return dict(
+        force_https=config["FORCE_HTTPS"],
         force_https_permanent=False,
         strict_transport_security=True,  # Talisman sends HSTS only on HTTPS requests
-        strict_transport_security_max_age=app.config["HSTS_MAX_AGE"],
+        strict_transport_security_max_age=config["HSTS_MAX_AGE"],
         strict_transport_security_include_subdomains=False,
         content_security_policy={"default-src": "'none'", "frame-ancestors": "'none'"},
         frame_options="DENY",
         referrer_policy="strict-origin-when-cross-origin",
         permissions_policy={"geolocation": "()", "camera": "()", "microphone": "()"},
-        session_cookie_secure=app.config["FORCE_HTTPS"],
+        session_cookie_secure=config["FORCE_HTTPS"],
         x_xss_protection=False,  # never "1; mode=block"; OnceTalisman sends "0"
     )
+
+
+def init_security(app) -> None:
+    """API-key authentication, Talisman headers and CORS, all from settings."""
+    generation = app.extensions["tokenpool.generation"]
+    app.extensions["tokenpool.key_cache"] = KeyCache(app.config["API_KEY_CACHE_SECONDS"], generation)
+    app.before_request(authenticate)
+    OnceTalisman(app, **talisman_options(app.config))
     origins = _allowed_origins(app.config)
     if origins:
         CORS(

@@ -1,0 +1,150 @@
+"""Tripwires for the library private names the service overrides or reads.
+
+`OnceTalisman` (service/security.py) overrides private methods of Flask-Talisman
+and `PolicyLimiter` (service/ratelimit.py) removes Flask-Limiter's hooks by
+their mangled names and replaces its private request check. Each test here
+fails on the day an upgrade renames or changes what they rely on, instead of
+the override silently stopping to apply.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import flask_limiter
+import pytest
+from flask import Flask, jsonify
+from flask_limiter import Limiter
+from flask_limiter.util import get_remote_address
+from flask_talisman import Talisman
+
+from service.ratelimit import PolicyLimiter
+from service.security import OnceTalisman, talisman_options
+
+
+def params(func) -> list[str]:
+    return list(inspect.signature(func).parameters)
+
+
+# --- Flask-Talisman -------------------------------------------------------------------------
+
+
+def test_talisman_private_methods_we_override_keep_their_signatures():
+    assert params(Talisman._get_local_options) == ["self"]
+    assert params(Talisman._force_https) == ["self"]
+    assert params(Talisman._set_content_security_policy_headers) == ["self", "headers", "options"]
+    assert params(Talisman._make_nonce) == ["self"]
+    assert params(Talisman._set_response_headers) == ["self", "response"]
+    assert "content_security_policy_nonce_in" in params(Talisman.init_app)
+    # the per-view options OnceTalisman caches by endpoint are read from this attribute
+    assert "talisman_view_options" in inspect.getsource(Talisman._get_local_options)
+
+
+def headers_app(cls, force_https: bool) -> Flask:
+    """A bare app with a few endpoints (one exempt from the redirect, one raising 404) under `cls`."""
+    app = Flask(__name__)
+
+    @app.get("/a")
+    def a():
+        return jsonify(ok=True)
+
+    @app.post("/b/<int:n>")
+    def b(n):
+        return jsonify(n=n), 201
+
+    @app.get("/probe")
+    def probe():
+        return "ok"
+
+    probe.talisman_view_options = {"force_https": False}
+    config = {"FORCE_HTTPS": force_https, "HSTS_MAX_AGE": 31536000}
+    cls(app, **talisman_options(config))
+    return app
+
+
+REQUESTS = [("GET", "/a"), ("POST", "/b/7"), ("GET", "/probe"), ("GET", "/missing")]
+
+
+@pytest.mark.parametrize("force_https", [False, True])
+def test_once_talisman_headers_equal_stock_talisman_per_endpoint_and_scheme(force_https):
+    ours, stock = headers_app(OnceTalisman, force_https), headers_app(Talisman, force_https)
+    # one app for both schemes, twice: the later answers come from OnceTalisman's cache
+    for client_pass, scheme in enumerate(["https", "http", "http", "https"]):
+        for method, path in REQUESTS:
+            url = f"{scheme}://localhost{path}"
+            mine = ours.test_client().open(url, method=method)
+            theirs = stock.test_client().open(url, method=method)
+            if force_https and scheme == "http" and path != "/probe":
+                # the redirect is ours on purpose (service/redirects.py); stock answers 302
+                assert theirs.status_code == 302, (method, path)
+                continue
+            assert mine.status_code == theirs.status_code, (method, path, client_pass)
+            expected = {k: v for k, v in theirs.headers.items() if k not in ("Content-Length",)}
+            got = {k: v for k, v in mine.headers.items() if k not in ("Content-Length",)}
+            expected["X-XSS-Protection"] = "0"  # our one deliberate difference (OnceTalisman's docstring)
+            assert got == expected, (method, path, scheme, client_pass)
+            if scheme == "https":
+                assert "Strict-Transport-Security" in got
+            else:
+                assert "Strict-Transport-Security" not in got
+
+
+# --- Flask-Limiter --------------------------------------------------------------------------
+
+
+def test_limiter_private_names_we_rely_on_exist():
+    assert callable(Limiter._Limiter__inject_headers)
+    assert callable(Limiter._Limiter__release_context)
+    assert params(Limiter._check_request_limit) == ["self", "callable_name", "in_middleware"]
+    assert isinstance(inspect.getattr_static(Limiter, "limiter"), property)
+    # the fallback switch our recovery drives: the `limiter` property reads these two flags
+    source = inspect.getsource(Limiter)
+    names = ("_storage_dead", "_in_memory_fallback_enabled", "_fallback_limiter", "_key_prefix", "_storage")
+    for name in names:
+        assert f"self.{name}" in source, name
+
+
+def limiter_app(cls):
+    app = Flask(__name__)
+    app.config.update(RATELIMIT_STORAGE_URI="memory://", RATELIMIT_IN_MEMORY_FALLBACK_ENABLED=True)
+    if cls is PolicyLimiter:
+        config = {
+            "RATE_LIMIT_PER_MINUTE": 5,
+            "API_KEY_RATE_LIMIT_PER_MINUTE": 5,
+            "API_KEY_RATE_LIMIT_PER_HOUR": 50,
+        }
+        limiter = PolicyLimiter(config, metrics=None)
+    else:
+        limiter = Limiter(get_remote_address)
+    limiter.init_app(app)
+    return app, limiter
+
+
+def test_stock_limiter_registers_the_hooks_policy_limiter_removes():
+    app, limiter = limiter_app(Limiter)
+    after = [getattr(f, "func", None) for f in app.after_request_funcs[None]]
+    assert Limiter._Limiter__inject_headers in after, flask_limiter.__version__
+    assert limiter._Limiter__release_context in app.teardown_request_funcs[None]
+    assert limiter._check_request_limit in app.before_request_funcs[None]
+
+    app, limiter = limiter_app(PolicyLimiter)
+    after = [getattr(f, "func", None) for f in app.after_request_funcs[None]]
+    assert Limiter._Limiter__inject_headers not in after
+    assert limiter._Limiter__release_context not in app.teardown_request_funcs[None]
+    assert limiter._check_request_limit in app.before_request_funcs[None]  # our override is its hook
+
+
+def test_storage_recovery_switches_the_strategy_back(monkeypatch):
+    app, limiter = limiter_app(PolicyLimiter)
+    real = limiter.limiter
+    assert limiter._in_memory_fallback_enabled
+    limiter._storage_dead = True
+    assert limiter.limiter is limiter._fallback_limiter and limiter.limiter is not real
+    answers = iter([False, True])
+    monkeypatch.setattr(limiter._storage, "check", lambda: next(answers))
+    limiter._recheck_at = 0.0
+    limiter._recover_storage()  # storage still down: wait longer, stay on the fallback
+    assert limiter._storage_dead and limiter._recheck_delay == 2.0
+    limiter._recheck_at = 0.0
+    limiter._recover_storage()
+    assert not limiter._storage_dead and limiter.limiter is real
