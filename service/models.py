@@ -24,7 +24,6 @@ from sqlalchemy.orm import Mapped, mapped_column
 from .extensions import db
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-END_REASONS = ("released", "expired", "evicted", "cleared")
 
 
 class Token(db.Model):

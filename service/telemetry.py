@@ -15,13 +15,12 @@ from dataclasses import dataclass
 
 from flask import current_app
 
-EVENTS = ("activation", "release", "renewal", "expiration", "manager_check")
 log = logging.getLogger("tokenpool.events")
 
 
 @dataclass(frozen=True)
 class TokenEvent:
-    event: str  # one of EVENTS
+    event: str  # activation, release, renewal, expiration or manager_check
     status: str  # success | failure
     reason: str | None = None  # outcome or failure cause, e.g. evicted, not_holder
     token_id: str | None = None

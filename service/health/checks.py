@@ -16,14 +16,13 @@ from flask import current_app
 from flask_migrate import Migrate
 from sqlalchemy import inspect, text
 
-from .. import metrics_storage
+from .. import clock, metrics_storage
 from ..db import bounded_connection
 from ..deadline import DeadlineExceeded
 from ..log_files import configured_files, write_failures
 from ..redis_connect import redis_client
-from ..timeutil import isoformat, utcnow
+from ..timeutil import isoformat
 from ..tokens import reads, service
-from ..tokens.routes import clock
 
 HEALTHY, DEGRADED, UNHEALTHY = "healthy", "degraded", "unhealthy"
 draining = threading.Event()  # set on SIGTERM: readiness fails, liveness holds
@@ -234,6 +233,4 @@ def metrics_folder() -> dict:
     return result
 
 
-def now():
-    """The injected clock (tests) or the process clock."""
-    return clock() or utcnow()
+now = clock.now  # the injected clock (tests) or the process clock

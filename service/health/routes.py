@@ -9,8 +9,9 @@ import weakref
 
 from flask import current_app, jsonify, request
 
+from .. import clock
 from ..errors import error_response
-from ..timeutil import isoformat, utcnow
+from ..timeutil import isoformat
 from . import bp, checks, details
 from .checks import DEGRADED, HEALTHY, UNHEALTHY
 
@@ -22,8 +23,8 @@ INTERNAL_FIELDS = ("tokens", "last_sweep_at", "failed_check")
 class _State:
     """One app's probe state: when it was built, start-up done, and the cached detailed report."""
 
-    def __init__(self, clock) -> None:
-        self.built_at = clock() if clock else utcnow()  # in the health checks' clock
+    def __init__(self, app) -> None:
+        self.built_at = clock.now(app)  # in the health checks' clock
         self.built_monotonic = time.monotonic()
         self.started = threading.Event()
         self.lock = threading.Lock()
@@ -44,7 +45,7 @@ _states: weakref.WeakSet = weakref.WeakSet()
 def _attach_state(setup_state) -> None:
     # per app, not per module: several apps in one process (tests) must not share a cache
     app = setup_state.app
-    state = app.extensions.setdefault("tokenpool.health", _State(app.config.get("TOKEN_CLOCK")))
+    state = app.extensions.setdefault("tokenpool.health", _State(app))
     _states.add(state)
     app.extensions["tokenpool.generation"].on_change(state.drop)
 

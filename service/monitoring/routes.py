@@ -7,6 +7,7 @@ from redis import RedisError
 from sqlalchemy import func, select, text
 
 from ..apikeys.service import api_keys
+from ..clock import token_time
 from ..db import run_transaction
 from ..errors import NotFound, ValidationError, error_response
 from ..extensions import db
@@ -19,7 +20,6 @@ from ..security import require_admin
 from ..timeutil import isoformat, utcnow
 from ..tokens import reads
 from ..tokens import service as tokens
-from ..tokens.routes import clock
 from . import bp, store
 from .figures import aggregate, evaluate
 from .store import window_minutes
@@ -104,7 +104,7 @@ def report():
         aggregate(buckets[:half])["rate_limit_hits"].get("refused", 0),
         aggregate(buckets[half:])["rate_limit_hits"].get("refused", 0),
     )
-    now = clock()
+    now = token_time()
     pool = run_transaction(reads.summary, now=now)
     last_sweep = run_transaction(tokens.last_sweep_at)
     findings = evaluate(
@@ -150,7 +150,7 @@ def _database_stats(conn) -> dict:
         select(func.count(), func.count().filter(api_keys.c.revoked_at.is_(None))).select_from(api_keys)
     ).one()
     return {
-        "tokens": reads.summary(conn, now=clock()),
+        "tokens": reads.summary(conn, now=token_time()),
         "usages": {"total": total_usages, "open": open_count},
         "api_keys": {"total": keys_total, "active": keys_active},
         "migration_revision": conn.scalar(text("SELECT version_num FROM alembic_version")),

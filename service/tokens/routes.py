@@ -8,6 +8,7 @@ from flask import current_app, jsonify
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
+from ..clock import token_time
 from ..db import run_transaction
 from ..errors import ApiError, status_name
 from ..security import is_admin, require_admin
@@ -26,12 +27,6 @@ from .schemas import (
     user_id_from,
     uuid_position,
 )
-
-
-def clock():
-    """The injected clock's time (tests), or None: the database decides."""
-    now = current_app.config.get("TOKEN_CLOCK")
-    return now() if now else None
 
 
 def lifetime() -> int:
@@ -81,7 +76,7 @@ def activate():
     user_id = user_id_from(json_body())
     with timed() as elapsed:
         lease = run_transaction(
-            service.activate, user_id, lifetime=lifetime(), now=clock(), single_statement=True
+            service.activate, user_id, lifetime=lifetime(), now=token_time(), single_statement=True
         )
     emit(
         "activation",
@@ -111,7 +106,7 @@ def list_tokens():
         state=state,
         limit=limit,
         after=after,
-        now=clock(),
+        now=token_time(),
         lease_ids=is_admin(),
         single_statement=True,
     )
@@ -120,7 +115,7 @@ def list_tokens():
 
 @bp.get("/summary")
 def summary():
-    counts = run_transaction(reads.summary, now=clock(), single_statement=True)
+    counts = run_transaction(reads.summary, now=token_time(), single_statement=True)
     return jsonify(counts | {"lifetime_seconds": lifetime()})
 
 
@@ -129,7 +124,7 @@ def get_token(token_id):
     token = run_transaction(
         reads.get_token,
         parse_uuid(token_id, "token_id"),
-        now=clock(),
+        now=token_time(),
         lease_ids=is_admin(),
         single_statement=True,
     )
@@ -158,7 +153,7 @@ def release(token_id):
     if holder is None:
         require_admin()
     with timed() as elapsed:
-        token, user_id = run_transaction(service.release, tid, holder=holder, now=clock())
+        token, user_id = run_transaction(service.release, tid, holder=holder, now=token_time())
     emit(
         "release",
         "success",
@@ -176,7 +171,7 @@ def renew(token_id):
     tid = parse_uuid(token_id, "token_id")
     holder = holder_from(json_body())
     with timed() as elapsed:
-        token = run_transaction(service.renew, tid, holder=holder, lifetime=lifetime(), now=clock())
+        token = run_transaction(service.renew, tid, holder=holder, lifetime=lifetime(), now=token_time())
     emit("renewal", "success", token_id=str(tid), user_id=str(holder.user_id), duration_ms=elapsed())
     return jsonify(serialise(token | {"lease_id": holder.lease_id}))  # the holder presented it
 
@@ -186,6 +181,6 @@ def renew(token_id):
 def clear_active():
     require_admin()
     with timed() as elapsed:
-        cleared = run_transaction(service.clear_active, now=clock())
+        cleared = run_transaction(service.clear_active, now=token_time())
     emit("release", "success", reason="cleared", count=cleared, duration_ms=elapsed())
     return jsonify({"cleared_count": cleared, "status": "ok"})

@@ -16,6 +16,7 @@ import threading
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from ..clock import token_time
 from ..db import run_transaction
 from ..telemetry import emit, timed
 from . import service
@@ -28,12 +29,11 @@ def run_sweep(app, *, min_gap_seconds: float = 0, budget_seconds: float | None =
 
     `budget_seconds`: how long it may wait for the database in all (None: no deadline).
     """
-    clock = app.config.get("TOKEN_CLOCK")
     with app.app_context(), timed() as elapsed:
         try:
             result = run_transaction(
                 service.sweep,
-                now=clock() if clock else None,
+                now=token_time(app),
                 min_gap_seconds=min_gap_seconds,
                 budget_seconds=budget_seconds,
             )
