@@ -7,6 +7,8 @@ from pathlib import Path
 
 from dotenv import dotenv_values
 
+from service.config import ALIASES
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -32,3 +34,19 @@ def test_a_copied_env_example_gives_no_comment_as_a_value():
     assert {name: value for name, value in values.items() if value and "#" in value} == {}
     lines = (ROOT / ".env.example").read_text().splitlines()
     assert [line for line in lines if re.match(r"^[A-Z].*\s#", line)] == []
+
+
+def documented_in_configuration() -> set[str]:
+    """The variables named in the first column of docs/CONFIGURATION.md's tables."""
+    text = (ROOT / "docs" / "CONFIGURATION.md").read_text()
+    found = set()
+    for cell in re.findall(r"^\| ([^|]+) \|", text, re.M):
+        found |= set(re.findall(r"`([A-Z][A-Z0-9_]+)`", cell))
+    return found
+
+
+def test_every_variable_is_in_the_configuration_doc_and_nothing_else():
+    documented = documented_in_configuration()
+    known = variables_read() | {alias.name for alias in ALIASES}  # the alias table is a table there too
+    assert variables_read() - documented == set(), "add to docs/CONFIGURATION.md"
+    assert documented - known == set(), "docs/CONFIGURATION.md names a variable nothing reads"
