@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 from sqlalchemy import create_engine, text
 
-from tests.procs import Gunicorn, http_get
+from tests.procs import Gunicorn, http_get, wait_for
 
 pytestmark = [pytest.mark.e2e]
 
@@ -31,7 +30,5 @@ def test_a_fresh_gunicorn_is_healthy_at_once_and_sweeps_without_waiting_an_inter
         body = json.loads(raw)
         assert (status, body["status"]) == (200, "healthy"), body
         assert body["checks"]["token_manager"]["status"] == "healthy"
-        deadline = time.monotonic() + 5  # not 15-30 s: the first sweep runs at start
-        while last_sweep(url) is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert last_sweep(url) is not None
+        # within 5 s, not 15-30 s: the first sweep runs at start
+        wait_for(lambda: last_sweep(url) is not None, 5, 0.1, what="the first sweep")

@@ -15,6 +15,13 @@ from service.tokens.sweeper import Sweeper, run_sweep
 from tests.conftest import make_app, reset_database
 from tests.helpers import POOL, activate, user
 from tests.invariants import assert_invariants
+from tests.procs import wait_for
+
+
+def wait_for_a_sweep(app, timeout: float = 5) -> None:
+    """Until the sweeper state records a sweep; TimeoutError after `timeout` seconds."""
+    with app.app_context():
+        wait_for(lambda: run_transaction(service.last_sweep_at) is not None, timeout, what="a sweep")
 
 
 def usages_of(client, token_id):
@@ -96,12 +103,7 @@ def test_background_sweeper_runs_and_stops(database_url):
     sweeper.interval = 0.05
     app.test_client().get("/healthz")  # the first request starts it
     assert sweeper.running
-    with app.app_context():
-        for _ in range(100):
-            if run_transaction(service.last_sweep_at) is not None:
-                break
-            threading.Event().wait(0.05)
-        assert run_transaction(service.last_sweep_at) is not None
+    wait_for_a_sweep(app)
     sweeper.stop()
     assert not sweeper.running
     with app.app_context():
@@ -116,12 +118,7 @@ def test_the_sweeper_sweeps_at_once_when_it_starts(database_url):
     sweeper.start()
     assert sweeper.running
     try:
-        with app.app_context():
-            for _ in range(100):
-                if run_transaction(service.last_sweep_at) is not None:
-                    break
-                threading.Event().wait(0.05)
-            assert run_transaction(service.last_sweep_at) is not None
+        wait_for_a_sweep(app)  # within 5 s, not the interval's hour
     finally:
         sweeper.stop()
 
