@@ -17,7 +17,6 @@ warning per outage, a metric) until Redis answers again.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 
@@ -262,14 +261,6 @@ class PolicyLimiter(Limiter):
         return response
 
 
-def _int_or_one(raw: str | None) -> int:
-    """gunicorn's worker count as the environment gives it; blank or malformed counts as 1."""
-    try:
-        return int(raw or 1)
-    except ValueError:
-        return 1
-
-
 def _storage_uri(config) -> str:
     return config.get("RATELIMIT_STORAGE_URI") or config.get("REDIS_URL") or "memory://"
 
@@ -287,7 +278,7 @@ def init_rate_limits(app) -> Limiter:
     config.setdefault("RATELIMIT_KEY_PREFIX", "tokenpool")
     if storage.startswith(("redis://", "rediss://", "redis+sentinel://")):
         config.setdefault("RATELIMIT_STORAGE_OPTIONS", limits_storage_options(storage, config))
-    elif config["RATELIMIT_ENABLED"] and _int_or_one(os.environ.get("WEB_CONCURRENCY")) > 1:
+    elif config["RATELIMIT_ENABLED"] and config.get("WEB_CONCURRENCY", 0) > 1:
         log.warning("rate limits use memory:// with several workers: each worker counts alone; set REDIS_URL")
 
     limiter = PolicyLimiter(config, metrics)

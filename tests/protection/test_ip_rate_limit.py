@@ -109,3 +109,12 @@ def test_404_and_405_count_against_the_ip_limit(build):
     r = client.delete("/api/tokens/summary", environ_base=other)
     assert_rate_limited(r)
     assert r.headers["X-RateLimit-Remaining"] == "0"
+
+
+def test_in_process_limits_with_several_workers_warn(build, caplog):
+    warning = "rate limits use memory:// with several workers"
+    build(RATE_LIMIT_PER_MINUTE=LIMIT, WEB_CONCURRENCY=3)
+    assert warning in caplog.text
+    caplog.clear()
+    build(RATE_LIMIT_PER_MINUTE=LIMIT, WEB_CONCURRENCY=1)
+    assert warning not in caplog.text
