@@ -11,6 +11,7 @@ from werkzeug.exceptions import HTTPException
 from ..clock import token_time
 from ..db import run_transaction
 from ..errors import ApiError, status_name
+from ..parsing import canonical_uuid
 from ..security import is_admin, require_admin
 from ..telemetry import emit, timed
 from . import bp, reads, service
@@ -25,7 +26,6 @@ from .schemas import (
     serialise,
     state_arg,
     user_id_from,
-    uuid_position,
 )
 
 
@@ -100,7 +100,7 @@ def activate():
 @bp.get("")
 def list_tokens():
     state, limit = state_arg(), limit_arg()
-    after = cursor_arg("tokens", uuid_position)
+    after = cursor_arg("tokens", canonical_uuid)
     items, last = run_transaction(
         reads.list_tokens,
         state=state,

@@ -103,11 +103,6 @@ def limit_arg(default: int = DEFAULT_LIMIT, maximum: int = MAX_LIMIT) -> int:
     return int_arg("limit", default, 1, maximum)
 
 
-def uuid_position(value) -> uuid.UUID | None:
-    """A keyset position that is a UUID (None when it is not one)."""
-    return canonical_uuid(value)
-
-
 def id_position(value) -> int | None:
     """A keyset position that is a bigint row id, 1..2**63-1 (None when it is not one)."""
     return canonical_int(value, 1, BIGINT_MAX)
