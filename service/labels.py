@@ -12,11 +12,8 @@ from __future__ import annotations
 
 import re
 
-from werkzeug.http import HTTP_STATUS_CODES
-
 # RFC 9110 section 9 and PATCH (RFC 5789): the methods a label may name
 METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"))
-STATUSES = frozenset(HTTP_STATUS_CODES)  # the codes werkzeug knows a reason phrase for (about 60)
 OTHER = "other"
 UNMATCHED = "<unmatched>"
 CONVERTER = re.compile(r"<(?:[^:<>]+:)?([^<>]+)>")
@@ -26,11 +23,6 @@ _TEMPLATES: dict[str, str] = {}
 def bounded_method(method: str) -> str:
     """The request method if it is a standard one (exact, upper case), else `other`."""
     return method if method in METHODS else OTHER
-
-
-def bounded_status(code: int) -> int | str:
-    """A status code the HTTP registry knows, else `other`."""
-    return code if code in STATUSES else OTHER
 
 
 def url_rule(req) -> str:
