@@ -109,6 +109,19 @@ def observe_queries(app, observer: Callable[[str, float], None]) -> None:
     observers.append(observer)
 
 
+def pool_limit(pool) -> int | None:
+    """The most connections `pool` opens at once: a QueuePool's size plus its overflow.
+
+    None for a pool without that bound (unlimited overflow, NullPool, StaticPool).
+    SQLAlchemy keeps the overflow only as `QueuePool._max_overflow`;
+    tests/protection/test_library_tripwires.py fails if that changes.
+    """
+    overflow = getattr(pool, "_max_overflow", None)
+    if overflow is None or overflow < 0 or not hasattr(pool, "size"):
+        return None
+    return pool.size() + overflow
+
+
 def is_postgres(conn) -> bool:
     """Whether this connection talks to PostgreSQL (else: the embedded SQLite)."""
     return conn.dialect.name == "postgresql"

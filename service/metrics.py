@@ -30,7 +30,7 @@ from prometheus_flask_exporter import PrometheusMetrics
 from sqlalchemy import event
 
 from . import metrics_storage
-from .db import bounded_connection, observe_queries
+from .db import bounded_connection, observe_queries, pool_limit
 from .errors import Unauthorized
 from .extensions import db
 from .labels import METHODS, OTHER, url_rule
@@ -266,11 +266,9 @@ def _track_database(app, metrics: TokenMetrics) -> None:
     with app.app_context():
         engine = db.engine
     in_use, idle = child(metrics.pool_connections, "in_use"), child(metrics.pool_connections, "idle")
-    pool = engine.pool
-    if hasattr(pool, "size") and hasattr(pool, "_max_overflow"):
-        # QueuePool: size() and overflow; SQLite's pools have no fixed maximum
-        overflow = max(pool._max_overflow, 0)  # -1: unlimited
-        metrics.pool_connections.labels("max").set(pool.size() + overflow)
+    limit = pool_limit(engine.pool)
+    if limit is not None:
+        metrics.pool_connections.labels("max").set(limit)
 
     @event.listens_for(engine, "connect")
     def _connect(*_):

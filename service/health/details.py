@@ -13,6 +13,7 @@ from pathlib import Path
 import psutil
 from flask import current_app
 
+from ..db import pool_limit
 from ..extensions import db
 from ..monitoring import store
 from ..monitoring.figures import aggregate
@@ -171,13 +172,12 @@ def database_pool() -> dict:
     pool = db.engine.pool
     if not hasattr(pool, "checkedout"):  # NullPool, StaticPool: nothing pooled to count
         return {"pid": os.getpid(), "kind": type(pool).__name__, "in_use": None, "idle": None, "max": None}
-    size, max_overflow = pool.size(), getattr(pool, "_max_overflow", 0)
     return {
         "pid": os.getpid(),
         "kind": type(pool).__name__,
         "in_use": pool.checkedout(),
         "idle": pool.checkedin(),
-        "max": None if max_overflow < 0 else size + max_overflow,
-        "size": size,
+        "max": pool_limit(pool),
+        "size": pool.size(),
         "overflow": pool.overflow(),
     }
