@@ -1,8 +1,10 @@
 """Tripwires for the library private names the service overrides or reads.
 
-`OnceTalisman` (service/security.py) overrides private methods of Flask-Talisman
-and `PolicyLimiter` (service/ratelimit.py) removes Flask-Limiter's hooks by
-their mangled names and replaces its private request check. Each test here
+`OnceTalisman` (service/security.py) overrides private methods of Flask-Talisman;
+`PolicyLimiter` (service/ratelimit.py) removes Flask-Limiter's hooks by
+their mangled names and replaces its private request check; `metrics_storage`
+extends prometheus_client's memory-mapped files; `db.pool_limit` reads
+SQLAlchemy's pool overflow; `drain` drives gunicorn's worker loop. Each test here
 fails on the day an upgrade renames or changes what they rely on, instead of
 the override silently stopping to apply.
 """
@@ -148,3 +150,54 @@ def test_storage_recovery_switches_the_strategy_back(monkeypatch):
     limiter._recheck_at = 0.0
     limiter._recover_storage()
     assert not limiter._storage_dead and limiter.limiter is real
+
+
+# --- SQLAlchemy, prometheus_client, gunicorn --------------------------------------------------
+
+
+def test_queue_pool_keeps_its_overflow_where_pool_limit_reads_it():
+    from sqlalchemy.pool import QueuePool
+
+    from service.db import pool_limit
+
+    pool = QueuePool(lambda: None, pool_size=3, max_overflow=4)
+    assert pool._max_overflow == 4 and pool_limit(pool) == 7
+
+
+def test_mmaped_dict_internals_reserved_files_extend(tmp_path):
+    from prometheus_client import values
+    from prometheus_client.mmap_dict import MmapedDict
+
+    from service.metrics_storage import FILE_BYTES, ReservedMmapedDict
+
+    assert hasattr(values, "ValueClass") and hasattr(values, "MultiProcessValue")
+    assert params(MmapedDict._init_value) == ["self", "key"]
+    # ReservedMmapedDict reserves the size this loop will double to, with the entry layout it packs
+    assert "self._capacity *= 2" in inspect.getsource(MmapedDict._init_value)
+    assert "i{len(padded)}sdd" in inspect.getsource(MmapedDict._init_value)
+    assert params(MmapedDict.read_all_values_from_file) == ["filename"]
+    stored = ReservedMmapedDict(str(tmp_path / "counter_1.db"))
+    try:
+        assert (stored._used, stored._capacity) == (8, FILE_BYTES)  # the layout _init_value computes from
+        assert stored._f.fileno() >= 0 and stored._fname.endswith("counter_1.db")
+        for n in range(2100):  # just past the first size: the doubled file is reserved, not sparse
+            stored.write_value(f"series-{n}", float(n), 0.0)
+        size = (tmp_path / "counter_1.db").stat()
+        assert size.st_size > FILE_BYTES and size.st_blocks * 512 >= size.st_size
+        assert stored.read_value("series-2099") == (2099.0, 0.0)
+    finally:
+        stored.close()
+
+
+def test_gunicorn_names_the_drain_drives_exist():
+    from gunicorn.arbiter import Arbiter
+    from gunicorn.workers.base import Worker
+    from gunicorn.workers.sync import SyncWorker
+
+    assert hasattr(Arbiter, "LISTENERS") and "reexec_pid" in inspect.getsource(Arbiter.__init__)
+    assert "systemd" in inspect.getsource(Arbiter.__init__)
+    worker_init = inspect.getsource(Worker.__init__)
+    assert all(name in worker_init for name in ("self.alive", "self.sockets"))
+    assert "self.PIPE" in inspect.getsource(Worker.init_process)
+    assert params(SyncWorker.handle) == ["self", "listener", "client", "addr"]
+    assert params(Worker.notify) == ["self"]
