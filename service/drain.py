@@ -120,7 +120,10 @@ def instance_stopping() -> bool:
 
 
 def retire(worker) -> None:
-    """End a worker's loop after its current request; its master keeps the port (HUP, fewer workers)."""
+    """End a worker's loop after its current request (alone: its master keeps the port).
+
+    Wakes the worker's select() through its pipe, so the loop ends now.
+    """
     worker.alive = False
     os.write(worker.PIPE[1], b"1")
 
@@ -181,7 +184,7 @@ def finish(worker, deadline: float) -> None:
     """Steps 1-3 for one gunicorn worker (called from a thread); step 4 is `serve_accepted`.
 
     `deadline` (time.monotonic()) bounds the wait of non-sync workers for their
-    queue to empty. Ends by setting `worker.alive = False` and waking its loop.
+    queue to empty. Ends with `retire(worker)`: its loop ends now.
     """
     from gunicorn.workers.sync import SyncWorker
 
@@ -203,8 +206,7 @@ def finish(worker, deadline: float) -> None:
     except Exception:
         log.exception("drain: could not stop accepting cleanly")
     finally:
-        worker.alive = False
-        os.write(worker.PIPE[1], b"1")  # wake the worker's select() so its loop ends now
+        retire(worker)
 
 
 def serve_accepted(worker) -> int:
