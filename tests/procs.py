@@ -65,6 +65,28 @@ def http_get(url: str, timeout: float = 5, headers: dict | None = None) -> tuple
         return e.code, e.read(), dict(e.headers)
 
 
+def raw_http(port: int, data: bytes) -> tuple[int, dict, bytes]:
+    """Send bytes as they are (http.client refuses to write malformed requests); read the one answer.
+
+    Returns (status, headers with lower-case names, body); the request should say `Connection: close`.
+    """
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(data)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v for k, v in (line.split(": ", 1) for line in lines[1:] if ": " in line)}
+    return int(lines[0].split()[1]), headers, body
+
+
+def raw_request(path: str, *headers: str, method: str = "GET", version: str = "HTTP/1.1") -> bytes:
+    """A request's bytes: these header lines only (no Host unless given), then `Connection: close`."""
+    lines = [f"{method} {path} {version}", *headers, "Connection: close", "", ""]
+    return "\r\n".join(lines).encode("latin-1")
+
+
 class Gunicorn:
     """`gunicorn -c gunicorn.conf.py wsgi:app` on a free port, with its own environment."""
 

@@ -14,7 +14,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -23,7 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.procs import NGINX, Nginx, free_port, render
+from tests.helpers import ERROR_KEYS
+from tests.procs import NGINX, Nginx, free_port, raw_http, raw_request, render
 
 REPO = Path(__file__).resolve().parents[2]
 NGINX_DIR = REPO / "nginx"
@@ -374,51 +374,34 @@ def test_upstream_down_gets_json_503(tmp_path):
 # --- nginx's own errors, scheme headers, hosts, the access log --------------------------------
 
 
-def _raw(port: int, data: bytes) -> tuple[int, dict, bytes]:
-    """Send bytes as they are (requests http.client refuses to write); parse the one answer."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(data)
-        received = b""
-        while chunk := sock.recv(65536):
-            received += chunk
-    head, _, body = received.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
-    return int(lines[0].split()[1]), headers, body
-
-
-def _get(path: str, *headers: str, method: str = "GET", version: str = "HTTP/1.1") -> bytes:
-    lines = [f"{method} {path} {version}", *headers, "Connection: close", "", ""]
-    return "\r\n".join(lines).encode("latin-1")
-
-
 # Requests nginx refuses itself, each with the status it answers.
 REFUSED_BY_NGINX = {
-    "nul byte in the path": (_get("/api/tokens/%00", "Host: a"), 400),
-    "bad percent-encoding": (_get("/api/%ZZ", "Host: a"), 400),
-    "no Host in HTTP/1.1": (_get("/api/tokens/summary"), 400),
-    "TRACE": (_get("/", "Host: a", method="TRACE"), 405),
-    "CONNECT": (_get("a:443", "Host: a", method="CONNECT"), 400),
-    "request line over 4k": (_get("/" + "a" * 5000, "Host: a"), 414),
-    "header line over 4k": (_get("/", "Host: a", "X-A: " + "a" * 5000), 431),
-    "headers over 4 x 4k": (_get("/", "Host: a", *[f"X-H{i}: {'v' * 60}" for i in range(400)]), 431),
-    "X-Forwarded-For over 1k": (_get("/", "Host: a", *["X-Forwarded-For: " + "1" * 300] * 4), 431),
-    "Content-Length not a number": (_get("/", "Host: a", "Content-Length: abc", method="POST"), 400),
+    "nul byte in the path": (raw_request("/api/tokens/%00", "Host: a"), 400),
+    "bad percent-encoding": (raw_request("/api/%ZZ", "Host: a"), 400),
+    "no Host in HTTP/1.1": (raw_request("/api/tokens/summary"), 400),
+    "TRACE": (raw_request("/", "Host: a", method="TRACE"), 405),
+    "CONNECT": (raw_request("a:443", "Host: a", method="CONNECT"), 400),
+    "request line over 4k": (raw_request("/" + "a" * 5000, "Host: a"), 414),
+    "header line over 4k": (raw_request("/", "Host: a", "X-A: " + "a" * 5000), 431),
+    "headers over 4 x 4k": (raw_request("/", "Host: a", *[f"X-H{i}: {'v' * 60}" for i in range(400)]), 431),
+    "X-Forwarded-For over 1k": (raw_request("/", "Host: a", *["X-Forwarded-For: " + "1" * 300] * 4), 431),
+    "Content-Length not a number": (raw_request("/", "Host: a", "Content-Length: abc", method="POST"), 400),
     "two Content-Lengths": (
-        _get("/", "Host: a", "Content-Length: 1", "Content-Length: 2", method="POST") + b"ab",
+        raw_request("/", "Host: a", "Content-Length: 1", "Content-Length: 2", method="POST") + b"ab",
         400,
     ),
     "Content-Length and chunked": (
-        _get("/", "Host: a", "Content-Length: 5", "Transfer-Encoding: chunked", method="POST") + b"0\r\n\r\n",
+        raw_request("/", "Host: a", "Content-Length: 5", "Transfer-Encoding: chunked", method="POST")
+        + b"0\r\n\r\n",
         400,
     ),
-    "unknown Transfer-Encoding": (_get("/", "Host: a", "Transfer-Encoding: gzip", method="POST"), 501),
-    "HTTP/2.0 in plain text": (_get("/", "Host: a", version="HTTP/2.0"), 505),
+    "unknown Transfer-Encoding": (raw_request("/", "Host: a", "Transfer-Encoding: gzip", method="POST"), 501),
+    "HTTP/2.0 in plain text": (raw_request("/", "Host: a", version="HTTP/2.0"), 505),
     "body over 64k": (
-        _get("/api/tokens/activate", "Host: a", "Content-Length: 70000", method="POST") + b"x" * 70000,
+        raw_request("/api/tokens/activate", "Host: a", "Content-Length: 70000", method="POST") + b"x" * 70000,
         413,
     ),
-    "an internal error page asked for directly": (_get("/_tokenpool_error/500", "Host: a"), 404),
+    "an internal error page asked for directly": (raw_request("/_tokenpool_error/500", "Host: a"), 404),
 }
 
 
@@ -427,15 +410,15 @@ def assert_nginx_error(status: int, headers: dict, body: bytes, expected: int) -
     from service.errors import HTTP_ERROR_CODES, status_name
 
     assert status == expected, (status, body[:300])
-    assert headers["Content-Type"] == "application/json", headers
+    assert headers["content-type"] == "application/json", headers
     error = json.loads(body)
-    assert set(error) == {"status", "error_code", "message", "error_id", "request_id", "timestamp", "details"}
+    assert set(error) == ERROR_KEYS
     assert error["status"] == status_name(expected)
     assert error["error_code"] == HTTP_ERROR_CODES.get(expected, status_name(expected).upper())
     assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", error["error_id"])
-    assert error["request_id"] == headers["X-Request-ID"]
+    assert error["request_id"] == headers["x-request-id"]
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", error["timestamp"]), error["timestamp"]
-    assert headers["X-Content-Type-Options"] == "nosniff" and headers["X-Frame-Options"] == "DENY"
+    assert headers["x-content-type-options"] == "nosniff" and headers["x-frame-options"] == "DENY"
     return error
 
 
@@ -443,7 +426,7 @@ def assert_nginx_error(status: int, headers: dict, body: bytes, expected: int) -
 @pytest.mark.parametrize("case", list(REFUSED_BY_NGINX))
 def test_nginx_refuses_malformed_requests_in_the_json_error_shape(proxy, upstream, case):
     data, expected = REFUSED_BY_NGINX[case]
-    assert_nginx_error(*_raw(proxy, data), expected)
+    assert_nginx_error(*raw_http(proxy, data), expected)
     assert not _Upstream.seen, "refused by nginx, never proxied"
 
 
@@ -505,7 +488,7 @@ def test_unknown_hosts_are_refused_when_server_name_is_set(proxy, upstream):
     _Upstream.seen.clear()
     for host in ("evil.example", "127.0.0.1", "tokens.example.com.evil.example"):
         for method, path in (("GET", "/api/tokens"), ("POST", "/api/tokens/activate"), ("GET", "/metrics")):
-            assert_nginx_error(*_raw(proxy, _get(path, f"Host: {host}", method=method)), 421)
+            assert_nginx_error(*raw_http(proxy, raw_request(path, f"Host: {host}", method=method)), 421)
     assert not _Upstream.seen
     # probes that address nginx by IP still reach /healthz
     assert _request(proxy, "GET", "/healthz", headers={"Host": "10.1.2.3"})[0] == 200

@@ -11,18 +11,17 @@
 from __future__ import annotations
 
 import json
-import socket
 import uuid
 
 import pytest
 
 from tests.e2e.stack import request
-from tests.procs import Gunicorn
+from tests.helpers import ERROR_KEYS
+from tests.procs import Gunicorn, raw_http, raw_request
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 PUBLIC = "https://tokens.example.com"
-ERROR_KEYS = {"status", "error_code", "message", "error_id", "request_id", "timestamp", "details"}
 FORGED = [
     {"X-Forwarded-Proto": "https"},
     {"X-Forwarded-Ssl": "on"},
@@ -43,21 +42,8 @@ def json_error(response, status: int, error_code: str | None = None) -> dict:
     return error
 
 
-def raw(port: int, data: bytes) -> tuple[int, dict, bytes]:
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(data)
-        received = b""
-        while chunk := sock.recv(65536):
-            received += chunk
-    head, _, body = received.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {k.lower(): v for k, v in (line.split(": ", 1) for line in lines[1:] if ": " in line)}
-    return int(lines[0].split()[1]), headers, body
-
-
 def get(path: str, *headers: str, method: str = "GET") -> bytes:
-    lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", *headers, "Connection: close", "", ""]
-    return "\r\n".join(lines).encode()
+    return raw_request(path, "Host: 127.0.0.1", *headers, method=method)
 
 
 @pytest.fixture
@@ -122,7 +108,7 @@ def test_through_nginx_redirects_keep_the_method_and_every_error_is_json(stack):
         get("/api/tokens/summary", "X-A: " + "a" * 4000),
         get("/api/tokens/summary", *["X-Forwarded-For: 10.0.0.1"] * 20),
     ):
-        status, headers, body = raw(port, data)
+        status, headers, body = raw_http(port, data)
         assert headers["content-type"] == "application/json", (status, body[:200])
         assert ERROR_KEYS <= set(json.loads(body)), body[:200]
     # beyond nginx's: refused by nginx, in JSON too
@@ -132,6 +118,6 @@ def test_through_nginx_redirects_keep_the_method_and_every_error_is_json(stack):
         (get("/api/tokens/%00"), 400),
         (get("/", method="TRACE"), 405),
     ):
-        status, headers, body = raw(port, data)
+        status, headers, body = raw_http(port, data)
         assert status == expected and headers["content-type"] == "application/json", (status, body[:200])
         assert ERROR_KEYS <= set(json.loads(body))
