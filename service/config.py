@@ -221,15 +221,28 @@ def normalise_database_url(url: str) -> str:
     return url
 
 
-_URL_PASSWORD = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://[^:/?#@]*):[^@/?#]*@")
+_URL_USER = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^:/?#@]*:")  # scheme://user: (a password follows)
+# query parameters that carry a secret: libpq's password and sslpassword, redis-py's password, tokens
+_SECRET_PARAM = re.compile(r"([?&][^=&#]*(?:pass|pwd|secret|token)[^=&#]*=)[^&#]*", re.IGNORECASE)
 
 
 def mask_url(url: str | None) -> str | None:
-    """`url` with the password of its `user:password@` part shown as `***`; None stays None.
+    """`url` with every password in it shown as `***`; None stays None.
 
     Any scheme (postgresql+psycopg, redis, rediss, redis+sentinel with several hosts).
+    The `user:password@` part is masked up to the last `@` of the URL: SQLAlchemy
+    takes a password with an unescaped `/`, `?` or `#` as written, and a part left
+    after an earlier `@` would print the rest of it. Query parameters that carry a
+    secret (`password=`, `sslpassword=`, `...token=`) are masked too: libpq and
+    redis-py read a password from the query string.
     """
-    return _URL_PASSWORD.sub(r"\1:***@", url) if url else url
+    if not url:
+        return url
+    user = _URL_USER.match(url)
+    at = url.rfind("@")
+    if user and at > user.end():
+        url = f"{user.group(0)}***{url[at:]}"
+    return _SECRET_PARAM.sub(r"\1***", url)
 
 
 def _from_environment(instance_path: str, env: str) -> dict:

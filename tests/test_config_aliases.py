@@ -183,6 +183,39 @@ def test_config_check_prints_settings_with_secrets_masked(env, monkeypatch):
     assert "warning: USE_JSON_LOGS is ignored: LOG_FORMAT is set and wins" in lines
 
 
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://:redis-password@127.0.0.1:6379/0", "redis://:***@127.0.0.1:6379/0"),
+        ("redis+sentinel://:pw1@s1:26379,s2:26379/mymaster", "redis+sentinel://:***@s1:26379,s2:26379/mymaster"),
+        # SQLAlchemy reads a password with an unescaped /, # or @ as written: none of it shows
+        ("postgresql+psycopg://app:pa/ss-word@db:5432/x", "postgresql+psycopg://app:***@db:5432/x"),
+        ("postgresql+psycopg://app:pa@ss-word@db/x", "postgresql+psycopg://app:***@db/x"),
+        ("rediss://u:pa#ss-word@r:6380/0", "rediss://u:***@r:6380/0"),
+        # libpq and redis-py also read a password from the query string
+        ("postgresql+psycopg://app@db/x?password=pw2", "postgresql+psycopg://app@db/x?password=***"),
+        ("postgresql://db/x?sslmode=require&sslpassword=pw3", "postgresql://db/x?sslmode=require&sslpassword=***"),
+        ("redis://r:6379/0?password=pw4&db=1", "redis://r:6379/0?password=***&db=1"),
+        ("redis+sentinel://s1:26379/m?Password=pw5", "redis+sentinel://s1:26379/m?Password=***"),
+        ("sqlite:////srv/tokenpool.sqlite3", "sqlite:////srv/tokenpool.sqlite3"),
+        ("redis://user@r:6379/0", "redis://user@r:6379/0"),
+    ],
+)
+def test_mask_url_hides_every_password_a_driver_would_read(url, shown):
+    assert settings.mask_url(url) == shown
+
+
+def test_config_check_masks_a_password_in_the_query_string(tmp_path):
+    result = _flask_config_check(
+        DATABASE_URL=f"sqlite:///{tmp_path}/c.sqlite3",
+        REDIS_URL="redis://127.0.0.1:6379/0?password=query-password",
+        RATELIMIT_STORAGE_URI="redis://:pa/ss-word@127.0.0.1:6379/1",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "query-password" not in result.stdout and "ss-word" not in result.stdout
+    assert "REDIS_URL=redis://127.0.0.1:6379/0?password=***" in result.stdout.splitlines()
+
+
 def _flask_config_check(**variables: str) -> subprocess.CompletedProcess:
     env = {"PATH": "/usr/bin:/bin", "APP_ENV": "development", "LOG_LEVEL": "WARNING", **variables}
     flask = Path(sys.executable).with_name("flask")
