@@ -48,3 +48,22 @@ def renew(client, lease: dict, **kwargs):
 
 def user() -> str:
     return str(uuid.uuid4())
+
+
+def history_on_one_token(client, clock, releases: int) -> dict:
+    """Every other token of the pool held, one user leases the last one, releases it and leases it again.
+
+    `releases` times, a second apart on `clock`: that token's history has
+    `releases + 1` usages, the newest open. Returns the last lease.
+    """
+    for _ in range(POOL - 1):
+        activate(client, user())
+    u = user()
+    lease = activate(client, u).get_json()
+    for _ in range(releases):
+        clock.advance(1)
+        assert release(client, lease).status_code == 200
+        again = activate(client, u).get_json()
+        assert again["token_id"] == lease["token_id"]
+        lease = again
+    return lease

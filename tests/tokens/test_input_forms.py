@@ -12,7 +12,7 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.helpers import POOL, activate, assert_error, release, user
+from tests.helpers import activate, assert_error, history_on_one_token, user
 
 UUID_MESSAGE = "Invalid {}format. Must be a valid UUID."
 CANON = "0f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0"
@@ -195,16 +195,7 @@ def good_value(cursor: str) -> str:
 
 def listings(client, clock):
     """(path, kind, another listing's kind, an issued cursor) for every paginated listing."""
-    for _ in range(POOL - 1):  # every other token is held, so u always gets the same one
-        activate(client, user())
-    u = user()
-    lease = activate(client, u).get_json()
-    tid = lease["token_id"]
-    for _ in range(2):
-        clock.advance(1)
-        assert release(client, lease).status_code == 200
-        lease = activate(client, u).get_json()
-        assert lease["token_id"] == tid
+    tid = history_on_one_token(client, clock, releases=2)["token_id"]
     tokens = client.get("/api/tokens").get_json()["tokens"]
     other = next(t["token_id"] for t in tokens if t["token_id"] != tid)
     usages_cursor = client.get(f"/api/tokens/{tid}/usages?limit=1").get_json()["next_cursor"]

@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from tests.helpers import POOL, activate, assert_error, release, renew, user
+from tests.helpers import POOL, activate, assert_error, history_on_one_token, release, renew, user
 
 LIFETIME = 120
 
@@ -316,16 +316,7 @@ def test_invalid_cursor(client, cursor):
 
 
 def test_usages_newest_first_and_paginated(client, clock):
-    for _ in range(POOL - 1):  # every other token is held, so u always gets the same one
-        activate(client, user())
-    u = user()
-    lease = activate(client, u).get_json()
-    token_id = lease["token_id"]
-    for _ in range(4):
-        clock.advance(1)
-        release(client, lease)
-        lease = activate(client, u).get_json()
-        assert lease["token_id"] == token_id
+    token_id = history_on_one_token(client, clock, releases=4)["token_id"]
     pages, cursor = [], None
     while True:
         url = f"/api/tokens/{token_id}/usages?limit=2" + (f"&cursor={cursor}" if cursor else "")
