@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from service.request_context import VALID_ID
 from tests.helpers import ERROR_KEYS
 from tests.procs import NGINX, Nginx, free_port, raw_http, raw_request, render
 
@@ -295,6 +296,19 @@ def test_proxy_generates_request_id_when_missing_or_malformed(proxy, upstream):
     for value in generated:
         assert re.fullmatch(r"[0-9a-f]{32}", value), value
     assert generated[0] != generated[1]
+
+
+@needs_nginx
+@pytest.mark.parametrize("value", ["trace@edge/1+2=3", "-leading-dash", ".dot", "a" * 128, "a" * 129])
+def test_nginx_passes_exactly_the_request_ids_the_service_accepts(proxy, upstream, value):
+    """One rule for a client's X-Request-ID (service/request_context.VALID_ID): an id nginx passes
+    and the service replaced would give nginx's log line and the service's two different ids."""
+    _request(proxy, "GET", "/api/tokens", headers={"X-Request-ID": value})
+    sent = _Upstream.seen[-1]["headers"]["x-request-id"]
+    if VALID_ID.match(value):
+        assert sent == value
+    else:
+        assert re.fullmatch(r"[0-9a-f]{32}", sent), sent
 
 
 @needs_nginx
