@@ -145,6 +145,35 @@ class Gunicorn:
         self.stop()
 
 
+def gunicorn_refuses(env: dict, timeout: float = 60) -> tuple[list[str], str]:
+    """Run `gunicorn -c gunicorn.conf.py wsgi:app` expecting it to refuse its settings.
+
+    `env` over production defaults (a free BIND, two workers). Asserts exit
+    status 1, no traceback and no worker booted; returns (its lines naming a
+    configuration error, its whole output).
+    """
+    full = {
+        "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+        "APP_ENV": "production",
+        "SECRET_KEY": "test-secret",
+        "BIND": f"127.0.0.1:{free_port()}",
+        "WEB_CONCURRENCY": "2",
+        **env,
+    }
+    done = subprocess.run(
+        [str(VENV_BIN / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"],
+        cwd=ROOT,
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 1, output
+    assert "Traceback" not in output and "Booting worker" not in output, output
+    return [line for line in output.splitlines() if "configuration error" in line], output
+
+
 class ThrowawayRedis:
     """A private redis-server on a free port, nothing on disk."""
 

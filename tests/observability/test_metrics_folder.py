@@ -12,11 +12,11 @@ import signal
 import subprocess
 import time
 
-import psutil
 import pytest
 
 from service import metrics_storage
-from tests.procs import ROOT, VENV_BIN, Gunicorn, free_port, http_get, wait_for
+from tests.procs import Gunicorn, gunicorn_refuses, http_get, wait_for
+from tests.resilience.support import worker_pids
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -54,26 +54,7 @@ def _env(tmp_path, folder) -> dict:
 
 def _gunicorn_refuses(env: dict) -> str:
     """Run gunicorn expecting a refusal; return its one configuration line."""
-    full = {
-        "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}",
-        "APP_ENV": "production",
-        "SECRET_KEY": "test-secret",
-        "BIND": f"127.0.0.1:{free_port()}",
-        "WEB_CONCURRENCY": "2",
-        **env,
-    }
-    done = subprocess.run(
-        [str(VENV_BIN / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"],
-        cwd=ROOT,
-        env=full,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    output = done.stdout + done.stderr
-    assert done.returncode == 1, output
-    assert "Traceback" not in output and "Booting worker" not in output, output
-    lines = [line for line in output.splitlines() if "configuration error" in line]
+    lines, output = gunicorn_refuses(env)
     assert len(lines) == 1, output
     return lines[0]
 
@@ -94,10 +75,6 @@ def test_a_read_only_or_uncreatable_metrics_folder_stops_the_start_with_one_line
     assert "Read-only file system" in line, line
 
 
-def _workers(master: int) -> set[int]:
-    return {p.pid for p in psutil.Process(master).children()}
-
-
 def test_a_full_metrics_folder_never_kills_workers_and_shows_in_health(tmp_path):
     size = metrics_storage.MIN_FREE_BYTES + (1 << 20)
     with tmpfs(tmp_path / "prom", f"{size // 1024}k") as folder:
@@ -107,10 +84,10 @@ def test_a_full_metrics_folder_never_kills_workers_and_shows_in_health(tmp_path)
             checks = json.loads(http_get(g.url + "/health")[1])["checks"]
             assert checks["metrics_folder"]["status"] == "healthy", checks
             fill(folder)
-            before = _workers(g.proc.pid)
+            before = set(worker_pids(g.proc.pid))
             victim = min(before)
             os.kill(victim, signal.SIGKILL)  # its replacement boots on the full folder
-            wait_for(lambda: len(_workers(g.proc.pid) - before) == 1, 30, what="a replacement worker")
+            wait_for(lambda: len(set(worker_pids(g.proc.pid)) - before) == 1, 30, what="a replacement worker")
             # new series in both workers: 404s, 405s, an unknown method, responses of new sizes
             statuses = []
             deadline = time.monotonic() + 5
@@ -119,7 +96,7 @@ def test_a_full_metrics_folder_never_kills_workers_and_shows_in_health(tmp_path)
                     statuses.append(http_get(g.url + path, timeout=5)[0])
             health = json.loads(http_get(g.url + "/health")[1])["checks"]["metrics_folder"]
             metrics_status = http_get(g.url + "/metrics")[0]
-            workers_now = _workers(g.proc.pid)
+            workers_now = set(worker_pids(g.proc.pid))
             log = g.log_lines()
         finally:
             g.stop()
@@ -153,7 +130,7 @@ def test_restarted_workers_leave_no_files_and_every_request_stays_counted(tmp_pa
         g.start()
         for _ in range(sent):
             assert http_get(g.url + "/no-such-page", timeout=10)[0] == 404
-        wait_for(lambda: len(_workers(g.proc.pid)) == 2, 30, what="two workers after the last restart")
+        wait_for(lambda: len(worker_pids(g.proc.pid)) == 2, 30, what="two workers after the last restart")
         counted = _counted(g.url, "GET", "404")
         files = sorted(os.listdir(folder))
         boots = [line for line in g.log_lines() if "Booting worker" in line]
