@@ -5,20 +5,17 @@ from __future__ import annotations
 import json
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 
+from tests.e2e.stack import database
 from tests.procs import Gunicorn, http_get, wait_for
 
 pytestmark = [pytest.mark.e2e]
 
 
 def last_sweep(url: str):
-    engine = create_engine(url)
-    try:
-        with engine.connect() as conn:
-            return conn.scalar(text("SELECT last_run_at FROM sweeper_state"))
-    finally:
-        engine.dispose()
+    with database(url) as conn:
+        return conn.scalar(text("SELECT last_run_at FROM sweeper_state"))
 
 
 def test_a_fresh_gunicorn_is_healthy_at_once_and_sweeps_without_waiting_an_interval(pg_database):
