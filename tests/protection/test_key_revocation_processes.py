@@ -4,22 +4,16 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.request
 
 import pytest
 
 from tests.conftest import make_app
+from tests.e2e.stack import request
 from tests.procs import Gunicorn, http_get
 from tests.protection.support import cli, create_key
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 SUMMARY = "/api/tokens/summary"
-
-
-def post(url: str, headers: dict) -> int:
-    request = urllib.request.Request(url, data=b"", method="POST", headers=headers)
-    with urllib.request.urlopen(request, timeout=5) as r:
-        return r.status
 
 
 def test_a_revoked_key_is_refused_by_every_process_within_a_second(pg_database):
@@ -36,7 +30,8 @@ def test_a_revoked_key_is_refused_by_every_process_within_a_second(pg_database):
                 assert http_get(server.url + SUMMARY, headers={"X-API-Key": key})[0] == 200
 
         # a cache clear on one instance empties the key cache of the other
-        assert post(a.url + "/api/monitoring/cache/clear", {"X-API-Key": admin_key}) == 200
+        cleared = request(a.port, "POST", "/api/monitoring/cache/clear", headers={"X-API-Key": admin_key})
+        assert cleared.status == 200
         time.sleep(1.0)
         status, raw, _ = http_get(b.url + "/api/monitoring/cache-stats", headers={"X-API-Key": admin_key})
         assert status == 200
