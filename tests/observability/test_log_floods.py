@@ -9,18 +9,8 @@ import pytest
 
 from service.logging_setup import RepeatFilter
 from tests.conftest import make_app
-from tests.helpers import user
+from tests.helpers import Ticks, user
 from tests.procs import free_port
-
-
-class Ticks:
-    """A monotonic clock moved by hand."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

@@ -6,19 +6,11 @@ import pytest
 
 from service.db import observe_queries
 from service.invalidation import CHECK_SECONDS
-from tests.helpers import assert_error
+from tests.helpers import Ticks, assert_error
 from tests.protection.support import INVALID_KEY, cli, create_key, with_key
 
 SUMMARY = "/api/tokens/summary"
 CACHED = {"ENABLE_RATE_LIMITING": False, "API_KEY_CACHE_SECONDS": 600}
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -27,7 +19,7 @@ def two_apps(build):
     apps = [build(**CACHED), build(**CACHED)]
     clocks = []
     for app in apps:
-        clock = Clock()
+        clock = Ticks()
         app.extensions["tokenpool.generation"].clock = clock
         clocks.append(clock)
 
