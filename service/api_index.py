@@ -25,7 +25,7 @@ def render(app) -> bytes:
     return app.json.dumps(
         {
             "service": "tokenpool",
-            "version": config.get("APP_VERSION") or "0.1.0",
+            "version": config["APP_VERSION"],
             "lifetime_seconds": config["TOKEN_LIFETIME_SECONDS"],
             "links": LINKS,
         }

@@ -253,7 +253,7 @@ def _from_environment(instance_path: str, env: str) -> dict:
         "APP_ENV": env,
         "TESTING": env == "testing",
         "SECRET_KEY": _str("SECRET_KEY", None),
-        "APP_VERSION": _str("APP_VERSION", None),
+        "APP_VERSION": _str("APP_VERSION", "0.1.0"),
         "SQLALCHEMY_DATABASE_URI": normalise_database_url(_str("DATABASE_URL", sqlite_default)),
         "REDIS_URL": _str("REDIS_URL", None),
         "REDIS_TLS_CA_CERTS": _str("REDIS_TLS_CA_CERTS", None),

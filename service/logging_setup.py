@@ -188,7 +188,7 @@ def json_formatter(config=None) -> logging.Formatter:
     if config is not None:
         static = {
             "service": config.get("OTEL_SERVICE_NAME") or "tokenpool",
-            "version": config.get("APP_VERSION") or "0.1.0",
+            "version": config["APP_VERSION"],
             "environment": config["APP_ENV"],
         }
     return OrjsonFormatter(

@@ -661,7 +661,7 @@ def document() -> dict:
         "openapi": "3.0.3",
         "info": {
             "title": "tokenpool",
-            "version": current_app.config.get("APP_VERSION") or "0.1.0",
+            "version": current_app.config["APP_VERSION"],
             "description": "Lease a fixed pool of tokens. Every error answers in the Error shape.",
         },
         "paths": PATHS,

@@ -59,7 +59,7 @@ def _otlp_provider(app):
     resource = Resource.create(
         {
             "service.name": app.config["OTEL_SERVICE_NAME"],
-            "service.version": app.config.get("APP_VERSION") or "0.1.0",
+            "service.version": app.config["APP_VERSION"],
             "deployment.environment": app.config["APP_ENV"],
         }
     )

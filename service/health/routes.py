@@ -191,7 +191,7 @@ def detailed_report() -> dict:
         report = {
             "status": worst,
             "timestamp": isoformat(checks.now()),
-            "version": app.config.get("APP_VERSION") or "0.1.0",
+            "version": app.config["APP_VERSION"],
             "environment": app.config["APP_ENV"],
             **_uptime(),
             "checks": _public(found),
