@@ -14,6 +14,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from limits import parse as parse_limit
+from redis.connection import parse_url as redis_parse_url
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from .deadline import BoundedQueuePool, Deadline
 from .log_files import ROTATIONS, check_folders
@@ -245,6 +248,57 @@ def mask_url(url: str | None) -> str | None:
     return _SECRET_PARAM.sub(r"\1***", url)
 
 
+DATABASE_BACKENDS = ("sqlite", "postgresql")
+REDIS_SCHEMES = ("redis", "rediss", "redis+sentinel")
+
+
+def _check_database_url(raw: str) -> None:
+    """DATABASE_URL parses, names SQLite or PostgreSQL, has a TCP port if any, and its driver is installed.
+
+    Raises ConfigError naming DATABASE_URL; the URL in the message has its password masked.
+    """
+    shown = mask_url(raw)
+    try:
+        url = make_url(raw)
+        port = url.port  # SQLAlchemy turns the port to int while parsing: a bad one raised already
+    except (ArgumentError, ValueError):
+        raise ConfigError(f"DATABASE_URL is not a database URL, got {shown!r}") from None
+    if url.get_backend_name() not in DATABASE_BACKENDS:
+        raise ConfigError(f"DATABASE_URL must be a sqlite:/// or postgresql:// URL, got {shown!r}")
+    if port is not None and not 1 <= port <= 65535:
+        raise ConfigError(f"DATABASE_URL's port must be 1-65535, got {port}")
+    try:
+        url.get_dialect().import_dbapi()
+    except ImportError:
+        driver = url.drivername
+        raise ConfigError(f"DATABASE_URL names the driver {driver!r}, which is not installed") from None
+
+
+def _check_redis_url(name: str, raw: str, *, also: tuple[str, ...] = ()) -> None:
+    """`name` (REDIS_URL, RATELIMIT_STORAGE_URI) is a redis://, rediss:// or redis+sentinel:// URL
+    (or of a scheme in `also`) whose ports are TCP ports. Raises ConfigError naming `name`, password masked.
+    """
+    shown = mask_url(raw)
+    scheme = raw.partition("://")[0].lower() if "://" in raw else ""
+    if scheme not in REDIS_SCHEMES + also:
+        kinds = " or ".join(f"{s}://" for s in REDIS_SCHEMES + also)
+        raise ConfigError(f"{name} must be a URL of {kinds}, got {shown!r}")
+    if scheme == "redis+sentinel":  # host:port[,host:port...] after the last @
+        hosts = re.split(r"[/?#]", raw.split("://", 1)[1].rpartition("@")[2], maxsplit=1)[0]
+        for host in hosts.split(","):
+            port = host.rpartition(":")[2]
+            if not (port.isdigit() and 1 <= int(port) <= 65535):
+                raise ConfigError(f"{name}: each sentinel must be host:port (port 1-65535), got {shown!r}")
+    elif scheme in REDIS_SCHEMES:
+        try:
+            redis_parse_url(raw)  # redis-py's own reading: the port a number in range, the db a number
+        except ValueError:  # its message may quote part of the password: not repeated
+            raise ConfigError(
+                f"{name} is not a Redis URL (a port outside 1-65535, or a / # ? @ in the password"
+                f" not %-encoded?), got {shown!r}"
+            ) from None
+
+
 def _from_environment(instance_path: str, env: str) -> dict:
     if env not in ENVIRONMENTS:
         raise ConfigError(f"APP_ENV must be one of {', '.join(ENVIRONMENTS)}, got {env!r}")
@@ -334,6 +388,11 @@ def _validate(config: dict) -> None:
         raise ConfigError(f"LOG_ROTATE must be one of {', '.join(ROTATIONS)}, got {config['LOG_ROTATE']!r}")
     if config["LOGSTASH_PORT"] > 65535:
         raise ConfigError(f"LOGSTASH_PORT must be a TCP port (1-65535), got {config['LOGSTASH_PORT']}")
+    _check_database_url(config["SQLALCHEMY_DATABASE_URI"])
+    if config.get("REDIS_URL"):
+        _check_redis_url("REDIS_URL", config["REDIS_URL"])
+    if config.get("RATELIMIT_STORAGE_URI"):
+        _check_redis_url("RATELIMIT_STORAGE_URI", config["RATELIMIT_STORAGE_URI"], also=("memory",))
     problem = check_folders(config)
     if problem:
         raise ConfigError(problem)

@@ -209,7 +209,7 @@ def test_config_check_masks_a_password_in_the_query_string(tmp_path):
     result = _flask_config_check(
         DATABASE_URL=f"sqlite:///{tmp_path}/c.sqlite3",
         REDIS_URL="redis://127.0.0.1:6379/0?password=query-password",
-        RATELIMIT_STORAGE_URI="redis://:pa/ss-word@127.0.0.1:6379/1",
+        RATELIMIT_STORAGE_URI="redis://:pa%2Fss-word@127.0.0.1:6379/1",
     )
     assert result.returncode == 0, result.stderr
     assert "query-password" not in result.stdout and "ss-word" not in result.stdout
@@ -238,10 +238,52 @@ def _flask_config_check(**variables: str) -> subprocess.CompletedProcess:
             {"GUNICORN_KEEPALIVE": "x"},
             "configuration error: GUNICORN_KEEPALIVE must be a whole number, got 'x'",
         ),
+        # URLs: one line naming the variable, the password masked, never a driver's traceback
+        (
+            {"DATABASE_URL": "postgresql+psycopg://app:pw1@db:notaport/x"},
+            "configuration error: DATABASE_URL is not a database URL,"
+            " got 'postgresql+psycopg://app:***@db:notaport/x'",
+        ),
+        (
+            {"DATABASE_URL": "tokenpool.sqlite3"},
+            "configuration error: DATABASE_URL is not a database URL, got 'tokenpool.sqlite3'",
+        ),
+        (
+            {"DATABASE_URL": "mysql://app:pw2@db/x"},
+            "configuration error: DATABASE_URL must be a sqlite:/// or postgresql:// URL, got 'mysql://app:***@db/x'",
+        ),
+        (
+            {"DATABASE_URL": "postgresql+asyncpg://db/x"},
+            "configuration error: DATABASE_URL names the driver 'postgresql+asyncpg', which is not installed",
+        ),
+        (
+            {"DATABASE_URL": "postgresql+psycopg://db:65536/x"},
+            "configuration error: DATABASE_URL's port must be 1-65535, got 65536",
+        ),
+        (
+            {"REDIS_URL": "http://:pw3@r:6379/0"},
+            "configuration error: REDIS_URL must be a URL of redis:// or rediss:// or redis+sentinel://,"
+            " got 'http://:***@r:6379/0'",
+        ),
+        (
+            {"REDIS_URL": "redis://:pa#pw4@r:6379/0"},
+            "configuration error: REDIS_URL is not a Redis URL (a port outside 1-65535, or a / # ? @ in the"
+            " password not %-encoded?), got 'redis://:***@r:6379/0'",
+        ),
+        (
+            {"REDIS_URL": "redis+sentinel://:pw5@s1:26379,s2:x/mymaster"},
+            "configuration error: REDIS_URL: each sentinel must be host:port (port 1-65535),"
+            " got 'redis+sentinel://:***@s1:26379,s2:x/mymaster'",
+        ),
+        (
+            {"RATELIMIT_STORAGE_URI": "redis://r:99999/1"},
+            "configuration error: RATELIMIT_STORAGE_URI is not a Redis URL (a port outside 1-65535,"
+            " or a / # ? @ in the password not %-encoded?), got 'redis://r:99999/1'",
+        ),
     ],
 )
 def test_config_check_stops_with_one_line_on_a_bad_value(tmp_path, variables, line):
-    result = _flask_config_check(DATABASE_URL=f"sqlite:///{tmp_path}/c.sqlite3", **variables)
+    result = _flask_config_check(**{"DATABASE_URL": f"sqlite:///{tmp_path}/c.sqlite3", **variables})
     assert result.returncode == 1
     assert result.stderr.strip() == line
     assert "configuration OK" not in result.stdout

@@ -17,6 +17,8 @@ BAD_SETTINGS = [
     {"POOL_SIZE": "many"},
     {"SECRET_KEY": ""},  # required in production
     {"APP_ENV": "staging"},
+    {"DATABASE_URL": "postgresql+psycopg://app:pw@db:notaport/x"},  # was a driver's traceback per worker
+    {"REDIS_URL": "redis://:pw@r:99999/0"},
 ]
 
 
