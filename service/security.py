@@ -175,8 +175,14 @@ def is_admin() -> bool:
 def require_admin() -> None:
     """Allow the call only with an admin key. Open in development and testing while no key exists.
 
+    OPTIONS is let through, as in `authenticate`: a CORS preflight never carries the
+    key and runs no view, and refusing it would block the keyed call behind it and
+    charge the caller's failed-authentication budget.
+
     Raises Unauthorized (no key), Forbidden (a client key).
     """
+    if request.method == "OPTIONS":
+        return
     identity = g.get("api_key")
     if identity is None:
         if current_app.config["APP_ENV"] != "production" and not _keys_configured():

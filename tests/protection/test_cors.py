@@ -64,6 +64,35 @@ def test_preflight_needs_no_key_when_keys_are_required(build):
     assert r.headers["Access-Control-Allow-Origin"] == ORIGIN
 
 
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/api/monitoring/metrics"),  # admin-only blueprint
+        ("POST", "/api/monitoring/cache/clear"),
+        ("DELETE", "/api/tokens/active"),  # admin-only view
+        ("GET", "/api/tokens/summary"),
+    ],
+)
+@pytest.mark.parametrize("required", [False, True], ids=["keys-optional", "keys-required"])
+def test_preflights_to_every_route_need_no_key_and_spend_no_failed_auth_budget(build, method, path, required):
+    """A preflight carries no key: never 401 (the browser would not send the keyed call), never charged
+    to the failed-authentication budget (three preflights would lock the admin's IP out)."""
+    app = build(
+        ENABLE_RATE_LIMITING=True,
+        ALLOWED_ORIGINS=ORIGIN,
+        API_AUTH_REQUIRED=required,
+        AUTH_FAILURE_RATE_LIMIT="2/minute",
+    )
+    admin = create_key(app, "console", "admin")
+    client = app.test_client()
+    for _ in range(4):
+        r = client.options(path, headers={"Origin": ORIGIN, "Access-Control-Request-Method": method})
+        assert r.status_code == 200, r.get_data(as_text=True)
+        assert r.headers["Access-Control-Allow-Origin"] == ORIGIN
+    r = client.open(path, method=method, headers={"Origin": ORIGIN, **with_key(admin)})
+    assert r.status_code == 200, r.get_data(as_text=True)
+
+
 def test_any_origin_is_refused_in_production(database_url):
     with pytest.raises(ConfigError, match="ALLOWED_ORIGINS"):
         make_app(database_url, APP_ENV="production", SECRET_KEY="s", ALLOWED_ORIGINS="*")
