@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app
 
+from .openapi import Answer, Body, operation
+
 bp = Blueprint("api", __name__)
 
 LINKS = {
@@ -17,6 +19,15 @@ LINKS = {
     "openapi": "/openapi.json",
     "health": "/health",
 }
+
+
+class ApiIndex(Body):
+    """The entry point's body."""
+
+    service: str
+    version: str
+    lifetime_seconds: int
+    links: dict[str, str]
 
 
 def render(app) -> bytes:
@@ -38,5 +49,11 @@ def _render_once(state) -> None:
 
 
 @bp.get("/api")
+@operation(
+    "The API's entry point: service, version, token lifetime and links",
+    operation_id="apiIndex",
+    answers={200: Answer("The index", ApiIndex)},
+    errors=(429,),
+)
 def index():
     return Response(current_app.extensions["tokenpool.api_index"], mimetype="application/json")

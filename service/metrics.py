@@ -35,6 +35,7 @@ from .errors import Unauthorized
 from .extensions import db
 from .labels import METHODS, OTHER, url_rule
 from .log_shipping import report_drops_to
+from .openapi import Answer, operation
 from .telemetry import TokenEvent
 from .tokens import reads
 
@@ -398,6 +399,12 @@ def init_metrics(app) -> TokenMetrics:
 
 
 @bp.get("/metrics")
+@operation(
+    "Prometheus metrics (bearer METRICS_TOKEN when configured)",
+    tags=("operations",),
+    answers={200: Answer("Prometheus text format", {"type": "string"}, "text/plain")},
+    errors=(401,),
+)
 def metrics_endpoint():
     token = current_app.config.get("METRICS_TOKEN")
     if token:

@@ -17,7 +17,8 @@ from flask import request
 
 from .errors import ValidationError
 
-_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+UUID_PATTERN = "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+_UUID = re.compile(UUID_PATTERN)
 _DIGITS = re.compile(r"[0-9]{1,20}")  # 20 digits hold every 64-bit value; more is refused unread
 
 

@@ -11,6 +11,7 @@ from flask import current_app, jsonify, request
 
 from .. import clock
 from ..errors import error_response
+from ..openapi import Answer, operation
 from ..timeutil import isoformat
 from . import bp, checks, details
 from .checks import DEGRADED, HEALTHY, UNHEALTHY
@@ -86,8 +87,16 @@ def _note_started(database: dict) -> dict:
     return database
 
 
+PROBE = {"type": "object", "additionalProperties": True}
+PASSES = Answer("The probe passes (or, for /health, degraded)", PROBE)
+FAILS = Answer("The probe fails: the body names the failing checks", PROBE)
+
+
 @bp.get("/healthz")
 @bp.get("/health/quick")
+@operation(
+    "Load balancer probe: the process serves; touches no dependency", tags=("health",), answers={200: PASSES}
+)
 def quick():
     return jsonify({"status": "ok"})
 
@@ -95,6 +104,7 @@ def quick():
 @bp.get("/health/live")
 @bp.get("/health/liveness")
 @bp.get("/live")
+@operation("Liveness: no dependency checks", tags=("health",), answers={200: PASSES})
 def live():
     return jsonify({"status": "alive", **_uptime()})
 
@@ -102,6 +112,11 @@ def live():
 @bp.get("/health/ready")
 @bp.get("/health/readiness")
 @bp.get("/ready")
+@operation(
+    "Readiness: database, schema at head, pool seeded, not draining",
+    tags=("health",),
+    answers={200: PASSES, 503: FAILS},
+)
 def ready():
     found = {"draining": {"status": UNHEALTHY if checks.draining.is_set() else HEALTHY}}
     if not checks.draining.is_set():
@@ -125,6 +140,7 @@ def ready():
 
 
 @bp.get("/health/startup")
+@operation("Start-up work done", tags=("health",), answers={200: PASSES, 503: FAILS})
 def startup():
     if _state().started.is_set():
         return jsonify({"status": "started"})
@@ -245,6 +261,12 @@ def _detail_parts() -> dict:
 
 @bp.get("/health")
 @bp.get("/health/detailed")
+@operation(
+    "Detailed health: healthy, degraded (200) or unhealthy (503)",
+    tags=("health",),
+    parameters=({"name": "details", "in": "query", "schema": {"type": "string", "enum": ["true", "false"]}},),
+    answers={200: PASSES, 503: FAILS},
+)
 def detailed():
     report = dict(detailed_report())
     if request.args.get("details") == "true":

@@ -15,6 +15,7 @@ from ..health import details as health_details
 from ..health import routes as health_routes
 from ..invalidation import bump_now
 from ..models import TokenUsage
+from ..openapi import Answer, Error, operation
 from ..parsing import int_arg
 from ..security import require_admin
 from ..timeutil import isoformat, utcnow
@@ -22,9 +23,40 @@ from ..tokens import reads
 from ..tokens import service as tokens
 from . import bp, store
 from .figures import aggregate, evaluate
+from .schemas import (
+    RECENT_LIMIT,
+    REPORT_WINDOW,
+    SLEEP_MS,
+    WINDOW,
+    CacheCleared,
+    CacheStats,
+    DatabaseStats,
+    MonitoringMetrics,
+    RecentErrors,
+    Report,
+    Slept,
+    SlowApis,
+    SlowQueries,
+)
 from .store import window_minutes
 
 usages = TokenUsage.__table__
+STORE_DOWN = Answer("The database or the monitoring store (Redis) is unavailable", Error)
+
+
+def admin_read(summary: str, operation_id: str, answer: type, *parameters: dict, reads_store: bool = False):
+    """The contract of an admin-only monitoring read; 400 only where there are parameters to get wrong."""
+    answers = {200: Answer(summary, answer)}
+    if reads_store:
+        answers[503] = STORE_DOWN
+    return operation(
+        summary,
+        operation_id=operation_id,
+        admin=True,
+        parameters=parameters,
+        answers=answers,
+        errors=((400,) if parameters else ()) + (401, 403, 429, 503),
+    )
 
 
 @bp.before_request
@@ -52,6 +84,13 @@ def _window_figures(window: int) -> dict:
 
 
 @bp.get("/metrics")
+@admin_read(
+    "Requests, error rate, latency (overall and per route), token operations over a window",
+    "monitoringMetrics",
+    MonitoringMetrics,
+    WINDOW,
+    reads_store=True,
+)
 def metrics():
     window = int_arg("window", 60, 1, 1440)
     return _answer({"window_minutes": window} | _window_figures(window))
@@ -63,21 +102,53 @@ def _recent(kind: str, key: str):
 
 
 @bp.get("/slow-queries")
+@admin_read(
+    "The most recent statements slower than SLOW_QUERY_MS",
+    "monitoringSlowQueries",
+    SlowQueries,
+    RECENT_LIMIT,
+    reads_store=True,
+)
 def slow_queries():
     return _recent("slow_queries", "slow_queries")
 
 
 @bp.get("/slow-apis")
+@admin_read(
+    "The most recent API requests slower than SLOW_REQUEST_MS",
+    "monitoringSlowApis",
+    SlowApis,
+    RECENT_LIMIT,
+    reads_store=True,
+)
 def slow_apis():
     return _recent("slow_requests", "slow_apis")
 
 
 @bp.get("/errors")
+@admin_read(
+    "The most recent API answers with a 4xx or 5xx status, with their error_id",
+    "monitoringErrors",
+    RecentErrors,
+    RECENT_LIMIT,
+    reads_store=True,
+)
 def errors():
     return _recent("errors", "errors")
 
 
 @bp.get("/test/sleep")
+@operation(
+    "Test hook: one deliberately slow `SELECT pg_sleep` (only with ENABLE_TEST_HOOKS, never in production)",
+    operation_id="monitoringTestSleep",
+    admin=True,
+    parameters=(SLEEP_MS,),
+    answers={
+        200: Answer("The statement slept", Slept),
+        404: Answer("Test hooks are switched off (the default)", Error),
+    },
+    errors=(400, 401, 403, 429, 503),
+)
 def test_sleep():
     """Test hook (ENABLE_TEST_HOOKS, never in production): one deliberately slow statement."""
     if not current_app.config["ENABLE_TEST_HOOKS"]:
@@ -94,6 +165,13 @@ def test_sleep():
 
 
 @bp.get("/report")
+@admin_read(
+    "Summary, top issues and rule-based recommendations",
+    "monitoringReport",
+    Report,
+    REPORT_WINDOW,
+    reads_store=True,
+)
 def report():
     window = int_arg("window", 60, 2, 1440)
     minutes = window_minutes(window)
@@ -160,6 +238,11 @@ def _database_stats(conn) -> dict:
 
 
 @bp.get("/database-stats")
+@admin_read(
+    "Tokens, usages, API keys, migration revision, database size and this process's connection pool",
+    "monitoringDatabaseStats",
+    DatabaseStats,
+)
 def database_stats():
     stats = run_transaction(_database_stats)
     pool = health_details.database_pool()
@@ -170,12 +253,20 @@ def database_stats():
 
 
 @bp.get("/cache-stats")
+@admin_read("Hits, misses, size and hit rate of this process's caches", "monitoringCacheStats", CacheStats)
 def cache_stats():
     caches = health_details.caches()
     return _answer({"caches": caches, "note": "per process: each worker keeps its own caches"})
 
 
 @bp.post("/cache/clear")
+@operation(
+    "Empty this process's caches",
+    operation_id="monitoringCacheClear",
+    admin=True,
+    answers={200: Answer("The caches that were emptied", CacheCleared)},
+    errors=(401, 403, 429, 503),
+)
 def cache_clear():
     """This process's caches now; every other worker and instance's within invalidation.CHECK_SECONDS."""
     bump_now()

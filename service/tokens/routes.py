@@ -11,11 +11,25 @@ from werkzeug.exceptions import HTTPException
 from ..clock import token_time
 from ..db import run_transaction
 from ..errors import ApiError, status_name
+from ..openapi import COMMON, Answer, operation
 from ..parsing import canonical_uuid
 from ..security import is_admin, require_admin
 from ..telemetry import emit, timed
 from . import bp, reads, service
 from .schemas import (
+    CURSOR,
+    LIMIT,
+    STATE,
+    TOKEN_ID,
+    ActivateBody,
+    Cleared,
+    HolderBody,
+    Lease,
+    RenewedToken,
+    Summary,
+    Token,
+    TokenPage,
+    UsagePage,
     cursor_arg,
     encode_cursor,
     holder_from,
@@ -69,6 +83,13 @@ def observed(event: str):
 
 
 @bp.post("/activate")
+@operation(
+    "Lease a token to a user (same token if the user already holds one)",
+    operation_id="activate",
+    body=ActivateBody,
+    answers={200: Answer("The lease", Lease)},
+    errors=(400, *COMMON),
+)
 @observed("activation")
 def activate():
     """Lease a token. A new lease's answer carries its `lease_id`, the holder's proof for
@@ -98,6 +119,13 @@ def activate():
 
 
 @bp.get("")
+@operation(
+    "List tokens, keyset-paginated by an opaque cursor",
+    operation_id="listTokens",
+    parameters=(STATE, LIMIT, CURSOR),
+    answers={200: Answer("A page of tokens", TokenPage)},
+    errors=(400, 429, 503),
+)
 def list_tokens():
     state, limit = state_arg(), limit_arg()
     after = cursor_arg("tokens", canonical_uuid)
@@ -114,12 +142,25 @@ def list_tokens():
 
 
 @bp.get("/summary")
+@operation(
+    "Pool counts",
+    operation_id="summary",
+    answers={200: Answer("Counts", Summary)},
+    errors=(429, 503),
+)
 def summary():
     counts = run_transaction(reads.summary, now=token_time(), single_statement=True)
     return jsonify(counts | {"lifetime_seconds": lifetime()})
 
 
 @bp.get("/<token_id:token_id>")
+@operation(
+    "One token with its usage count",
+    operation_id="getToken",
+    parameters=(TOKEN_ID,),
+    answers={200: Answer("The token", Token)},
+    errors=(400, 404, 429, 503),
+)
 def get_token(token_id):
     token = run_transaction(
         reads.get_token,
@@ -132,6 +173,13 @@ def get_token(token_id):
 
 
 @bp.get("/<token_id:token_id>/usages")
+@operation(
+    "The token's lease history, newest first",
+    operation_id="listUsages",
+    parameters=(TOKEN_ID, LIMIT, CURSOR),
+    answers={200: Answer("A page of usages", UsagePage)},
+    errors=(400, 404, 429, 503),
+)
 def usages(token_id):
     tid = parse_uuid(token_id, "token_id")
     limit, before = limit_arg(), cursor_arg(f"usages:{tid}", id_position)
@@ -146,6 +194,15 @@ def usages(token_id):
 
 
 @bp.post("/<token_id:token_id>/release")
+@operation(
+    "End a lease: by its holder (user_id and lease_id), or by an admin (no body)",
+    operation_id="release",
+    parameters=(TOKEN_ID,),
+    body=HolderBody,
+    body_required=False,
+    answers={200: Answer("The released token", Token)},
+    errors=(400, 401, 403, 404, 409, *COMMON),
+)
 @observed("release")
 def release(token_id):
     tid = parse_uuid(token_id, "token_id")
@@ -166,6 +223,14 @@ def release(token_id):
 
 
 @bp.post("/<token_id:token_id>/renew")
+@operation(
+    "The holder (user_id and lease_id) extends the lease to now + lifetime",
+    operation_id="renew",
+    parameters=(TOKEN_ID,),
+    body=HolderBody,
+    answers={200: Answer("The renewed token", RenewedToken)},
+    errors=(400, 404, 409, *COMMON),
+)
 @observed("renewal")
 def renew(token_id):
     tid = parse_uuid(token_id, "token_id")
@@ -177,6 +242,13 @@ def renew(token_id):
 
 
 @bp.delete("/active")
+@operation(
+    "Release every active token (admin)",
+    operation_id="clearActive",
+    admin=True,
+    answers={200: Answer("How many leases were cleared", Cleared)},
+    errors=(401, 403, 429, 503),
+)
 @observed("release")
 def clear_active():
     require_admin()

@@ -1,4 +1,5 @@
-"""Input parsing and validation, token serialisation, opaque keyset cursors."""
+"""The bodies of the tokens API (request models validate, answer models document),
+input parsing, token serialisation, opaque keyset cursors."""
 
 from __future__ import annotations
 
@@ -10,11 +11,16 @@ import hmac
 import json
 import re
 import uuid
+from datetime import datetime
+from typing import Literal, TypeVar
 
 import orjson
+import pydantic
 from flask import current_app, request
+from pydantic import Field
 
 from ..errors import InvalidJson, UnsupportedMediaType, ValidationError
+from ..openapi import UUID_SCHEMA, Body, CanonicalUUID, absent
 from ..parsing import canonical_int, canonical_uuid, int_arg
 from ..timeutil import isoformat
 from .service import Holder
@@ -24,6 +30,92 @@ DEFAULT_LIMIT, MAX_LIMIT = 100, 1000
 BIGINT_MAX = 2**63 - 1  # the largest key of a PostgreSQL bigint column
 MAX_CURSOR_LENGTH = 256  # an issued cursor is under 150 characters; longer ones are not read
 _CURSOR = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]{22}")  # base64url(payload) "." base64url(16-byte MAC)
+LEASE_ID = (
+    "The lease's secret, given to the caller granted the lease (and shown to admin keys): "
+    "release and renew by the holder must present it"
+)
+
+
+TOKEN_ID = {"name": "token_id", "in": "path", "required": True, "schema": UUID_SCHEMA}
+LIMIT = {
+    "name": "limit",
+    "in": "query",
+    "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
+}
+CURSOR = {
+    "name": "cursor",
+    "in": "query",
+    "description": "next_cursor of the previous page of this listing; any other value is a 400",
+    "schema": {"type": "string", "maxLength": MAX_CURSOR_LENGTH},
+}
+STATE = {"name": "state", "in": "query", "schema": {"type": "string", "enum": list(STATES), "default": "all"}}
+
+
+class Token(Body):
+    """A token as every read, release and renew answers it."""
+
+    token_id: CanonicalUUID
+    state: Literal["active", "available"]
+    current_user_id: CanonicalUUID | None
+    activated_at: datetime | None
+    expires_at: datetime | None
+    released_at: datetime | None
+    usage_count: int = absent("On the single-token read")
+    lease_id: CanonicalUUID = absent("An active token's lease_id: only for admin keys, and in renew's answer")
+
+
+class RenewedToken(Token):
+    """Renew's answer: the token with the lease_id the holder presented."""
+
+    lease_id: CanonicalUUID = Field(description=LEASE_ID)
+
+
+class Lease(Body):
+    """Activation's answer."""
+
+    token_id: CanonicalUUID
+    user_id: CanonicalUUID
+    activated_at: datetime
+    expires_at: datetime
+    lease_id: CanonicalUUID = absent(
+        "On a new lease; absent when the user's running lease is returned again, "
+        "unless the caller has an admin key"
+    )
+
+
+class Usage(Body):
+    """One lease of a token's history."""
+
+    usage_id: int
+    user_id: CanonicalUUID
+    started_at: datetime
+    ended_at: datetime | None
+    end_reason: Literal["released", "expired", "evicted", "cleared"] | None
+    lease_id: CanonicalUUID | None = absent("Only for admin keys (null for leases older than lease ids)")
+
+
+class TokenPage(Body):
+    tokens: list[Token]
+    next_cursor: str | None
+
+
+class UsagePage(Body):
+    token_id: CanonicalUUID
+    usages: list[Usage]
+    next_cursor: str | None
+
+
+class Summary(Body):
+    total: int
+    active: int
+    available: int
+    utilization: float
+    lifetime_seconds: int
+
+
+class Cleared(Body):
+    cleared_count: int
+    status: str
 
 
 def json_body() -> dict:
@@ -61,20 +153,46 @@ def parse_uuid(value, field: str) -> uuid.UUID:
     return parsed
 
 
-def _required_uuid(body: dict, field: str) -> uuid.UUID:
-    """The UUID `field` of a request body. Raises ValidationError when missing or malformed."""
-    if body.get(field) is None:
+class ActivateBody(Body):
+    """POST /api/tokens/activate."""
+
+    user_id: CanonicalUUID
+
+
+class HolderBody(Body):
+    """The holder's proof in a release or renew body."""
+
+    user_id: CanonicalUUID
+    lease_id: CanonicalUUID = Field(description=LEASE_ID)
+
+
+M = TypeVar("M", bound=Body)
+
+
+def validated(model: type[M], body: dict) -> M:
+    """`body` checked against `model` (pydantic-core: as fast as the hand parser it replaced).
+
+    Raises ValidationError for the first field in the model's order, missing or null
+    ("Missing required parameter: <field>") or anything else
+    ("Invalid <field> format. Must be a valid UUID.").
+    """
+    try:
+        return model.model_validate(body)
+    except pydantic.ValidationError as exc:
+        error = exc.errors(include_url=False, include_context=False)[0]
+    name = str(error["loc"][0])
+    if error["type"] == "missing" or error["input"] is None:
         raise ValidationError(
-            f"Missing required parameter: {field}",
-            details={"field": field},
-            reason=f"missing_{field}",
+            f"Missing required parameter: {name}", details={"field": name}, reason=f"missing_{name}"
         )
-    return parse_uuid(body[field], field)
+    raise ValidationError(
+        f"Invalid {name} format. Must be a valid UUID.", details={"field": name}, reason=f"invalid_{name}"
+    )
 
 
 def user_id_from(body: dict) -> uuid.UUID:
     """`user_id` of a request body. Raises ValidationError when missing or malformed."""
-    return _required_uuid(body, "user_id")
+    return validated(ActivateBody, body).user_id
 
 
 def holder_from(body: dict, *, required: bool = True) -> Holder | None:
@@ -85,7 +203,8 @@ def holder_from(body: dict, *, required: bool = True) -> Holder | None:
     """
     if not required and body.get("user_id") is None and body.get("lease_id") is None:
         return None
-    return Holder(_required_uuid(body, "user_id"), _required_uuid(body, "lease_id"))
+    proof = validated(HolderBody, body)
+    return Holder(proof.user_id, proof.lease_id)
 
 
 def state_arg() -> str:
