@@ -1,7 +1,12 @@
-"""Settings: defaults per environment, then environment variables, then overrides.
+"""Settings of the app: defaults per environment, then environment variables, then
+`instance/config.py`, then the overrides given to `create_app`.
 
-`load_config` is the one config loader. Every value is read and checked here,
-so a bad value stops the start with one line naming the variable.
+`load_config` reads every setting of the app and checks them all once, so a bad
+value stops the start with one line naming the variable. Two kinds of variables
+are read elsewhere, before or beside any app: gunicorn.conf.py's process
+settings (BIND, PORT, WEB_CONCURRENCY, GUNICORN_*, DRAIN_SECONDS), and
+PROMETHEUS_MULTIPROC_DIR, which prometheus_client reads itself (its folder is
+checked by service/metrics_storage.py).
 """
 
 from __future__ import annotations

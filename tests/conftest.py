@@ -285,8 +285,3 @@ def app(database_url, clock, request):
 @pytest.fixture
 def is_postgres(app):
     return app.config["SQLALCHEMY_DATABASE_URI"].startswith("postgresql")
-
-
-@pytest.fixture
-def new_user():
-    return lambda: str(uuid.uuid4())

@@ -11,12 +11,20 @@ from ..redis_connect import redis_client
 from ..request_context import elapsed_ms
 from ..telemetry import TokenEvent
 from ..timeutil import isoformat, utcnow
-from .store import BufferedStore, Figures, MemoryStore, RedisStore, current_minute, request_fields
+from .store import (
+    BufferedStore,
+    Figures,
+    FigureStore,
+    MemoryStore,
+    RedisStore,
+    current_minute,
+    request_fields,
+)
 
 bp = Blueprint("monitoring", __name__, url_prefix="/api/monitoring")
 
 
-def store():
+def store() -> FigureStore:
     """This app's figure store: Redis (scope cluster) or this process (scope process)."""
     return current_app.extensions["tokenpool.monitoring"]
 

@@ -16,6 +16,7 @@ import threading
 import time
 import weakref
 from collections import Counter, deque
+from typing import Protocol
 
 import redis as redis_lib
 
@@ -61,6 +62,35 @@ class Figures:
 
     def __bool__(self) -> bool:
         return bool(self.counts) or bool(self.entries)
+
+
+class FigureStore(Protocol):
+    """A figure store: MemoryStore (this process), RedisStore (the cluster) or a BufferedStore over one.
+
+    `minute` is whole minutes since the Unix epoch (`current_minute`); `kind` is one of LISTS.
+    """
+
+    scope: str  # "process" or "cluster": whose figures the answers hold
+
+    def write(self, minute: int, figures: Figures) -> None:
+        """Add `figures` to the bucket of `minute` and their entries to the recent lists.
+
+        A Redis outage is logged once and the figures are dropped: never raises for it.
+        """
+
+    def buckets(self, minutes: list[int]) -> list[Counter]:
+        """One Counter per minute of `minutes`, in that order (empty for a minute without figures).
+
+        Raises redis.RedisError when the store is Redis and Redis does not answer.
+        """
+        ...
+
+    def recent(self, kind: str, limit: int) -> list[dict]:
+        """The `limit` most recent entries of `kind`, newest first. Raises redis.RedisError like `buckets`."""
+        ...
+
+    def clear(self) -> None:
+        """Forget every figure and entry (for tests)."""
 
 
 class MemoryStore:
@@ -167,7 +197,7 @@ class BufferedStore:
     cluster view within `interval`. Reads flush this process's buffer first.
     """
 
-    def __init__(self, inner: RedisStore, interval: float) -> None:
+    def __init__(self, inner: FigureStore, interval: float) -> None:
         self.inner = inner
         self.scope = inner.scope
         self.interval = interval

@@ -9,14 +9,7 @@ import pytest
 
 from service.monitoring.figures import RULES as RULE_NAMES
 from service.monitoring.figures import aggregate, evaluate, percentile
-from service.monitoring.store import (
-    BOUNDS_MS,
-    Figures,
-    MemoryStore,
-    bucket_of,
-    request_fields,
-    window_minutes,
-)
+from service.monitoring.store import BOUNDS_MS, bucket_of, request_fields
 
 NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 CONFIG = {"SLOW_REQUEST_MS": 2000, "SLOW_QUERY_MS": 1000, "CHECK_INTERVAL_SECONDS": 30}
@@ -138,24 +131,6 @@ def test_aggregate_of_nothing():
     assert figures["requests"] == 0 and figures["error_rate"] == 0.0
     assert figures["latency_ms"] == {"p50": None, "p95": None, "p99": None}
     assert figures["routes"] == {} and figures["token_operations"] == {}
-
-
-def test_memory_store_windows_and_lists_newest_first():
-    store = MemoryStore()
-    now = 1_900_000_000.0
-    minute = window_minutes(1, now)[0]
-    for i in range(3):
-        figures = Figures()
-        figures.counts.update(request_fields("/r", 200, 1.0))
-        figures.add_entry("errors", {"n": i})
-        store.write(minute - i, figures)
-    assert [b["requests"] for b in store.buckets(window_minutes(2, now))] == [1, 1]
-    assert aggregate(store.buckets(window_minutes(5, now)))["requests"] == 3
-    assert store.recent("errors", 2) == [{"n": 2}, {"n": 1}]
-    store.clear()
-    assert (
-        store.recent("errors", 10) == [] and aggregate(store.buckets(window_minutes(5, now)))["requests"] == 0
-    )
 
 
 # --- evaluate: quiet when healthy, each rule on crafted figures ---------------------
