@@ -359,7 +359,8 @@ def _track_requests(app, metrics: TokenMetrics) -> None:
 
     @app.after_request
     def _out(response):
-        if g.get("metrics_tracked"):
+        # a streamed body (Server-Sent Events) has no size yet: measuring it would read it all here
+        if g.get("metrics_tracked") and not response.is_streamed:
             child(metrics.response_size, url_rule(request)).observe(response.calculate_content_length() or 0)
         return response
 

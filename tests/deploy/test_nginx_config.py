@@ -124,7 +124,10 @@ def test_production_settings_present():
     assert '"request_id":"$tokenpool_request_id"' in main
     assert re.search(r"gzip_types[^;]*application/json", main)
     assert "include conf.d/tokenpool.conf;" in main
-    assert re.search(r"upstream tokenpool \{[^}]*keepalive \d+;", site)
+    # one connection per request: a kept one closed by gunicorn would lose a POST sent on it
+    assert not re.search(r"upstream tokenpool \{[^}]*keepalive \d+;", site)
+    stream = re.search(r"location = /api/events/stream \{(.*?)\}", proxy, re.S).group(1)
+    assert "proxy_buffering off;" in stream and "proxy_read_timeout 1h;" in stream
     assert "client_max_body_size 64k;" in proxy
     assert 'proxy_set_header Connection "";' in proxy
     assert "proxy_http_version 1.1;" in proxy
