@@ -20,6 +20,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import psycopg
+
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -272,14 +274,16 @@ class ThrowawayPostgres:
 
 
 class ThrowawayPgBouncer:
-    """A private PgBouncer in transaction pooling mode in front of a ThrowawayPostgres.
+    """A private PgBouncer in transaction pooling mode in front of the PostgreSQL on `server_port`.
 
-    Its own config file in a temp dir, a free port, trust auth; run in the
-    foreground (as the postgres user when we are root: PgBouncer refuses root)
-    and stopped by its pid.
+    A ThrowawayPostgres's port, or the shared server's (5432; it trusts the
+    postgres user on loopback). Its own config file in a temp dir, a free port,
+    trust auth, every database of the server; `pool_size` server connections per
+    database. Run in the foreground (as the postgres user when we are root:
+    PgBouncer refuses root) and stopped by its pid.
     """
 
-    def __init__(self, pg: ThrowawayPostgres, pool_size: int = 2):
+    def __init__(self, server_port: int, pool_size: int = 2):
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="pgbouncer-throwaway-"))
         self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
@@ -287,7 +291,7 @@ class ThrowawayPgBouncer:
         (self.dir / "users.txt").write_text('"postgres" ""\n')
         self.ini.write_text(
             "[databases]\n"
-            f"* = host=127.0.0.1 port={pg.port}\n"
+            f"* = host=127.0.0.1 port={server_port}\n"
             "[pgbouncer]\n"
             "listen_addr = 127.0.0.1\n"
             f"listen_port = {self.port}\n"
@@ -297,6 +301,7 @@ class ThrowawayPgBouncer:
             "pool_mode = transaction\n"
             f"default_pool_size = {pool_size}\n"
             "max_client_conn = 200\n"
+            "admin_users = postgres\n"
             f"logfile = {self.dir / 'pgbouncer.log'}\n"
         )
         self._as_postgres = ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups"]
@@ -316,6 +321,19 @@ class ThrowawayPgBouncer:
         )
         wait_for(lambda: socket.create_connection(("127.0.0.1", self.port), 0.2).close() or True, 10)
         return self
+
+    def url_for(self, database_url: str) -> str:
+        """`database_url` (a database on the server behind) with PgBouncer's host and port."""
+        name = database_url.rsplit("/", 1)[1]
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{name}"
+
+    def show(self, what: str) -> list[dict]:
+        """The rows of `SHOW <what>` (STATS, POOLS, SERVERS ...) on PgBouncer's admin console."""
+        admin = f"postgresql://postgres@127.0.0.1:{self.port}/pgbouncer"
+        with psycopg.connect(admin, autocommit=True, cursor_factory=psycopg.ClientCursor) as conn:
+            cursor = conn.execute(f"SHOW {what}")  # ClientCursor: the console speaks simple queries only
+            names = [column.name for column in cursor.description]
+            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
     def log(self) -> str:
         path = self.dir / "pgbouncer.log"

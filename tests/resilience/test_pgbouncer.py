@@ -40,7 +40,7 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def bouncer(cluster):
-    pgbouncer = ThrowawayPgBouncer(cluster, pool_size=2).start()
+    pgbouncer = ThrowawayPgBouncer(cluster.port, pool_size=2).start()
     try:
         yield pgbouncer
     finally:

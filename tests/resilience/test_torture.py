@@ -2,12 +2,16 @@
 
 Two instances with two workers each on one PostgreSQL database (created on the
 shared server for this test) and one throwaway Redis (rate limits on, at a limit
-never reached). A 20-token pool and a 1-second lifetime, so expiry, sweeping and
-eviction happen all the time. The clients mix activations of new and returning
-users, releases and renewals of their leases, reads (list, summary, one token, its
-usages), admin releases and occasional clears, spread over both instances, each
-request on a new connection. Some clients try to end or extend their lease with
-the right user_id and a guessed lease_id, as anyone who can list tokens could.
+never reached). Run twice: connected directly, and through a throwaway PgBouncer
+in transaction pooling mode (`DB_PGBOUNCER=true`, 16 client connections on 4
+server connections, so consecutive transactions of one client land on different
+server connections) for TORTURE_PGBOUNCER_SECONDS (default 12). A 20-token pool
+and a 1-second lifetime, so expiry, sweeping and eviction happen all the time.
+The clients mix activations of new and returning users, releases and renewals of
+their leases, reads (list, summary, one token, its usages), admin releases and
+occasional clears, spread over both instances, each request on a new connection.
+Some clients try to end or extend their lease with the right user_id and a guessed
+lease_id, as anyone who can list tokens could.
 
 Afterwards: no 5xx and no connection error; every invariant of the pool
 holds in the database; every activation answered 200 has its usage row (token,
@@ -25,26 +29,35 @@ import time
 from collections import Counter
 
 import pytest
+from sqlalchemy.engine import make_url
 
-from tests.procs import Gunicorn, ThrowawayRedis, http_get
+from tests.procs import Gunicorn, ThrowawayPgBouncer, ThrowawayRedis, http_get
 from tests.resilience.support import RequestLog, check_database, error_lines, new_user
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.torture]
 
 SECONDS = float(os.environ.get("TORTURE_SECONDS", "30"))
+PGBOUNCER_SECONDS = float(os.environ.get("TORTURE_PGBOUNCER_SECONDS", "12"))  # at least 2 cycles
 CLIENTS = 64
 POOL = 20
 RETURNING_USERS = [new_user() for _ in range(150)]  # users who come back, often while still holding
 EXPECTED = {200, 409}  # 409: release/renew of a lease that expired, was evicted or cleared meanwhile
 
 
-@pytest.fixture
-def stack(pg_database):
+@pytest.fixture(params=["direct", "pgbouncer"])
+def stack(request, pg_database):
+    """(database URL, seconds of load, the two instances); through PgBouncer the run is shorter."""
     url = pg_database(POOL)
+    seconds, served = SECONDS, {"DATABASE_URL": url}
     redis = ThrowawayRedis().start()
+    bouncer = None
+    if request.param == "pgbouncer":
+        # 16 client connections (2 instances x 2 workers x 4) share 4 server connections
+        bouncer = ThrowawayPgBouncer(make_url(url).port or 5432, pool_size=4).start()
+        seconds, served = PGBOUNCER_SECONDS, {"DATABASE_URL": bouncer.url_for(url), "DB_PGBOUNCER": "true"}
     env = {
         "APP_ENV": "development",  # admin routes open while no API key exists
-        "DATABASE_URL": url,
+        **served,
         "REDIS_URL": redis.url,
         "TOKEN_LIFETIME_SECONDS": "1",
         "CHECK_INTERVAL_SECONDS": "1",
@@ -62,12 +75,14 @@ def stack(pg_database):
     try:
         for _ in range(2):
             servers.append(Gunicorn(env, workers=2).start())
-        yield url, servers
+        yield url, seconds, servers, bouncer
     finally:
         for server in servers:  # both drain at once
             server.signal(signal.SIGTERM)
         for server in servers:
             server.stop()
+        if bouncer:
+            bouncer.stop()
         redis.stop()
         for server in servers:
             server.log_path.unlink(missing_ok=True)
@@ -139,11 +154,11 @@ def _client(log: RequestLog, bases: list[str], start: float, deadline: float, se
 
 
 def test_torture_two_instances_64_clients_stay_correct(stack):
-    url, servers = stack
+    url, seconds, servers, bouncer = stack
     bases = [s.url for s in servers]
     log = RequestLog()
     start = time.monotonic()
-    deadline = start + SECONDS
+    deadline = start + seconds
     clients = [
         threading.Thread(target=_client, args=(log, bases, start, deadline, i), daemon=True)
         for i in range(CLIENTS)
@@ -151,11 +166,11 @@ def test_torture_two_instances_64_clients_stay_correct(stack):
     for c in clients:
         c.start()
     for c in clients:
-        c.join(SECONDS + 120)
+        c.join(seconds + 120)
     assert not any(c.is_alive() for c in clients), "clients still running long after the deadline"
 
     print()
-    print(log.report(f"torture, {CLIENTS} clients, {SECONDS:.0f}s, 2 instances x 2 workers"))
+    print(log.report(f"torture, {CLIENTS} clients, {seconds:.0f}s, 2 instances x 2 workers"))
     statuses = Counter(r.outcome for r in log.results)
     per_instance = Counter(r.base for r in log.results)
     print("  per instance: " + ", ".join(f"{b} x{n}" for b, n in sorted(per_instance.items())))
@@ -169,6 +184,14 @@ def test_torture_two_instances_64_clients_stay_correct(stack):
     assert statuses["200"] > 0
     guesses = Counter(r.status for r in log.results if r.op == "guess")
     assert set(guesses) == {409}, f"a guessed lease_id was answered {guesses}"
+
+    if bouncer:  # the load went through PgBouncer, on no more server connections than its pool
+        name = url.rsplit("/", 1)[1]
+        transactions = sum(int(r["total_xact_count"]) for r in bouncer.show("STATS") if r["database"] == name)
+        server_connections = len(bouncer.show("SERVERS"))
+        print(f"  PgBouncer: {transactions} transactions on {server_connections} server connections")
+        assert transactions >= statuses["200"] / 2
+        assert server_connections <= 4
 
     for server in servers:  # both instances still serve after the load
         assert http_get(server.url + "/api/tokens/summary")[0] == 200
