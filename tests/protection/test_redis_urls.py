@@ -193,34 +193,49 @@ def stream_counted(servers: SentinelSet) -> bool:
         return False
 
 
-@pytest.fixture
-def tls_redis(tmp_path):
-    """A redis-server answering only TLS, with a CA and a server certificate made here by openssl."""
-    ca_key, ca, key, csr, cert = (tmp_path / n for n in ("ca.key", "ca.pem", "srv.key", "srv.csr", "srv.pem"))
+def tls_files(tmp_path: Path) -> dict[str, str]:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, made here by openssl."""
     run = lambda *a: subprocess.run(["openssl", *a], check=True, capture_output=True)  # noqa: E731
+    ca_key, ca = tmp_path / "ca.key", tmp_path / "ca.pem"
     run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test-ca",
         "-keyout", str(ca_key), "-out", str(ca))  # fmt: skip
-    run(
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-subj",
-        "/CN=127.0.0.1",
-        "-keyout",
-        str(key),
-        "-out",
-        str(csr),
-    )
     ext = tmp_path / "ext.cnf"
     ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    run("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial",
-        "-days", "1", "-extfile", str(ext), "-out", str(cert))  # fmt: skip
+    files = {"ca": str(ca)}
+    for who, name in (("srv", "127.0.0.1"), ("client", "tokenpool")):
+        key, csr, cert = (tmp_path / f"{who}.{n}" for n in ("key", "csr", "pem"))
+        run("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", str(key),
+            "-out", str(csr))  # fmt: skip
+        run("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial",
+            "-days", "1", "-extfile", str(ext), "-out", str(cert))  # fmt: skip
+        files |= {f"{who}_key": str(key), f"{who}_cert": str(cert)}
+    return files
+
+
+def start_tls_redis(files: dict[str, str], *, client_certificates: bool) -> tuple[ThrowawayRedis, str]:
+    """A redis-server answering only TLS; `client_certificates`: it refuses clients without one."""
     port = free_port()
-    args = ("--port", "0", "--tls-port", str(port), "--tls-cert-file", str(cert), "--tls-key-file", str(key),
-            "--tls-ca-cert-file", str(ca), "--tls-auth-clients", "no")  # fmt: skip
-    server = ThrowawayRedis(port=port, args=args).start()
-    yield f"rediss://127.0.0.1:{port}/0", str(ca)
+    args = ("--port", "0", "--tls-port", str(port), "--tls-cert-file", files["srv_cert"],
+            "--tls-key-file", files["srv_key"], "--tls-ca-cert-file", files["ca"],
+            "--tls-auth-clients", "yes" if client_certificates else "no")  # fmt: skip
+    return ThrowawayRedis(port=port, args=args).start(), f"rediss://127.0.0.1:{port}/0"
+
+
+@pytest.fixture
+def tls_redis(tmp_path):
+    """A TLS-only redis-server with a certificate from a CA made by the test: (URL, the CA's file)."""
+    files = tls_files(tmp_path)
+    server, url = start_tls_redis(files, client_certificates=False)
+    yield url, files["ca"]
+    server.stop()
+
+
+@pytest.fixture
+def mutual_tls_redis(tmp_path):
+    """A TLS-only redis-server that also asks for a client certificate: (URL, the files)."""
+    files = tls_files(tmp_path)
+    server, url = start_tls_redis(files, client_certificates=True)
+    yield url, files
     server.stop()
 
 
@@ -257,6 +272,32 @@ def test_tls_redis_with_an_untrusted_certificate_is_degraded_not_fatal(sqlite_ur
     assert client.get("/api/tokens/summary").status_code == 200  # served on the in-memory fallback
     assert time.monotonic() - started < 2
     assert client.get("/health").get_json()["checks"]["redis"]["status"] == "degraded"
+
+
+@pytest.mark.e2e
+def test_tls_redis_with_a_client_certificate(sqlite_url, mutual_tls_redis):
+    """REDIS_TLS_CERTFILE / REDIS_TLS_KEYFILE for a server with `tls-auth-clients yes`; without: degraded."""
+    url, files = mutual_tls_redis
+    tls = {"REDIS_TLS_CA_CERTS": files["ca"]}
+    mine = {"REDIS_TLS_CERTFILE": files["client_cert"], "REDIS_TLS_KEYFILE": files["client_key"]}
+    settings = {"ENABLE_RATE_LIMITING": True, "REDIS_URL": url, "RATE_LIMIT_PER_MINUTE": 3, **tls}
+    app = make_app(sqlite_url, RATE_LIMIT_LEASE=1, MONITORING_FLUSH_SECONDS=0, **settings, **mine)
+    reset_database(app)
+    client = app.test_client()
+    for _ in range(3):
+        assert client.get("/api/tokens/summary").status_code == 200
+    assert_rate_limited(client.get("/api/tokens/summary"))
+    direct = redis_client(url, tls | mine, timeout=2)
+    assert list(keys(direct, "*LIMITER/tokenpool/*").values()) == [4]
+    assert direct.keys("tokenpool:mon:m:*"), "monitoring figures land in the TLS Redis"
+    assert client.get("/health").get_json()["checks"]["redis"]["status"] == "healthy"
+    with pytest.raises(redis.ConnectionError):  # the server does ask for the certificate
+        redis_client(url, tls, timeout=2).ping()
+    without = make_app(sqlite_url, RATELIMIT_KEY_PREFIX="without", **settings).test_client()
+    started = time.monotonic()
+    assert without.get("/api/tokens/summary").status_code == 200  # served on the in-memory fallback
+    assert time.monotonic() - started < 2
+    assert without.get("/health").get_json()["checks"]["redis"]["status"] == "degraded"
 
 
 @pytest.mark.e2e
