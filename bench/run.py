@@ -9,19 +9,26 @@ every target alike:
   raw-1m     bench/raw_app.py            the same on the 1,000,000-token pool (is 3a the database?)
   svc-100    the service, every feature  on a 100-token pool (evicts on every activation)
   svc-1m     the service, every feature  on a 1,000,000-token pool
+  svc-100-pgb  svc-100 through PgBouncer in transaction mode (DB_PGBOUNCER=true), started here
 
 Peak rates come from wrk (closed loop, Lua scripts posting random user ids);
 latency at a given rate comes from bench/loadgen.py (open loop, fixed rate).
+Then what PostgreSQL and Redis on this machine take by themselves (capacity
+inputs of docs/DEPLOYMENT.md): pgbench with the activation function and with
+its built-in TPC-B-like and select-only scripts, redis-benchmark with the
+limiter's one-round-trip Lua hit, INCR and PING.
 Prints medians, spreads and PASS/FAIL per target; writes the raw numbers to
-bench/results/<timestamp>.json. Needs wrk (`apt-get install -y wrk`), the
-PostgreSQL at BENCH_PG_URL and the Redis at BENCH_REDIS_URL (DB 15, flushed).
-See docs/PERFORMANCE.md.
+bench/results/<timestamp>.json. Needs wrk (`apt-get install -y wrk`), pgbouncer,
+pgbench and redis-benchmark (the postgresql and redis-server packages bring
+them), the PostgreSQL at BENCH_PG_URL and the Redis at BENCH_REDIS_URL (DB 15,
+flushed). See docs/PERFORMANCE.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
 import datetime as dt
 import json
 import os
@@ -41,8 +48,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 sys.path.insert(0, str(BENCH))
+sys.path.insert(0, str(ROOT))
 
 from loadgen import run_fixed_rate  # noqa: E402
+from sqlalchemy.engine import make_url  # noqa: E402
+
+from tests.procs import ThrowawayPgBouncer  # noqa: E402
 
 VENV_BIN = Path(sys.executable).parent
 PG_ADMIN_URL = os.environ.get("BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -55,12 +66,20 @@ CASES = [
     ("raw_activate_1m", "raw-1m", "/activate", "activate.lua"),
     ("svc_activate_100", "svc-100", "/api/tokens/activate", "activate.lua"),
     ("svc_activate_1m", "svc-1m", "/api/tokens/activate", "activate.lua"),
+    ("svc_activate_100_pgbouncer", "svc-100-pgb", "/api/tokens/activate", "activate.lua"),
     ("svc_index", "svc-100", "/api", "get.lua"),
     ("svc_summary", "svc-100", "/api/tokens/summary", "get.lua"),
     ("svc_list_1m", "svc-1m", "/api/tokens?limit=100", "get.lua"),
 ]
 
-DATABASE_OF = {"raw": "small", "svc-100": "small", "raw-1m": "large", "svc-1m": "large"}
+DATABASE_OF = {
+    "raw": "small",
+    "svc-100": "small",
+    "raw-1m": "large",
+    "svc-1m": "large",
+    "svc-100-pgb": "small",
+}
+PGBOUNCER_POOL = 4  # server connections for the PgBouncer target's 2 workers (sync: one query at a time each)
 
 TARGETS_SPEC = [
     # (id, what, threshold, kind)
@@ -69,6 +88,7 @@ TARGETS_SPEC = [
     ("3a", "activation: 1,000,000 tokens / 100 tokens", 0.90, "ratio>="),
     ("3b", "GET /api/tokens?limit=100 on 1M tokens, p99 ms at half peak", 20.0, "ms<="),
     ("4", "activation p99 ms at half of peak rate (100 tokens)", 25.0, "ms<="),
+    ("5", "activation: through PgBouncer / direct (100 tokens)", 0.85, "ratio>="),
 ]
 
 
@@ -225,7 +245,9 @@ class Target:
                 self.proc.wait()
 
 
-def start_targets(args, workdir: Path, small_url: str, large_url: str) -> dict[str, Target]:
+def start_targets(
+    args, workdir: Path, small_url: str, large_url: str, bouncer: ThrowawayPgBouncer
+) -> dict[str, Target]:
     gunicorn = str(VENV_BIN / "gunicorn")
     bare = [gunicorn, "-c", str(BENCH / "gunicorn_bare.conf.py"), "-w", str(WORKERS)]
     bare += ["-k", "gthread", "--threads", str(THREADS)] if THREADS > 1 else ["-k", "sync"]
@@ -249,14 +271,19 @@ def start_targets(args, workdir: Path, small_url: str, large_url: str) -> dict[s
             "/",
             workdir,
         )
-    for name, url in (("svc-100", small_url), ("svc-1m", large_url)):
+    pooled = {"DB_PGBOUNCER": "true"}
+    for name, url, extra in (
+        ("svc-100", small_url, {}),
+        ("svc-1m", large_url, {}),
+        ("svc-100-pgb", bouncer.url_for(small_url), pooled),
+    ):
         port = free_port()
         prom = workdir / f"prometheus-{name}"
         prom.mkdir()
         targets[name] = Target(
             name,
             [gunicorn, "-c", "gunicorn.conf.py", "wsgi:app"],
-            service_env(url, port, prom),
+            service_env(url, port, prom) | extra,
             port,
             "/health/ready",
             workdir,
@@ -557,6 +584,131 @@ def summarise_profile(folded: Path, top: int = 25) -> dict:
     }
 
 
+# --- what PostgreSQL and Redis take by themselves ----------------------------------
+
+# the service's activation, as its one SQL call (a new user each time: every call takes a token)
+ACTIVATE_SQL = (
+    "SELECT token_id FROM tokenpool_activate(gen_random_uuid(), NULL, make_interval(secs => 120));\n"
+)
+TPS_RE = re.compile(r"^tps = ([\d.]+)", re.M)
+LATENCY_RE = re.compile(r"^latency average = ([\d.]+) ms", re.M)
+
+
+def database_dsn(dbname: str) -> str:
+    return PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + dbname
+
+
+def run_pgbench(dsn: str, *script: str, seconds: float, clients: int) -> dict:
+    argv = [
+        "pgbench",
+        "-n",
+        "-M",
+        "prepared",
+        "-c",
+        str(clients),
+        "-j",
+        "2",
+        "-T",
+        str(max(1, round(seconds))),
+    ]
+    proc = subprocess.run([*argv, *script, dsn], capture_output=True, text=True, timeout=seconds + 120)
+    tps, latency = TPS_RE.search(proc.stdout), LATENCY_RE.search(proc.stdout)
+    if proc.returncode != 0 or not tps:
+        raise RuntimeError(f"pgbench failed ({proc.returncode}): {proc.stderr or proc.stdout}")
+    return {
+        "command": " ".join([*argv, *script, "<database>"]),
+        "tps": float(tps.group(1)),
+        "latency_ms": float(latency.group(1)) if latency else None,
+    }
+
+
+def run_redis_benchmark(*command: str, requests: int, clients: int) -> list[dict]:
+    """redis-benchmark on BENCH_REDIS_URL's server and database (flushed afterwards): one row per test."""
+    import redis
+
+    where = redis.connection.parse_url(REDIS_URL)
+    argv = ["redis-benchmark", "-h", where.get("host", "127.0.0.1"), "-p", str(where.get("port", 6379))]
+    argv += [
+        "--dbnum",
+        str(where.get("db", 0)),
+        "-n",
+        str(requests),
+        "-c",
+        str(clients),
+        "-r",
+        "100000",
+        "--csv",
+    ]
+    proc = subprocess.run([*argv, *command], capture_output=True, text=True, timeout=600)
+    rows = list(csv.reader(proc.stdout.splitlines()[1:]))  # a custom command's name may hold commas
+    if proc.returncode != 0 or not rows:
+        raise RuntimeError(f"redis-benchmark failed ({proc.returncode}): {proc.stderr or proc.stdout}")
+    shown = " ".join(argv + [c if len(c) < 40 else "<script>" for c in command])
+    return [{"command": shown, "test": r[0], "rps": float(r[1]), "p50_ms": float(r[4]), "p99_ms": float(r[6])}
+            for r in rows]  # fmt: skip
+
+
+def capacity(args, databases: dict[str, str], tag: str) -> dict:
+    """pgbench and redis-benchmark figures: what the database and Redis here take by themselves."""
+    from service.ratelimit import LeasedFixedWindow
+
+    seconds, clients = args.capacity_seconds, args.pgbench_clients
+    pgbench_db = f"{tag}_pgbench"
+    databases["pgbench"] = pgbench_db
+    admin_sql(f'CREATE DATABASE "{pgbench_db}"')
+    log(f"pgbench: initialising scale {args.pgbench_scale} in {pgbench_db}")
+    subprocess.run(["pgbench", "-i", "-q", "-s", str(args.pgbench_scale), database_dsn(pgbench_db)],
+                   check=True, capture_output=True, timeout=600)  # fmt: skip
+    script = Path(tempfile.mkstemp(prefix="tokenpool-activate-", suffix=".sql")[1])
+    script.write_text(ACTIVATE_SQL)
+    pg = {}
+    try:
+        for name, db, extra in (
+            ("activate_100", databases["small"], ["-f", str(script)]),
+            ("activate_1m", databases["large"], ["-f", str(script)]),
+            ("tpcb_like", pgbench_db, ["-b", "tpcb-like"]),
+            ("select_only", pgbench_db, ["-b", "select-only"]),
+        ):
+            admin_sql("VACUUM ANALYZE", dbname=db)
+            pg[name] = run_pgbench(database_dsn(db), *extra, seconds=seconds, clients=clients)
+            log(f"pgbench {name:14s} {pg[name]['tps']:9.0f} tps  latency {pg[name]['latency_ms']} ms")
+    finally:
+        script.unlink(missing_ok=True)
+    flush_redis()
+    hit = LeasedFixedWindow.SCRIPT  # one request's limit check with RATE_LIMIT_LEASE=1: count 1, limit 10^9
+    hit_args = [
+        "1",
+        "bench:rl:__rand_int__",
+        "60",
+        "1",
+        "1000000000",
+        "1",
+        str(LeasedFixedWindow.LEASE_SHARE),
+    ]
+    rd = {}
+    for row in run_redis_benchmark("-t", "ping,incr", requests=args.redis_requests, clients=clients) + [
+        {**r, "test": "limiter_hit_eval"}
+        for r in run_redis_benchmark("EVAL", hit, *hit_args, requests=args.redis_requests, clients=clients)
+    ]:
+        rd[row["test"]] = row
+        log(
+            f"redis-benchmark {row['test']:16s} {row['rps']:9.0f} req/s"
+            f"  p50 {row['p50_ms']} ms  p99 {row['p99_ms']} ms"
+        )
+    flush_redis()
+    return {"pgbench": pg, "pgbench_clients": clients, "pgbench_scale": args.pgbench_scale, "redis": rd}
+
+
+def print_capacity(cap: dict) -> None:
+    print(f"PostgreSQL by itself: pgbench -M prepared -c {cap['pgbench_clients']} -j 2, one run each")
+    for name, r in cap["pgbench"].items():
+        print(f"  {name:18s} {r['tps']:9.0f} tps  latency avg {r['latency_ms']} ms")
+    print("Redis by itself: redis-benchmark --csv -r 100000")
+    for name, r in cap["redis"].items():
+        print(f"  {name:18s} {r['rps']:9.0f} req/s  p50 {r['p50_ms']} ms  p99 {r['p99_ms']} ms")
+    print()
+
+
 # --- report --------------------------------------------------------------------
 
 
@@ -565,6 +717,7 @@ def evaluate(peaks: dict, fixed: dict) -> list[dict]:
         "1": ratio(peaks, "svc_activate_100", "raw_activate"),
         "2": ratio(peaks, "svc_index", "hello"),
         "3a": ratio(peaks, "svc_activate_1m", "svc_activate_100"),
+        "5": ratio(peaks, "svc_activate_100_pgbouncer", "svc_activate_100"),
     }
     errors = {
         "1": peaks["svc_activate_100"]["errors"] + peaks["raw_activate"]["errors"],
@@ -572,6 +725,7 @@ def evaluate(peaks: dict, fixed: dict) -> list[dict]:
         "3a": peaks["svc_activate_1m"]["errors"] + peaks["svc_activate_100"]["errors"],
         "3b": fixed["list_1m_at_half_peak"]["failed"],
         "4": fixed["activate_100_at_half_peak"]["failed"],
+        "5": peaks["svc_activate_100_pgbouncer"]["errors"] + peaks["svc_activate_100"]["errors"],
     }
     rows = []
     for tid, what, threshold, kind in TARGETS_SPEC:
@@ -610,13 +764,13 @@ def print_report(peaks: dict, fixed: dict, rows: list[dict], args) -> None:
         " (median, min-max, spread)"
     )
     print(
-        f"  {'case':18s} {'req/s':>8s} {'min':>8s} {'max':>8s} {'spread':>7s} {'p50 ms':>8s} {'p99 ms':>8s}"
+        f"  {'case':26s} {'req/s':>8s} {'min':>8s} {'max':>8s} {'spread':>7s} {'p50 ms':>8s} {'p99 ms':>8s}"
     )
     for name, *_ in CASES:
         s = peaks[name]
         rps = s["rps"]
         print(
-            f"  {name:18s} {rps['median']:8.0f} {rps['min']:8.0f} {rps['max']:8.0f} {rps['spread_pct']:6.1f}%"
+            f"  {name:26s} {rps['median']:8.0f} {rps['min']:8.0f} {rps['max']:8.0f} {rps['spread_pct']:6.1f}%"
             f" {s['p50_ms']['median']:8.2f} {s['p99_ms']['median']:8.2f}"
             + (f"  ({s['errors']} errors)" if s["errors"] else "")
         )
@@ -624,7 +778,7 @@ def print_report(peaks: dict, fixed: dict, rows: list[dict], args) -> None:
     w = peaks["svc_list_1m_few_connections"]
     label = f"svc_list_1m -c{args.list_connections}"
     print(
-        f"  {label:18s} {w['rps']['median']:8.0f} {w['rps']['min']:8.0f}"
+        f"  {label:26s} {w['rps']['median']:8.0f} {w['rps']['min']:8.0f}"
         f" {w['rps']['max']:8.0f} {w['rps']['spread_pct']:6.1f}% {w['p50_ms']['median']:8.2f}"
         f" {w['p99_ms']['median']:8.2f}  (reference for 3b: wrk with few connections)"
     )
@@ -730,6 +884,11 @@ def parse_args(argv=None):
     p.add_argument("--gunicorn-threads", type=int, default=1, help="threads per worker (>1: gthread)")
     p.add_argument("--quick", action="store_true", help="smoke run: 1 round of 3 s, 1 s warm-up")
     p.add_argument("--py-spy", metavar="PATH", help="py-spy binary: also profile service activation")
+    p.add_argument("--capacity-seconds", type=float, default=10.0, help="seconds per pgbench run (10)")
+    p.add_argument("--pgbench-clients", type=int, default=8, help="pgbench and redis-benchmark clients (8)")
+    p.add_argument("--pgbench-scale", type=int, default=8, help="pgbench -i scale for its own scripts (8)")
+    p.add_argument("--redis-requests", type=int, default=100_000, help="redis-benchmark requests per test")
+    p.add_argument("--no-capacity", action="store_true", help="skip the pgbench and redis-benchmark phase")
     p.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     p.add_argument("--keep", action="store_true", help="keep databases, logs and temp dir")
     p.add_argument("--output", help="results JSON path (default bench/results/<timestamp>.json)")
@@ -738,6 +897,7 @@ def parse_args(argv=None):
     WORKERS, THREADS = args.workers, args.gunicorn_threads
     if args.quick:
         args.rounds, args.duration, args.warmup, args.pause = 1, 3.0, 1.0, 0.5
+        args.capacity_seconds, args.redis_requests, args.pgbench_scale = 3.0, 20_000, 1
     return args
 
 
@@ -750,6 +910,7 @@ def main(argv=None) -> int:
     tag = f"tokenpool_bench_{os.getpid()}"
     dbs = {"small": f"{tag}_small", "large": f"{tag}_large"}
     targets: dict[str, Target] = {}
+    bouncer: ThrowawayPgBouncer | None = None
     started = time.monotonic()
     info = machine()
     try:
@@ -760,15 +921,19 @@ def main(argv=None) -> int:
         small_url = prepare_database(dbs["small"], args.small_size, workdir)
         large_url = prepare_database(dbs["large"], args.large_size, workdir)
         flush_redis()
-        targets = start_targets(args, workdir, small_url, large_url)
+        bouncer = ThrowawayPgBouncer(make_url(PG_ADMIN_URL).port or 5432, pool_size=PGBOUNCER_POOL).start()
+        targets = start_targets(args, workdir, small_url, large_url, bouncer)
         wait_all(targets)
         log("targets up: " + ", ".join(f"{t.name}={t.port}" for t in targets.values()))
         raw_peaks, raw_fixed = measure(args, targets, dbs)
         peaks = {name: case_summary(runs) for name, runs in raw_peaks.items()}
         fixed = summarise_fixed(raw_fixed)
         rows = evaluate(peaks, fixed)
+        cap = None if args.no_capacity else capacity(args, dbs, tag)
         prof = profile(args, targets, stamp)
         print_report(peaks, fixed, rows, args)
+        if cap:
+            print_capacity(cap)
         if prof:
             print_profile(prof)
         result = {
@@ -780,6 +945,8 @@ def main(argv=None) -> int:
             "peaks": peaks,
             "peak_runs": raw_peaks,
             "fixed_rate": fixed,  # includes every run
+            "capacity": cap,
+            "pgbouncer": {"pool_mode": "transaction", "default_pool_size": PGBOUNCER_POOL},
             "profile": prof,
             "elapsed_s": round(time.monotonic() - started, 1),
         }
@@ -791,6 +958,8 @@ def main(argv=None) -> int:
     finally:
         for t in targets.values():
             t.stop()
+        if bouncer:
+            bouncer.stop()
         if not args.keep:
             for name in dbs.values():
                 with contextlib.suppress(Exception):
