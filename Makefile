@@ -7,7 +7,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 N      ?= 1
 
-.PHONY: run test test-fast lint fmt ci bench e2e migrate-up migrate-down migrate-version migrate-create \
+.PHONY: run test test-fast lint fmt ci bench e2e console-screenshots migrate-up migrate-down migrate-version migrate-create \
         migrate-force migrate-drop db-shell db-reset seed sweep clean
 
 $(BIN)/activate: requirements.txt requirements-dev.txt
@@ -31,6 +31,9 @@ test-fast: venv  ## everything but real-process end-to-end tests
 
 e2e: venv
 	$(BIN)/pytest -m e2e
+
+console-screenshots: venv  ## the console's browser test, keeping its two screenshots in docs/images
+	CONSOLE_SCREENSHOTS_DIR=docs/images $(BIN)/pytest -q tests/e2e/test_e2e_console.py
 
 lint: venv
 	$(BIN)/ruff check .

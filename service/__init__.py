@@ -11,6 +11,7 @@ from .api_index import bp as api_bp
 from .apikeys.cli import apikeys_cli
 from .config import load_config
 from .config_cli import config_cli
+from .console import bp as console_bp
 from .database_cli import database_cli
 from .db import init_db
 from .errors import register_error_handlers
@@ -39,7 +40,8 @@ def create_app(config: dict | None = None) -> Flask:
 
     Raises ConfigError naming the first bad setting. Opens no database connection.
     """
-    app = App(__name__, instance_relative_config=True)
+    # service/static is the console's (its blueprint serves it), not a folder the app serves as a whole
+    app = App(__name__, instance_relative_config=True, static_folder=None)
     load_config(app, config)
     configure_logging(app.config)
     _trust_proxy_headers(app)
@@ -53,7 +55,7 @@ def create_app(config: dict | None = None) -> Flask:
     init_security(app)  # authenticates before the limiter counts
     init_monitoring(app)
     register_error_handlers(app)
-    for bp in (api_bp, tokens_bp, health_bp, openapi_bp, monitoring_bp):
+    for bp in (api_bp, tokens_bp, health_bp, openapi_bp, monitoring_bp, console_bp):
         app.register_blueprint(bp)
     # probes (kubelet, load balancers) and Prometheus reach each instance over plain HTTP
     exempt_from_https_redirect(app, ("health.", "metrics."))

@@ -41,7 +41,8 @@ from .tokens import reads
 
 log = logging.getLogger("tokenpool.metrics")
 bp = Blueprint("metrics", __name__)
-NOT_API = r"^/(metrics|healthz?|live|ready|openapi\.json)(/|$)"  # not API traffic: the probes, /metrics, docs
+# not API traffic: the probes, /metrics, the docs and the console's page and files
+NOT_API = r"^/(metrics|healthz?|live|ready|openapi\.json|console)(/|$)"
 NOT_API_PATH = re.compile(NOT_API)
 HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 DB_OPERATIONS = frozenset(

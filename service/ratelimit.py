@@ -33,7 +33,7 @@ from .redis_connect import limits_storage_options
 from .security import is_cors_preflight
 
 log = logging.getLogger("tokenpool.ratelimit")
-EXEMPT_BLUEPRINTS = frozenset(("health", "metrics", "openapi"))
+EXEMPT_BLUEPRINTS = frozenset(("health", "metrics", "openapi", "console"))
 KEYED_BLUEPRINTS = frozenset(("tokens", "monitoring"))
 FALLBACK = "Rate limit storage unreachable - falling back to in-memory storage"
 
@@ -154,7 +154,9 @@ class PolicyLimiter(Limiter):
       by the minute limit is not counted against the hour;
     - requests matching no route (404) or no method of it (405): per client
       IP, like any other request without a key;
-    - health, metrics, the OpenAPI document and CORS preflights: never limited.
+    - health, metrics, the OpenAPI document, the console's page and files (fixed
+      content, no key, no database; its API calls are limited like any) and CORS
+      preflights: never limited.
     """
 
     def __init__(self, config, metrics) -> None:

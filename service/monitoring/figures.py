@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections import Counter
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
+from ..timeutil import isoformat
 from .store import BOUNDS_MS
 
 
@@ -77,6 +78,31 @@ def aggregate(buckets: list[Counter]) -> dict:
         "slow_queries": total["slow_queries"],
         "slow_requests": total["slow_requests"],
     }
+
+
+# the console's chart: each series sums these bucket fields (op|<event>|<status>|<reason>)
+ACTIVITY = {
+    # a new lease: on a free token, on an expired one, or by evicting the holder ("existing" is not new)
+    "leases": (
+        "op|activation|success|available",
+        "op|activation|success|expired",
+        "op|activation|success|evicted",
+    ),
+    "evictions": ("op|activation|success|evicted",),
+    # a lease closed as expired: by the sweeper, or by the activation that took its token over
+    "expiries": ("op|expiration|success|expired", "op|activation|success|expired"),
+    # a full pool's refusals (reject and queue policies)
+    "rejections": ("op|activation|failure|pool_exhausted", "op|activation|failure|queue_full"),
+}
+
+
+def activity(minutes: list[int], buckets: list[Counter]) -> list[dict]:
+    """Per minute (oldest first): its start and the count of each ACTIVITY series."""
+    return [
+        {"minute": isoformat(datetime.fromtimestamp(minute * 60, UTC))}
+        | {series: sum(bucket[f] for f in fields) for series, fields in ACTIVITY.items()}
+        for minute, bucket in zip(minutes, buckets, strict=True)
+    ]
 
 
 # the rule names a finding can carry (documented in /openapi.json)

@@ -22,12 +22,14 @@ from ..timeutil import isoformat, utcnow
 from ..tokens import reads
 from ..tokens import service as tokens
 from . import bp, store
+from .figures import activity as activity_series
 from .figures import aggregate, evaluate
 from .schemas import (
     RECENT_LIMIT,
     REPORT_WINDOW,
     SLEEP_MS,
     WINDOW,
+    Activity,
     CacheCleared,
     CacheStats,
     DatabaseStats,
@@ -94,6 +96,21 @@ def _window_figures(window: int) -> dict:
 def metrics():
     window = int_arg("window", 60, 1, 1440)
     return _answer({"window_minutes": window} | _window_figures(window))
+
+
+@bp.get("/activity")
+@admin_read(
+    "Leases, evictions, expiries and rejections per minute over a window (the console's chart)",
+    "monitoringActivity",
+    Activity,
+    WINDOW,
+    reads_store=True,
+)
+def activity():
+    """Leases, evictions, expiries and rejections per minute (the console's chart): no database read."""
+    window = int_arg("window", 60, 1, 1440)
+    minutes = window_minutes(window)
+    return _answer({"window_minutes": window, "minutes": activity_series(minutes, store().buckets(minutes))})
 
 
 def _recent(kind: str, key: str):

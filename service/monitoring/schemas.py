@@ -69,6 +69,21 @@ class MonitoringMetrics(Monitoring):
     slow_requests: int = absent()
 
 
+class MinuteActivity(Body):
+    """One minute of the pools: its start, and what happened in it (the series of figures.ACTIVITY)."""
+
+    minute: datetime = Field(description="The minute's start")
+    leases: int = Field(description="New leases granted (an activation returning a running lease is not one)")
+    evictions: int = Field(description="Leases ended by evicting their holder")
+    expiries: int = Field(description="Leases closed as expired, by the sweeper or by an activation")
+    rejections: int = Field(description="Activations refused because a pool was full")
+
+
+class Activity(Monitoring):
+    window_minutes: int
+    minutes: list[MinuteActivity] = Field(description="One per minute of the window, oldest first")
+
+
 class MonitoringEntry(Body):
     """A recent slow request or error (statements carry no parameter values)."""
 

@@ -12,6 +12,8 @@ from sqlalchemy import text
 from service import create_app
 from service.config import ConfigError
 from service.extensions import db
+from service.monitoring.figures import ACTIVITY
+from service.monitoring.schemas import MinuteActivity
 from tests.conftest import make_app, reset_database
 from tests.helpers import POOL, activate, assert_error, release, user
 from tests.procs import free_port
@@ -19,6 +21,7 @@ from tests.procs import free_port
 MON = "/api/monitoring"
 ROUTES = [
     ("GET", f"{MON}/metrics"),
+    ("GET", f"{MON}/activity"),
     ("GET", f"{MON}/slow-queries"),
     ("GET", f"{MON}/slow-apis"),
     ("GET", f"{MON}/errors"),
@@ -303,6 +306,25 @@ def test_sleep_hook_needs_postgresql(sqlite_url):
     app = make_app(sqlite_url, ENABLE_TEST_HOOKS=True)
     reset_database(app)
     assert_error(app.test_client().get(f"{MON}/test/sleep?ms=5"), 400, "VALIDATION_ERROR")
+
+
+def test_activity_counts_leases_evictions_and_expiries_per_minute(client, app, clock):
+    users = [user() for _ in range(POOL + 1)]
+    for u in users:  # the pool's leases, then one eviction
+        assert activate(client, u).status_code == 200
+    assert activate(client, users[-1]).status_code == 200  # the same lease again: not a new one
+    clock.advance(app.config["TOKEN_LIFETIME_SECONDS"] + 1)
+    assert activate(client, user()).status_code == 200  # takes over an expired lease
+    body = get(client, "/activity?window=3")
+    assert body["window_minutes"] == 3 and len(body["minutes"]) == 3
+    assert [m["minute"] for m in body["minutes"]] == sorted(m["minute"] for m in body["minutes"])
+    assert all(m["minute"].endswith(":00Z") for m in body["minutes"])
+    series = ("leases", "evictions", "expiries", "rejections")
+    totals = {s: sum(m[s] for m in body["minutes"]) for s in series}
+    assert totals == {"leases": POOL + 2, "evictions": 1, "expiries": 1, "rejections": 0}
+    assert get(client, "/activity")["window_minutes"] == 60
+    assert set(MinuteActivity.model_fields) == {"minute", *ACTIVITY}  # the document names every series
+    assert_error(client.get(f"{MON}/activity?window=0"), 400, "VALIDATION_ERROR")
 
 
 # --- OpenAPI ------------------------------------------------------------------------------------
