@@ -6,6 +6,7 @@
 (() => {
   const KEY_STORE = "tokenpool.console.key";
   const POLL_MS = 1500; // pools and leases: a change shows within 2 s
+  const EVENT_REFRESH_MS = 700; // events bring the next poll forward, but no closer than this
   const HEALTH_MS = 5000;
   const CHART_MS = 5000;
   const LEASE_LIMIT = 200;
@@ -21,6 +22,7 @@
     leases: [],
     skewMs: 0,
     timers: new Map(), // loop name -> its pending timeout
+    wakers: new Map(), // loop name -> a function starting its next run now
     stream: null, // the AbortController of the open event stream
     lastEventId: null,
   };
@@ -131,14 +133,27 @@
   // --- loops -----------------------------------------------------------------------------
 
   function every(ms, task) {
-    // run `task`, then again `ms` after it finished (never two at once), while signed in
+    // run `task`, then again `ms` after it finished (never two at once), while signed in;
+    // `wake(name)` starts the next run early
     const name = task.name;
     const run = async () => {
       if (!state.running) return;
+      state.wakers.delete(name);
       await task();
-      if (state.running) state.timers.set(name, setTimeout(run, ms));
+      if (state.running) {
+        state.timers.set(name, setTimeout(run, ms));
+        state.wakers.set(name, () => {
+          clearTimeout(state.timers.get(name));
+          run();
+        });
+      }
     };
     return run();
+  }
+
+  function wake(name) {
+    const waker = state.wakers.get(name);
+    if (waker) waker();
   }
 
   async function start() {
@@ -161,6 +176,7 @@
       clearInterval(timer);
     }
     state.timers.clear();
+    state.wakers.clear();
     if (state.stream) state.stream.abort();
     state.stream = null;
   }
@@ -178,6 +194,7 @@
 
   let refreshing = null;
   function refresh() {
+    lastRefresh = Date.now();
     if (!refreshing) {
       refreshing = Promise.all([loadPools(), loadLeases()]).finally(() => {
         refreshing = null;
@@ -187,10 +204,17 @@
     return refreshing;
   }
 
+  let lastRefresh = 0;
   let soon = null;
   function refreshSoon() {
-    // an event arrived: the counts change now, not at the next poll
-    if (soon === null) soon = setTimeout(() => ((soon = null), refresh()), 200);
+    // an event arrived: the counts change now, not at the next poll; at most one
+    // refresh per EVENT_REFRESH_MS however many events arrive (the key's rate limit)
+    if (soon !== null) return;
+    const wait = Math.max(100, lastRefresh + EVENT_REFRESH_MS - Date.now());
+    soon = setTimeout(() => {
+      soon = null;
+      wake("refresh");
+    }, wait);
   }
 
   // --- pools -----------------------------------------------------------------------------
