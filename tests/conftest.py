@@ -19,7 +19,8 @@ import psycopg
 import pytest
 from flask_migrate import upgrade
 from prometheus_client import values
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
 
 from service import create_app
 from service.extensions import db
@@ -183,6 +184,34 @@ def temporary_database(prefix: str):
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@contextlib.contextmanager
+def migrated_database(pool: int = POOL, prefix: str = "tokenpool_e2e"):
+    """A new database at the schema head with `pool` tokens, for real processes; dropped afterwards.
+
+    Yields its SQLAlchemy URL (psycopg driver). No connection of this process stays open.
+    """
+    with temporary_database(prefix) as url:
+        url = url.replace("postgresql://", "postgresql+psycopg://", 1)
+        app = make_app(url)
+        try:
+            reset_database(app, pool)
+        finally:
+            with app.app_context():
+                db.engine.dispose()
+        yield url
+
+
+@contextlib.contextmanager
+def database(url: str):
+    """A connection to the database at `url` (a process's, not an app's); its engine disposed after."""
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            yield conn
+    finally:
+        engine.dispose()
+
+
 @pytest.fixture(scope="session")
 def postgres_url():
     """A fresh PostgreSQL database for this test session, dropped at the end."""
@@ -194,14 +223,7 @@ def postgres_url():
 def pg_database(postgres_url):
     """Factory: a new migrated and seeded PostgreSQL database for real processes; dropped after."""
     with contextlib.ExitStack() as stack:
-
-        def create(pool: int = POOL) -> str:
-            url = stack.enter_context(temporary_database("tokenpool_e2e"))
-            url = url.replace("postgresql://", "postgresql+psycopg://", 1)
-            reset_database(make_app(url), pool)
-            return url
-
-        yield create
+        yield lambda pool=POOL: stack.enter_context(migrated_database(pool))
 
 
 @pytest.fixture(scope="session")

@@ -16,11 +16,11 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import psycopg
+
+from tests.web import http_get
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -55,38 +55,6 @@ def wait_for(predicate, timeout: float = 20, interval: float = 0.05, what: str =
             pass
         time.sleep(interval)
     raise TimeoutError(f"{what} not reached within {timeout}s")
-
-
-def http_get(url: str, timeout: float = 5, headers: dict | None = None) -> tuple[int, bytes, dict]:
-    """(status, body, headers) of a GET, without raising on 4xx/5xx."""
-    request = urllib.request.Request(url, headers=headers or {})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as r:
-            return r.status, r.read(), dict(r.headers)
-    except urllib.error.HTTPError as e:
-        return e.code, e.read(), dict(e.headers)
-
-
-def raw_http(port: int, data: bytes) -> tuple[int, dict, bytes]:
-    """Send bytes as they are (http.client refuses to write malformed requests); read the one answer.
-
-    Returns (status, headers with lower-case names, body); the request should say `Connection: close`.
-    """
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(data)
-        received = b""
-        while chunk := sock.recv(65536):
-            received += chunk
-    head, _, body = received.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {k.lower(): v for k, v in (line.split(": ", 1) for line in lines[1:] if ": " in line)}
-    return int(lines[0].split()[1]), headers, body
-
-
-def raw_request(path: str, *headers: str, method: str = "GET", version: str = "HTTP/1.1") -> bytes:
-    """A request's bytes: these header lines only (no Host unless given), then `Connection: close`."""
-    lines = [f"{method} {path} {version}", *headers, "Connection: close", "", ""]
-    return "\r\n".join(lines).encode("latin-1")
 
 
 class Gunicorn:

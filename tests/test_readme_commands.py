@@ -23,7 +23,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import temporary_database
-from tests.procs import ThrowawayRedis, free_port, http_get, wait_for
+from tests.procs import ThrowawayRedis, free_port, wait_for
+from tests.web import http_get
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV = Path(sys.executable).parent.parent
@@ -51,9 +52,11 @@ def fresh_checkout(tmp_path: Path) -> Path:
     The requirements files are dated before the venv, so `make` sees an
     up-to-date venv instead of reinstalling into the shared one.
     """
-    names = subprocess.run(
-        ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True
-    ).stdout.decode().split("\0")
+    names = (
+        subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True)
+        .stdout.decode()
+        .split("\0")
+    )
     target = tmp_path / "tokenpool"
     for name in filter(None, names):
         source = ROOT / name

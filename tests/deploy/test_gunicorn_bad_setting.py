@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from tests.procs import ROOT, VENV_BIN, Gunicorn, free_port, gunicorn_refuses, http_get
+from tests.procs import ROOT, VENV_BIN, Gunicorn, free_port, gunicorn_refuses
+from tests.web import http_get
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

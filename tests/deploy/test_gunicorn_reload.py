@@ -8,8 +8,9 @@ import time
 
 import pytest
 
-from tests.procs import Gunicorn, http_get, wait_for
+from tests.procs import Gunicorn, wait_for
 from tests.resilience.support import worker_pids
+from tests.web import http_get
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

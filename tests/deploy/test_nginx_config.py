@@ -24,7 +24,8 @@ import pytest
 
 from service.request_context import VALID_ID
 from tests.helpers import ERROR_KEYS
-from tests.procs import NGINX, Nginx, free_port, raw_http, raw_request, render
+from tests.procs import NGINX, Nginx, free_port, render
+from tests.web import raw_http, raw_request
 
 REPO = Path(__file__).resolve().parents[2]
 NGINX_DIR = REPO / "nginx"

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e.stack import Stack, new_database
+from tests.conftest import migrated_database
+from tests.e2e.stack import Stack
 from tests.procs import NGINX
 
 SHARED_POOL = 10
@@ -41,9 +42,9 @@ def stack(pg_database, tmp_path):
 
 @pytest.fixture(scope="module")
 def shared_stack(postgres_url, tmp_path_factory):
-    """One stack for a module (pg_database is per test, so new_database does its work here)."""
+    """One stack for a module (pg_database is per test, so migrated_database does its work here)."""
     _require_nginx()
-    with new_database(SHARED_POOL) as url:
+    with migrated_database(SHARED_POOL) as url:
         env = {"RATE_LIMIT_PER_MINUTE": str(SHARED_RATE_LIMIT)}
         with Stack(tmp_path_factory.mktemp("shared-stack"), url, SHARED_POOL, env=env) as s:
             yield s

@@ -27,7 +27,9 @@ from pathlib import Path
 if __name__ == "__main__":  # run as a script: make `tests.` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.e2e.stack import WRK, Stack, new_database, request, wrk  # noqa: E402
+from tests.conftest import migrated_database  # noqa: E402
+from tests.e2e.stack import WRK, Stack, wrk  # noqa: E402
+from tests.web import request  # noqa: E402
 
 PATH = "/api/tokens/summary"
 
@@ -75,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         print("wrk is not installed (apt-get install -y wrk)", file=sys.stderr)
         return 2
     pool = 10
-    with new_database(pool) as url, tempfile.TemporaryDirectory(prefix="tokenpool-measure-") as tmp:
+    with migrated_database(pool) as url, tempfile.TemporaryDirectory(prefix="tokenpool-measure-") as tmp:
         with Stack(Path(tmp), url, pool) as stack:
             results = measure(stack, args.duration, args.connections)
     print(table(results, args.connections, args.duration))

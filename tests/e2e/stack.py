@@ -8,68 +8,20 @@ directory that also holds its pid file, logs and temp dirs, so nothing under
 
 from __future__ import annotations
 
-import contextlib
-import http.client
-import json
 import shutil
 import signal
 import subprocess
 import threading
-import uuid
 from pathlib import Path
-
-from sqlalchemy import create_engine
 
 from tests.procs import Gunicorn, Nginx, ThrowawayRedis, json_lines
 
 WRK = shutil.which("wrk") or ("/usr/bin/wrk" if Path("/usr/bin/wrk").exists() else None)
 
 
-# --- HTTP -----------------------------------------------------------------------------
-
-
-class Response:
-    def __init__(self, status: int, headers: dict[str, str], body: bytes):
-        self.status = status
-        self.headers = headers  # lower-case names
-        self.body = body
-
-    def json(self):
-        return json.loads(self.body)
-
-    def __repr__(self) -> str:
-        return f"<Response {self.status} {self.body[:200]!r}>"
-
-
-def request(
-    port: int,
-    method: str,
-    path: str,
-    body: bytes | dict | None = None,
-    headers: dict | None = None,
-    source: str = "127.0.0.1",
-    timeout: float = 10,
-) -> Response:
-    """One request on a new connection from the loopback address `source` (any of 127.0.0.0/8)."""
-    headers = dict(headers or {})
-    if isinstance(body, dict):
-        body = json.dumps(body).encode()
-        headers.setdefault("Content-Type", "application/json")
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout, source_address=(source, 0))
-    try:
-        conn.request(method, path, body=body, headers=headers)
-        resp = conn.getresponse()
-        return Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read())
-    finally:
-        conn.close()
-
-
 def access_lines(gunicorn: Gunicorn) -> list[dict]:
     """The app's access lines (logger tokenpool.access) of one gunicorn instance."""
     return [r for r in json_lines(gunicorn.log_lines()) if r.get("logger") == "tokenpool.access"]
-
-
-# --- nginx ----------------------------------------------------------------------------
 
 
 # --- the whole stack --------------------------------------------------------------------
@@ -180,45 +132,6 @@ def _parallel(calls) -> None:
         t.join()
     if errors:
         raise errors[0]
-
-
-@contextlib.contextmanager
-def new_database(pool: int):
-    """A migrated database seeded with `pool` tokens on the shared server, dropped afterwards.
-
-    What the `pg_database` fixture does, for a module-scoped fixture and for measure_nginx.py.
-    """
-    import psycopg
-
-    from service.extensions import db
-    from tests.conftest import PG_ADMIN_URL, make_app, reset_database
-
-    name = f"tokenpool_e2e_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        url = "postgresql+psycopg://" + PG_ADMIN_URL.split("://", 1)[1].rsplit("/", 1)[0] + "/" + name
-        app = make_app(url)
-        try:
-            reset_database(app, pool)
-        finally:
-            with app.app_context():
-                db.engine.dispose()
-        yield url
-    finally:
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-@contextlib.contextmanager
-def database(url: str):
-    """A connection to a stack's database; the engine is disposed afterwards."""
-    engine = create_engine(url)
-    try:
-        with engine.connect() as conn:
-            yield conn
-    finally:
-        engine.dispose()
 
 
 # --- wrk ------------------------------------------------------------------------------

@@ -20,9 +20,11 @@ from dataclasses import dataclass
 import pytest
 from sqlalchemy import text
 
-from tests.e2e.stack import access_lines, database, request
+from tests.conftest import database
+from tests.e2e.stack import access_lines
 from tests.invariants import assert_invariants
 from tests.procs import wait_for
+from tests.web import request
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -15,9 +15,9 @@ import uuid
 
 import pytest
 
-from tests.e2e.stack import request
 from tests.helpers import ERROR_KEYS
-from tests.procs import Gunicorn, raw_http, raw_request
+from tests.procs import Gunicorn
+from tests.web import raw_http, raw_request, request
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -16,10 +16,12 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from sqlalchemy import text
 
+from tests.conftest import database
 from tests.e2e.conftest import SHARED_POOL, SHARED_RATE_LIMIT
-from tests.e2e.stack import access_lines, database, json_lines, request
+from tests.e2e.stack import access_lines, json_lines
 from tests.invariants import assert_invariants
 from tests.procs import wait_for
+from tests.web import request
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -13,7 +13,8 @@ import time
 
 import pytest
 
-from tests.procs import ROOT, VENV_BIN, Gunicorn, http_get, wait_for
+from tests.procs import ROOT, VENV_BIN, Gunicorn, wait_for
+from tests.web import http_get
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

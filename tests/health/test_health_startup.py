@@ -7,8 +7,9 @@ import json
 import pytest
 from sqlalchemy import text
 
-from tests.e2e.stack import database
-from tests.procs import Gunicorn, http_get, wait_for
+from tests.conftest import database
+from tests.procs import Gunicorn, wait_for
+from tests.web import http_get
 
 pytestmark = [pytest.mark.e2e]
 

@@ -12,7 +12,8 @@ import pytest
 
 from tests.conftest import make_app, reset_database
 from tests.helpers import activate, user
-from tests.procs import Gunicorn, ThrowawayRedis, http_get
+from tests.procs import Gunicorn, ThrowawayRedis
+from tests.web import http_get
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 MON = "/api/monitoring"

@@ -11,7 +11,8 @@ import uuid
 import pytest
 
 from tests.observability.test_metrics import METRIC_OF, sample
-from tests.procs import Gunicorn, http_get
+from tests.procs import Gunicorn
+from tests.web import http_get
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -21,7 +21,8 @@ from service.health import routes as health_routes
 from service.log_files import file_handler, prune
 from service.logging_setup import ConsoleFormatter, configure_logging
 from tests.conftest import make_app
-from tests.procs import ROOT, VENV_BIN, Gunicorn, http_get
+from tests.procs import ROOT, VENV_BIN, Gunicorn
+from tests.web import http_get
 
 FILE_SETTINGS = {
     "LOG_ROTATE": "size",

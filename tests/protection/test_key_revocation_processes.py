@@ -8,9 +8,9 @@ import time
 import pytest
 
 from tests.conftest import make_app
-from tests.e2e.stack import request
-from tests.procs import Gunicorn, http_get
+from tests.procs import Gunicorn
 from tests.protection.support import cli, create_key
+from tests.web import http_get, request
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 SUMMARY = "/api/tokens/summary"

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from tests.procs import Gunicorn, ThrowawayRedis, http_get
+from tests.procs import Gunicorn, ThrowawayRedis
+from tests.web import http_get
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 N = 20

@@ -1,26 +1,25 @@
-"""Shared pieces of the torture and fault tests: an HTTP client, a request log, database checks.
+"""Shared pieces of the torture and fault tests: a request log, request streams, database checks.
 
-Every request opens a new connection (http.client), so a killed or draining worker
-shows up as a connection error of exactly the requests it held.
+Requests go through tests.web.call: a new connection each, so a killed or draining
+worker shows up as a connection error of exactly the requests it held.
 """
 
 from __future__ import annotations
 
 import http.client
-import json
 import subprocess
 import threading
 import time
-import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
-from urllib.parse import urlsplit
 
-from sqlalchemy import create_engine, text
-from sqlalchemy.pool import NullPool
+from sqlalchemy import text
 
+from tests.conftest import database
+from tests.helpers import user as new_user
 from tests.invariants import violations
+from tests.web import call
 
 OK_STATUSES = {200, 409}  # 409: release/renew of a lease that ended meanwhile (normal under churn)
 
@@ -39,27 +38,6 @@ class Result:
     @property
     def outcome(self) -> str:
         return str(self.status) if self.status is not None else f"connection error ({self.error})"
-
-
-def call(
-    base: str, method: str, path: str, body: dict | None = None, timeout: float = 30
-) -> tuple[int, dict]:
-    """One request on a new connection: (status, JSON body or {}). Raises OSError/HTTPException."""
-    parts = urlsplit(base)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
-    try:
-        payload = json.dumps(body).encode() if body is not None else None
-        headers = {"Content-Type": "application/json", "Connection": "close"} if payload else {}
-        conn.request(method, path, body=payload, headers=headers)
-        response = conn.getresponse()
-        raw = response.read()
-        try:
-            data = json.loads(raw) if raw else {}
-        except ValueError:
-            data = {"raw": raw[:200].decode(errors="replace")}
-        return response.status, data
-    finally:
-        conn.close()
 
 
 class RequestLog:
@@ -138,10 +116,6 @@ class Stream:
             self._stop.wait(self.pause)
 
 
-def new_user() -> str:
-    return str(uuid.uuid4())
-
-
 def parse_time(value: str) -> datetime:
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
@@ -165,18 +139,12 @@ class DatabaseCheck:
 
 def check_database(url: str, log: RequestLog) -> DatabaseCheck:
     """Invariants hold; every 200 activation and release the clients saw is in the usage history."""
-    engine = create_engine(url, poolclass=NullPool)
-    try:
-        with engine.connect() as conn:
-            found = violations(conn)
-            rows = conn.execute(
-                text("SELECT token_id, user_id, started_at, ended_at, end_reason FROM token_usages")
-            ).all()
-            held = conn.execute(
-                text("SELECT count(*) FROM tokens WHERE current_user_id IS NOT NULL")
-            ).scalar()
-    finally:
-        engine.dispose()
+    with database(url) as conn:
+        found = violations(conn)
+        rows = conn.execute(
+            text("SELECT token_id, user_id, started_at, ended_at, end_reason FROM token_usages")
+        ).all()
+        held = conn.execute(text("SELECT count(*) FROM tokens WHERE current_user_id IS NOT NULL")).scalar()
     started = {(str(r.token_id), str(r.user_id), r.started_at) for r in rows}
     ended = {(str(r.token_id), str(r.user_id), r.ended_at) for r in rows if r.end_reason == "released"}
     check = DatabaseCheck(found, usages=len(rows), end_reasons=Counter(r.end_reason for r in rows), held=held)

@@ -23,8 +23,9 @@ from sqlalchemy.exc import OperationalError
 from service.db import database_deadline, run_transaction
 from service.deadline import DatabaseStalled
 from tests.conftest import make_app, reset_database
+from tests.helpers import user as new_user
 from tests.procs import Gunicorn, ThrowawayPostgres, wait_for
-from tests.resilience.support import call, new_user
+from tests.web import call
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

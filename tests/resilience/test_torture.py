@@ -31,8 +31,10 @@ from collections import Counter
 import pytest
 from sqlalchemy.engine import make_url
 
-from tests.procs import Gunicorn, ThrowawayPgBouncer, ThrowawayRedis, http_get
-from tests.resilience.support import RequestLog, check_database, error_lines, new_user
+from tests.helpers import user as new_user
+from tests.procs import Gunicorn, ThrowawayPgBouncer, ThrowawayRedis
+from tests.resilience.support import RequestLog, check_database, error_lines
+from tests.web import http_get
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.torture]
 
