@@ -198,7 +198,7 @@
     if (!refreshing) {
       refreshing = Promise.all([loadPools(), loadLeases()]).finally(() => {
         refreshing = null;
-        $("updated").textContent = new Date().toLocaleTimeString();
+        $("updated").textContent = clockTime(Date.now());
       });
     }
     return refreshing;
@@ -312,6 +312,12 @@
     }
   }
 
+  function clockTime(value) {
+    // HH:MM:SS on a 24-hour clock, in the browser's time zone
+    const d = new Date(value);
+    return [d.getHours(), d.getMinutes(), d.getSeconds()].map((n) => String(n).padStart(2, "0")).join(":");
+  }
+
   function short(id) {
     return id ? String(id).slice(0, 8) : "–";
   }
@@ -344,7 +350,7 @@
           token,
           user,
           el("td", "wide-only num", t.fencing_token === undefined ? "–" : t.fencing_token),
-          el("td", "wide-only", new Date(t.expires_at).toLocaleTimeString()),
+          el("td", "wide-only", clockTime(t.expires_at)),
           left,
         );
         return row;
@@ -459,7 +465,7 @@
   function checkDetail(name, check) {
     if (check.latency_ms !== undefined) return `${check.latency_ms} ms`;
     if (check.utilization !== undefined) return `${Math.round(check.utilization * 100)} % used`;
-    if (check.last_run_at) return `last run ${new Date(check.last_run_at).toLocaleTimeString()}`;
+    if (check.last_run_at) return `last run ${clockTime(check.last_run_at)}`;
     if (check.percent !== undefined) return `${check.percent} %`;
     return check.status;
   }
@@ -564,7 +570,7 @@
     if (empty) empty.remove();
     const item = el("li", `event ${event.type}`);
     item.dataset.eventId = event.event_id;
-    const at = event.at ? new Date(event.at).toLocaleTimeString() : "";
+    const at = event.at ? clockTime(event.at) : "";
     const who = [event.pool, `token ${short(event.token_id)}`, event.user_id ? `user ${short(event.user_id)}` : ""];
     item.append(el("span", "at", at), el("span", `type ${event.type}`, event.type), el("span", "who", who.filter(Boolean).join(" · ")));
     item.title = JSON.stringify(event);
