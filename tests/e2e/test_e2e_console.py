@@ -21,8 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.stack import gunicorn_env, request
+from tests.e2e.stack import gunicorn_env
 from tests.procs import Gunicorn, ThrowawayRedis, wait_for
+from tests.web import request
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
