@@ -16,6 +16,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import overload
 from urllib.parse import urlsplit
 
 from limits import parse as parse_limit
@@ -87,6 +88,12 @@ def _parse_bool(name: str, raw: str) -> bool:
 def _bool(name: str, default: bool | None) -> bool | None:
     name, raw = _env(name)
     return default if raw is None else _parse_bool(name, raw)
+
+
+@overload
+def _str(name: str, default: str) -> str: ...
+@overload
+def _str(name: str, default: None) -> str | None: ...
 
 
 def _str(name: str, default: str | None) -> str | None:
@@ -232,6 +239,12 @@ def normalise_database_url(url: str) -> str:
 _URL_USER = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^:/?#@]*:")  # scheme://user: (a password follows)
 # query parameters that carry a secret: libpq's password and sslpassword, redis-py's password, tokens
 _SECRET_PARAM = re.compile(r"([?&][^=&#]*(?:pass|pwd|secret|token)[^=&#]*=)[^&#]*", re.IGNORECASE)
+
+
+@overload
+def mask_url(url: str) -> str: ...
+@overload
+def mask_url(url: None) -> None: ...
 
 
 def mask_url(url: str | None) -> str | None:
@@ -426,7 +439,7 @@ def load_config(app, overrides: dict | None = None) -> None:
 
     Raises ConfigError naming the first bad variable.
     """
-    env = (overrides or {}).get("APP_ENV") or _str("APP_ENV", "development")
+    env: str = (overrides or {}).get("APP_ENV") or _str("APP_ENV", "development")
     app.config.update(_from_environment(app.instance_path, env))
     app.config.from_pyfile("config.py", silent=True)
     if overrides:

@@ -64,7 +64,7 @@ def console():
     return response
 
 
-console.talisman_view_options = {"content_security_policy": CSP}
+console.talisman_view_options = {"content_security_policy": CSP}  # type: ignore[attr-defined]
 
 
 @bp.get("/console/static/<name>")

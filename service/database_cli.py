@@ -82,6 +82,7 @@ def drop(yes):
     if engine.dialect.name == "sqlite":
         with engine.connect() as conn:
             raw = conn.connection.driver_connection  # a PRAGMA outside any transaction, or it is ignored
+            assert raw is not None  # an open connection
             raw.execute("PRAGMA foreign_keys=OFF")  # so the drop order does not matter
             with conn.begin():
                 dropped = drop_schema(conn)

@@ -193,7 +193,9 @@ class AutocommitConnection:
     def failed(self, exc: psycopg.Error, sql: str, params=None) -> DBAPIError:
         """The SQLAlchemy error the engine would raise; notes whether the connection is gone."""
         self.broken = self.dialect.is_disconnect(exc, self.dbapi_conn, None)
-        return DBAPIError.instance(sql, params, exc, psycopg.Error, connection_invalidated=self.broken)
+        error = DBAPIError.instance(sql, params, exc, psycopg.Error, connection_invalidated=self.broken)
+        assert isinstance(error, DBAPIError)  # a driver error is always wrapped as one
+        return error
 
     def execute(self, statement, params=None) -> Rows:
         compiled = self._compiled.get(statement)

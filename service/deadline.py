@@ -30,7 +30,7 @@ poll interval passes without I/O, which is where the deadline is checked.
 from __future__ import annotations
 
 import time
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 
 import psycopg
 from flask import has_request_context
@@ -237,13 +237,15 @@ class Budget:
     __slots__ = ("deadline", "seconds", "token")
 
     def __init__(self, deadline: Deadline, seconds: float | None) -> None:
-        self.deadline, self.seconds, self.token = deadline, seconds, None
+        self.deadline, self.seconds = deadline, seconds
+        self.token: Token[float | None] | None = None
 
     def __enter__(self) -> Budget:
         state = self.deadline
         now = _clock()
         if now < state.stalled_until:
             raise DatabaseStalled()
+        ends: float | None
         if self.seconds is not None:
             ends = now + self.seconds
         else:
@@ -255,4 +257,5 @@ class Budget:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc is not None and self.deadline.is_stall(exc, remaining()):
             self.deadline.stalled()
-        _deadline.reset(self.token)
+        if self.token is not None:
+            _deadline.reset(self.token)

@@ -109,7 +109,8 @@ def watch_master(server) -> None:
     def on_term(sig, frame):
         if not getattr(server, "systemd", False) and not getattr(server, "reexec_pid", 0):
             _stopping[0] = 1
-        previous(sig, frame)
+        if callable(previous):
+            previous(sig, frame)
 
     signal.signal(signal.SIGTERM, on_term)
 
@@ -138,7 +139,7 @@ def queue_is_empty(sock: socket.socket) -> bool:
 
 def accept_waiting(sock: socket.socket) -> list[tuple[socket.socket, object]]:
     """Every connection waiting in `sock`'s accept queue now, as (client, address)."""
-    accepted = []
+    accepted: list[tuple[socket.socket, object]] = []
     while True:
         try:
             client, address = sock.accept()
@@ -186,7 +187,7 @@ def finish(worker, deadline: float) -> None:
     `deadline` (time.monotonic()) bounds the wait of non-sync workers for their
     queue to empty. Ends with `retire(worker)`: its loop ends now.
     """
-    from gunicorn.workers.sync import SyncWorker
+    from gunicorn.workers.sync import SyncWorker  # type: ignore[import-untyped]
 
     try:
         sockets = [getattr(listener, "sock", listener) for listener in worker.sockets]
@@ -218,4 +219,3 @@ def serve_accepted(worker) -> int:
         worker.notify()
         worker.handle(listener, client, address)
     return len(accepted)
-

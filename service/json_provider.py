@@ -24,6 +24,6 @@ class OrjsonProvider(DefaultJSONProvider):
 
     def response(self, *args, **kwargs):
         obj = self._prepare_response_obj(args, kwargs)
-        return self._app.response_class(
-            orjson.dumps(obj, default=self.default, option=OPTIONS), mimetype=self.mimetype
-        )
+        body = orjson.dumps(obj, default=self.default, option=OPTIONS)
+        # _app is typed as the sans-I/O App, whose response_class takes no body; ours is flask.Response
+        return self._app.response_class(body, mimetype=self.mimetype)  # type: ignore[arg-type]

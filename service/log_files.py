@@ -35,6 +35,7 @@ import os
 import sys
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from concurrent_log_handler import ConcurrentRotatingFileHandler, ConcurrentTimedRotatingFileHandler
 
@@ -58,7 +59,13 @@ def write_failures(path: str) -> dict | None:
     }
 
 
-class _Quiet:
+if TYPE_CHECKING:  # the mixins below are only ever mixed into a file handler
+    _FileHandler = logging.FileHandler
+else:
+    _FileHandler = object
+
+
+class _Quiet(_FileHandler):
     """Instead of a traceback on stderr per failed line: a count, and one line a minute."""
 
     def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging's name)
@@ -94,13 +101,13 @@ class _Quiet:
         super().close()
 
 
-class _Retention:
+class _Retention(_FileHandler):
     """After each rotation, delete rotated files older than `retention_days` (0 keeps them)."""
 
     retention_days = 0
 
     def doRollover(self) -> None:  # noqa: N802
-        super().doRollover()
+        super().doRollover()  # type: ignore[misc]  # mixed into rotating handlers only
         if self.retention_days:
             prune(self.baseFilename, self.retention_days)
 
@@ -137,6 +144,7 @@ def file_handler(path: str, config) -> logging.Handler:
     if rotation == "external":
         return WatchedFile(path, encoding="utf-8")
     backups, max_bytes = config["LOG_FILE_BACKUPS"], config["LOG_FILE_MAX_BYTES"]
+    handler: DailyRotatingFile | SizeRotatingFile
     if rotation == "daily":
         handler = DailyRotatingFile(
             path, when="midnight", utc=True, backupCount=backups, maxBytes=max_bytes, encoding="utf-8"

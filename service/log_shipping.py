@@ -82,6 +82,7 @@ class TcpJsonLines(logging.Handler):
         if self.sock is None and not self._connect():
             count_drop("collector_down")
             return
+        assert self.sock is not None  # _connect() opened it
         try:
             self.sock.sendall(line)
         except OSError:

@@ -17,20 +17,29 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING, ClassVar
 
-from sqlalchemy import BigInteger, CheckConstraint, DateTime, ForeignKey, Index, Integer, String, Uuid
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy import BigInteger, CheckConstraint, DateTime, ForeignKey, Index, Integer, String, Table, Uuid
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from .extensions import db
+
+if TYPE_CHECKING:  # db.Model is a value built at run time; mypy reads the declarative base it is
+
+    class Model(DeclarativeBase):
+        __table__: ClassVar[Table]  # every model here maps one plain table
+
+else:
+    Model = db.Model
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-class Token(db.Model):
+class Token(Model):
     __tablename__ = "tokens"
 
-    id: Mapped[str] = mapped_column(Uuid, primary_key=True)
-    current_user_id: Mapped[str | None] = mapped_column(Uuid)
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    current_user_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
     activated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
     released_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -54,14 +63,16 @@ class Token(db.Model):
     )
 
 
-class TokenUsage(db.Model):
+class TokenUsage(Model):
     __tablename__ = "token_usages"
 
     id: Mapped[int] = mapped_column(
         BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
     )
-    token_id: Mapped[str] = mapped_column(Uuid, ForeignKey("tokens.id", ondelete="CASCADE"), nullable=False)
-    user_id: Mapped[str] = mapped_column(Uuid, nullable=False)
+    token_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("tokens.id", ondelete="CASCADE"), nullable=False
+    )
+    user_id: Mapped[uuid.UUID] = mapped_column(Uuid, nullable=False)
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
     ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     end_reason: Mapped[str | None] = mapped_column(String(16))
@@ -87,7 +98,7 @@ class TokenUsage(db.Model):
     )
 
 
-class SweeperState(db.Model):
+class SweeperState(Model):
     """One row: when the token manager last finished a sweep, shared by every worker."""
 
     __tablename__ = "sweeper_state"
@@ -97,7 +108,7 @@ class SweeperState(db.Model):
     last_expired_count: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
 
 
-class CacheGeneration(db.Model):
+class CacheGeneration(Model):
     """One row: a number bumped whenever every process must drop its caches (service/invalidation.py)."""
 
     __tablename__ = "cache_generation"
@@ -106,7 +117,7 @@ class CacheGeneration(db.Model):
     generation: Mapped[int] = mapped_column(BigInteger, nullable=False)
 
 
-class ApiKey(db.Model):
+class ApiKey(Model):
     """An API key, stored as the SHA-256 of the key; the key itself is shown once."""
 
     __tablename__ = "api_keys"

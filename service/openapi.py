@@ -31,7 +31,7 @@ bp = Blueprint("openapi", __name__)
 
 VERSION = "3.1.0"
 UUID_SCHEMA = {"type": "string", "format": "uuid", "pattern": f"^{UUID_PATTERN}$"}
-ADMIN = ({"ApiKey": []}, {"Bearer": []})
+ADMIN: tuple[dict[str, list[str]], ...] = ({"ApiKey": []}, {"Bearer": []})
 SECURITY_SCHEMES = {
     "ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
     "Bearer": {"type": "http", "scheme": "bearer"},

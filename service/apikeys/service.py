@@ -89,4 +89,6 @@ def revoke(conn: Connection, name: str) -> None:
 
 
 def active_count(conn: Connection) -> int:
-    return conn.scalar(select(func.count()).select_from(api_keys).where(api_keys.c.revoked_at.is_(None)))
+    return conn.execute(
+        select(func.count()).select_from(api_keys).where(api_keys.c.revoked_at.is_(None))
+    ).scalar_one()

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
 from ..openapi import Body, CanonicalUUID, absent
 from .figures import RULES
 
-WINDOW = {
+WINDOW: dict[str, Any] = {
     "name": "window",
     "in": "query",
     "description": "Minutes to look back over",

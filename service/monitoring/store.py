@@ -100,7 +100,7 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self._buckets: dict[int, Counter] = {}
-        self._lists = {name: deque(maxlen=LIST_CAP) for name in LISTS}
+        self._lists: dict[str, deque[dict]] = {name: deque(maxlen=LIST_CAP) for name in LISTS}
         self._lock = threading.Lock()
 
     def write(self, minute: int, figures: Figures) -> None:
@@ -168,7 +168,8 @@ class RedisStore:
         return [Counter({k.decode(): int(v) for k, v in raw.items()}) for raw in pipe.execute()]
 
     def recent(self, kind: str, limit: int) -> list[dict]:
-        return [json.loads(e) for e in self.client.lrange(self._key(kind), 0, limit - 1)]
+        entries: list = self.client.lrange(self._key(kind), 0, limit - 1)  # type: ignore[assignment]  # sync client
+        return [json.loads(e) for e in entries]
 
     def clear(self) -> None:
         keys = list(self.client.scan_iter(self._key("*"), count=1000))

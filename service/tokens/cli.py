@@ -29,5 +29,5 @@ def seed(size):
 @tokens_cli.command("sweep")
 def sweep():
     """Close the usages of expired leases once (for cron jobs)."""
-    result = run_sweep(current_app._get_current_object())
+    result = run_sweep(current_app._get_current_object())  # type: ignore[attr-defined]  # the app, not its proxy
     click.echo(f"swept: {result.expired} expired leases closed")

@@ -12,7 +12,7 @@ import json
 import re
 import uuid
 from datetime import datetime
-from typing import Literal, TypeVar
+from typing import Literal, TypeVar, overload
 
 import orjson
 import pydantic
@@ -193,6 +193,12 @@ def validated(model: type[M], body: dict) -> M:
 def user_id_from(body: dict) -> uuid.UUID:
     """`user_id` of a request body. Raises ValidationError when missing or malformed."""
     return validated(ActivateBody, body).user_id
+
+
+@overload
+def holder_from(body: dict, *, required: Literal[True] = True) -> Holder: ...
+@overload
+def holder_from(body: dict, *, required: bool) -> Holder | None: ...
 
 
 def holder_from(body: dict, *, required: bool = True) -> Holder | None:

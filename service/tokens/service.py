@@ -65,7 +65,7 @@ def resolve_now(conn: Connection, now: datetime | None) -> datetime:
     if now is not None:
         return as_utc(now)
     if is_postgres(conn):
-        return as_utc(conn.scalar(select(func.clock_timestamp())))
+        return as_utc(conn.execute(select(func.clock_timestamp())).scalar_one())
     return utcnow()
 
 
@@ -322,7 +322,7 @@ def seed(conn: Connection, size: int, *, progress=None) -> int:
     """Top the pool up to `size` tokens; never deletes. Returns how many were added."""
     if is_postgres(conn):  # concurrent seeders queue instead of both topping up
         conn.execute(text("SELECT pg_advisory_xact_lock(7316001)"))
-    have = conn.scalar(select(func.count()).select_from(tokens))
+    have = conn.execute(select(func.count()).select_from(tokens)).scalar_one()
     missing = max(0, size - have)
     created_at = utcnow()
     added = 0
