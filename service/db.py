@@ -141,17 +141,21 @@ class Rows(list):
     """The rows of one statement, read the way SQLAlchemy results are."""
 
     def first(self):
+        """The first row, or None when there is none."""
         return self[0] if self else None
 
     def all(self):
+        """Every row (this list itself)."""
         return self
 
     def one_or_none(self):
+        """The only row, or None. Raises MultipleResultsFound for more than one."""
         if len(self) > 1:
             raise MultipleResultsFound("more than one row")
         return self.first()
 
     def one(self):
+        """The only row. Raises NoResultFound for none, MultipleResultsFound for more than one."""
         row = self.one_or_none()
         if row is None:
             raise NoResultFound("no row")
@@ -179,6 +183,10 @@ class AutocommitConnection:
         self._observers = current_app.extensions.get("tokenpool.query_observers", ())
 
     def exec_driver_sql(self, sql: str, params=None) -> Rows:
+        """Run `sql` (psycopg placeholders) and return its rows as named tuples.
+
+        Raises DBAPIError, as the engine would, for any driver error.
+        """
         started = time.perf_counter()
         try:
             with self.dbapi_conn.cursor(row_factory=namedtuple_row) as cursor:
@@ -198,6 +206,7 @@ class AutocommitConnection:
         return error
 
     def execute(self, statement, params=None) -> Rows:
+        """Run a Core `statement` (compiled once per statement object); its rows. Raises DBAPIError."""
         compiled = self._compiled.get(statement)
         if compiled is None:
             compiled = self._compiled[statement] = statement.compile(dialect=self.dialect)

@@ -100,6 +100,7 @@ class BoundedConnection(psycopg.Connection):
     server_timeout_ms: int | None = None
 
     def wait(self, gen, interval: float = _WAIT_INTERVAL):
+        """psycopg's wait, ended at this thread's deadline: raises DeadlineExceeded (and closes) past it."""
         deadline = _deadline.get()
         if deadline is None:
             return super().wait(gen, interval)

@@ -54,38 +54,56 @@ class ApiError(HTTPException):
 
 
 class ValidationError(ApiError):
+    """400 VALIDATION_ERROR: a field, parameter or cursor the contract does not accept."""
+
     code, error_code = 400, "VALIDATION_ERROR"
 
 
 class InvalidJson(ApiError):
+    """400 INVALID_JSON: a body that is not valid JSON."""
+
     code, error_code = 400, "INVALID_JSON"
 
 
 class Unauthorized(ApiError):
+    """401 UNAUTHORIZED: no API key, or one that is unknown or revoked."""
+
     code, error_code = 401, "UNAUTHORIZED"
 
 
 class Forbidden(ApiError):
+    """403 FORBIDDEN: a valid key without the role the route needs."""
+
     code, error_code = 403, "FORBIDDEN"
 
 
 class NotFound(ApiError):
+    """404 NOT_FOUND: no such token (or route)."""
+
     code, error_code = 404, "NOT_FOUND"
 
 
 class Conflict(ApiError):
+    """409 CONFLICT: the token is not active, or the caller does not hold its current lease."""
+
     code, error_code = 409, "CONFLICT"
 
 
 class UnsupportedMediaType(ApiError):
+    """415 UNSUPPORTED_MEDIA_TYPE: a body that is not `application/json`."""
+
     code, error_code = 415, "UNSUPPORTED_MEDIA_TYPE"
 
 
 class ServiceUnavailable(ApiError):
+    """503 SERVICE_UNAVAILABLE: a dependency (the database) cannot answer now."""
+
     code, error_code = 503, "SERVICE_UNAVAILABLE"
 
 
 class RateLimited(ApiError):
+    """429 RATE_LIMITED; `retry_after`: whole seconds until the breached limit lets the caller in."""
+
     code, error_code = 429, "RATE_LIMITED"
 
     default_message = "Too many requests. Please try again later."

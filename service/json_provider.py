@@ -17,12 +17,15 @@ class OrjsonProvider(DefaultJSONProvider):
     """
 
     def dumps(self, obj, **kwargs) -> str:
+        """`obj` as JSON text (orjson; `kwargs` are Flask's and not used)."""
         return orjson.dumps(obj, default=self.default, option=OPTIONS).decode()
 
     def loads(self, s, **kwargs):
+        """The value of JSON text or bytes `s`. Raises orjson.JSONDecodeError (a ValueError)."""
         return orjson.loads(s)
 
     def response(self, *args, **kwargs):
+        """What `jsonify(*args, **kwargs)` answers: a response with the JSON of its arguments."""
         obj = self._prepare_response_obj(args, kwargs)
         body = orjson.dumps(obj, default=self.default, option=OPTIONS)
         # _app is typed as the sans-I/O App, whose response_class takes no body; ours is flask.Response

@@ -74,6 +74,10 @@ class TcpJsonLines(logging.Handler):
         self.retry_at, self.backoff = 0.0, 1.0
 
     def emit(self, record: logging.LogRecord) -> None:
+        """Send one line to the collector; never blocks longer than the timeout and never raises.
+
+        A line that cannot be sent (collector down, backing off) is dropped and counted.
+        """
         try:
             line = (self.format(record) + "\n").encode("utf-8", "replace")
         except Exception:
@@ -114,6 +118,7 @@ class TcpJsonLines(logging.Handler):
         self.backoff = min(self.backoff * 2, MAX_BACKOFF_SECONDS)
 
     def close(self) -> None:
+        """Close the connection to the collector, if open."""
         self.acquire()
         try:
             if self.sock is not None:

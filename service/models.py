@@ -27,6 +27,8 @@ from .extensions import db
 if TYPE_CHECKING:  # db.Model is a value built at run time; mypy reads the declarative base it is
 
     class Model(DeclarativeBase):
+        """What db.Model is to mypy."""
+
         __table__: ClassVar[Table]  # every model here maps one plain table
 
 else:
@@ -36,6 +38,8 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class Token(Model):
+    """A token of the pool; its lease (holder, times, lease_id) is columns of its own row."""
+
     __tablename__ = "tokens"
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
@@ -64,6 +68,8 @@ class Token(Model):
 
 
 class TokenUsage(Model):
+    """One lease of a token: who, from when, until when and why it ended (open while ended_at is null)."""
+
     __tablename__ = "token_usages"
 
     id: Mapped[int] = mapped_column(

@@ -37,6 +37,8 @@ class Redirect(ApiError):
 
 
 class HttpsRedirect(Redirect):
+    """The redirect of plain HTTP to HTTPS (FORCE_HTTPS): error_code HTTPS_REQUIRED."""
+
     error_code = "HTTPS_REQUIRED"
 
 

@@ -81,6 +81,7 @@ def parse_sentinel_url(url: str) -> SentinelURL:
 
 
 def no_retry() -> Retry:
+    """redis-py's retry policy of no retry at all: a failure is reported at once."""
     return Retry(NoBackoff(), 0)
 
 

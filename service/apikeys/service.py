@@ -89,6 +89,7 @@ def revoke(conn: Connection, name: str) -> None:
 
 
 def active_count(conn: Connection) -> int:
+    """How many API keys are not revoked."""
     return conn.execute(
         select(func.count()).select_from(api_keys).where(api_keys.c.revoked_at.is_(None))
     ).scalar_one()

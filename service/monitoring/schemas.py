@@ -48,6 +48,8 @@ class Latency(Body):
 
 
 class RouteFigures(Body):
+    """Figures of one route template over the window (latency in milliseconds)."""
+
     requests: int = absent()
     errors: int = absent()
     error_rate: float = absent()
@@ -55,6 +57,8 @@ class RouteFigures(Body):
 
 
 class MonitoringMetrics(Monitoring):
+    """Requests, errors, latency (ms) and token operations over the last `window_minutes` minutes."""
+
     window_minutes: int
     requests: int
     errors: int = absent("5xx answers")
@@ -80,6 +84,8 @@ class MinuteActivity(Body):
 
 
 class Activity(Monitoring):
+    """Per-minute leases, evictions, expiries and rejections over the last `window_minutes` minutes."""
+
     window_minutes: int
     minutes: list[MinuteActivity] = Field(description="One per minute of the window, oldest first")
 
@@ -98,6 +104,8 @@ class MonitoringEntry(Body):
 
 
 class SlowQuery(Body):
+    """A recent statement slower than SLOW_QUERY_MS (duration in milliseconds)."""
+
     time: datetime = absent()
     duration_ms: float = absent()
     statement: str = absent("SQL with placeholders, never parameter values")
@@ -106,21 +114,29 @@ class SlowQuery(Body):
 
 
 class SlowQueries(Monitoring):
+    """The most recent slow statements, newest first."""
+
     slow_queries: list[SlowQuery]
     limit: int
 
 
 class SlowApis(Monitoring):
+    """The most recent API requests slower than SLOW_REQUEST_MS, newest first."""
+
     slow_apis: list[MonitoringEntry]
     limit: int
 
 
 class RecentErrors(Monitoring):
+    """The most recent 4xx and 5xx answers, newest first."""
+
     errors: list[MonitoringEntry]
     limit: int
 
 
 class Finding(Body):
+    """One rule of the report that fired: its figure, its threshold and what to do."""
+
     rule: str = Field(json_schema_extra={"enum": list(RULES)})
     severity: Literal["critical", "warning", "info"]
     figure: float | None = Field(description="The figure that triggered the rule")
@@ -130,6 +146,8 @@ class Finding(Body):
 
 
 class ReportSummary(Body):
+    """The report's headline figures (p95 in milliseconds, utilization 0..1)."""
+
     requests: int = absent()
     error_rate: float = absent()
     p95_ms: float | None = absent()
@@ -139,6 +157,8 @@ class ReportSummary(Body):
 
 
 class Report(Monitoring):
+    """Summary, top issues and recommendations; status attention when any rule fired."""
+
     window_minutes: int
     summary: ReportSummary
     top_issues: list[str]
@@ -147,6 +167,8 @@ class Report(Monitoring):
 
 
 class PoolCounts(Body):
+    """The pool's counts (utilization 0..1)."""
+
     total: int = absent()
     active: int = absent()
     available: int = absent()
@@ -154,11 +176,15 @@ class PoolCounts(Body):
 
 
 class UsageCounts(Body):
+    """Lease history rows: all of them, and the open ones."""
+
     total: int = absent()
     open: int = absent()
 
 
 class KeyCounts(Body):
+    """API keys: all of them, and those not revoked."""
+
     total: int = absent()
     active: int = absent()
 
@@ -178,6 +204,8 @@ class ConnectionPool(Body):
 
 
 class DatabaseStats(Monitoring):
+    """Counts, schema revision, database size (bytes) and the answering process's connection pool."""
+
     tokens: PoolCounts
     usages: UsageCounts
     api_keys: KeyCounts
@@ -188,6 +216,8 @@ class DatabaseStats(Monitoring):
 
 
 class CacheFigures(Body):
+    """One cache of this process (hit rate 0..1, ttl in seconds)."""
+
     hits: int = absent()
     misses: int = absent()
     size: int = absent()
@@ -196,19 +226,27 @@ class CacheFigures(Body):
 
 
 class Caches(Body):
+    """This process's caches."""
+
     health_report: CacheFigures = absent()
     api_keys: CacheFigures = absent()
 
 
 class CacheStats(Monitoring):
+    """Figures of the caches of the process that answered."""
+
     caches: Caches
     note: str = absent()
 
 
 class CacheCleared(Monitoring):
+    """The caches that were emptied."""
+
     status: str
     cleared: list[str]
 
 
 class Slept(Monitoring):
+    """How long the test hook's statement slept, in milliseconds."""
+
     slept_ms: int

@@ -19,6 +19,7 @@ from collections import Counter, deque
 from typing import Protocol
 
 import redis as redis_lib
+from typing_extensions import override  # typing.override from Python 3.12 on
 
 log = logging.getLogger("tokenpool.monitoring")
 
@@ -30,6 +31,7 @@ LISTS = ("slow_requests", "slow_queries", "errors")
 
 
 def bucket_of(duration_ms: float) -> int:
+    """The index in BOUNDS_MS of the latency bucket holding `duration_ms` (milliseconds)."""
     return bisect.bisect_left(BOUNDS_MS, duration_ms)
 
 
@@ -58,6 +60,7 @@ class Figures:
         self.entries: dict[str, list[dict]] = {}  # kind (one of LISTS) -> entries, only kinds with some
 
     def add_entry(self, kind: str, entry: dict) -> None:
+        """Add `entry` to the recent list `kind` (one of LISTS)."""
         self.entries.setdefault(kind, []).append(entry)
 
     def __bool__(self) -> bool:
@@ -93,7 +96,7 @@ class FigureStore(Protocol):
         """Forget every figure and entry (for tests)."""
 
 
-class MemoryStore:
+class MemoryStore(FigureStore):
     """Figures of this process only."""
 
     scope = "process"
@@ -103,6 +106,7 @@ class MemoryStore:
         self._lists: dict[str, deque[dict]] = {name: deque(maxlen=LIST_CAP) for name in LISTS}
         self._lock = threading.Lock()
 
+    @override
     def write(self, minute: int, figures: Figures) -> None:
         with self._lock:
             self._buckets.setdefault(minute, Counter()).update(figures.counts)
@@ -111,14 +115,17 @@ class MemoryStore:
             for old in [m for m in self._buckets if m < minute - BUCKET_TTL_SECONDS // 60]:
                 del self._buckets[old]
 
+    @override
     def buckets(self, minutes: list[int]) -> list[Counter]:
         with self._lock:
             return [Counter(self._buckets.get(m, {})) for m in minutes]
 
+    @override
     def recent(self, kind: str, limit: int) -> list[dict]:
         with self._lock:
             return list(self._lists[kind])[:limit]
 
+    @override
     def clear(self) -> None:
         with self._lock:
             self._buckets.clear()
@@ -126,7 +133,7 @@ class MemoryStore:
                 entries.clear()
 
 
-class RedisStore:
+class RedisStore(FigureStore):
     """Figures shared by every worker and instance, in Redis."""
 
     scope = "cluster"
@@ -140,6 +147,7 @@ class RedisStore:
     def _key(self, *parts) -> str:
         return ":".join([self.prefix, *map(str, parts)])
 
+    @override
     def write(self, minute: int, figures: Figures) -> None:
         pipe = self.client.pipeline(transaction=False)
         if figures.counts:
@@ -161,16 +169,19 @@ class RedisStore:
                 log.warning("monitoring store: Redis write failed (%s); figures are lost meanwhile", exc)
                 self._failing = True
 
+    @override
     def buckets(self, minutes: list[int]) -> list[Counter]:
         pipe = self.client.pipeline(transaction=False)
         for m in minutes:
             pipe.hgetall(self._key("m", m))
         return [Counter({k.decode(): int(v) for k, v in raw.items()}) for raw in pipe.execute()]
 
+    @override
     def recent(self, kind: str, limit: int) -> list[dict]:
         entries: list = self.client.lrange(self._key(kind), 0, limit - 1)  # type: ignore[assignment]  # sync client
         return [json.loads(e) for e in entries]
 
+    @override
     def clear(self) -> None:
         keys = list(self.client.scan_iter(self._key("*"), count=1000))
         if keys:
@@ -191,7 +202,7 @@ def _flush_at_exit() -> None:
             pass
 
 
-class BufferedStore:
+class BufferedStore(FigureStore):
     """Merges writes in memory and sends them to `inner` every `interval` seconds.
 
     Requests then cost no Redis round trip at all; a worker's figures reach the
@@ -208,6 +219,7 @@ class BufferedStore:
         self._thread: threading.Thread | None = None
         _BUFFERS.add(self)
 
+    @override
     def write(self, minute: int, figures: Figures) -> None:
         with self._lock:
             pending = self._pending.get(minute)
@@ -221,6 +233,7 @@ class BufferedStore:
                 self._thread.start()
 
     def flush(self) -> None:
+        """Send what is buffered to the inner store now (a Redis outage is logged there, not raised)."""
         with self._lock:
             pending, self._pending = self._pending, {}
         for minute, figures in sorted(pending.items()):
@@ -233,23 +246,28 @@ class BufferedStore:
             except Exception:  # never let the flusher die; the next round retries
                 log.exception("monitoring flush failed")
 
+    @override
     def buckets(self, minutes: list[int]) -> list[Counter]:
         self.flush()
         return self.inner.buckets(minutes)
 
+    @override
     def recent(self, kind: str, limit: int) -> list[dict]:
         self.flush()
         return self.inner.recent(kind, limit)
 
+    @override
     def clear(self) -> None:
         self.flush()
         self.inner.clear()
 
 
 def current_minute(now: float | None = None) -> int:
+    """Whole minutes since the Unix epoch at `now` (seconds since the epoch; None: the current time)."""
     return int((now if now is not None else time.time()) // 60)
 
 
 def window_minutes(window: int, now: float | None = None) -> list[int]:
+    """The `window` minutes (as `current_minute` counts them) that end with the current one, oldest first."""
     end = current_minute(now)
     return list(range(end - window + 1, end + 1))

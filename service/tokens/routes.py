@@ -44,6 +44,7 @@ from .schemas import (
 
 
 def lifetime() -> int:
+    """A lease's length in seconds (TOKEN_LIFETIME_SECONDS)."""
     return current_app.config["TOKEN_LIFETIME_SECONDS"]
 
 

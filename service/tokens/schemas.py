@@ -95,17 +95,23 @@ class Usage(Body):
 
 
 class TokenPage(Body):
+    """A page of the token listing; `next_cursor` is null on the last page."""
+
     tokens: list[Token]
     next_cursor: str | None
 
 
 class UsagePage(Body):
+    """A page of a token's lease history, newest first; `next_cursor` is null on the last page."""
+
     token_id: CanonicalUUID
     usages: list[Usage]
     next_cursor: str | None
 
 
 class Summary(Body):
+    """The pool's counts; utilization is active / total (0..1); lifetime_seconds: a lease's length."""
+
     total: int
     active: int
     available: int
@@ -114,6 +120,8 @@ class Summary(Body):
 
 
 class Cleared(Body):
+    """How many active leases an admin clear ended."""
+
     cleared_count: int
     status: str
 
@@ -214,6 +222,7 @@ def holder_from(body: dict, *, required: bool = True) -> Holder | None:
 
 
 def state_arg() -> str:
+    """`?state=` of the listing: available, active or all (the default). Raises ValidationError."""
     state = request.args.get("state", "all")
     if state not in STATES:
         raise ValidationError(

@@ -41,6 +41,8 @@ class PoolEmpty(ServiceUnavailable):
 
 @dataclass(frozen=True)
 class Lease:
+    """What `activate` granted (or returned again); times are aware UTC datetimes."""
+
     token_id: uuid.UUID
     user_id: uuid.UUID
     activated_at: datetime
@@ -51,6 +53,8 @@ class Lease:
 
 @dataclass(frozen=True)
 class SweepResult:
+    """One sweep: whether it ran, how many expired leases it closed, and its decision time (UTC)."""
+
     ran: bool  # False when another runner swept moments ago
     expired: int
     at: datetime

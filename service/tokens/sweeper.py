@@ -62,19 +62,23 @@ class Sweeper:
 
     @property
     def started(self) -> bool:
+        """Whether `start` was called (the thread may have ended since)."""
         return self._thread is not None
 
     @property
     def running(self) -> bool:
+        """Whether the sweeper thread is alive now."""
         return self._thread is not None and self._thread.is_alive()
 
     def start(self) -> None:
+        """Start the sweeper thread (once; later calls do nothing)."""
         with self._lock:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name="token-sweeper", daemon=True)
                 self._thread.start()
 
     def stop(self, timeout: float = 5) -> None:
+        """Ask the thread to end and wait for it at most `timeout` seconds."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
