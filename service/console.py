@@ -45,6 +45,7 @@ def _digest_once(state) -> None:
 
 
 def _digests() -> dict[str, str]:
+    """This app's `asset_digests()`, computed once when the blueprint was registered."""
     return current_app.extensions["tokenpool.console_assets"]
 
 
@@ -59,6 +60,7 @@ def _asset_url(name: str) -> str:
     answers={200: Answer("The page (no data: it needs no key)", {"type": "string"}, "text/html")},
 )
 def console():
+    """The page: no data and no key needed; its own CSP (`CSP`) and `Cache-Control: no-cache`."""
     response = current_app.make_response(render_template("console.html", asset=_asset_url))
     response.headers["Cache-Control"] = "no-cache"  # revalidated: a deploy's new asset URLs show at once
     return response
@@ -76,6 +78,10 @@ console.talisman_view_options = {"content_security_policy": CSP}  # type: ignore
     errors=(404,),
 )
 def asset(name: str):
+    """One of `ASSETS`, cached a year when `?v=` is its current digest, else revalidated.
+
+    Raises NotFound for any other name.
+    """
     if name not in _digests():
         raise NotFound("The requested URL was not found.")
     response = send_from_directory(STATIC, name)
