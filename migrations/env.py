@@ -1,10 +1,13 @@
 import logging
 from logging.config import fileConfig
 
-from flask import current_app
-
 from alembic import context
+from click import ClickException
+from flask import current_app
 from sqlalchemy import text
+
+from service.config import ConfigError
+from service.db import direct_engine
 
 # this is the Alembic Config object, which provides
 # access to the values within the .ini file in use.
@@ -86,7 +89,11 @@ def run_migrations_online():
     if conf_args.get("process_revision_directives") is None:
         conf_args["process_revision_directives"] = process_revision_directives
 
-    connectable = get_engine()
+    try:
+        # PostgreSQL itself: the session lock below must not stay behind in PgBouncer's pool
+        connectable = direct_engine()
+    except ConfigError as exc:
+        raise ClickException(str(exc)) from None
 
     with connectable.connect() as connection:
         postgres = connection.dialect.name == "postgresql"

@@ -270,26 +270,26 @@ DATABASE_BACKENDS = ("sqlite", "postgresql")
 REDIS_SCHEMES = ("redis", "rediss", "redis+sentinel")
 
 
-def _check_database_url(raw: str) -> None:
-    """DATABASE_URL parses, names SQLite or PostgreSQL, has a TCP port if any, and its driver is installed.
+def _check_database_url(raw: str, name: str = "DATABASE_URL") -> None:
+    """`name` parses, names SQLite or PostgreSQL, has a TCP port if any, and its driver is installed.
 
-    Raises ConfigError naming DATABASE_URL; the URL in the message has its password masked.
+    Raises ConfigError naming the variable; the URL in the message has its password masked.
     """
     shown = mask_url(raw)
     try:
         url = make_url(raw)
         port = url.port  # SQLAlchemy turns the port to int while parsing: a bad one raised already
     except (ArgumentError, ValueError):
-        raise ConfigError(f"DATABASE_URL is not a database URL, got {shown!r}") from None
+        raise ConfigError(f"{name} is not a database URL, got {shown!r}") from None
     if url.get_backend_name() not in DATABASE_BACKENDS:
-        raise ConfigError(f"DATABASE_URL must be a sqlite:/// or postgresql:// URL, got {shown!r}")
+        raise ConfigError(f"{name} must be a sqlite:/// or postgresql:// URL, got {shown!r}")
     if port is not None and not 1 <= port <= 65535:
-        raise ConfigError(f"DATABASE_URL's port must be 1-65535, got {port}")
+        raise ConfigError(f"{name}'s port must be 1-65535, got {port}")
     try:
         url.get_dialect().import_dbapi()
     except ImportError:
         driver = url.drivername
-        raise ConfigError(f"DATABASE_URL names the driver {driver!r}, which is not installed") from None
+        raise ConfigError(f"{name} names the driver {driver!r}, which is not installed") from None
 
 
 def _check_redis_url(name: str, raw: str, *, also: tuple[str, ...] = ()) -> None:
@@ -343,6 +343,7 @@ def _from_environment(instance_path: str, env: str) -> dict:
         "DB_STATEMENT_TIMEOUT_MS": _int("DB_STATEMENT_TIMEOUT_MS", 5000, minimum=0),
         "DB_DEADLINE_SECONDS": _float("DB_DEADLINE_SECONDS", 3.0),
         "DB_PGBOUNCER": _bool("DB_PGBOUNCER", False),
+        "DATABASE_DIRECT_URL": _str("DATABASE_DIRECT_URL", None),
         "MAX_CONTENT_LENGTH": _int("MAX_CONTENT_LENGTH", 64 * 1024, minimum=1),
         "LOG_LEVEL": (_str("LOG_LEVEL", "INFO") or "INFO").upper(),
         "LOG_FORMAT": _str("LOG_FORMAT", "json" if env == "production" else "console"),
@@ -407,6 +408,9 @@ def _validate(config: dict) -> None:
     if config["LOGSTASH_PORT"] > 65535:
         raise ConfigError(f"LOGSTASH_PORT must be a TCP port (1-65535), got {config['LOGSTASH_PORT']}")
     _check_database_url(config["SQLALCHEMY_DATABASE_URI"])
+    if config.get("DATABASE_DIRECT_URL"):
+        config["DATABASE_DIRECT_URL"] = normalise_database_url(config["DATABASE_DIRECT_URL"])
+        _check_database_url(config["DATABASE_DIRECT_URL"], "DATABASE_DIRECT_URL")
     if config.get("REDIS_URL"):
         _check_redis_url("REDIS_URL", config["REDIS_URL"])
     if config.get("RATELIMIT_STORAGE_URI"):

@@ -10,9 +10,11 @@ from typing import TypeVar
 import psycopg
 from flask import current_app
 from psycopg.rows import namedtuple_row
-from sqlalchemy import Connection, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.exc import DBAPIError, MultipleResultsFound, NoResultFound
+from sqlalchemy.pool import NullPool
 
+from .config import ConfigError
 from .deadline import BoundedConnection, Deadline
 from .extensions import db, migrate
 
@@ -69,6 +71,31 @@ def bounded_connection(budget_seconds: float | None = None) -> Iterator[Connecti
         if conn.dialect.name == "postgresql":
             deadline.fit_server_timeouts(conn, conn.connection.driver_connection, local=True)
         yield conn
+
+
+def direct_engine() -> Engine:
+    """An engine on PostgreSQL itself, for work that needs a session of its own.
+
+    Migrations take a session-level advisory lock and set session variables
+    (LISTEN would need a session too); a transaction-pooling PgBouncer hands the
+    server connection to other clients between transactions, and such a lock
+    would stay behind on it. `DATABASE_DIRECT_URL` when set (an engine without a
+    pool: every connection is closed when released); else the app's own engine,
+    unless `DATABASE_URL` is PgBouncer (`DB_PGBOUNCER`): then ConfigError, and
+    no connection is opened.
+    """
+    config = current_app.config
+    url = config.get("DATABASE_DIRECT_URL")
+    if url:
+        return create_engine(
+            url, poolclass=NullPool, connect_args={"connect_timeout": config["DB_CONNECT_TIMEOUT"]}
+        )
+    if config["DB_PGBOUNCER"]:
+        raise ConfigError(
+            "DB_PGBOUNCER=true: migrations need a session of their own; set DATABASE_DIRECT_URL"
+            " to PostgreSQL itself (not PgBouncer)"
+        )
+    return db.engine
 
 
 def _serialise_sqlite(engine) -> None:

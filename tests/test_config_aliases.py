@@ -261,6 +261,11 @@ def _flask_config_check(**variables: str) -> subprocess.CompletedProcess:
             "configuration error: DATABASE_URL's port must be 1-65535, got 65536",
         ),
         (
+            {"DATABASE_DIRECT_URL": "postgres://app:pw6@db:notaport/x"},
+            "configuration error: DATABASE_DIRECT_URL is not a database URL,"
+            " got 'postgresql+psycopg://app:***@db:notaport/x'",
+        ),
+        (
             {"REDIS_URL": "http://:pw3@r:6379/0"},
             "configuration error: REDIS_URL must be a URL of redis:// or rediss:// or redis+sentinel://,"
             " got 'http://:***@r:6379/0'",

@@ -14,6 +14,7 @@ from service.models import Token, TokenUsage
 from tests.conftest import make_app
 from tests.helpers import activate, release, user
 from tests.invariants import assert_invariants
+from tests.procs import free_port
 
 tokens, usages = Token.__table__, TokenUsage.__table__
 
@@ -139,3 +140,33 @@ def test_lease_ids_upgrade_gives_open_leases_one_and_downgrade_keeps_the_data(fr
         else:  # the triggers went with the column: a row without lease_id is fine again
             with db.engine.begin() as conn:
                 conn.execute(text("UPDATE tokens SET current_user_id = id, activated_at = expires_at"))
+
+
+def test_migrations_run_on_database_direct_url_not_through_pgbouncer(postgres_url):
+    """DB_PGBOUNCER: migrations use DATABASE_DIRECT_URL; DATABASE_URL (nothing listens) is untouched."""
+    direct = make_app(postgres_url)
+
+    def revision() -> str:
+        with direct.app_context(), db.engine.connect() as conn:
+            return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+
+    nowhere = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/postgres"
+    app = make_app(nowhere, DB_PGBOUNCER=True, DATABASE_DIRECT_URL=postgres_url, DB_CONNECT_TIMEOUT=1)
+    with direct.app_context():
+        upgrade()
+    head = revision()
+    with app.app_context():
+        downgrade(revision="-1")
+        assert revision() != head
+        upgrade()
+    assert revision() == head
+
+
+def test_migrations_through_pgbouncer_without_a_direct_url_are_refused(tmp_path):
+    """A session lock taken through a transaction-pooling PgBouncer would stay behind in its pool."""
+    nowhere = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/postgres"
+    app = make_app(nowhere, DB_PGBOUNCER=True)
+    result = app.test_cli_runner().invoke(args=["db", "upgrade"])
+    assert result.exit_code == 1
+    assert "DB_PGBOUNCER=true" in result.output and "set DATABASE_DIRECT_URL" in result.output
+    assert "Traceback" not in result.output and "connection" not in result.output.lower()
