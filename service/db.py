@@ -15,7 +15,7 @@ from sqlalchemy.exc import DBAPIError, MultipleResultsFound, NoResultFound
 from sqlalchemy.pool import NullPool
 
 from .config import ConfigError
-from .deadline import BoundedConnection, Deadline
+from .deadline import BoundedConnection, Deadline, remaining
 from .extensions import db, migrate
 
 T = TypeVar("T")
@@ -216,14 +216,17 @@ class AutocommitConnection:
         """
         started = time.perf_counter()
         try:
-            with self.dbapi_conn.cursor(row_factory=namedtuple_row) as cursor:
-                rows = Rows(cursor.execute(sql, params).fetchall())
+            rows = self._fetch(sql, params)
         except psycopg.Error as exc:
             raise self.failed(exc, sql, params) from exc
         elapsed = time.perf_counter() - started
         for notify in self._observers:
             notify(sql, elapsed)
         return rows
+
+    def _fetch(self, sql: str, params) -> Rows:
+        with self.dbapi_conn.cursor(row_factory=namedtuple_row) as cursor:
+            return Rows(cursor.execute(sql, params).fetchall())
 
     def failed(self, exc: psycopg.Error, sql: str, params=None) -> DBAPIError:
         """The SQLAlchemy error the engine would raise; notes whether the connection is gone."""
@@ -240,19 +243,58 @@ class AutocommitConnection:
         return self.exec_driver_sql(compiled.string, compiled.construct_params(params))
 
 
+class PooledStatementConnection(AutocommitConnection):
+    """One-statement work through a transaction-pooling PgBouncer (`DB_PGBOUNCER`), in one round trip.
+
+    Each statement goes in one simple-query message after `SET LOCAL` of the
+    statement and lock timeouts fitted to the budget left. The server runs
+    such a message as one implicit transaction: the timeouts hold for the
+    statement (PostgreSQL 13+ times each statement of a message on its own,
+    with the settings in force when it starts) and end with it, on whichever
+    server connection PgBouncer lends; no BEGIN, COMMIT or separate SET round
+    trips. Parameters are bound client-side (psycopg's ClientCursor), as the
+    simple protocol takes none; nothing is prepared. Without a budget (outside
+    a request) the statement is sent alone.
+    """
+
+    def __init__(self, engine, dbapi_conn, deadline: Deadline) -> None:
+        super().__init__(engine, dbapi_conn)
+        self.deadline = deadline
+
+    def _fetch(self, sql: str, params) -> Rows:
+        left = remaining()
+        prefix = ""
+        if left is not None:
+            ms = self.deadline.server_timeout_ms_for(left)
+            prefix = f"SET LOCAL statement_timeout = {ms}; SET LOCAL lock_timeout = {ms}; "
+        with psycopg.ClientCursor(self.dbapi_conn, row_factory=namedtuple_row) as cursor:
+            cursor.execute(prefix + sql, params)
+            if prefix:  # past the two SETs' results to the statement's
+                cursor.nextset()
+                cursor.nextset()
+            return Rows(cursor.fetchall())
+
+
 def _run_autocommit(engine, deadline: Deadline, work: Callable[..., T], args, kwargs) -> T:
-    """`work(conn, ...)` on an AutocommitConnection; a dropped connection empties the pool."""
+    """`work(conn, ...)` on an AutocommitConnection (PooledStatementConnection through PgBouncer).
+
+    A dropped connection empties the pool.
+    """
     try:
         pooled = engine.raw_connection()
     except psycopg.Error as exc:  # the database refuses connections: as engine.connect() would say
         raise DBAPIError.instance(None, None, exc, psycopg.Error) from exc
-    conn = AutocommitConnection(engine, pooled.driver_connection)
+    if deadline.session_state:
+        conn = AutocommitConnection(engine, pooled.driver_connection)
+    else:
+        conn = PooledStatementConnection(engine, pooled.driver_connection, deadline)
     try:
         try:
             conn.dbapi_conn.autocommit = True
         except psycopg.Error as exc:
             raise conn.failed(exc, "-- autocommit on") from exc
-        deadline.fit_server_timeouts(conn, conn.dbapi_conn, local=False)
+        if deadline.session_state:
+            deadline.fit_server_timeouts(conn, conn.dbapi_conn, local=False)
         return work(conn, *args, **kwargs)
     finally:
         if not conn.broken:
@@ -283,8 +325,9 @@ def run_transaction(
     together: past it the database error is raised (503). Raises
     DatabaseStalled (503) at once while the database is known to be stalled.
     `single_statement` work runs in autocommit on PostgreSQL (the statement is
-    its own transaction), saving the BEGIN and COMMIT round trips; not through
-    PgBouncer (DB_PGBOUNCER), where the timeouts must be SET LOCAL in a transaction.
+    its own transaction), saving the BEGIN and COMMIT round trips; through
+    PgBouncer (DB_PGBOUNCER) with its timeouts in the same message
+    (PooledStatementConnection).
     """
     deadline = database_deadline()
     with deadline.budget(budget_seconds):
@@ -294,7 +337,7 @@ def run_transaction(
                 if engine.dialect.name != "postgresql":
                     with engine.begin() as conn:
                         return work(conn, *args, **kwargs)
-                if single_statement and deadline.session_state:
+                if single_statement:
                     return _run_autocommit(engine, deadline, work, args, kwargs)
                 with engine.begin() as conn:
                     deadline.fit_server_timeouts(conn, conn.connection.driver_connection, local=True)

@@ -197,6 +197,17 @@ class Deadline:
         left = remaining()
         return left is None or left >= 2 * self.margin
 
+    def server_timeout_ms_for(self, left: float) -> int:
+        """The statement and lock timeout for work with `left` seconds of budget.
+
+        Raises DBAPIError (DeadlineExceeded) when the budget is too short to start.
+        """
+        target = self._server_timeout_ms(left)
+        if target < 1:
+            exc = DeadlineExceeded("no time left for the database")
+            raise DBAPIError.instance(None, None, exc, psycopg.Error)
+        return target
+
     def fit_server_timeouts(self, conn, dbapi_conn, *, local: bool) -> None:
         """Keep the server's statement and lock timeouts just under the remaining budget.
 
@@ -209,10 +220,7 @@ class Deadline:
         left = remaining()
         if left is None:
             return
-        target = self._server_timeout_ms(left)
-        if target < 1:
-            exc = DeadlineExceeded("no time left for the database")
-            raise DBAPIError.instance(None, None, exc, psycopg.Error)
+        target = self.server_timeout_ms_for(left)
         current = getattr(dbapi_conn, "server_timeout_ms", None)
         margin_ms = _margin(left) * 1000
         if current is not None and target - margin_ms <= current <= target + margin_ms / 2:

@@ -93,14 +93,18 @@ def _timeouts(conn) -> tuple[str, str]:
     return row.s, row.l
 
 
-def test_the_timeouts_apply_per_transaction_through_pgbouncer(bouncer, app):
+@pytest.mark.parametrize("single_statement", [False, True], ids=["transaction", "single-statement"])
+def test_the_timeouts_apply_per_transaction_through_pgbouncer(bouncer, app, single_statement):
+    """A transaction SETs them LOCAL; one-statement work sends them in the statement's own message."""
     with app.app_context():
         with database_deadline().budget(1.0):
-            statement, lock = run_transaction(_timeouts)
+            statement, lock = run_transaction(_timeouts, single_statement=single_statement)
         assert statement == lock and 850 <= int(statement.removesuffix("ms")) <= 900
         # the server itself cancels a statement past the budget: the timeout is in force
         with database_deadline().budget(1.0), pytest.raises(OperationalError) as raised:
-            run_transaction(lambda conn: conn.exec_driver_sql("SELECT pg_sleep(3)"))
+            run_transaction(
+                lambda conn: conn.exec_driver_sql("SELECT pg_sleep(3)"), single_statement=single_statement
+            )
         assert isinstance(raised.value.orig, psycopg.errors.QueryCanceled)
     # and nothing of it is left in a session another client may get next
     plain = bouncer.url.replace("postgresql+psycopg://", "postgresql://")
