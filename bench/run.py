@@ -196,11 +196,21 @@ def prepare_database(name: str, size: int, workdir: Path) -> str:
     return url
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """utime + stime of process `pid` (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class Target:
     """One gunicorn master in its own process group, logs to a file."""
 
     def __init__(self, name: str, argv: list[str], env: dict, port: int, probe: str, workdir: Path):
         self.name, self.port, self.probe = name, port, probe
+        self.proxy_pid: int | None = None  # a process in front of its database (PgBouncer)
         self.log_path = workdir / f"{name}.log"
         self.proc = subprocess.Popen(
             argv,
@@ -228,6 +238,14 @@ class Target:
                 pass
             time.sleep(0.3)
         raise RuntimeError(f"{self.name} not ready after {timeout}s; see {self.log_path}")
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU time used so far (user + system) by the gunicorn master and workers, and by the
+        target's `proxy` (PgBouncer) when it has one."""
+        used = {"service": sum(map(process_cpu_seconds, [self.proc.pid, *self.worker_pids()]))}
+        if self.proxy_pid:
+            used["pgbouncer"] = process_cpu_seconds(self.proxy_pid)
+        return used
 
     def worker_pids(self) -> list[int]:
         out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout
@@ -288,6 +306,7 @@ def start_targets(
             "/health/ready",
             workdir,
         )
+    targets["svc-100-pgb"].proxy_pid = bouncer.proc.pid
     return targets
 
 
@@ -370,6 +389,10 @@ def case_summary(runs: list[dict]) -> dict:
         "requests": sum(r["requests"] for r in runs),
         "errors": sum(r["non_2xx"] + r["socket_errors"] for r in runs),
         "loadavg_1m": spread([r.get("loadavg_1m", 0.0) for r in runs]),
+        "cpu_us_per_request": {
+            k: spread([r["cpu_us_per_request"][k] for r in runs])
+            for k in runs[0].get("cpu_us_per_request", {})
+        },
     }
 
 
@@ -432,10 +455,17 @@ def measure(
             url = targets[target].base + path
             if script == "activate.lua":
                 admin_sql("VACUUM tokens", dbname=databases[DATABASE_OF[target]])
+            cpu_before = targets[target].cpu_seconds()
             res = run_wrk(
                 url, script, duration=args.duration, connections=args.connections, threads=args.threads
             )
-            res |= {"round": rnd + 1, "loadavg_1m": os.getloadavg()[0]}
+            cpu = {k: v - cpu_before[k] for k, v in targets[target].cpu_seconds().items()}
+            res |= {
+                "round": rnd + 1,
+                "loadavg_1m": os.getloadavg()[0],
+                # gunicorn workers' own CPU per answer: what one core serves, whatever the neighbours do
+                "cpu_us_per_request": {k: v * 1e6 / max(1, res["requests"]) for k, v in cpu.items()},
+            }
             peaks[name].append(res)
             _log_wrk(rnd, args, name, res)
             time.sleep(args.pause)
@@ -765,13 +795,15 @@ def print_report(peaks: dict, fixed: dict, rows: list[dict], args) -> None:
     )
     print(
         f"  {'case':26s} {'req/s':>8s} {'min':>8s} {'max':>8s} {'spread':>7s} {'p50 ms':>8s} {'p99 ms':>8s}"
+        "  CPU us/request (gunicorn master + workers; PgBouncer)"
     )
     for name, *_ in CASES:
         s = peaks[name]
         rps = s["rps"]
+        cpu = "; ".join(f"{v['median']:.0f}" for v in s["cpu_us_per_request"].values())
         print(
             f"  {name:26s} {rps['median']:8.0f} {rps['min']:8.0f} {rps['max']:8.0f} {rps['spread_pct']:6.1f}%"
-            f" {s['p50_ms']['median']:8.2f} {s['p99_ms']['median']:8.2f}"
+            f" {s['p50_ms']['median']:8.2f} {s['p99_ms']['median']:8.2f}  {cpu}"
             + (f"  ({s['errors']} errors)" if s["errors"] else "")
         )
     print()
