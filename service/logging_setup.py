@@ -29,12 +29,13 @@ class RequestContextFilter(logging.Filter):
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
+        """Add the fields to `record`; always True (no record is dropped)."""
         if has_request_context():
             ctx, fields = g._get_current_object(), record.__dict__
             fields["request_id"] = ctx.get("request_id", "-")
             fields["correlation_id"] = ctx.get("correlation_id", "-")
             if "path" not in fields:
-                req = request._get_current_object()
+                req = request._get_current_object()  # type: ignore[attr-defined]  # the request, not its proxy
                 fields["method"], fields["path"] = req.method, req.path
         else:
             record.request_id = getattr(record, "request_id", "-")
@@ -67,6 +68,7 @@ class RepeatFilter(logging.Filter):
         self._lock = threading.Lock()
 
     def filter(self, record: logging.LogRecord) -> bool:
+        """Whether `record` is written: False for a repeat of its kind inside the window (counted)."""
         if record.levelno < logging.WARNING:
             if self._due is not None and self.clock() >= self._due:
                 self._summarise(self.clock())
@@ -112,7 +114,7 @@ class RepeatFilter(logging.Filter):
 
 def _kind(record: logging.LogRecord) -> tuple:
     exc = record.exc_info[0].__name__ if record.exc_info and record.exc_info[0] else None
-    kind = (
+    kind: tuple = (
         record.name,
         record.levelno,
         record.msg,
@@ -170,6 +172,7 @@ class ConsoleFormatter(logging.Formatter):
         self.colour = colour
 
     def format(self, record: logging.LogRecord) -> str:
+        """The record as one console line: the standard fields, then its extra fields as key=value."""
         line = super().format(record)
         extras = " ".join(f"{k}={v}" for k, v in record.__dict__.items() if k not in self.STANDARD)
         if extras:
@@ -214,6 +217,7 @@ class UnhandledOnly(logging.Filter):
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
+        """True for a record with a traceback that is not a 503 of a database outage."""
         has_traceback = record.exc_info is not None or bool(record.exc_text)
         return has_traceback and getattr(record, "error_code", None) != "SERVICE_UNAVAILABLE"
 
@@ -226,6 +230,9 @@ def _handler(handler: logging.Handler, formatter: logging.Formatter, level=loggi
 
 class _Enqueue(logging.handlers.QueueHandler):
     """Hands records to the writer thread with the request's ids and the traceback as text."""
+
+    queue: queue.Queue  # always a queue.Queue here: flush_logs joins it
+    listener: logging.handlers.QueueListener  # the writer thread, set right after construction
 
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
         record = copy.copy(record)
@@ -265,7 +272,7 @@ def _stop(listener) -> None:
             handler.close()
 
 
-def _close_queue(handler: logging.Handler) -> None:
+def _close_queue(handler: _Enqueue) -> None:
     """At exit: the repeat counts into the queue, then the queue to the files."""
     _flush_repeats(handler)
     _stop(handler.listener)
