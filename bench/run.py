@@ -787,6 +787,17 @@ def evaluate(peaks: dict, fixed: dict) -> list[dict]:
     return rows
 
 
+def pgbouncer_per_core(peaks: dict) -> dict:
+    """Activations per core through PgBouncer / direct, from the median CPU time per activation.
+
+    Steadier than the rates on a shared machine: what target 5 is where cores are the limit.
+    """
+    direct = peaks["svc_activate_100"]["cpu_us_per_request"]["service"]["median"]
+    pooled = peaks["svc_activate_100_pgbouncer"]["cpu_us_per_request"]
+    workers, bouncer = pooled["service"]["median"], pooled["pgbouncer"]["median"]
+    return {"workers": direct / workers, "with_pgbouncer": direct / (workers + bouncer)}
+
+
 def print_report(peaks: dict, fixed: dict, rows: list[dict], args) -> None:
     print()
     print(
@@ -838,6 +849,12 @@ def print_report(peaks: dict, fixed: dict, rows: list[dict], args) -> None:
     print(
         f"Database share of 3a: raw app 1,000,000 / 100 tokens = {info['value']:.2f}"
         f" (rounds {info['per_round_min']:.2f}-{info['per_round_max']:.2f})"
+    )
+    per_core = pgbouncer_per_core(peaks)
+    print(
+        "Target 5 per core (activations per CPU second, through PgBouncer / direct): API workers"
+        f" {per_core['workers']:.2f}; workers and PgBouncer on the same cores"
+        f" {per_core['with_pgbouncer']:.2f}"
     )
     print()
     print("Targets (docs/PERFORMANCE.md)")
@@ -973,7 +990,10 @@ def main(argv=None) -> int:
             "args": vars(args),
             "machine": info,
             "targets": rows,
-            "informational": {"raw_1m_over_raw_100": ratio(peaks, "raw_activate_1m", "raw_activate")},
+            "informational": {
+                "raw_1m_over_raw_100": ratio(peaks, "raw_activate_1m", "raw_activate"),
+                "pgbouncer_over_direct_per_core": pgbouncer_per_core(peaks),
+            },
             "peaks": peaks,
             "peak_runs": raw_peaks,
             "fixed_rate": fixed,  # includes every run
