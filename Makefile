@@ -35,8 +35,10 @@ e2e: venv
 console-screenshots: venv  ## the console's browser test, keeping its two screenshots in docs/images
 	CONSOLE_SCREENSHOTS_DIR=docs/images $(BIN)/pytest -q tests/e2e/test_e2e_console.py
 
-lint: venv
+lint: venv  ## ruff (docstring rules included), ruff format, mypy over service/ (tests/test_static_checks.py too)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 fmt: venv
 	$(BIN)/ruff check --fix .

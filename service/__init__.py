@@ -75,9 +75,11 @@ class NoSessions(SessionInterface):
     """
 
     def open_session(self, app, request):
+        """None: no session is opened."""
         return None  # Flask then uses its (empty, unsaved) null session
 
     def save_session(self, app, session, response):
+        """Nothing is saved."""
         return None
 
 
@@ -133,6 +135,7 @@ def _trust_proxy_headers(app: Flask) -> None:
             environ.pop(name, None)
         return inner(environ, start_response)
 
-    app.wsgi_app = drop_scheme_headers
+    # Flask's documented way to add WSGI middleware (mypy sees a method being replaced)
+    app.wsgi_app = drop_scheme_headers  # type: ignore[method-assign]
     if x_for or x_proto:  # outermost: ProxyFix reads the headers before they are dropped
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=x_for, x_proto=x_proto)
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=x_for, x_proto=x_proto)  # type: ignore[method-assign]

@@ -137,11 +137,16 @@ class Alias:
 # The one table of aliases: docs/CONFIGURATION.md shows it, `flask config check` reports their use.
 ALIASES = (
     Alias(
-        "REQUEST_TIMEOUT", "GUNICORN_TIMEOUT", True,
-        "seconds a worker may take for one request (read by gunicorn.conf.py)", direct=False,
+        "REQUEST_TIMEOUT",
+        "GUNICORN_TIMEOUT",
+        True,
+        "seconds a worker may take for one request (read by gunicorn.conf.py)",
+        direct=False,
     ),
     Alias(
-        "PORT", "BIND", True,
+        "PORT",
+        "BIND",
+        True,
         "gunicorn binds 0.0.0.0:$PORT, gunicorn's own rule (read by gunicorn.conf.py); make run serves on it",
         direct=False,
     ),
@@ -150,23 +155,32 @@ ALIASES = (
     Alias("USE_JSON_LOGS", "LOG_FORMAT", True, "true: json, false: console", convert=_json_logs),
     Alias("LOG_DIR", "LOG_FILE", True, "log to $LOG_DIR/tokenpool.log", direct=False),
     Alias(
-        "ENABLE_FILE_LOGGING", "LOG_FILE", True,
+        "ENABLE_FILE_LOGGING",
+        "LOG_FILE",
+        True,
         "true: log to $LOG_DIR/tokenpool.log (LOG_DIR default: instance/logs); false: no log file",
         direct=False,
     ),
     Alias("RATE_LIMIT_MAX", "RATE_LIMIT_PER_MINUTE", True, "requests per client IP and window"),
     Alias(
-        "RATE_LIMIT_TTL", "RATE_LIMIT_PER_MINUTE", True,
+        "RATE_LIMIT_TTL",
+        "RATE_LIMIT_PER_MINUTE",
+        True,
         "the window in seconds: only 60 (limits count per minute); another value stops the start",
         direct=False,
     ),
     Alias("TRACING_ENABLED", "OTEL_ENABLED", True, "OpenTelemetry tracing on or off"),
     Alias(
-        "PHX_HOST", "PUBLIC_URL", True,
-        "the public host name: PUBLIC_URL becomes https://$PHX_HOST", convert=_https_origin,
+        "PHX_HOST",
+        "PUBLIC_URL",
+        True,
+        "the public host name: PUBLIC_URL becomes https://$PHX_HOST",
+        convert=_https_origin,
     ),
     Alias(
-        "JAEGER_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT", False,
+        "JAEGER_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        False,
         "it names Jaeger's own (Thrift) collector; give OTEL_EXPORTER_OTLP_ENDPOINT the collector's "
         "OTLP address instead (Jaeger takes OTLP on port 4318)",
     ),

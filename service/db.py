@@ -117,9 +117,10 @@ def _serialise_sqlite(engine) -> None:
 
 def observe_queries(app, observer: Callable[[str, float], None]) -> None:
     """Call `observer(statement, seconds)` after every statement of the app's engine."""
-    observers = app.extensions.get("tokenpool.query_observers")
+    observers: list[Callable[[str, float], None]] | None = app.extensions.get("tokenpool.query_observers")
     if observers is None:
-        observers = app.extensions["tokenpool.query_observers"] = []
+        every: list[Callable[[str, float], None]] = []
+        observers = app.extensions["tokenpool.query_observers"] = every
         with app.app_context():
             engine = db.engine
 
@@ -130,7 +131,7 @@ def observe_queries(app, observer: Callable[[str, float], None]) -> None:
         @event.listens_for(engine, "after_cursor_execute")
         def _stop(conn, cursor, statement, parameters, context, executemany):
             elapsed = time.perf_counter() - conn.info.pop("query_start", time.perf_counter())
-            for notify in observers:
+            for notify in every:
                 notify(statement, elapsed)
 
     observers.append(observer)

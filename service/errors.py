@@ -156,9 +156,7 @@ def error_response(
     }
     if extra:
         body.update(extra)
-    level = log_level or (
-        logging.ERROR if code >= 500 else logging.WARNING if code >= 400 else logging.INFO
-    )
+    level = log_level or (logging.ERROR if code >= 500 else logging.WARNING if code >= 400 else logging.INFO)
     log.log(
         level,
         "%s %s: %s",

@@ -26,6 +26,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 from prometheus_flask_exporter import PrometheusMetrics
 from sqlalchemy import event
 
@@ -61,6 +62,7 @@ class LabelCache:
         self._children: dict[tuple, object] = {}
 
     def __call__(self, metric, *values):
+        """`metric.labels(*values)`, created once per metric and values."""
         key = (metric, values)
         child = self._children.get(key)
         if child is None:
@@ -71,6 +73,7 @@ class LabelCache:
 
 
 def multiprocess() -> bool:
+    """Whether metrics are kept in multiprocess files (PROMETHEUS_MULTIPROC_DIR set: under gunicorn)."""
     return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 
 
@@ -212,13 +215,14 @@ class TokenMetrics:
             self.sweeper_last_run.set(time.time())
 
 
-class PoolCollector:
+class PoolCollector(Collector):
     """Pool gauges read from the database when Prometheus scrapes."""
 
     def __init__(self, app) -> None:
         self.app = app
 
     def collect(self):
+        """The pool gauges and tokenpool_database_up, from one query at scrape time."""
         up = GaugeMetricFamily("tokenpool_database_up", "1 when the database answered the scrape")
         families = {
             "total": GaugeMetricFamily("tokenpool_pool_size", "Tokens in the pool"),

@@ -126,7 +126,9 @@ def ReservedMultiProcessValue(process_identifier=os.getpid):  # noqa: N802 (prom
     class ReservedValue:
         _multiprocess = True
 
-        def __init__(self, typ, metric_name, name, labelnames, labelvalues, help_text, multiprocess_mode="", **_):  # noqa: E501
+        def __init__(
+            self, typ, metric_name, name, labelnames, labelvalues, help_text, multiprocess_mode="", **_
+        ):  # noqa: E501
             self._params = (typ, metric_name, name, labelnames, labelvalues, help_text, multiprocess_mode)
             with lock:
                 self._check_for_pid_change()

@@ -19,12 +19,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import cast
 
 from flask import current_app, g, request
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from limits import RateLimitItemPerHour, RateLimitItemPerMinute, parse
-from limits.storage import RedisStorage
+from limits.storage import RedisStorage, Storage
 from limits.strategies import STRATEGIES, FixedWindowRateLimiter
 
 from .errors import RateLimited
@@ -80,9 +81,10 @@ class LeasedFixedWindow(FixedWindowRateLimiter):
         self._leases: dict[str, list] = {}  # window key -> [permits left, count once spent, window end]
         self._lock = threading.Lock()
         if isinstance(storage, RedisStorage):
-            self._script = storage.get_connection().register_script(self.SCRIPT)
+            self._script = storage.get_connection().register_script(self.SCRIPT)  # type: ignore[arg-type]
 
     def hit(self, item, *identifiers: str, cost: int = 1) -> bool:
+        """Whether the hit is allowed (see `hit_window`)."""
         return self.hit_window(item, *identifiers, cost=cost)[0]
 
     def hit_window(self, item, *identifiers: str, cost: int = 1) -> tuple[bool, int, float]:
@@ -99,7 +101,8 @@ class LeasedFixedWindow(FixedWindowRateLimiter):
                 lease[0] -= cost
                 return True, max(0, item.amount - lease[1] + lease[0]), lease[2]
         args = [item.get_expiry(), cost, item.amount, self.most, self.LEASE_SHARE]
-        count, pttl, grant = self._script([self.storage.prefixed_key(key)], args)
+        redis = cast(RedisStorage, self.storage)  # _script is set for Redis storage only
+        count, pttl, grant = self._script([redis.prefixed_key(key)], args)
         now = time.time()  # after the round trip: Redis counted the PTTL from an earlier moment
         count, grant, reset_at = int(count), int(grant), now + max(int(pttl), 0) / 1000
         with self._lock:
@@ -117,8 +120,9 @@ class LeasedFixedWindow(FixedWindowRateLimiter):
         if self._script is None:
             reset_at, remaining = super().get_window_stats(item, *identifiers)
             return remaining, reset_at
-        pipe = self.storage.get_connection().pipeline(transaction=False)
-        key = self.storage.prefixed_key(item.key_for(*identifiers))
+        redis = cast(RedisStorage, self.storage)  # _script is set for Redis storage only
+        pipe = redis.get_connection().pipeline(transaction=False)  # type: ignore[attr-defined]  # redis-py
+        key = redis.prefixed_key(item.key_for(*identifiers))
         count, pttl = pipe.get(key).pttl(key).execute()
         return max(0, item.amount - int(count or 0)), time.time() + max(int(pttl), 0) / 1000
 
@@ -176,7 +180,7 @@ class PolicyLimiter(Limiter):
         this policy does not use (our `headers` writes the headers): ~10 us per request.
         """
         super().init_app(app)
-        inject, release = Limiter._Limiter__inject_headers, self._Limiter__release_context
+        inject, release = Limiter._Limiter__inject_headers, self._Limiter__release_context  # type: ignore[attr-defined]
         after, teardown = app.after_request_funcs[None], app.teardown_request_funcs[None]
         after[:] = [f for f in after if getattr(f, "func", None) is not inject]
         teardown[:] = [f for f in teardown if f != release]
@@ -243,7 +247,7 @@ class PolicyLimiter(Limiter):
         if not self._storage_dead or time.time() < self._recheck_at:
             return
         try:
-            alive = self._storage.check()
+            alive = cast(Storage, self._storage).check()
         except Exception:
             alive = False
         if alive:

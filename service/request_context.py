@@ -40,7 +40,7 @@ def elapsed_ms() -> float:
 
 
 def _after(response, slow_ms: float = float("inf")):
-    ctx, req = g._get_current_object(), request._get_current_object()
+    ctx, req = g._get_current_object(), request._get_current_object()  # type: ignore[attr-defined]
     # only this hook writes them: added, not searched for and replaced
     response.headers.extend((("X-Request-ID", ctx.request_id), ("X-Correlation-ID", ctx.correlation_id)))
     ctx.duration_ms = duration_ms = elapsed_ms()

@@ -92,11 +92,13 @@ class KeyCache:
             self._entries.clear()
 
     def clear(self) -> None:
+        """Forget every entry and reset the counters."""
         with self._lock:
             self._entries.clear()
             self.hits = self.misses = 0
 
     def stats(self) -> dict:
+        """`{hits, misses, size, hit_rate (0..1), ttl_seconds}` of this process's cache."""
         lookups = self.hits + self.misses
         return {
             "hits": self.hits,

@@ -20,6 +20,8 @@ log = logging.getLogger("tokenpool.events")
 
 @dataclass(frozen=True)
 class TokenEvent:
+    """One token event as subscribers receive it (duration in milliseconds)."""
+
     event: str  # activation, release, renewal, expiration or manager_check
     status: str  # success | failure
     reason: str | None = None  # outcome or failure cause, e.g. evicted, not_holder
@@ -36,9 +38,11 @@ class Telemetry:
         self.subscribers: list[Callable[[TokenEvent], None]] = [_log_event]
 
     def subscribe(self, subscriber: Callable[[TokenEvent], None]) -> None:
+        """Call `subscriber` with every event published from now on."""
         self.subscribers.append(subscriber)
 
     def publish(self, event: TokenEvent) -> None:
+        """Hand `event` to every subscriber; one that raises is logged and the others still run."""
         for subscriber in self.subscribers:
             try:
                 subscriber(event)
@@ -53,6 +57,7 @@ def _log_event(event: TokenEvent) -> None:
 
 
 def init_telemetry(app) -> Telemetry:
+    """The app's subscriber list (it logs every event), recorded on the app; returns it."""
     telemetry = Telemetry()
     app.extensions["tokenpool.telemetry"] = telemetry
     return telemetry

@@ -187,14 +187,20 @@ def test_config_check_prints_settings_with_secrets_masked(env, monkeypatch):
     ("url", "shown"),
     [
         ("redis://:redis-password@127.0.0.1:6379/0", "redis://:***@127.0.0.1:6379/0"),
-        ("redis+sentinel://:pw1@s1:26379,s2:26379/mymaster", "redis+sentinel://:***@s1:26379,s2:26379/mymaster"),
+        (
+            "redis+sentinel://:pw1@s1:26379,s2:26379/mymaster",
+            "redis+sentinel://:***@s1:26379,s2:26379/mymaster",
+        ),
         # SQLAlchemy reads a password with an unescaped /, # or @ as written: none of it shows
         ("postgresql+psycopg://app:pa/ss-word@db:5432/x", "postgresql+psycopg://app:***@db:5432/x"),
         ("postgresql+psycopg://app:pa@ss-word@db/x", "postgresql+psycopg://app:***@db/x"),
         ("rediss://u:pa#ss-word@r:6380/0", "rediss://u:***@r:6380/0"),
         # libpq and redis-py also read a password from the query string
         ("postgresql+psycopg://app@db/x?password=pw2", "postgresql+psycopg://app@db/x?password=***"),
-        ("postgresql://db/x?sslmode=require&sslpassword=pw3", "postgresql://db/x?sslmode=require&sslpassword=***"),
+        (
+            "postgresql://db/x?sslmode=require&sslpassword=pw3",
+            "postgresql://db/x?sslmode=require&sslpassword=***",
+        ),
         ("redis://r:6379/0?password=pw4&db=1", "redis://r:6379/0?password=***&db=1"),
         ("redis+sentinel://s1:26379/m?Password=pw5", "redis+sentinel://s1:26379/m?Password=***"),
         ("sqlite:////srv/tokenpool.sqlite3", "sqlite:////srv/tokenpool.sqlite3"),

@@ -27,7 +27,7 @@ from ..tokens import reads, service
 HEALTHY, DEGRADED, UNHEALTHY = "healthy", "degraded", "unhealthy"
 draining = threading.Event()  # set on SIGTERM: readiness fails, liveness holds
 _executor = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="health")
-_head_revision: dict[str, str] = {}
+_head_revision: dict[str, str | None] = {}
 
 
 def run_checks(named: dict, app, timeout: float) -> dict[str, dict]:
@@ -140,6 +140,7 @@ def tokens(counts: dict) -> dict:
 
 
 def redis() -> dict:
+    """Redis: healthy when it answers PING (or none is configured), degraded when not (never unhealthy)."""
     url = current_app.config.get("REDIS_URL")
     if not url:
         return {"status": HEALTHY, "configured": False}
@@ -154,6 +155,7 @@ def redis() -> dict:
 
 
 def memory() -> dict:
+    """This process's resident memory in MiB against MEMORY_LIMIT_MB: degraded above it."""
     rss_mb = psutil.Process(os.getpid()).memory_info().rss / 2**20
     limit = current_app.config["MEMORY_LIMIT_MB"]
     return {"status": DEGRADED if rss_mb > limit else HEALTHY, "rss_mb": round(rss_mb, 1), "limit_mb": limit}

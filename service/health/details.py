@@ -12,10 +12,11 @@ from pathlib import Path
 
 import psutil
 from flask import current_app
+from sqlalchemy.pool import QueuePool
 
+from .. import monitoring
 from ..db import pool_limit
 from ..extensions import db
-from ..monitoring import store
 from ..monitoring.figures import aggregate
 from ..monitoring.store import window_minutes
 
@@ -26,7 +27,7 @@ SLOWEST_ENDPOINTS = 5
 def human_duration(seconds: float) -> str:
     """`93784.2` -> `"1d 2h 3m 4s"`: whole units, leading zero units left out; `"0s"` under a second."""
     remaining = int(seconds)
-    parts = []
+    parts: list[str] = []
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         count, remaining = divmod(remaining, size)
         if count or parts:
@@ -135,7 +136,7 @@ def performance(window: int = PERFORMANCE_WINDOW_MINUTES) -> dict:
     `slow_endpoints`: routes whose p95 reached SLOW_REQUEST_MS, slowest first (at most 5).
     Raises RedisError when the cluster store is unreachable.
     """
-    figures = aggregate(store().buckets(window_minutes(window)))
+    figures = aggregate(monitoring.store().buckets(window_minutes(window)))
     threshold = current_app.config["SLOW_REQUEST_MS"]
     slow = [
         {
@@ -149,7 +150,7 @@ def performance(window: int = PERFORMANCE_WINDOW_MINUTES) -> dict:
     ]
     slow.sort(key=lambda entry: -entry["p95_ms"])
     return {
-        "scope": store().scope,
+        "scope": monitoring.store().scope,
         "window_minutes": window,
         "requests": figures["requests"],
         "errors": figures["errors"],
@@ -170,7 +171,7 @@ def database_pool() -> dict:
     Also `size` (kept open) and `overflow` (beyond it), as SQLAlchemy's QueuePool counts them.
     """
     pool = db.engine.pool
-    if not hasattr(pool, "checkedout"):  # NullPool, StaticPool: nothing pooled to count
+    if not isinstance(pool, QueuePool):  # NullPool, StaticPool: nothing pooled to count
         return {"pid": os.getpid(), "kind": type(pool).__name__, "in_use": None, "idle": None, "max": None}
     return {
         "pid": os.getpid(),

@@ -65,7 +65,7 @@ def _uptime() -> dict:
 
 
 def _app():
-    return current_app._get_current_object()
+    return current_app._get_current_object()  # type: ignore[attr-defined]  # the app, not its proxy
 
 
 def _state() -> _State:

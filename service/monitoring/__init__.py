@@ -48,6 +48,7 @@ def init_monitoring(app) -> None:
     write per request).
     """
     redis_url, interval = app.config.get("REDIS_URL"), app.config["MONITORING_FLUSH_SECONDS"]
+    figure_store: FigureStore
     if not redis_url:
         figure_store = MemoryStore()
     elif interval > 0:

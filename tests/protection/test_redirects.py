@@ -34,7 +34,6 @@ FORGED_SCHEMES = [
 ]
 
 
-
 @pytest.mark.parametrize(("method", "path", "body"), METHODS)
 def test_https_redirect_is_308_json_to_the_public_url(build, method, path, body):
     app = build(ENABLE_RATE_LIMITING=False, FORCE_HTTPS=True, PROXY_FIX_X_PROTO=1, PUBLIC_URL=PUBLIC)
@@ -125,8 +124,15 @@ def test_no_host_header_reaches_a_location(build, host):
 
 @pytest.mark.parametrize(
     "value",
-    ["tokens.example.com", "ftp://tokens.example.com", "https://", "https://user@tokens.example.com",
-     "https://tokens.example.com/api", "https://tokens.example.com?x=1", "https://tokens.example.com:0"],
+    [
+        "tokens.example.com",
+        "ftp://tokens.example.com",
+        "https://",
+        "https://user@tokens.example.com",
+        "https://tokens.example.com/api",
+        "https://tokens.example.com?x=1",
+        "https://tokens.example.com:0",
+    ],
 )
 def test_public_url_must_be_an_origin(value):
     with pytest.raises(ConfigError, match="PUBLIC_URL"):
@@ -136,8 +142,12 @@ def test_public_url_must_be_an_origin(value):
 def test_force_https_needs_an_https_public_url():
     with pytest.raises(ConfigError, match="PUBLIC_URL"):
         create_app(
-            {"APP_ENV": "testing", "SQLALCHEMY_DATABASE_URI": "sqlite://", "FORCE_HTTPS": True,
-             "PUBLIC_URL": "http://tokens.example.com"}
+            {
+                "APP_ENV": "testing",
+                "SQLALCHEMY_DATABASE_URI": "sqlite://",
+                "FORCE_HTTPS": True,
+                "PUBLIC_URL": "http://tokens.example.com",
+            }
         )
     settings = {"APP_ENV": "testing", "SQLALCHEMY_DATABASE_URI": "sqlite://", "PUBLIC_URL": PUBLIC + "/"}
     app = create_app(settings)
