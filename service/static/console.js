@@ -25,6 +25,7 @@
     wakers: new Map(), // loop name -> a function starting its next run now
     stream: null, // the AbortController of the open event stream
     lastEventId: null,
+    retryMs: 1000, // how long to wait before asking for the stream again (the server's `retry:`)
   };
 
   const $ = (id) => document.getElementById(id);
@@ -489,12 +490,13 @@
       return;
     }
     feedMessage("Waiting for events…");
-    let delay = 1000;
+    let failures = 0;
     while (state.running) {
       const controller = new AbortController();
       state.stream = controller;
       const h = headers({ Accept: "text/event-stream" });
       if (state.lastEventId) h["Last-Event-ID"] = state.lastEventId;
+      let wait = state.retryMs; // the server's `retry:` after a stream it ended
       try {
         const response = await fetch("/api/events/stream", {
           headers: h, cache: "no-store", credentials: "omit", signal: controller.signal,
@@ -510,17 +512,16 @@
           throw new HttpError(response.status, body);
         }
         feedStatus("live", "live");
-        const opened = Date.now();
-        await readEvents(response.body);
-        // the server ended a stream that had run a while (it may bound a stream's life): resume now
-        if (Date.now() - opened > 5000) delay = 0;
+        failures = 0;
+        await readEvents(response.body); // a server may end each stream at once (long polling)
       } catch (error) {
         if (controller.signal.aborted) return;
+        failures += 1;
+        wait = Math.min(1000 * 2 ** (failures - 1), 10000);
+        feedStatus("reconnecting", "reconnecting");
       }
       if (!state.running) return;
-      feedStatus("reconnecting", "reconnecting");
-      await sleep(delay);
-      delay = Math.min(Math.max(delay * 2, 1000), 10000);
+      await sleep(wait);
     }
   }
 
@@ -551,6 +552,7 @@
       const value = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
       if (field === "id") id = value;
       else if (field === "data") data.push(value);
+      else if (field === "retry" && /^\d+$/.test(value)) state.retryMs = Number(value);
     }
     if (id !== null) state.lastEventId = id;
     if (!data.length) return;

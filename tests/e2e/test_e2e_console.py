@@ -106,8 +106,16 @@ def api(server, method: str, path: str, body: dict | None = None):
     return response.json() if response.body else None
 
 
-def lease(server) -> dict:
-    return api(server, "POST", "/api/tokens/activate", {"user_id": str(uuid.uuid4())})
+def activation(server, pool: str = "default"):
+    path = "/api/tokens/activate" if pool == "default" else f"/api/pools/{pool}/tokens/activate"
+    body = {"user_id": str(uuid.uuid4())}
+    return request(server.port, "POST", path, body, headers={"X-API-Key": ADMIN_KEY})
+
+
+def lease(server, pool: str = "default") -> dict:
+    answer = activation(server, pool)
+    assert answer.status in (200, 202), answer  # 202: a ticket in a queue pool
+    return answer.json()
 
 
 def texts(driver, selector: str) -> list[str]:
@@ -192,11 +200,8 @@ def test_the_console_in_a_real_browser(server, browser, tmp_path):
     assert pool_cell(driver, "default", "active") == str(POOL)
     health = request(server.port, "GET", "/health").json()["status"]
     within(driver, 6, lambda d: text_of(d, "#health-badge") == f"health: {health}", "health at a glance")
-    assert {"database", "redis"} <= {
-        e.text for e in driver.find_elements(By.CSS_SELECTOR, "#health-checks .badge")
-    }
+    assert {"database", "redis"} <= set(texts(driver, "#health-checks .badge"))
     within(driver, 5, lambda d: len(texts(d, "#leases tbody tr")) == POOL, "leases")
-
     # a lease made through the API shows in the counts and the leases within 2 s
     api(server, "DELETE", "/api/tokens/active")
     within(driver, 2, lambda d: pool_cell(d, "default", "active") == "0", "the cleared pool")
@@ -215,6 +220,9 @@ def test_the_console_in_a_real_browser(server, browser, tmp_path):
     driver.refresh()
     within(driver, 5, lambda d: d.find_element(By.ID, "dashboard").is_displayed(), "the console after reload")
     assert not driver.find_element(By.ID, "key-form").is_displayed()
+    if has_endpoint(server, "/api/events/stream"):  # the feed after the reload: from now on
+        token = lease(server)["token_id"]
+        within(driver, 2, lambda d: token[:8] in text_of(d, "#feed"), "a lease in the reloaded page's feed")
 
     screenshot(driver, DESKTOP, "console-desktop.png", tmp_path)
     screenshot(driver, PHONE, "console-phone.png", tmp_path)
