@@ -118,11 +118,42 @@ def lease(server, pool: str = "default") -> dict:
     return answer.json()
 
 
+def other_pools(server) -> dict[str, int]:
+    """With the pools API: a pool that refuses when full, some of its tokens leased and one
+    refusal; with queues too, a pool that queues, full, with one waiting ticket.
+    {series of the chart: how many that added}."""
+    paths = request(server.port, "GET", "/openapi.json").json()["paths"]
+    if "/api/pools" not in paths:
+        return {"leases": 0, "rejections": 0}
+    api(
+        server,
+        "POST",
+        "/api/pools",
+        {"name": "licences", "size": 3, "lifetime_seconds": 600, "policy": "reject"},
+    )
+    for _ in range(3):
+        lease(server, "licences")
+    assert activation(server, "licences").status == 409  # POOL_EXHAUSTED
+    if not [path for path in paths if "/tickets" in path]:
+        return {"leases": 3, "rejections": 1}
+    api(
+        server, "POST", "/api/pools", {"name": "seats", "size": 2, "lifetime_seconds": 300, "policy": "queue"}
+    )
+    for _ in range(3):
+        lease(server, "seats")  # the third waits in the queue
+    return {"leases": 5, "rejections": 1, "queued": 1}
+
+
 def texts(driver, selector: str) -> list[str]:
     """The rendered text of each element matching `selector`, read in one script (the console
     re-renders its tables every poll, so an element found first may be gone when read)."""
     script = "return Array.from(document.querySelectorAll(arguments[0])).map((e) => e.innerText.trim())"
     return driver.execute_script(script, selector)
+
+
+def click(driver, selector: str) -> None:
+    """Click the element matching `selector` as it is now (found and clicked in one script)."""
+    driver.execute_script("document.querySelector(arguments[0]).click()", selector)
 
 
 def text_of(driver, selector: str) -> str:
@@ -179,6 +210,7 @@ def test_the_console_in_a_real_browser(server, browser, tmp_path):
     driver = browser
     for _ in range(POOL + 2):  # a full pool and two evictions: something to show
         lease(server)
+    added = other_pools(server)
 
     # the page is served without a key and asks for one
     driver.get(server.url + "/console")
@@ -202,6 +234,16 @@ def test_the_console_in_a_real_browser(server, browser, tmp_path):
     within(driver, 6, lambda d: text_of(d, "#health-badge") == f"health: {health}", "health at a glance")
     assert {"database", "redis"} <= set(texts(driver, "#health-checks .badge"))
     within(driver, 5, lambda d: len(texts(d, "#leases tbody tr")) == POOL, "leases")
+    if added["leases"]:  # every pool, and the leases of the one chosen
+        assert (pool_cell(driver, "licences", "active"), pool_cell(driver, "licences", "size")) == ("3", "3")
+        if added.get("queued"):
+            assert pool_cell(driver, "seats", "queued") == "1"
+        click(driver, '#pools tr[data-pool="licences"]')
+        within(driver, 2, lambda d: len(texts(d, "#leases tbody tr")) == 3, "the chosen pool's leases")
+        assert "in licences" in text_of(driver, "#leases-note")
+        click(driver, '#pools tr[data-pool="default"]')
+        within(driver, 2, lambda d: len(texts(d, "#leases tbody tr")) == POOL, "the default pool's leases")
+
     # a lease made through the API shows in the counts and the leases within 2 s
     api(server, "DELETE", "/api/tokens/active")
     within(driver, 2, lambda d: pool_cell(d, "default", "active") == "0", "the cleared pool")
@@ -213,8 +255,10 @@ def test_the_console_in_a_real_browser(server, browser, tmp_path):
     else:
         assert "Events not available" in text_of(driver, "#feed")
     # the chart counts every lease of the last hour (it is read every 5 s)
-    within(driver, 7, lambda d: f"leases {POOL + 3}" in text_of(d, "#chart-legend"), "the chart")
-    assert "evictions 2" in text_of(driver, "#chart-legend")
+    leases = POOL + 3 + added["leases"]
+    within(driver, 7, lambda d: f"leases {leases}" in text_of(d, "#chart-legend"), "the chart")
+    legend = text_of(driver, "#chart-legend")
+    assert "evictions 2" in legend and f"rejections {added['rejections']}" in legend
 
     # the key is kept for the tab: a reload opens the console without asking
     driver.refresh()
