@@ -19,15 +19,18 @@ from .health import bp as health_bp
 from .invalidation import init_invalidation
 from .json_provider import OrjsonProvider
 from .logging_setup import configure_logging
+from .metrics import bp as metrics_bp
 from .metrics import init_metrics
 from .monitoring import bp as monitoring_bp
 from .monitoring import init_monitoring
+from .observation import init_observation
 from .openapi import bp as openapi_bp
 from .ratelimit import init_rate_limits
 from .redirects import routing_redirect
 from .request_context import init_request_context
-from .security import exempt_from_https_redirect, init_security
-from .slow_log import init_slow_query_log
+from .route_table import init_route_table
+from .security import init_security
+from .slow_log import init_slow_log
 from .telemetry import init_telemetry
 from .tokens import bp as tokens_bp
 from .tokens.cli import tokens_cli
@@ -45,20 +48,22 @@ def create_app(config: dict | None = None) -> Flask:
     load_config(app, config)
     configure_logging(app.config)
     _trust_proxy_headers(app)
-    init_request_context(app)
     init_telemetry(app)
     init_db(app)
-    init_slow_query_log(app)
+    init_invalidation(app)
+    for bp in (api_bp, tokens_bp, health_bp, openapi_bp, monitoring_bp, console_bp):
+        app.register_blueprint(bp)
+    if app.config["METRICS_ENABLED"]:
+        app.register_blueprint(metrics_bp)
+    init_route_table(app)  # each blueprint's class: read by everything below
+    init_observation(app)
+    init_request_context(app)
+    init_slow_log(app)
     init_metrics(app)
     init_tracing(app)
-    init_invalidation(app)
     init_security(app)  # authenticates before the limiter counts
     init_monitoring(app)
     register_error_handlers(app)
-    for bp in (api_bp, tokens_bp, health_bp, openapi_bp, monitoring_bp, console_bp):
-        app.register_blueprint(bp)
-    # probes (kubelet, load balancers) and Prometheus reach each instance over plain HTTP
-    exempt_from_https_redirect(app, ("health.", "metrics."))
     init_rate_limits(app)
     app.cli.add_command(tokens_cli)
     app.cli.add_command(apikeys_cli)

@@ -9,8 +9,9 @@ from __future__ import annotations
 from flask import Blueprint, Response, current_app
 
 from .openapi import Answer, Body, operation
+from .route_table import API, declare
 
-bp = Blueprint("api", __name__)
+bp = declare(Blueprint("api", __name__), API)
 
 LINKS = {
     "tokens": "/api/tokens",

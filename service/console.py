@@ -16,8 +16,9 @@ from flask import Blueprint, current_app, render_template, request, send_from_di
 
 from .errors import NotFound
 from .openapi import Answer, operation
+from .route_table import DOCS, declare
 
-bp = Blueprint("console", __name__, template_folder="templates")
+bp = declare(Blueprint("console", __name__, template_folder="templates"), DOCS)
 STATIC = Path(__file__).resolve().parent / "static"
 ASSETS = ("console.css", "console.js", "favicon.svg")
 # a year: an asset's URL carries its content's digest, so a changed file is a new URL

@@ -145,6 +145,7 @@ def error_response(
     (a failing readiness probe is expected, not an error of ours).
     """
     error_id = g.error_id = str(uuid.uuid4())  # also on the access line: the error line may be a repeat
+    g.error_code = error_code  # and, with the id, in the monitoring figures' error entries
     body = {
         "status": status_name(code),
         "error_code": error_code,

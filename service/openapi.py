@@ -26,8 +26,9 @@ from pydantic.json_schema import GenerateJsonSchema, models_json_schema
 from pydantic_core import core_schema
 
 from .parsing import UUID_PATTERN
+from .route_table import DOCS, declare
 
-bp = Blueprint("openapi", __name__)
+bp = declare(Blueprint("openapi", __name__), DOCS)
 
 VERSION = "3.1.0"
 UUID_SCHEMA = {"type": "string", "format": "uuid", "pattern": f"^{UUID_PATTERN}$"}

@@ -21,7 +21,7 @@ import threading
 import time
 from typing import cast
 
-from flask import current_app, g, request
+from flask import current_app, g
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from limits import RateLimitItemPerHour, RateLimitItemPerMinute, parse
@@ -34,8 +34,6 @@ from .redis_connect import limits_storage_options
 from .security import is_cors_preflight
 
 log = logging.getLogger("tokenpool.ratelimit")
-EXEMPT_BLUEPRINTS = frozenset(("health", "metrics", "openapi", "console"))
-KEYED_BLUEPRINTS = frozenset(("tokens", "monitoring"))
 FALLBACK = "Rate limit storage unreachable - falling back to in-memory storage"
 
 
@@ -152,15 +150,16 @@ class PolicyLimiter(Limiter):
 
     - callers without an API key: `RATE_LIMIT_PER_MINUTE` per client IP, one
       bucket across every limited route;
-    - callers with a key, on the tokens and monitoring routes: the key's own
+    - callers with a key, on the `keyed` routes (tokens, monitoring): the key's own
       per-minute, then per-hour limit (its overrides or the defaults), one
       bucket per key across those routes; minute first, and a request refused
       by the minute limit is not counted against the hour;
     - requests matching no route (404) or no method of it (405): per client
       IP, like any other request without a key;
-    - health, metrics, the OpenAPI document, the console's page and files (fixed
-      content, no key, no database; its API calls are limited like any) and CORS
-      preflights: never limited.
+    - routes whose class is not `limited` (probes, /metrics, the OpenAPI document,
+      the console's page and files: fixed content, no key, no database; its API
+      calls are limited like any; service/route_table.py) and CORS preflights:
+      never limited.
     """
 
     def __init__(self, config, metrics) -> None:
@@ -193,12 +192,13 @@ class PolicyLimiter(Limiter):
 
     def limits_for_request(self) -> list[tuple]:
         """[(item, storage identifiers, kind)] that apply to this request, in order."""
-        if request.blueprint in EXEMPT_BLUEPRINTS or is_cors_preflight():
+        route_class = g.route_class  # service/route_table.py, looked up when the request began
+        if not route_class.limited or is_cors_preflight():
             return []
         key = g.get("api_key")  # None without a route (404, 405): those count per IP
         if key is None:
             return [(self.ip_limit, (self._key_prefix, get_remote_address(), "global"), "ip")]
-        if request.blueprint not in KEYED_BLUEPRINTS:
+        if not route_class.keyed:
             return []
         bucket = "key:" + key.name  # the key's name, never the secret
         minute = self._item(RateLimitItemPerMinute, key.per_minute or self.key_minute)

@@ -21,7 +21,6 @@ from .invalidation import Generation
 from .redirects import https_redirect
 
 log = logging.getLogger("tokenpool.security")
-PROTECTED_BLUEPRINTS = ("tokens", "monitoring")
 BOOTSTRAP_ADMIN = "ADMIN_API_KEY"
 TOUCH_EVERY_SECONDS = 60
 
@@ -151,7 +150,7 @@ def authenticate() -> None:
     Raises Unauthorized for an invalid key, or for no key when `API_AUTH_REQUIRED`.
     """
     g.api_key = None
-    if request.blueprint not in PROTECTED_BLUEPRINTS or request.method == "OPTIONS":
+    if not g.route_class.keyed or request.method == "OPTIONS":
         return  # a CORS preflight never carries the key; OPTIONS runs no view
     key = presented_key()
     if key is None:
@@ -298,10 +297,3 @@ def init_security(app) -> None:
             expose_headers=["X-Request-ID", "X-Correlation-ID", *rate_limit_headers.EXPOSED],
             max_age=600,
         )
-
-
-def exempt_from_https_redirect(app, endpoint_prefixes: tuple[str, ...]) -> None:
-    """These endpoints answer plain HTTP (probes, scrapes) instead of redirecting to HTTPS."""
-    for endpoint, view in app.view_functions.items():
-        if endpoint.startswith(endpoint_prefixes):
-            view.talisman_view_options = {"force_https": False}

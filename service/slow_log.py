@@ -9,17 +9,24 @@ from __future__ import annotations
 import logging
 
 from .db import observe_queries
+from .observation import RequestRecord, observer
 
 log = logging.getLogger("tokenpool.slow")
 
 
-def slow_request(route: str, duration_ms: float) -> None:
+def _slow_request(record: RequestRecord) -> None:
     """One line for an API request that took at least SLOW_REQUEST_MS (`route`: the template)."""
-    log.warning("slow request", extra={"event": "slow_request", "duration_ms": duration_ms, "route": route})
+    if record.slow:
+        log.warning(
+            "slow request",
+            extra={"event": "slow_request", "duration_ms": record.duration_ms, "route": record.route},
+        )
 
 
-def init_slow_query_log(app) -> None:
-    """Write one line for every statement that takes at least SLOW_QUERY_MS (no parameter values)."""
+def init_slow_log(app) -> None:
+    """Write one line for every slow API request (its observation says so) and for every
+    statement that takes at least SLOW_QUERY_MS (no parameter values)."""
+    observer(app).subscribe(observed=_slow_request)
     slow_seconds = app.config["SLOW_QUERY_MS"] / 1000
 
     def on_query(statement: str, seconds: float) -> None:

@@ -14,8 +14,17 @@ import time
 
 from .db import observe_queries
 from .extensions import db
+from .route_table import route_table
 
-EXCLUDED_URLS = "healthz,health,live,ready,metrics"
+
+def excluded_urls(app) -> str:
+    """The instrumentation's `excluded_urls` (regexes searched in the full URL, comma-separated):
+    exactly the routes whose class is not traced (service/route_table.py)."""
+    pattern = route_table(app).path_pattern(lambda c: not c.traced)
+    if pattern is None:
+        return ""
+    # the instrumentation searches the whole URL (scheme, host, path, query): anchor on the path
+    return r"^[^:/?#]+://[^/?#]*" + pattern.removeprefix("^").removesuffix("$") + r"(?:\?|$)"
 
 
 def init_tracing(app) -> None:
@@ -25,7 +34,7 @@ def init_tracing(app) -> None:
     from opentelemetry.instrumentation.flask import FlaskInstrumentor
 
     provider = app.config.get("OTEL_TRACER_PROVIDER") or _otlp_provider(app)
-    FlaskInstrumentor().instrument_app(app, tracer_provider=provider, excluded_urls=EXCLUDED_URLS)
+    FlaskInstrumentor().instrument_app(app, tracer_provider=provider, excluded_urls=excluded_urls(app))
     _trace_statements(app, provider)
 
 

@@ -2,6 +2,8 @@
 
 from flask import Blueprint
 
-bp = Blueprint("health", __name__)
+from ..route_table import PROBE, declare
+
+bp = declare(Blueprint("health", __name__), PROBE)
 
 from . import routes  # noqa: E402,F401  (registers the views on bp)

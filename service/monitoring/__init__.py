@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, g, has_request_context, request
+from flask import Blueprint, current_app, g, has_request_context
 
 from ..db import observe_queries
-from ..labels import bounded_method, url_rule
-from ..metrics import NOT_API_PATH
+from ..labels import bounded_method
+from ..observation import RequestRecord, observer
 from ..redis_connect import redis_client
-from ..request_context import elapsed_ms
+from ..route_table import KEYED, declare
 from ..telemetry import TokenEvent
 from ..timeutil import isoformat, utcnow
 from .store import (
@@ -21,7 +21,7 @@ from .store import (
     request_fields,
 )
 
-bp = Blueprint("monitoring", __name__, url_prefix="/api/monitoring")
+bp = declare(Blueprint("monitoring", __name__, url_prefix="/api/monitoring"), KEYED)
 
 
 def store() -> FigureStore:
@@ -56,7 +56,7 @@ def init_monitoring(app) -> None:
     else:
         figure_store = RedisStore(redis_client(redis_url, app.config))
     app.extensions["tokenpool.monitoring"] = figure_store
-    slow_request_ms, slow_query_ms = app.config["SLOW_REQUEST_MS"], app.config["SLOW_QUERY_MS"]
+    slow_query_ms = app.config["SLOW_QUERY_MS"]
 
     def on_event(event: TokenEvent) -> None:
         field = f"op|{event.event}|{event.status}|{event.reason or '-'}"
@@ -80,46 +80,41 @@ def init_monitoring(app) -> None:
                     "time": isoformat(utcnow()),
                     "duration_ms": round(seconds * 1000, 1),
                     "statement": " ".join(statement.split())[:500],  # bound parameters never appear
-                    "route": url_rule(request),
+                    "route": g.route,
                     "request_id": g.get("request_id"),
                 },
             )
 
-    @app.after_request
-    def _record(response):
-        if NOT_API_PATH.match(request.path):
-            return response
-        duration_ms = elapsed_ms()
-        route, status = url_rule(request), response.status_code
+    def on_request(record: RequestRecord) -> None:
+        if not record.route_class.measured:
+            return
+        route, status, duration_ms = record.route, record.status, record.duration_ms
         figures = _figures()
         figures.counts.update(request_fields(route, status, duration_ms))
-        slow, failed = duration_ms >= slow_request_ms, status >= 400 and response.is_json
-        if not (slow or failed):
-            return response
+        failed = status >= 400
+        if not (record.slow or failed):
+            return
         entry = {
             "time": isoformat(utcnow()),
             "duration_ms": duration_ms,
-            "method": bounded_method(request.method),
+            "method": bounded_method(record.method),
             "route": route,
             "status": status,
             "request_id": g.get("request_id"),
         }
-        if slow:
+        if record.slow:
             figures.counts["slow_requests"] += 1
             figures.add_entry("slow_requests", entry)
-        if failed:
-            body = response.get_json(silent=True) or {}
-            figures.add_entry(
-                "errors", entry | {"error_id": body.get("error_id"), "error_code": body.get("error_code")}
-            )
-        return response
+        if failed:  # every error answer is the JSON error body (errors.py), which notes these on g
+            error = {"error_id": g.get("error_id"), "error_code": g.get("error_code")}
+            figures.add_entry("errors", entry | error)
 
-    @app.teardown_request
-    def _flush(_exc):
+    def flush(_route_class) -> None:
         figures = g.pop("monitoring_figures", None)
         if figures:
             _write_now(app, figures)
 
+    observer(app).subscribe(observed=on_request, finished=flush)
     app.extensions["tokenpool.telemetry"].subscribe(on_event)
     observe_queries(app, on_query)
 

@@ -3,7 +3,9 @@
 from flask import Blueprint
 from werkzeug.routing import BaseConverter
 
-bp = Blueprint("tokens", __name__, url_prefix="/api/tokens")
+from ..route_table import KEYED, declare
+
+bp = declare(Blueprint("tokens", __name__, url_prefix="/api/tokens"), KEYED)
 
 
 class TokenIdConverter(BaseConverter):

@@ -173,7 +173,7 @@ def test_db_errors_are_counted_by_operation(app, client):
 
 
 def test_db_operation_labels_are_bounded():
-    from service.metrics import db_operation
+    from service.metrics.database import db_operation
 
     assert db_operation(None) == "connect"
     assert db_operation("  UPDATE tokens SET x = 1") == "update"

@@ -1,0 +1,40 @@
+"""The pool gauges, read from the database when Prometheus scrapes (every worker reports the same truth)."""
+
+from __future__ import annotations
+
+import logging
+
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from ..db import bounded_connection
+from ..tokens import reads
+
+log = logging.getLogger("tokenpool.metrics")
+
+
+class PoolCollector(Collector):
+    """Pool gauges read from the database when Prometheus scrapes."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    def collect(self):
+        """The pool gauges and tokenpool_database_up, from one query at scrape time."""
+        up = GaugeMetricFamily("tokenpool_database_up", "1 when the database answered the scrape")
+        families = {
+            "total": GaugeMetricFamily("tokenpool_pool_size", "Tokens in the pool"),
+            "active": GaugeMetricFamily("tokenpool_tokens_active", "Tokens leased right now"),
+            "available": GaugeMetricFamily("tokenpool_tokens_available", "Tokens free right now"),
+        }
+        try:
+            with self.app.app_context(), bounded_connection() as conn:
+                counts = reads.summary(conn)
+            for name, family in families.items():
+                family.add_metric([], counts[name])
+            up.add_metric([], 1)
+            yield from families.values()
+        except Exception as exc:  # a scrape must answer even when the database does not
+            log.warning("pool gauges unavailable: %s", type(exc).__name__)
+            up.add_metric([], 0)
+        yield up

@@ -1,0 +1,114 @@
+"""The route table: each blueprint declares its class once, and every cross-cutting concern reads it.
+
+A class says, for every route of a blueprint: whether the caller's API key is
+looked up (and whose bucket the rate limit charges), whether the route is rate
+limited at all, whether it is API traffic (request metrics, the monitoring
+figures, the slow-request line), whether it is traced, the level of its access
+line and whether plain HTTP is redirected to HTTPS. Authentication, the
+limiter, the metrics, the monitoring figures, the access line, tracing and the
+HTTPS redirect all read it, so they cannot disagree. docs/OBSERVABILITY.md
+gives the table and the reasons.
+
+A request's class is looked up once, when it begins (service/observation.py).
+A request without a blueprint (no route: 404 and 405; a route added to the app
+itself) is `api` traffic: it is counted, traced and limited per client IP.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+
+from flask import Blueprint, Flask
+
+from .labels import CONVERTER
+
+
+@dataclass(frozen=True)
+class RouteClass:
+    name: str
+    keyed: bool  # the API key is looked up; the per-key limits apply to a caller with one
+    limited: bool  # rate limited (per key or per client IP); never a CORS preflight
+    measured: bool  # API traffic: request metrics, monitoring figures, slow-request line
+    traced: bool  # a server span when tracing is on
+    log_level: int  # of the access line
+    https_redirect: bool  # plain HTTP is redirected when FORCE_HTTPS is on
+
+
+_TRAFFIC = dict(limited=True, measured=True, traced=True, log_level=logging.INFO, https_redirect=True)
+API = RouteClass("api", keyed=False, **_TRAFFIC)
+KEYED = RouteClass("keyed", keyed=True, **_TRAFFIC)
+# health probes and the /metrics scrape: polled every few seconds over plain HTTP by machines
+_ASIDE = dict(keyed=False, limited=False, measured=False, traced=False)
+PROBE = RouteClass("probe", **_ASIDE, log_level=logging.DEBUG, https_redirect=False)
+# the OpenAPI document: fetched now and then by a person or a tool; not API traffic, but a line each
+DOCS = RouteClass("docs", **_ASIDE, log_level=logging.INFO, https_redirect=True)
+CLASSES = (API, KEYED, PROBE, DOCS)
+
+_declared: dict[Blueprint, RouteClass] = {}
+
+
+def declare(bp: Blueprint, route_class: RouteClass) -> Blueprint:
+    """Give every route of `bp` this class; returns `bp`."""
+    _declared[bp] = route_class
+    return bp
+
+
+class RouteTable:
+    """Blueprint name -> class for one app, built once its blueprints are registered."""
+
+    def __init__(self, app: Flask) -> None:
+        missing = [name for name, bp in app.blueprints.items() if bp not in _declared]
+        if missing:
+            raise RuntimeError(f"blueprints without a route class (route_table.declare): {missing}")
+        self.by_blueprint: dict[str | None, RouteClass] = {
+            name: _declared[bp] for name, bp in app.blueprints.items()
+        }
+        self.app = app
+
+    def of(self, blueprint: str | None) -> RouteClass:
+        """The class of a request to `blueprint` (`request.blueprint`); `api` without one."""
+        return self.by_blueprint.get(blueprint, API)
+
+    def of_endpoint(self, endpoint: str) -> RouteClass:
+        blueprint, dot, _ = endpoint.rpartition(".")
+        return self.of(blueprint if dot else None)
+
+    def rules(self, wanted):
+        """The app's URL rules whose class satisfies `wanted(route_class)`."""
+        return [rule for rule in self.app.url_map.iter_rules() if wanted(self.of_endpoint(rule.endpoint))]
+
+    def path_pattern(self, wanted) -> str | None:
+        """One anchored regex matching exactly the paths of those rules (None when there are none).
+
+        A converter (`<token_id>`) matches one path segment.
+        """
+        paths = sorted({rule.rule for rule in self.rules(wanted)})
+        if not paths:
+            return None
+        return "^(?:" + "|".join(_path_regex(p) for p in paths) + ")$"
+
+
+def _path_regex(rule: str) -> str:
+    parts = CONVERTER.split(rule)  # literal, converter name, literal, ...
+    return "".join(re.escape(part) if i % 2 == 0 else "[^/]+" for i, part in enumerate(parts))
+
+
+def init_route_table(app: Flask) -> RouteTable:
+    """Build the app's table (after its blueprints are registered) and apply the HTTPS-redirect
+    exemption to the views of classes that answer plain HTTP (probes, scrapes).
+
+    Raises RuntimeError naming any blueprint that declared no class.
+    """
+    table = RouteTable(app)
+    app.extensions["tokenpool.route_table"] = table
+    for endpoint, view in app.view_functions.items():
+        if not table.of_endpoint(endpoint).https_redirect:
+            view.talisman_view_options = {"force_https": False}
+    return table
+
+
+def route_table(app: Flask) -> RouteTable:
+    """The table built by `init_route_table`."""
+    return app.extensions["tokenpool.route_table"]
