@@ -5,10 +5,9 @@ template and the request's route class (service/route_table.py) on `g`
 (`start_time`, `route`, `route_class`); the last after-request hook takes the
 status, body size and duration once and publishes one immutable `RequestRecord`; the teardown hook tells the
 subscribers that the request is over (also when no response was made).
-The access line, the metrics, the monitoring figures and the slow-request line
-subscribe; none of them times the request or looks its route up again.
-(prometheus-flask-exporter's own request metrics time the request with the
-exporter's hooks, as the library is documented: docs/OBSERVABILITY.md.)
+The access line, the metrics (prometheus-flask-exporter's request metrics
+included), the monitoring figures and the slow-request line subscribe; none of
+them times the request or looks its route up again.
 """
 
 from __future__ import annotations
@@ -41,12 +40,13 @@ class RequestRecord:
 
 class Observer:
     """The subscribers of one app. `started(route_class)` when a request begins,
-    `observed(record)` once its response is final, `finished(route_class)` at teardown."""
+    `observed(record)` once its response is final, `finished(route_class, exc)` at teardown
+    (`exc`: an exception no error handler answered, else None)."""
 
     def __init__(self) -> None:
         self.started: list[Callable[[RouteClass], None]] = []
         self.observed: list[Callable[[RequestRecord], None]] = []
-        self.finished: list[Callable[[RouteClass], None]] = []
+        self.finished: list[Callable[[RouteClass, BaseException | None], None]] = []
 
     def subscribe(self, *, started=None, observed=None, finished=None) -> None:
         for hooks, hook in ((self.started, started), (self.observed, observed), (self.finished, finished)):
@@ -54,10 +54,10 @@ class Observer:
                 hooks.append(hook)
 
 
-def _notify(hooks, value) -> None:
+def _notify(hooks, *values) -> None:
     for hook in hooks:
         try:
-            hook(value)
+            hook(*values)
         except Exception:  # a broken subscriber must not fail the request
             log.exception("request observer %r failed", hook)
 
@@ -100,10 +100,10 @@ def init_observation(app) -> Observer:
         _notify(observer.observed, record)
         return response
 
-    def teardown(_exc) -> None:
+    def teardown(exc) -> None:
         route_class = g.get("route_class")
         if route_class is not None and observer.finished:
-            _notify(observer.finished, route_class)
+            _notify(observer.finished, route_class, exc)
 
     app.before_request_funcs.setdefault(None, []).insert(0, begin)
     app.after_request_funcs.setdefault(None, []).insert(0, end)  # after-request hooks run last first

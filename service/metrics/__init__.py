@@ -7,7 +7,7 @@ Pool gauges are read from the database at scrape time, so every worker
 reports the same truth.
 
     definitions.py  the service's own metrics, fed by token events (telemetry)
-    http.py         request metrics: the exporter's, and ours from each request's observation
+    http.py         request metrics (the exporter's names), fed by each request's observation
     database.py     statement latency and errors, pool connections by state (SQLAlchemy events)
     pool.py         the token pool gauges, read at scrape time
     endpoint.py     the /metrics blueprint
@@ -46,7 +46,7 @@ def init_metrics(app) -> TokenMetrics:
     if not app.config["METRICS_ENABLED"]:
         return metrics
     app.extensions["tokenpool.exporter"] = export_http_metrics(app, registry)
-    track_requests(app, metrics)
+    track_requests(app, metrics, registry)
     track_database(app, metrics)
     scrape = CollectorRegistry(auto_describe=False)
     scrape.register(PoolCollector(app))

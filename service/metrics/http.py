@@ -1,12 +1,24 @@
-"""HTTP request metrics: prometheus-flask-exporter's, and ours fed by the request's observation."""
+"""HTTP request metrics, all fed by each request's observation (service/observation.py).
+
+prometheus-flask-exporter's metrics keep their names, labels and buckets
+(`flask_http_request_duration_seconds{method,url_rule,status}`,
+`flask_http_request_total{method,status}`,
+`flask_http_request_exceptions_total{method,status}`, `flask_exporter_info{version}`),
+but its own request hooks are off (`export_defaults=False`): they timed each
+request a second time and resolved their label children by keyword on every
+request, 30-66 us of CPU per `GET /api` measured in process
+(docs/OBSERVABILITY.md). The observation's record feeds them instead, with
+label children looked up once per process (`LabelCache`). API traffic only:
+routes whose class is not `measured` (service/route_table.py) are not counted.
+"""
 
 from __future__ import annotations
 
-from flask import g, request
-from prometheus_client import CollectorRegistry
+from flask import request
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_flask_exporter import PrometheusMetrics
 
-from ..labels import METHODS, OTHER
+from ..labels import bounded_method
 from ..observation import RequestRecord, observer
 from ..route_table import route_table
 from .definitions import TokenMetrics
@@ -14,65 +26,61 @@ from .definitions import TokenMetrics
 HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
 
-def url_rule(_request) -> str:
-    """The exporter's `url_rule` label (it names the label after this function): the route
-    template the request's observation looked up when it began."""
-    return g.route
+class HttpMetrics:
+    """The exporter's default request metrics, under its names, labels and help texts."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.duration = Histogram(
+            "flask_http_request_duration_seconds",
+            "Flask HTTP request duration in seconds",
+            ["method", "url_rule", "status"],
+            buckets=HTTP_BUCKETS,
+            registry=registry,
+        )
+        self.total = Counter(
+            "flask_http_request_total",
+            "Total number of HTTP requests",
+            ["method", "status"],
+            registry=registry,
+        )
+        self.exceptions = Counter(
+            "flask_http_request_exceptions_total",
+            "Total number of HTTP requests which resulted in an exception",
+            ["method", "status"],
+            registry=registry,
+        )
 
 
 def export_http_metrics(app, registry: CollectorRegistry) -> PrometheusMetrics:
-    """prometheus-flask-exporter's request metrics on `registry`, with a bounded method label.
+    """prometheus-flask-exporter on `registry`, its request hooks off; returns it.
 
-    `flask_http_request_duration_seconds{method,url_rule,status}` (histogram),
-    `flask_http_request_total{method,status}` and, for a request whose view
-    raised, `flask_http_request_exceptions_total{method,status}`, plus
-    `flask_exporter_info{version}`; API traffic only (`excluded_paths`: every route
-    whose class is not measured, service/route_table.py). `/metrics` is served by
+    Its `flask_exporter_info{version}` is reported through its `info`; its
+    `excluded_paths` (used by any metric its decorators add) are the routes the
+    table does not count as API traffic. `/metrics` is served by
     `endpoint.metrics_endpoint` (bearer token, folder lock, pool gauges).
-
-    The exporter labels with `request.method` as sent and has no hook for that
-    label (`group_by` and `default_labels` cannot replace it), so a client
-    choosing methods freely would add series. Flask runs after-request and
-    teardown functions in the reverse order of registration: the pair
-    registered around the exporter's shows its hooks a method outside
-    `labels.METHODS` as `other` and puts the client's back right after. Every
-    other hook sees the method as sent. Cost: one set lookup per request.
     """
-
-    def restore(response=None):
-        sent = g.pop("method_as_sent", None)
-        if sent is not None:
-            request.method = sent
-        return response
-
-    def bound(response=None):
-        if request.method not in METHODS:
-            g.method_as_sent = request.method
-            request.method = OTHER
-        return response
-
     exporter = PrometheusMetrics.for_app_factory(
         path=None,
         registry=registry,
-        group_by=url_rule,
+        export_defaults=False,
         excluded_paths=[route_table(app).path_pattern(lambda c: not c.measured)],
-        defaults_prefix="flask",
-        buckets=HTTP_BUCKETS,
     )
-    app.after_request(restore)
-    app.teardown_request(restore)
     exporter.init_app(app)
-    app.after_request(bound)
-    app.teardown_request(bound)
+    exporter.info(
+        "flask_exporter_info", "Information about the Prometheus Flask exporter", version=exporter.version
+    )
     return exporter
 
 
-def track_requests(app, metrics: TokenMetrics) -> None:
-    """Per API request, besides the exporter's latency and count: in flight, body size, slow requests.
+def track_requests(app, metrics: TokenMetrics, registry: CollectorRegistry) -> None:
+    """Per API request: latency and count (the exporter's names), in flight, body size, slow requests.
 
-    Label children are looked up once per process (`LabelCache`): prometheus_client
-    checks and stringifies label values and takes a lock on each `labels()` call.
+    The method label is bounded (`labels.bounded_method`): a client choosing
+    methods freely adds no series. Label children are looked up once per process
+    (`LabelCache`): prometheus_client checks and stringifies label values and
+    takes a lock on each `labels()` call.
     """
+    http = HttpMetrics(registry)
     child, in_progress = metrics.child, metrics.in_progress
 
     def started(route_class) -> None:
@@ -80,14 +88,20 @@ def track_requests(app, metrics: TokenMetrics) -> None:
             in_progress.inc()
 
     def observed(record: RequestRecord) -> None:
-        if record.route_class.measured:
-            if record.size is not None:
-                child(metrics.response_size, record.route).observe(record.size)
-            if record.slow:
-                metrics.slow_requests.inc()  # the line: service/slow_log.py
+        if not record.route_class.measured:
+            return
+        method, status, route = bounded_method(record.method), record.status, record.route
+        child(http.duration, method, route, status).observe(record.duration_ms / 1000)
+        child(http.total, method, status).inc()
+        if record.size is not None:
+            child(metrics.response_size, route).observe(record.size)
+        if record.slow:
+            metrics.slow_requests.inc()  # the line: service/slow_log.py
 
-    def finished(route_class) -> None:
+    def finished(route_class, exc) -> None:
         if route_class.measured:
             in_progress.dec()
+            if exc is not None:  # an exception no error handler answered (as the exporter counted)
+                child(http.exceptions, bounded_method(request.method), 500).inc()
 
     observer(app).subscribe(started=started, observed=observed, finished=finished)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, g, has_request_context
+from flask import Blueprint, current_app, g, has_request_context, request
 
 from ..db import observe_queries
-from ..labels import bounded_method
+from ..labels import bounded_method, url_rule
 from ..observation import RequestRecord, observer
 from ..redis_connect import redis_client
 from ..route_table import KEYED, declare
@@ -80,7 +80,7 @@ def init_monitoring(app) -> None:
                     "time": isoformat(utcnow()),
                     "duration_ms": round(seconds * 1000, 1),
                     "statement": " ".join(statement.split())[:500],  # bound parameters never appear
-                    "route": g.route,
+                    "route": g.get("route") or url_rule(request),  # a request the observation saw, or not
                     "request_id": g.get("request_id"),
                 },
             )
@@ -109,7 +109,7 @@ def init_monitoring(app) -> None:
             error = {"error_id": g.get("error_id"), "error_code": g.get("error_code")}
             figures.add_entry("errors", entry | error)
 
-    def flush(_route_class) -> None:
+    def flush(_route_class, _exc) -> None:
         figures = g.pop("monitoring_figures", None)
         if figures:
             _write_now(app, figures)
