@@ -24,6 +24,7 @@ EXPECTED = {
     "health": "probe",
     "metrics": "probe",
     "openapi": "docs",
+    "console": "docs",
     None: "api",  # no blueprint: 404, 405, a route on the app itself
 }
 
