@@ -28,6 +28,8 @@ log = logging.getLogger("tokenpool.observation")
 
 @dataclass(frozen=True, slots=True)
 class RequestRecord:
+    """The facts of one request, computed once; what every request subscriber reads."""
+
     method: str  # as sent (labels.bounded_method bounds it for a label)
     path: str
     route: str  # the route template, `<unmatched>` without a route
@@ -49,6 +51,7 @@ class Observer:
         self.finished: list[Callable[[RouteClass, BaseException | None], None]] = []
 
     def subscribe(self, *, started=None, observed=None, finished=None) -> None:
+        """Add the given hooks; each runs in registration order, and a failing one is logged, not raised."""
         for hooks, hook in ((self.started, started), (self.observed, observed), (self.finished, finished)):
             if hook is not None:
                 hooks.append(hook)
@@ -76,14 +79,14 @@ def init_observation(app) -> Observer:
         ctx = g._get_current_object()
         ctx.start_time = start = time.perf_counter()
         request_began(start)
-        req = request._get_current_object()
+        req = request._get_current_object()  # type: ignore[attr-defined]
         ctx.route = url_rule(req)  # routing is done before the first before-request hook
         ctx.route_class = route_class = table.of(req.blueprint)
         if observer.started:
             _notify(observer.started, route_class)
 
     def end(response):
-        ctx, req = g._get_current_object(), request._get_current_object()
+        ctx, req = g._get_current_object(), request._get_current_object()  # type: ignore[attr-defined]
         duration_ms = round((time.perf_counter() - ctx.start_time) * 1000, 3)
         route_class = ctx.route_class
         record = RequestRecord(

@@ -21,12 +21,15 @@ import re
 from dataclasses import dataclass
 
 from flask import Blueprint, Flask
+from flask.sansio.blueprints import Blueprint as AnyBlueprint
 
 from .labels import CONVERTER
 
 
 @dataclass(frozen=True)
 class RouteClass:
+    """What the service does around every route of a class (one row of the table)."""
+
     name: str
     keyed: bool  # the API key is looked up; the per-key limits apply to a caller with one
     limited: bool  # rate limited (per key or per client IP); never a CORS preflight
@@ -36,17 +39,35 @@ class RouteClass:
     https_redirect: bool  # plain HTTP is redirected when FORCE_HTTPS is on
 
 
-_TRAFFIC = dict(limited=True, measured=True, traced=True, log_level=logging.INFO, https_redirect=True)
-API = RouteClass("api", keyed=False, **_TRAFFIC)
-KEYED = RouteClass("keyed", keyed=True, **_TRAFFIC)
+API = RouteClass(
+    "api", keyed=False, limited=True, measured=True, traced=True, log_level=logging.INFO, https_redirect=True
+)
+KEYED = RouteClass(
+    "keyed", keyed=True, limited=True, measured=True, traced=True, log_level=logging.INFO, https_redirect=True
+)
 # health probes and the /metrics scrape: polled every few seconds over plain HTTP by machines
-_ASIDE = dict(keyed=False, limited=False, measured=False, traced=False)
-PROBE = RouteClass("probe", **_ASIDE, log_level=logging.DEBUG, https_redirect=False)
+PROBE = RouteClass(
+    "probe",
+    keyed=False,
+    limited=False,
+    measured=False,
+    traced=False,
+    log_level=logging.DEBUG,
+    https_redirect=False,
+)
 # the OpenAPI document: fetched now and then by a person or a tool; not API traffic, but a line each
-DOCS = RouteClass("docs", **_ASIDE, log_level=logging.INFO, https_redirect=True)
+DOCS = RouteClass(
+    "docs",
+    keyed=False,
+    limited=False,
+    measured=False,
+    traced=False,
+    log_level=logging.INFO,
+    https_redirect=True,
+)
 CLASSES = (API, KEYED, PROBE, DOCS)
 
-_declared: dict[Blueprint, RouteClass] = {}
+_declared: dict[AnyBlueprint, RouteClass] = {}
 
 
 def declare(bp: Blueprint, route_class: RouteClass) -> Blueprint:
@@ -72,6 +93,7 @@ class RouteTable:
         return self.by_blueprint.get(blueprint, API)
 
     def of_endpoint(self, endpoint: str) -> RouteClass:
+        """The class of a route by its endpoint name (`tokens.activate`); `api` without a blueprint."""
         blueprint, dot, _ = endpoint.rpartition(".")
         return self.of(blueprint if dot else None)
 
@@ -105,7 +127,7 @@ def init_route_table(app: Flask) -> RouteTable:
     app.extensions["tokenpool.route_table"] = table
     for endpoint, view in app.view_functions.items():
         if not table.of_endpoint(endpoint).https_redirect:
-            view.talisman_view_options = {"force_https": False}
+            view.talisman_view_options = {"force_https": False}  # type: ignore[union-attr]
     return table
 
 
