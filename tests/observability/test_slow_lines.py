@@ -26,10 +26,12 @@ def test_slow_request_and_query_lines_do_not_depend_on_metrics(postgres_url, tmp
     assert slept.status_code == 200
     slow = [json.loads(line) for line in path.read_text().splitlines()]
     slow = [x for x in slow if x["logger"] == "tokenpool.slow" and x["request_id"] == "slow-1"]
-    assert sorted(x["event"] for x in slow) == ["slow_query", "slow_request"]
-    query = next(x for x in slow if x["event"] == "slow_query")
-    assert "pg_sleep" in query["statement"] and "0.15" not in query["statement"]
+    # a loaded machine may make another statement of the request pass 50 ms too: the
+    # pg_sleep one must be there, with its parameters left out
+    assert {x["event"] for x in slow} == {"slow_query", "slow_request"}
+    query = next(x for x in slow if x["event"] == "slow_query" and "pg_sleep" in x["statement"])
+    assert "0.15" not in query["statement"]
     assert query["duration_ms"] >= 150
-    request = next(x for x in slow if x["event"] == "slow_request")
+    [request] = [x for x in slow if x["event"] == "slow_request"]
     assert request["route"] == "/api/monitoring/test/sleep" and request["duration_ms"] >= 150
     assert (client.get("/metrics").status_code == 200) is metrics
