@@ -6,10 +6,11 @@ request pays only for the stack around it (rate limit, logs, metrics, headers).
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app
+from flask import Blueprint, Response
 
 from .openapi import Answer, Body, operation
 from .route_table import API, declare
+from .state import app_state
 
 bp = declare(Blueprint("api", __name__), API)
 
@@ -46,7 +47,7 @@ def render(app) -> bytes:
 
 @bp.record_once
 def _render_once(state) -> None:
-    state.app.extensions["tokenpool.api_index"] = render(state.app)
+    app_state(state.app).api_index = render(state.app)
 
 
 @bp.get("/api")
@@ -57,4 +58,4 @@ def _render_once(state) -> None:
     errors=(429,),
 )
 def index():
-    return Response(current_app.extensions["tokenpool.api_index"], mimetype="application/json")
+    return Response(app_state().api_index, mimetype="application/json")

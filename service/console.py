@@ -17,6 +17,7 @@ from flask import Blueprint, current_app, render_template, request, send_from_di
 from .errors import NotFound
 from .openapi import Answer, operation
 from .route_table import DOCS, declare
+from .state import app_state
 
 bp = declare(Blueprint("console", __name__, template_folder="templates"), DOCS)
 STATIC = Path(__file__).resolve().parent / "static"
@@ -42,12 +43,12 @@ def asset_digests() -> dict[str, str]:
 
 @bp.record_once
 def _digest_once(state) -> None:
-    state.app.extensions["tokenpool.console_assets"] = asset_digests()
+    app_state(state.app).console_assets = asset_digests()
 
 
 def _digests() -> dict[str, str]:
     """This app's `asset_digests()`, computed once when the blueprint was registered."""
-    return current_app.extensions["tokenpool.console_assets"]
+    return app_state().console_assets
 
 
 def _asset_url(name: str) -> str:

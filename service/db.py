@@ -17,6 +17,7 @@ from sqlalchemy.pool import NullPool
 from .config import ConfigError
 from .deadline import BoundedConnection, Deadline, remaining
 from .extensions import db, migrate
+from .state import app_state
 
 T = TypeVar("T")
 
@@ -28,7 +29,7 @@ def init_db(app) -> None:
     """Bind Flask-SQLAlchemy and Flask-Migrate; bound PostgreSQL waits; serialise SQLite writers."""
     db.init_app(app)
     migrate.init_app(app, db, render_as_batch=True, compare_type=True)
-    deadline = app.extensions["tokenpool.deadline"] = Deadline(
+    deadline = app_state(app).deadline = Deadline(
         app.config["DB_DEADLINE_SECONDS"],
         app.config["DB_STATEMENT_TIMEOUT_MS"],
         session_state=not app.config["DB_PGBOUNCER"],
@@ -55,7 +56,7 @@ def _bound_waits(engine, deadline: Deadline) -> None:
 
 def database_deadline() -> Deadline:
     """The current app's database deadline (settings and stall state)."""
-    return current_app.extensions["tokenpool.deadline"]
+    return app_state().deadline
 
 
 @contextmanager
@@ -117,10 +118,8 @@ def _serialise_sqlite(engine) -> None:
 
 def observe_queries(app, observer: Callable[[str, float], None]) -> None:
     """Call `observer(statement, seconds)` after every statement of the app's engine."""
-    observers: list[Callable[[str, float], None]] | None = app.extensions.get("tokenpool.query_observers")
-    if observers is None:
-        every: list[Callable[[str, float], None]] = []
-        observers = app.extensions["tokenpool.query_observers"] = every
+    observers = app_state(app).query_observers
+    if not observers:  # the first observer: listen to the engine
         with app.app_context():
             engine = db.engine
 
@@ -131,7 +130,7 @@ def observe_queries(app, observer: Callable[[str, float], None]) -> None:
         @event.listens_for(engine, "after_cursor_execute")
         def _stop(conn, cursor, statement, parameters, context, executemany):
             elapsed = time.perf_counter() - conn.info.pop("query_start", time.perf_counter())
-            for notify in every:
+            for notify in observers:
                 notify(statement, elapsed)
 
     observers.append(observer)
@@ -208,7 +207,7 @@ class AutocommitConnection:
         self.dialect = engine.dialect
         self.dbapi_conn = dbapi_conn
         self.broken = False
-        self._observers = current_app.extensions.get("tokenpool.query_observers", ())
+        self._observers = app_state().query_observers
 
     def exec_driver_sql(self, sql: str, params=None) -> Rows:
         """Run `sql` (psycopg placeholders) and return its rows as named tuples.

@@ -12,6 +12,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.http import HTTP_STATUS_CODES
 
+from .state import app_state
 from .timeutil import isoformat, utcnow
 
 log = logging.getLogger("tokenpool.errors")
@@ -219,7 +220,7 @@ def debug_details(exc: BaseException) -> dict:
 
 
 def _handle_unexpected(exc: Exception):
-    current_app.extensions["tokenpool.metrics"].exceptions.labels(type(exc).__name__).inc()
+    app_state().metrics.exceptions.labels(type(exc).__name__).inc()
     details = debug_details(exc) if current_app.config["APP_ENV"] == "development" else {}
     return error_response(
         500, "INTERNAL_ERROR", "An unexpected error occurred.", details=details, exc_info=exc

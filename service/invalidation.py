@@ -22,6 +22,7 @@ from sqlalchemy import Connection, insert, select, update
 
 from .db import run_transaction
 from .models import CacheGeneration
+from .state import app_state
 
 log = logging.getLogger("tokenpool.invalidation")
 generations = CacheGeneration.__table__
@@ -94,8 +95,8 @@ class Generation:
 
 
 def init_invalidation(app) -> Generation:
-    """The app's Generation (`app.extensions["tokenpool.generation"]`); caches register with `on_change`."""
-    generation = app.extensions["tokenpool.generation"] = Generation()
+    """The app's Generation (`app_state(app).generation`); caches register with `on_change`."""
+    generation = app_state(app).generation = Generation()
     return generation
 
 

@@ -22,6 +22,7 @@ from flask import g, request
 from .deadline import request_began
 from .labels import url_rule
 from .route_table import RouteClass, route_table
+from .state import app_state
 
 log = logging.getLogger("tokenpool.observation")
 
@@ -71,7 +72,7 @@ def init_observation(app) -> Observer:
     Needs the route table (`route_table.init_route_table`).
     """
     observer = Observer()
-    app.extensions["tokenpool.observer"] = observer
+    app_state(app).observer = observer
     slow_ms = app.config["SLOW_REQUEST_MS"]
     table = route_table(app)
 
@@ -116,4 +117,4 @@ def init_observation(app) -> Observer:
 
 def observer(app) -> Observer:
     """The app's subscriber lists (`init_observation`)."""
-    return app.extensions["tokenpool.observer"]
+    return app_state(app).observer

@@ -28,10 +28,12 @@ from limits import RateLimitItemPerHour, RateLimitItemPerMinute, parse
 from limits.storage import RedisStorage, Storage
 from limits.strategies import STRATEGIES, FixedWindowRateLimiter
 
+from .authentication import caller
 from .errors import RateLimited
 from .ratelimit_headers import rate_limit_headers, seconds_until
 from .redis_connect import limits_storage_options
-from .security import is_cors_preflight
+from .response_headers import is_cors_preflight
+from .state import app_state
 
 log = logging.getLogger("tokenpool.ratelimit")
 FALLBACK = "Rate limit storage unreachable - falling back to in-memory storage"
@@ -171,6 +173,7 @@ class PolicyLimiter(Limiter):
         self._items: dict[tuple[type, int], object] = {}
         self._recheck_at = 0.0
         self._recheck_delay = 1.0
+        self.auth_failures = AuthFailureBudget(config, self, metrics)
 
     def init_app(self, app) -> None:
         """Flask-Limiter's set-up, without its after-request and teardown hooks.
@@ -195,7 +198,7 @@ class PolicyLimiter(Limiter):
         route_class = g.route_class  # service/route_table.py, looked up when the request began
         if not route_class.limited or is_cors_preflight():
             return []
-        key = g.get("api_key")  # None without a route (404, 405): those count per IP
+        key = caller()  # authenticates if no hook asked yet; None without a route (404, 405): per IP
         if key is None:
             return [(self.ip_limit, (self._key_prefix, get_remote_address(), "global"), "ip")]
         if not route_class.keyed:
@@ -271,10 +274,12 @@ def _storage_uri(config) -> str:
     return config.get("RATELIMIT_STORAGE_URI") or config.get("REDIS_URL") or "memory://"
 
 
-def init_rate_limits(app) -> Limiter:
-    """Build the app's limiter from settings; its before-request hook applies the policy."""
+def build_rate_limiter(app) -> PolicyLimiter:
+    """The app's limiter and its failed-auth budget (`auth_failures`), from settings, not yet bound.
+
+    Bound by `init_rate_limits`; the budget is counted on the limiter's storage.
+    """
     config = app.config
-    metrics = app.extensions["tokenpool.metrics"]
     storage = _storage_uri(config)
     config["RATELIMIT_ENABLED"] = config["ENABLE_RATE_LIMITING"]
     config["RATELIMIT_STORAGE_URI"] = storage
@@ -287,15 +292,17 @@ def init_rate_limits(app) -> Limiter:
     elif config["RATELIMIT_ENABLED"] and config.get("WEB_CONCURRENCY", 0) > 1:
         log.warning("rate limits use memory:// with several workers: each worker counts alone; set REDIS_URL")
 
-    limiter = PolicyLimiter(config, metrics)
+    return PolicyLimiter(config, app_state(app).metrics)
+
+
+def init_rate_limits(app, limiter: PolicyLimiter) -> None:
+    """Bind `limiter` (`build_rate_limiter`) to the app: its before-request hook applies the policy."""
     limiter.init_app(app)
-    app.extensions["tokenpool.limiter"] = limiter  # extensions["limiter"] is Flask-Limiter's set of limiters
+    app_state(app).limiter = limiter  # extensions["limiter"] is Flask-Limiter's set of limiters
     if limiter.enabled:
         if isinstance(limiter.limiter, LeasedFixedWindow):
-            limiter.limiter.most = config["RATE_LIMIT_LEASE"]
+            limiter.limiter.most = app.config["RATE_LIMIT_LEASE"]
         app.after_request(limiter.headers)
-    app.extensions["tokenpool.auth_failures"] = AuthFailureBudget(app, limiter, metrics)
-    return limiter
 
 
 class AuthFailureBudget:
@@ -309,8 +316,8 @@ class AuthFailureBudget:
 
     MESSAGE = "Too many failed authentication attempts."
 
-    def __init__(self, app, limiter: Limiter, metrics) -> None:
-        self.item = parse(app.config["AUTH_FAILURE_RATE_LIMIT"])
+    def __init__(self, config, limiter: Limiter, metrics) -> None:
+        self.item = parse(config["AUTH_FAILURE_RATE_LIMIT"])
         self.limiter = limiter
         self.metrics = metrics
 

@@ -8,6 +8,7 @@ import uuid
 
 from flask import g, request
 
+from .authentication import known_caller
 from .observation import RequestRecord, observer
 
 log = logging.getLogger("tokenpool.access")
@@ -51,7 +52,7 @@ def _access_line(record: RequestRecord) -> None:
     }
     if status >= 400:
         fields["error_id"] = ctx.get("error_id")
-    key = ctx.get("api_key")
+    key = known_caller()
     if key is not None:
         fields["key_name"] = key.name  # the key's name, never the key
     agent = req.environ.get("HTTP_USER_AGENT")

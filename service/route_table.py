@@ -24,6 +24,7 @@ from flask import Blueprint, Flask
 from flask.sansio.blueprints import Blueprint as AnyBlueprint
 
 from .labels import CONVERTER
+from .state import app_state
 
 
 @dataclass(frozen=True)
@@ -124,7 +125,7 @@ def init_route_table(app: Flask) -> RouteTable:
     Raises RuntimeError naming any blueprint that declared no class.
     """
     table = RouteTable(app)
-    app.extensions["tokenpool.route_table"] = table
+    app_state(app).route_table = table
     for endpoint, view in app.view_functions.items():
         if not table.of_endpoint(endpoint).https_redirect:
             view.talisman_view_options = {"force_https": False}  # type: ignore[union-attr]
@@ -133,4 +134,4 @@ def init_route_table(app: Flask) -> RouteTable:
 
 def route_table(app: Flask) -> RouteTable:
     """The table built by `init_route_table`."""
-    return app.extensions["tokenpool.route_table"]
+    return app_state(app).route_table

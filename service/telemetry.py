@@ -1,7 +1,7 @@
 """Token events: emitted once, here; logs and metrics subscribe.
 
 Routes and the sweeper call `emit`; nothing else writes token event logs or
-token metrics. Subscribers are per app (`app.extensions`), so two apps in one
+token metrics. Subscribers are per app (service/state.py), so two apps in one
 process (tests) never see each other's events.
 """
 
@@ -13,7 +13,7 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from flask import current_app
+from .state import app_state
 
 log = logging.getLogger("tokenpool.events")
 
@@ -59,13 +59,13 @@ def _log_event(event: TokenEvent) -> None:
 def init_telemetry(app) -> Telemetry:
     """The app's subscriber list (it logs every event), recorded on the app; returns it."""
     telemetry = Telemetry()
-    app.extensions["tokenpool.telemetry"] = telemetry
+    app_state(app).telemetry = telemetry
     return telemetry
 
 
 def emit(event: str, status: str, **fields) -> None:
     """Publish one token event to every subscriber of the current app."""
-    current_app.extensions["tokenpool.telemetry"].publish(TokenEvent(event=event, status=status, **fields))
+    app_state().telemetry.publish(TokenEvent(event=event, status=status, **fields))
 
 
 @contextmanager

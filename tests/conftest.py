@@ -24,7 +24,8 @@ from sqlalchemy.pool import NullPool
 
 from service import create_app
 from service.extensions import db
-from service.health import routes as health_routes
+from service.health import state as health_state
+from service.state import app_state
 from tests.helpers import BUILT_APPS, POOL
 
 PG_ADMIN_URL = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -256,7 +257,7 @@ def _dispose_engines():
     yield
     while BUILT_APPS:
         app = BUILT_APPS.pop()
-        sweeper = app.extensions.get("tokenpool.sweeper")
+        sweeper = app_state(app).sweeper
         if sweeper is not None:
             sweeper.stop()
         with app.app_context():
@@ -300,7 +301,7 @@ def app(database_url, clock, request):
     overrides.setdefault("TOKEN_CLOCK", clock)
     app = make_app(database_url, **overrides)
     reset_database(app, overrides.get("MAX_ACTIVE_TOKENS", POOL))
-    health_routes.clear_cache()
+    health_state.clear_cache()
     return app
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from service import create_app
 from service.config import ConfigError
+from service.state import app_state
 from tests.procs import ROOT
 
 
@@ -77,13 +78,13 @@ def test_rate_limits_are_on_by_default_in_production_only(monkeypatch, env, limi
     monkeypatch.delenv("ENABLE_RATE_LIMITING", raising=False)
     app = create_app({"APP_ENV": env, "SECRET_KEY": "x", "LOG_LEVEL": "WARNING"})
     assert app.config["ENABLE_RATE_LIMITING"] is limited
-    assert app.extensions["tokenpool.limiter"].enabled is limited
+    assert app_state(app).limiter.enabled is limited
 
 
 def test_rate_limits_can_be_switched_on_in_development(monkeypatch):
     monkeypatch.setenv("ENABLE_RATE_LIMITING", "true")
     app = create_app({"APP_ENV": "development", "LOG_LEVEL": "WARNING"})
-    assert app.extensions["tokenpool.limiter"].enabled
+    assert app_state(app).limiter.enabled
 
 
 def start_with_multiproc_dir(folder) -> subprocess.CompletedProcess:

@@ -9,10 +9,11 @@ import re
 import pytest
 from flask import g
 
+from service.authentication import authenticate
 from service.errors import Unauthorized
 from service.observation import observer
 from service.route_table import route_table
-from service.security import authenticate
+from service.state import app_state
 from service.tracing import excluded_urls
 from tests.conftest import make_app
 
@@ -53,8 +54,8 @@ def test_every_blueprint_declares_the_expected_class(app):
 def test_every_rule_follows_its_class(app):
     table = route_table(app)
     begin = app.before_request_funcs[None][0]
-    limiter = app.extensions["tokenpool.limiter"]
-    exporter = app.extensions["tokenpool.exporter"]
+    limiter = app_state(app).limiter
+    exporter = app_state(app).exporter
     tracing = re.compile(excluded_urls(app))
     seen = set()
     for rule, path, method, expected in _rules(app):
@@ -91,7 +92,7 @@ def test_every_rule_follows_its_class(app):
 
 def test_unmatched_paths_are_api_traffic_even_under_a_probe_prefix(app):
     tracing = re.compile(excluded_urls(app))
-    (exporter_pattern,) = app.extensions["tokenpool.exporter"].excluded_paths
+    (exporter_pattern,) = app_state(app).exporter.excluded_paths
     for path in ("/healthz/x", "/metrics/", "/openapi.json.bak", "/nowhere"):
         assert not exporter_pattern.match(path)
         assert not tracing.search("http://localhost" + path)

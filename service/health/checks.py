@@ -16,7 +16,7 @@ from flask import current_app
 from flask_migrate import Migrate
 from sqlalchemy import inspect, text
 
-from .. import clock, metrics_storage
+from .. import metrics_storage
 from ..db import bounded_connection
 from ..deadline import DeadlineExceeded
 from ..log_files import configured_files, write_failures
@@ -233,6 +233,3 @@ def metrics_folder() -> dict:
     if error:
         result.update(status=DEGRADED, error=f"samples kept in memory only: {error}")
     return result
-
-
-now = clock.now  # the injected clock (tests) or the process clock

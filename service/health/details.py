@@ -19,6 +19,8 @@ from ..db import pool_limit
 from ..extensions import db
 from ..monitoring.figures import aggregate
 from ..monitoring.store import window_minutes
+from ..state import app_state
+from .state import cache_stats
 
 PERFORMANCE_WINDOW_MINUTES = 5
 SLOWEST_ENDPOINTS = 5
@@ -112,11 +114,9 @@ def caches() -> dict:
     `{"health_report": stats, "api_keys": stats, "total": {"hits", "misses", "size", "hit_rate"}}`,
     each stats `{"hits", "misses", "size", "hit_rate", "ttl_seconds"}`.
     """
-    from .routes import cache_stats  # routes imports this module
-
     found = {
         "health_report": cache_stats(),
-        "api_keys": current_app.extensions["tokenpool.key_cache"].stats(),
+        "api_keys": app_state().key_cache.stats(),
     }
     hits = sum(c["hits"] for c in found.values())
     misses = sum(c["misses"] for c in found.values())

@@ -3,52 +3,28 @@
 from __future__ import annotations
 
 import logging
-import threading
 import time
-import weakref
 
 from flask import current_app, jsonify, request
 
 from .. import clock
 from ..errors import error_response
 from ..openapi import Answer, operation
+from ..state import app_state
 from ..timeutil import isoformat
 from . import bp, checks, details
+from . import state as health_state
 from .checks import DEGRADED, HEALTHY, UNHEALTHY
+from .state import HealthState
 
 STARTED_AT = time.time()
 RANK = {HEALTHY: 0, DEGRADED: 1, UNHEALTHY: 2}
 INTERNAL_FIELDS = ("tokens", "last_sweep_at", "failed_check")
 
 
-class _State:
-    """One app's probe state: when it was built, start-up done, and the cached detailed report."""
-
-    def __init__(self, app) -> None:
-        self.built_at = clock.now(app)  # in the health checks' clock
-        self.built_monotonic = time.monotonic()
-        self.started = threading.Event()
-        self.lock = threading.Lock()
-        self.at = 0.0
-        self.report: dict | None = None
-        self.hits = self.misses = 0
-
-    def drop(self) -> None:
-        """Forget the cached report (another process asked: invalidation.py)."""
-        with self.lock:
-            self.at, self.report = 0.0, None
-
-
-_states: weakref.WeakSet = weakref.WeakSet()
-
-
-@bp.record
+@bp.record_once
 def _attach_state(setup_state) -> None:
-    # per app, not per module: several apps in one process (tests) must not share a cache
-    app = setup_state.app
-    state = app.extensions.setdefault("tokenpool.health", _State(app))
-    _states.add(state)
-    app.extensions["tokenpool.generation"].on_change(state.drop)
+    health_state.attach(setup_state.app)
 
 
 @bp.after_request
@@ -68,12 +44,12 @@ def _app():
     return current_app._get_current_object()  # type: ignore[attr-defined]  # the app, not its proxy
 
 
-def _state() -> _State:
-    return current_app.extensions["tokenpool.health"]
+def _state() -> HealthState:
+    return app_state().health
 
 
 def _database_check():
-    return checks.database(checks.now())
+    return checks.database(clock.now())
 
 
 def _db_check() -> dict:
@@ -164,7 +140,7 @@ def _public(found: dict) -> dict:
     }
 
 
-def _starting_since(app, state: _State):
+def _starting_since(app, state: HealthState):
     """When this app was built, while it is younger than one sweeper interval; else None."""
     if time.monotonic() - state.built_monotonic < app.config["CHECK_INTERVAL_SECONDS"]:
         return state.built_at
@@ -176,7 +152,7 @@ def detailed_report() -> dict:
     app = _app()
     ttl = app.config["HEALTH_CACHE_SECONDS"]
     state = _state()
-    app.extensions["tokenpool.generation"].sync()  # may drop the report (a cache clear elsewhere)
+    app_state(app).generation.sync()  # may drop the report (a cache clear elsewhere)
     with state.lock:
         if state.report is not None and time.monotonic() - state.at < ttl:
             state.hits += 1
@@ -197,7 +173,7 @@ def detailed_report() -> dict:
         database = _note_started(found["database"])
         if database["status"] == HEALTHY:
             found["token_manager"] = checks.token_manager(
-                database["last_sweep_at"], checks.now(), starting_since=_starting_since(app, state)
+                database["last_sweep_at"], clock.now(), starting_since=_starting_since(app, state)
             )
             found["tokens"] = checks.tokens(database["tokens"])
         else:
@@ -206,7 +182,7 @@ def detailed_report() -> dict:
         worst = max((c["status"] for c in found.values()), key=RANK.__getitem__)
         report = {
             "status": worst,
-            "timestamp": isoformat(checks.now()),
+            "timestamp": isoformat(clock.now()),
             "version": app.config["APP_VERSION"],
             "environment": app.config["APP_ENV"],
             **_uptime(),
@@ -214,27 +190,6 @@ def detailed_report() -> dict:
         }
         state.at, state.report = time.monotonic(), report
         return report
-
-
-def clear_cache() -> None:
-    """Forget every app's cached detailed report."""
-    for state in list(_states):
-        with state.lock:
-            state.at, state.report = 0.0, None
-            state.hits = state.misses = 0
-
-
-def cache_stats() -> dict:
-    """Hits, misses, size and hit rate of this app's detailed-report cache."""
-    state = _state()
-    lookups = state.hits + state.misses
-    return {
-        "hits": state.hits,
-        "misses": state.misses,
-        "size": int(state.report is not None),
-        "hit_rate": round(state.hits / lookups, 4) if lookups else 0.0,
-        "ttl_seconds": current_app.config["HEALTH_CACHE_SECONDS"],
-    }
 
 
 DETAIL_PARTS = {
@@ -274,7 +229,7 @@ def detailed():
             "pool_size_configured": current_app.config["MAX_ACTIVE_TOKENS"],
             "lifetime_seconds": current_app.config["TOKEN_LIFETIME_SECONDS"],
             "check_interval_seconds": current_app.config["CHECK_INTERVAL_SECONDS"],
-            "sweeper_in_process": "tokenpool.sweeper" in current_app.extensions,
+            "sweeper_in_process": app_state().sweeper is not None,
             **_detail_parts(),
         }
     if "application/health+json" in request.headers.get("Accept", ""):

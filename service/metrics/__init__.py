@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry
 
 from .. import metrics_storage
 from ..log_shipping import report_drops_to
+from ..state import app_state
 from .database import track_database
 from .definitions import TokenMetrics
 from .endpoint import bp, ensure_multiprocess_dir
@@ -39,16 +40,17 @@ def init_metrics(app) -> TokenMetrics:
         metrics_storage.use_reserved_files()
     registry = CollectorRegistry(auto_describe=True)
     metrics = TokenMetrics(registry)
-    app.extensions["tokenpool.metrics"] = metrics
-    app.extensions["tokenpool.telemetry"].subscribe(metrics.on_event)
+    state = app_state(app)
+    state.metrics = metrics
+    state.telemetry.subscribe(metrics.on_event)
     if app.config.get("LOGSTASH_HOST"):
         report_drops_to(metrics.log_lines_dropped)
     if not app.config["METRICS_ENABLED"]:
         return metrics
-    app.extensions["tokenpool.exporter"] = export_http_metrics(app, registry)
+    state.exporter = export_http_metrics(app, registry)
     track_requests(app, metrics, registry)
     track_database(app, metrics)
     scrape = CollectorRegistry(auto_describe=False)
     scrape.register(PoolCollector(app))
-    app.extensions["tokenpool.metrics_registries"] = (registry, scrape)
+    state.metrics_registries = (registry, scrape)
     return metrics

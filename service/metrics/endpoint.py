@@ -13,6 +13,7 @@ from .. import metrics_storage
 from ..errors import Unauthorized
 from ..openapi import Answer, operation
 from ..route_table import PROBE, declare
+from ..state import app_state
 
 bp = declare(Blueprint("metrics", __name__), PROBE)
 
@@ -50,7 +51,9 @@ def metrics_endpoint():
         sent = request.headers.get("Authorization", "")
         if not hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
             raise Unauthorized("A valid metrics bearer token is required.", reason="metrics_token")
-    registry, scrape = current_app.extensions["tokenpool.metrics_registries"]
+    registries = app_state().metrics_registries
+    assert registries is not None  # this blueprint is registered with them
+    registry, scrape = registries
     if multiprocess():
         registry = CollectorRegistry()
         MultiProcessCollector(registry)

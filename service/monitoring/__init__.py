@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, g, has_request_context, request
+from flask import Blueprint, g, has_request_context, request
 
 from ..db import observe_queries
 from ..labels import bounded_method, url_rule
 from ..observation import RequestRecord, observer
 from ..redis_connect import redis_client
 from ..route_table import KEYED, declare
+from ..state import app_state
 from ..telemetry import TokenEvent
 from ..timeutil import isoformat, utcnow
 from .store import (
@@ -26,7 +27,7 @@ bp = declare(Blueprint("monitoring", __name__, url_prefix="/api/monitoring"), KE
 
 def store() -> FigureStore:
     """This app's figure store: Redis (scope cluster) or this process (scope process)."""
-    return current_app.extensions["tokenpool.monitoring"]
+    return app_state().monitoring
 
 
 def _figures() -> Figures:
@@ -37,7 +38,7 @@ def _figures() -> Figures:
 
 
 def _write_now(app, figures: Figures) -> None:
-    app.extensions["tokenpool.monitoring"].write(current_minute(), figures)
+    app_state(app).monitoring.write(current_minute(), figures)
 
 
 def init_monitoring(app) -> None:
@@ -55,7 +56,7 @@ def init_monitoring(app) -> None:
         figure_store = BufferedStore(RedisStore(redis_client(redis_url, app.config)), interval)
     else:
         figure_store = RedisStore(redis_client(redis_url, app.config))
-    app.extensions["tokenpool.monitoring"] = figure_store
+    app_state(app).monitoring = figure_store
     slow_query_ms = app.config["SLOW_QUERY_MS"]
 
     def on_event(event: TokenEvent) -> None:
@@ -115,7 +116,7 @@ def init_monitoring(app) -> None:
             _write_now(app, figures)
 
     observer(app).subscribe(observed=on_request, finished=flush)
-    app.extensions["tokenpool.telemetry"].subscribe(on_event)
+    app_state(app).telemetry.subscribe(on_event)
     observe_queries(app, on_query)
 
 

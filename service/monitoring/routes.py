@@ -7,17 +7,18 @@ from redis import RedisError
 from sqlalchemy import func, select, text
 
 from ..apikeys.service import api_keys
+from ..authentication import require_admin
 from ..clock import token_time
 from ..db import run_transaction
 from ..errors import NotFound, ValidationError, error_response
 from ..extensions import db
 from ..health import details as health_details
-from ..health import routes as health_routes
+from ..health import state as health_state
 from ..invalidation import bump_now
 from ..models import TokenUsage
 from ..openapi import Answer, Error, operation
 from ..parsing import int_arg
-from ..security import require_admin
+from ..state import app_state
 from ..timeutil import isoformat, utcnow
 from ..tokens import reads
 from ..tokens import service as tokens
@@ -287,6 +288,6 @@ def cache_stats():
 def cache_clear():
     """This process's caches now; every other worker and instance's within invalidation.CHECK_SECONDS."""
     bump_now()
-    health_routes.clear_cache()
-    current_app.extensions["tokenpool.key_cache"].clear()
+    health_state.clear_cache()
+    app_state().key_cache.clear()
     return _answer({"status": "ok", "cleared": sorted(set(health_details.caches()) - {"total"})})

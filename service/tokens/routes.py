@@ -8,12 +8,12 @@ from flask import current_app, jsonify
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
+from ..authentication import is_admin, require_admin
 from ..clock import token_time
 from ..db import run_transaction
 from ..errors import ApiError, status_name
 from ..openapi import COMMON, Answer, operation
 from ..parsing import canonical_uuid
-from ..security import is_admin, require_admin
 from ..telemetry import emit, timed
 from . import bp, reads, service
 from .schemas import (

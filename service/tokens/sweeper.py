@@ -18,6 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from ..clock import token_time
 from ..db import run_transaction
+from ..state import app_state
 from ..telemetry import emit, timed
 from . import service
 
@@ -97,8 +98,8 @@ class Sweeper:
 
 
 def start_sweeper(app) -> None:
-    """Start the app's sweeper now, if it has one (gunicorn's `post_worker_init`)."""
-    sweeper = getattr(app, "extensions", {}).get("tokenpool.sweeper")
+    """Start the app's sweeper now, if it has one (gunicorn's `post_worker_init`; `app` None: no app)."""
+    sweeper = app_state(app).sweeper if app is not None else None
     if sweeper is not None:
         sweeper.start()
 
@@ -108,7 +109,7 @@ def init_sweeper(app) -> None:
     if not app.config["SWEEPER_ENABLED"]:
         return
     sweeper = Sweeper(app)
-    app.extensions["tokenpool.sweeper"] = sweeper
+    app_state(app).sweeper = sweeper
 
     @app.before_request
     def _start_sweeper():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from service.state import app_state
 from tests.conftest import temporary_database
 
 
@@ -17,5 +18,5 @@ def fresh_pg_database():
 @pytest.fixture
 def past_start_up(app):
     """The app as if it had been built more than one sweeper interval ago."""
-    app.extensions["tokenpool.health"].built_monotonic -= app.config["CHECK_INTERVAL_SECONDS"] + 1
+    app_state(app).health.built_monotonic -= app.config["CHECK_INTERVAL_SECONDS"] + 1
     return app

@@ -13,6 +13,7 @@ import pytest
 from service.extensions import db
 from service.health import checks
 from service.models import SweeperState
+from service.state import app_state
 from service.tokens.sweeper import run_sweep
 from tests.helpers import POOL, activate, assert_error, user
 
@@ -141,7 +142,7 @@ def test_a_sweep_older_than_the_start_is_no_finding_during_start_up(app, client,
     manager = client.get("/health").get_json()["checks"]["token_manager"]
     assert (manager["status"], manager["starting"]) == ("healthy", True)
 
-    app.extensions["tokenpool.health"].built_monotonic -= app.config["CHECK_INTERVAL_SECONDS"] + 1
+    app_state(app).health.built_monotonic -= app.config["CHECK_INTERVAL_SECONDS"] + 1
     assert client.get("/health").get_json()["checks"]["token_manager"]["status"] == "unhealthy"
 
 

@@ -10,6 +10,7 @@ import uuid
 
 import pytest
 
+from service.state import app_state
 from tests.conftest import make_app, reset_database
 from tests.helpers import activate, user
 from tests.procs import Gunicorn, ThrowawayRedis
@@ -159,7 +160,7 @@ def test_redis_round_trips_of_requests(sqlite_url, flush_seconds, pipelines):
         app = make_app(sqlite_url, REDIS_URL=redis.url, MONITORING_FLUSH_SECONDS=flush_seconds)
         reset_database(app)
         with app.app_context():
-            store = app.extensions["tokenpool.monitoring"]
+            store = app_state(app).monitoring
         assert store.scope == "cluster"
         store = getattr(store, "inner", store)
         trips = []
@@ -181,7 +182,7 @@ def test_redis_round_trips_of_requests(sqlite_url, flush_seconds, pipelines):
         assert client.get("/healthz").status_code == 200  # not API traffic: no write at all
         if flush_seconds:
             assert trips == []
-            app.extensions["tokenpool.monitoring"].flush()
+            app_state(app).monitoring.flush()
         assert trips == ["PIPELINE"] * pipelines
         figures = app.test_client().get(f"{MON}/metrics?window=5").get_json()
         assert figures["scope"] == "cluster" and figures["requests"] == 3

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from service.config import ConfigError
-from service.health import routes as health_routes
+from service.health import state as health_state
 from service.log_files import file_handler, prune
 from service.logging_setup import ConsoleFormatter, configure_logging
 from tests.conftest import make_app
@@ -138,7 +138,7 @@ def test_a_full_disk_loses_lines_quietly_and_health_says_degraded(sqlite_url, tm
     err = capfd.readouterr().err
     assert "Logging error" not in err and "Traceback" not in err
     assert err.count("cannot write log file") == 1 and "No space left on device" in err
-    health_routes.clear_cache()
+    health_state.clear_cache()
     check = client.get("/health").get_json()["checks"]["log_files"]
     assert check["status"] == "degraded"
     assert check["files"]["LOG_FILE"]["lost_lines"] >= 30

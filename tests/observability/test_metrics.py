@@ -7,6 +7,7 @@ import re
 import pytest
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from service.state import app_state
 from service.tokens.sweeper import run_sweep
 from tests.helpers import activate, assert_error, user
 
@@ -128,7 +129,7 @@ def test_every_metric_the_deploy_files_use_is_exported(database_url, clock):
 def test_http_metrics_come_from_prometheus_flask_exporter(app, client):
     from prometheus_flask_exporter import PrometheusMetrics
 
-    assert isinstance(app.extensions["tokenpool.exporter"], PrometheusMetrics)
+    assert isinstance(app_state(app).exporter, PrometheusMetrics)
     client.get("/api/tokens/summary")
     client.open("/api/tokens/summary", method="BREW")
     text = client.get("/metrics").get_data(as_text=True)

@@ -6,6 +6,7 @@ import pytest
 
 from service.db import observe_queries
 from service.invalidation import CHECK_SECONDS
+from service.state import app_state
 from tests.helpers import Ticks, assert_error
 from tests.protection.support import INVALID_KEY, cli, create_key, with_key
 
@@ -20,7 +21,7 @@ def two_apps(build):
     clocks = []
     for app in apps:
         clock = Ticks()
-        app.extensions["tokenpool.generation"].clock = clock
+        app_state(app).generation.clock = clock
         clocks.append(clock)
 
     def advance(seconds: float) -> None:
@@ -60,11 +61,11 @@ def test_a_cache_clear_on_one_app_empties_the_other(two_apps):
     advance(CHECK_SECONDS)
     for key in (admin, client_key):
         assert second.test_client().get(SUMMARY, headers=with_key(key)).status_code == 200
-    assert second.extensions["tokenpool.key_cache"].stats()["size"] == 2
+    assert app_state(second).key_cache.stats()["size"] == 2
     assert first.test_client().post("/api/monitoring/cache/clear", headers=with_key(admin)).status_code == 200
     advance(CHECK_SECONDS)
     second.test_client().get(SUMMARY, headers=with_key(admin))
-    assert second.extensions["tokenpool.key_cache"].stats()["size"] == 1
+    assert app_state(second).key_cache.stats()["size"] == 1
 
 
 def test_the_generation_is_read_at_most_once_per_check_period(two_apps):

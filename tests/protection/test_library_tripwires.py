@@ -1,6 +1,6 @@
 """Tripwires for the library private names the service overrides or reads.
 
-`OnceTalisman` (service/security.py) overrides private methods of Flask-Talisman;
+`OnceTalisman` (service/response_headers.py) overrides private methods of Flask-Talisman;
 `PolicyLimiter` (service/ratelimit.py) removes Flask-Limiter's hooks by
 their mangled names and replaces its private request check; `metrics_storage`
 extends prometheus_client's memory-mapped files; `db.pool_limit` reads
@@ -21,7 +21,7 @@ from flask_limiter.util import get_remote_address
 from flask_talisman import Talisman
 
 from service.ratelimit import PolicyLimiter
-from service.security import OnceTalisman, talisman_options
+from service.response_headers import OnceTalisman, talisman_options
 
 
 def params(func) -> list[str]:
@@ -114,6 +114,7 @@ def limiter_app(cls):
             "RATE_LIMIT_PER_MINUTE": 5,
             "API_KEY_RATE_LIMIT_PER_MINUTE": 5,
             "API_KEY_RATE_LIMIT_PER_HOUR": 50,
+            "AUTH_FAILURE_RATE_LIMIT": "5/minute",
         }
         limiter = PolicyLimiter(config, metrics=None)
     else:

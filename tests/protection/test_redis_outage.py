@@ -8,6 +8,7 @@ import time
 import pytest
 import redis
 
+from service.state import app_state
 from tests.conftest import make_app, reset_database
 from tests.helpers import user
 from tests.observability.test_metrics import sample
@@ -113,7 +114,7 @@ def limited_client(database_url: str, redis_url: str, **settings):
     reset_database(app)
     client = app.test_client()
     client.get("/api/tokens/summary")
-    connection = app.extensions["tokenpool.limiter"]._storage.get_connection()
+    connection = app_state(app).limiter._storage.get_connection()
     commands = []
     direct = connection.execute_command
     connection.execute_command = lambda *args, **kw: commands.append(args[0]) or direct(*args, **kw)

@@ -10,6 +10,7 @@ from sqlalchemy.exc import OperationalError
 
 from service.db import run_transaction
 from service.extensions import db
+from service.state import app_state
 from service.tokens import service
 from service.tokens.sweeper import Sweeper, run_sweep
 from tests.conftest import make_app, reset_database
@@ -99,7 +100,7 @@ def test_two_concurrent_runners_close_each_lease_once(database_url):
 def test_background_sweeper_runs_and_stops(database_url):
     app = make_app(database_url, CHECK_INTERVAL_SECONDS=1, SWEEPER_ENABLED=True)
     reset_database(app)
-    sweeper = app.extensions["tokenpool.sweeper"]
+    sweeper = app_state(app).sweeper
     sweeper.interval = 0.05
     app.test_client().get("/healthz")  # the first request starts it
     assert sweeper.running
@@ -114,7 +115,7 @@ def test_the_sweeper_sweeps_at_once_when_it_starts(database_url):
     """The first sweep does not wait an interval: /health knows the token manager at start."""
     app = make_app(database_url, CHECK_INTERVAL_SECONDS=3600, SWEEPER_ENABLED=True)
     reset_database(app)
-    sweeper = app.extensions["tokenpool.sweeper"]
+    sweeper = app_state(app).sweeper
     sweeper.start()
     assert sweeper.running
     try:
@@ -124,10 +125,10 @@ def test_the_sweeper_sweeps_at_once_when_it_starts(database_url):
 
 
 def test_sweeper_not_started_by_cli_or_when_disabled(app):
-    assert "tokenpool.sweeper" not in app.extensions
+    assert app_state(app).sweeper is None
     enabled = make_app(app.config["SQLALCHEMY_DATABASE_URI"], SWEEPER_ENABLED=True)
-    assert not enabled.extensions["tokenpool.sweeper"].running
-    assert isinstance(enabled.extensions["tokenpool.sweeper"], Sweeper)
+    assert not app_state(enabled).sweeper.running
+    assert isinstance(app_state(enabled).sweeper, Sweeper)
 
 
 def test_cli_sweep(app, client, clock):
@@ -153,7 +154,7 @@ def test_cli_seed_is_idempotent_and_tops_up(app):
 def test_a_failed_sweep_is_an_expiration_failure_too(tmp_path):
     app = make_app("sqlite:///" + str(tmp_path / "no" / "such" / "dir.sqlite3"))  # cannot be opened
     events = []
-    app.extensions["tokenpool.telemetry"].subscribe(events.append)
+    app_state(app).telemetry.subscribe(events.append)
     with pytest.raises(OperationalError):
         run_sweep(app)
     failures = [(e.event, e.status, e.reason) for e in events]

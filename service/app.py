@@ -1,0 +1,102 @@
+"""The Flask class of the service and the WSGI middleware in front of it.
+
+`App` is Flask minus per-request work that gives the same answer every time,
+with one typed state object (service/state.py) and a request that remembers
+its caller (service/authentication.py). `trust_proxy_headers` decides which
+forwarded headers count.
+"""
+
+from __future__ import annotations
+
+from flask import Flask
+from flask import Request as FlaskRequest
+from flask.sessions import SessionInterface
+from werkzeug.middleware.proxy_fix import ProxyFix
+from werkzeug.routing import RequestRedirect
+
+from .apikeys.service import Identity
+from .json_provider import OrjsonProvider
+from .redirects import routing_redirect
+from .state import init_state
+
+
+class NoSessions(SessionInterface):
+    """A JSON API authenticated by API keys keeps no cookie session: none is opened or saved.
+
+    Flask's default would build a signing serializer on every request (~2 % of activation's CPU).
+    """
+
+    def open_session(self, app, request):
+        """None: no session is opened."""
+        return None  # Flask then uses its (empty, unsaved) null session
+
+    def save_session(self, app, session, response):
+        """Nothing is saved."""
+        return None
+
+
+class Request(FlaskRequest):
+    """Flask's request, plus the caller's identity once `authentication.caller()` worked it out."""
+
+    caller_known: bool = False
+    caller: Identity | None = None
+
+
+class App(Flask):
+    """Flask, minus per-request work that gives the same answer every time."""
+
+    session_interface = NoSessions()
+    json_provider_class = OrjsonProvider
+    request_class = Request
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._sync: dict = {}
+        init_state(self)
+
+    def raise_routing_exception(self, request):
+        """werkzeug's own redirects (merged slashes) as our 308: JSON body, Location not from Host."""
+        if isinstance(request.routing_exception, RequestRedirect):
+            raise routing_redirect(request.routing_exception)
+        super().raise_routing_exception(request)
+
+    def ensure_sync(self, func):
+        """Flask's answer, remembered per function: it asked `inspect` for each of ~20 hooks per request."""
+        sync = self._sync.get(func)
+        if sync is None:
+            sync = self._sync[func] = super().ensure_sync(func)
+        return sync
+
+
+# Headers that claim the scheme of the client's connection. ProxyFix reads X-Forwarded-Proto
+# from the trusted hops only; the rest are read by nobody here, but a library that looks at the
+# raw header (Talisman does) must not be fooled, so none of them stays in the environ.
+SCHEME_HEADERS = (
+    "HTTP_X_FORWARDED_PROTO",
+    "HTTP_X_FORWARDED_SSL",
+    "HTTP_X_FORWARDED_PROTOCOL",
+    "HTTP_X_FORWARDED_SCHEME",
+    "HTTP_X_URL_SCHEME",
+    "HTTP_FRONT_END_HTTPS",
+    "HTTP_FORWARDED",
+)
+
+
+def trust_proxy_headers(app: Flask) -> None:
+    """The one place that decides which forwarded headers count: ProxyFix for exactly the
+    configured hops (PROXY_FIX_X_FOR, PROXY_FIX_X_PROTO); gunicorn trusts none of them
+    (gunicorn.conf.py). After it, `wsgi.url_scheme` and `REMOTE_ADDR` are the truth and the
+    raw scheme headers are dropped.
+    """
+    x_for, x_proto = app.config["PROXY_FIX_X_FOR"], app.config["PROXY_FIX_X_PROTO"]
+    inner = app.wsgi_app
+
+    def drop_scheme_headers(environ, start_response):
+        for name in SCHEME_HEADERS:
+            environ.pop(name, None)
+        return inner(environ, start_response)
+
+    # Flask's documented way to add WSGI middleware (mypy sees a method being replaced)
+    app.wsgi_app = drop_scheme_headers
+    if x_for or x_proto:  # outermost: ProxyFix reads the headers before they are dropped
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=x_for, x_proto=x_proto)

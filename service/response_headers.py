@@ -1,0 +1,124 @@
+"""The headers of every answer: Flask-Talisman's security headers, CORS, and the HTTPS redirect.
+
+Talisman sends the policy (CSP, HSTS on HTTPS, frame, referrer, permissions,
+nosniff) and decides the HTTPS redirect (`FORCE_HTTPS`), which answers with
+our 308 (service/redirects.py). Probes and scrapes are exempt from it by
+their route class (service/route_table.py). CORS comes from `ALLOWED_ORIGINS`.
+"""
+
+from __future__ import annotations
+
+from flask import Response, request
+from flask_cors import CORS
+from flask_talisman import Talisman
+
+from . import ratelimit_headers as rate_limit_headers
+from .config import ConfigError
+from .redirects import https_redirect
+
+
+def is_cors_preflight() -> bool:
+    """A browser's CORS preflight (Fetch standard): OPTIONS with Origin and Access-Control-Request-Method."""
+    headers = request.headers
+    return request.method == "OPTIONS" and "Origin" in headers and "Access-Control-Request-Method" in headers
+
+
+class OnceTalisman(Talisman):
+    """Flask-Talisman, with its per-endpoint options and headers worked out once, not per response.
+
+    Talisman resolves a view's options four times per request and rebuilds the
+    same policy strings for every response (~25 us of CPU). Its answer depends
+    only on the endpoint and on whether the request came over HTTPS (HSTS), so
+    we ask Talisman once per pair and copy its headers. With a CSP nonce (none
+    is configured: a JSON API) every response is left to Talisman.
+    """
+
+    def __init__(self, app, **options) -> None:
+        self._options_of: dict = {}
+        self._headers_of: dict = {}
+        super().__init__(app, **options)
+
+    def _get_local_options(self):
+        endpoint = request.endpoint
+        options = self._options_of.get(endpoint)
+        if options is None:
+            options = self._options_of[endpoint] = super()._get_local_options()
+        return options
+
+    def _force_https(self):
+        """Talisman's redirect answers 302 (a POST is followed with GET), builds the URL from the
+        Host header and has an HTML body; ours is service/redirects.py. HTTPS is the request's
+        `wsgi.url_scheme` alone: the proxy hops trusted by ProxyFix decide it (service/__init__.py).
+        """
+        if self._get_local_options()["force_https"] and not request.is_secure:
+            raise https_redirect()
+        return None
+
+    def _set_content_security_policy_headers(self, headers, options):
+        """Talisman's headers, plus `X-XSS-Protection: 0`.
+
+        Talisman 1.1.0 can only send `1; mode=block` (its `x_xss_protection`), which
+        OWASP's Secure Headers Project advises against: the filters it switched on
+        are gone from current browsers, and where left they could be abused to
+        leak or suppress content. `0` turns an old browser's filter off.
+        """
+        super()._set_content_security_policy_headers(headers, options)
+        headers["X-XSS-Protection"] = "0"
+
+    def _make_nonce(self):
+        if self.content_security_policy_nonce_in:
+            super()._make_nonce()
+
+    def _set_response_headers(self, response):
+        if self.content_security_policy_nonce_in:
+            return super()._set_response_headers(response)
+        # HSTS on HTTPS only; the raw scheme headers were consumed by ProxyFix and removed
+        key = (request.endpoint, request.is_secure)
+        headers = self._headers_of.get(key)
+        if headers is None:
+            probe = Response()
+            probe.headers.clear()
+            super()._set_response_headers(probe)
+            headers = self._headers_of[key] = tuple(probe.headers.items())
+        target = response.headers
+        for name, value in headers:
+            target[name] = value
+        return response
+
+
+def _allowed_origins(config) -> list[str]:
+    origins = [o.strip() for o in (config.get("ALLOWED_ORIGINS") or "").split(",") if o.strip()]
+    if "*" in origins and config["APP_ENV"] == "production" and not config["ALLOW_ANY_ORIGIN"]:
+        raise ConfigError("ALLOWED_ORIGINS may not be '*' in production unless ALLOW_ANY_ORIGIN=true")
+    return origins
+
+
+def talisman_options(config) -> dict:
+    """The Flask-Talisman options of an app with these settings (keyword arguments of `Talisman`)."""
+    return dict(
+        force_https=config["FORCE_HTTPS"],
+        force_https_permanent=False,
+        strict_transport_security=True,  # Talisman sends HSTS only on HTTPS requests
+        strict_transport_security_max_age=config["HSTS_MAX_AGE"],
+        strict_transport_security_include_subdomains=False,
+        content_security_policy={"default-src": "'none'", "frame-ancestors": "'none'"},
+        frame_options="DENY",
+        referrer_policy="strict-origin-when-cross-origin",
+        permissions_policy={"geolocation": "()", "camera": "()", "microphone": "()"},
+        session_cookie_secure=config["FORCE_HTTPS"],
+        x_xss_protection=False,  # never "1; mode=block"; OnceTalisman sends "0"
+    )
+
+
+def init_response_headers(app) -> None:
+    """Talisman's headers and HTTPS redirect, and CORS, all from settings."""
+    OnceTalisman(app, **talisman_options(app.config))
+    origins = _allowed_origins(app.config)
+    if origins:
+        CORS(
+            app,
+            resources={r"/api/*": {"origins": origins}},
+            allow_headers=["Content-Type", "X-API-Key", "Authorization", "X-Request-ID", "X-Correlation-ID"],
+            expose_headers=["X-Request-ID", "X-Correlation-ID", *rate_limit_headers.EXPOSED],
+            max_age=600,
+        )

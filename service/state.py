@@ -1,0 +1,72 @@
+"""What one app builds at start and reads per request: one typed object, `app_state(app)`.
+
+The App (service/app.py) creates it empty; each subsystem's `init_*` sets the
+attributes it owns, and per-request code reads them through `app_state()`.
+Per app, not per module: two apps in one process (tests) never share a cache,
+a sweeper or a subscriber list.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from flask import Flask, current_app
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+    from prometheus_flask_exporter import PrometheusMetrics
+
+    from .authentication import FailureBudget, KeyCache
+    from .deadline import Deadline
+    from .health.state import HealthState
+    from .invalidation import Generation
+    from .metrics import TokenMetrics
+    from .monitoring.store import BufferedStore, MemoryStore, RedisStore
+    from .observation import Observer
+    from .ratelimit import PolicyLimiter
+    from .route_table import RouteTable
+    from .telemetry import Telemetry
+    from .tokens.sweeper import Sweeper
+
+EXTENSION = "tokenpool"  # the one key of `app.extensions` this service uses
+
+
+class AppState:
+    """The app's long-lived objects, each set by the `init_*` that owns it (named in brackets).
+
+    An attribute without a default is read only after its owner ran: reading it
+    earlier raises AttributeError, which is a bug in the factory's order.
+    """
+
+    generation: Generation  # caches dropped across processes (invalidation.init_invalidation)
+    telemetry: Telemetry  # token event subscribers (telemetry.init_telemetry)
+    deadline: Deadline  # the database deadline and stall state (db.init_db)
+    metrics: TokenMetrics  # Prometheus metrics of the service (metrics.init_metrics)
+    key_cache: KeyCache  # recent API key lookups (authentication.init_authentication)
+    health: HealthState  # probe state and the cached detailed report (health blueprint)
+    monitoring: MemoryStore | RedisStore | BufferedStore  # request figures (monitoring.init_monitoring)
+    limiter: PolicyLimiter  # Flask-Limiter with our policy (ratelimit.init_rate_limits)
+    api_index: bytes  # the `GET /api` body, rendered once (api_index blueprint)
+    console_assets: dict[str, str]  # {asset file: digest} of the console (console blueprint)
+    route_table: RouteTable  # each blueprint's route class (route_table.init_route_table)
+    observer: Observer  # the subscribers of each request's record (observation.init_observation)
+
+    def __init__(self) -> None:
+        self.query_observers: list[Callable[[str, float], None]] = []  # db.observe_queries
+        self.auth_failure_budget: FailureBudget | None = None  # authentication.init_authentication
+        self.sweeper: Sweeper | None = None  # with SWEEPER_ENABLED (tokens.sweeper.init_sweeper)
+        self.exporter: PrometheusMetrics | None = None  # with METRICS_ENABLED (metrics.init_metrics)
+        # (process registry, scrape-time registry) with METRICS_ENABLED (metrics.init_metrics)
+        self.metrics_registries: tuple[CollectorRegistry, CollectorRegistry] | None = None
+
+
+def init_state(app: Flask) -> AppState:
+    """Give `app` its empty state (once; the App class calls this)."""
+    state = app.extensions[EXTENSION] = AppState()
+    return state
+
+
+def app_state(app: Flask | None = None) -> AppState:
+    """The state of `app` (default: the current app)."""
+    return (app or current_app).extensions[EXTENSION]
