@@ -31,7 +31,7 @@ keepalive = int(os.environ.get("GUNICORN_KEEPALIVE", "5"))
 max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "1000000"))
 max_requests_jitter = int(os.environ.get("GUNICORN_MAX_REQUESTS_JITTER", "100000"))
 # Forwarded headers are trusted in one place: the app's ProxyFix, by the hop counts
-# PROXY_FIX_X_FOR / PROXY_FIX_X_PROTO (service/__init__.py). gunicorn trusts none of them from
+# PROXY_FIX_X_FOR / PROXY_FIX_X_PROTO (service/app.py). gunicorn trusts none of them from
 # anyone: by default it takes X-Forwarded-Proto, X-Forwarded-Ssl and X-Forwarded-Protocol from
 # 127.0.0.1 as the scheme (a local client could fake HTTPS with PROXY_FIX_X_PROTO=0) and answers
 # HTML 400 "Contradictory scheme headers" when they disagree. FORWARDED_ALLOW_IPS is not read.

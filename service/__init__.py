@@ -13,7 +13,6 @@ from .database_cli import database_cli
 from .db import init_db
 from .errors import register_error_handlers
 from .health import bp as health_bp
-from .invalidation import init_invalidation
 from .logging_setup import configure_logging
 from .metrics import bp as metrics_bp
 from .metrics import init_metrics
@@ -26,7 +25,6 @@ from .request_context import init_request_context
 from .response_headers import init_response_headers
 from .route_table import init_route_table
 from .slow_log import init_slow_log
-from .telemetry import init_telemetry
 from .tokens import bp as tokens_bp
 from .tokens.cli import tokens_cli
 from .tokens.sweeper import init_sweeper
@@ -43,9 +41,7 @@ def create_app(config: dict | None = None) -> App:
     load_config(app, config)
     configure_logging(app.config)
     trust_proxy_headers(app)
-    init_telemetry(app)
     init_db(app)
-    init_invalidation(app)
     for bp in (api_bp, tokens_bp, health_bp, openapi_bp, monitoring_bp, console_bp):
         app.register_blueprint(bp)
     if app.config["METRICS_ENABLED"]:

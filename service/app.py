@@ -15,9 +15,11 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import RequestRedirect
 
 from .apikeys.service import Identity
+from .invalidation import Generation
 from .json_provider import OrjsonProvider
 from .redirects import routing_redirect
-from .state import init_state
+from .state import EXTENSION, AppState
+from .telemetry import Telemetry
 
 
 class NoSessions(SessionInterface):
@@ -52,7 +54,7 @@ class App(Flask):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._sync: dict = {}
-        init_state(self)
+        self.extensions[EXTENSION] = AppState(Telemetry(), Generation())
 
     def raise_routing_exception(self, request):
         """werkzeug's own redirects (merged slashes) as our 308: JSON body, Location not from Host."""

@@ -22,7 +22,6 @@ from sqlalchemy import Connection, insert, select, update
 
 from .db import run_transaction
 from .models import CacheGeneration
-from .state import app_state
 
 log = logging.getLogger("tokenpool.invalidation")
 generations = CacheGeneration.__table__
@@ -92,12 +91,6 @@ class Generation:
                     drop()
         finally:
             self._lock.release()
-
-
-def init_invalidation(app) -> Generation:
-    """The app's Generation (`app_state(app).generation`); caches register with `on_change`."""
-    generation = app_state(app).generation = Generation()
-    return generation
 
 
 def bump_now() -> None:

@@ -162,30 +162,25 @@ class PolicyLimiter(Limiter):
       the console's page and files: fixed content, no key, no database; its API
       calls are limited like any; service/route_table.py) and CORS preflights:
       never limited.
+
+    It overrides one private method, `_check_request_limit` (the request check
+    Flask-Limiter's `init_app` registers), and drives the in-memory fallback
+    through `_storage_dead`, the flag Flask-Limiter's public `limiter` property
+    reads, with its own recovery (`_recover_storage`). Against Flask-Limiter's
+    own check and limit registry this saves 64-78 us of CPU per request
+    (docs/PERFORMANCE.md, "Library privates"; bench/library_overrides.py);
+    tests/protection/test_library_tripwires.py fails when those names change.
     """
 
-    def __init__(self, config, metrics) -> None:
+    def __init__(self, config) -> None:
         super().__init__(get_remote_address)
-        self.metrics = metrics
         self.ip_limit = RateLimitItemPerMinute(config["RATE_LIMIT_PER_MINUTE"])
         self.key_minute = config["API_KEY_RATE_LIMIT_PER_MINUTE"]
         self.key_hour = config["API_KEY_RATE_LIMIT_PER_HOUR"]
         self._items: dict[tuple[type, int], object] = {}
         self._recheck_at = 0.0
         self._recheck_delay = 1.0
-        self.auth_failures = AuthFailureBudget(config, self, metrics)
-
-    def init_app(self, app) -> None:
-        """Flask-Limiter's set-up, without its after-request and teardown hooks.
-
-        They serve its limit registry's headers and per-request context, which
-        this policy does not use (our `headers` writes the headers): ~10 us per request.
-        """
-        super().init_app(app)
-        inject, release = Limiter._Limiter__inject_headers, self._Limiter__release_context  # type: ignore[attr-defined]
-        after, teardown = app.after_request_funcs[None], app.teardown_request_funcs[None]
-        after[:] = [f for f in after if getattr(f, "func", None) is not inject]
-        teardown[:] = [f for f in teardown if f != release]
+        self.auth_failures = AuthFailureBudget(config, self)
 
     def _item(self, kind, amount: int):
         item = self._items.get((kind, amount))
@@ -228,7 +223,7 @@ class PolicyLimiter(Limiter):
                 log.exception("rate limit check failed; request served unlimited")
                 return
             self.logger.warning(FALLBACK)
-            self.metrics.rate_limit_fallbacks.inc()
+            app_state().metrics.rate_limit_fallbacks.inc()
             self._storage_dead = True
             self._recheck_at, self._recheck_delay = time.time() + 1.0, 1.0
             self._hit(checks)
@@ -240,7 +235,7 @@ class PolicyLimiter(Limiter):
             allowed, remaining, reset_at = hit_window(strategy, item, *identifiers)
             seen.append((item, kind, remaining, reset_at))
             if not allowed:
-                self.metrics.rate_limit_hits.labels(kind).inc()
+                app_state().metrics.rate_limit_hits.labels(kind).inc()
                 extra = {"event": "rate_limited", "limit": str(item), "key_kind": kind}
                 log.warning("rate limit exceeded", extra=extra)
                 raise RateLimited(seconds_until(reset_at, time.time()))
@@ -292,7 +287,7 @@ def build_rate_limiter(app) -> PolicyLimiter:
     elif config["RATELIMIT_ENABLED"] and config.get("WEB_CONCURRENCY", 0) > 1:
         log.warning("rate limits use memory:// with several workers: each worker counts alone; set REDIS_URL")
 
-    return PolicyLimiter(config, app_state(app).metrics)
+    return PolicyLimiter(config)
 
 
 def init_rate_limits(app, limiter: PolicyLimiter) -> None:
@@ -316,16 +311,15 @@ class AuthFailureBudget:
 
     MESSAGE = "Too many failed authentication attempts."
 
-    def __init__(self, config, limiter: Limiter, metrics) -> None:
+    def __init__(self, config, limiter: Limiter) -> None:
         self.item = parse(config["AUTH_FAILURE_RATE_LIMIT"])
         self.limiter = limiter
-        self.metrics = metrics
 
     def _bucket(self) -> tuple[str, str, str]:
         return self.limiter._key_prefix, "auth-failures", get_remote_address()
 
     def _refuse(self, reset_at: float) -> None:
-        self.metrics.rate_limit_hits.labels("auth_failures").inc()
+        app_state().metrics.rate_limit_hits.labels("auth_failures").inc()
         extra = {"event": "rate_limited", "limit": str(self.item), "key_kind": "auth_failures"}
         log.warning("rate limit exceeded", extra=extra)
         raise RateLimited(seconds_until(reset_at, time.time()), self.MESSAGE)

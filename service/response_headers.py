@@ -1,14 +1,14 @@
 """The headers of every answer: Flask-Talisman's security headers, CORS, and the HTTPS redirect.
 
 Talisman sends the policy (CSP, HSTS on HTTPS, frame, referrer, permissions,
-nosniff) and decides the HTTPS redirect (`FORCE_HTTPS`), which answers with
-our 308 (service/redirects.py). Probes and scrapes are exempt from it by
-their route class (service/route_table.py). CORS comes from `ALLOWED_ORIGINS`.
+nosniff). The HTTPS redirect (`FORCE_HTTPS`) is ours (`require_https`: a 308
+from service/redirects.py); probes and scrapes are exempt from it by their
+route class (service/route_table.py). CORS comes from `ALLOWED_ORIGINS`.
 """
 
 from __future__ import annotations
 
-from flask import Response, request
+from flask import Response, g, request
 from flask_cors import CORS
 from flask_talisman import Talisman
 
@@ -24,54 +24,35 @@ def is_cors_preflight() -> bool:
 
 
 class OnceTalisman(Talisman):
-    """Flask-Talisman, with its per-endpoint options and headers worked out once, not per response.
+    """Flask-Talisman, with the headers of each endpoint and scheme worked out once, not per response.
 
-    Talisman resolves a view's options four times per request and rebuilds the
-    same policy strings for every response (~25 us of CPU). Its answer depends
-    only on the endpoint and on whether the request came over HTTPS (HSTS), so
-    we ask Talisman once per pair and copy its headers. With a CSP nonce (none
-    is configured: a JSON API) every response is left to Talisman.
+    Talisman rebuilds the same policy strings for every response. Its headers
+    depend only on the endpoint (per-view options) and on whether the request
+    came over HTTPS (HSTS), so we ask Talisman once per pair, on a probe
+    response, and copy its headers. With a CSP nonce (none is configured: a
+    JSON API) every response is left to Talisman.
+
+    The one private method overridden (`_set_response_headers`, its after-request
+    hook) saves about 14 us of CPU per request (docs/PERFORMANCE.md, "Library
+    privates"; bench/library_overrides.py); tests/protection/test_library_tripwires.py
+    fails when our headers stop equalling stock Talisman's.
+
+    We add `X-XSS-Protection: 0`: Talisman 1.1.0 can only send `1; mode=block`
+    (its `x_xss_protection`), which OWASP's Secure Headers Project advises
+    against: the filters it switched on are gone from current browsers, and
+    where left they could be abused to leak or suppress content. `0` turns an
+    old browser's filter off.
     """
 
     def __init__(self, app, **options) -> None:
-        self._options_of: dict = {}
         self._headers_of: dict = {}
         super().__init__(app, **options)
 
-    def _get_local_options(self):
-        endpoint = request.endpoint
-        options = self._options_of.get(endpoint)
-        if options is None:
-            options = self._options_of[endpoint] = super()._get_local_options()
-        return options
-
-    def _force_https(self):
-        """Talisman's redirect answers 302 (a POST is followed with GET), builds the URL from the
-        Host header and has an HTML body; ours is service/redirects.py. HTTPS is the request's
-        `wsgi.url_scheme` alone: the proxy hops trusted by ProxyFix decide it (service/__init__.py).
-        """
-        if self._get_local_options()["force_https"] and not request.is_secure:
-            raise https_redirect()
-        return None
-
-    def _set_content_security_policy_headers(self, headers, options):
-        """Talisman's headers, plus `X-XSS-Protection: 0`.
-
-        Talisman 1.1.0 can only send `1; mode=block` (its `x_xss_protection`), which
-        OWASP's Secure Headers Project advises against: the filters it switched on
-        are gone from current browsers, and where left they could be abused to
-        leak or suppress content. `0` turns an old browser's filter off.
-        """
-        super()._set_content_security_policy_headers(headers, options)
-        headers["X-XSS-Protection"] = "0"
-
-    def _make_nonce(self):
-        if self.content_security_policy_nonce_in:
-            super()._make_nonce()
-
     def _set_response_headers(self, response):
         if self.content_security_policy_nonce_in:
-            return super()._set_response_headers(response)
+            super()._set_response_headers(response)
+            response.headers["X-XSS-Protection"] = "0"
+            return response
         # HSTS on HTTPS only; the raw scheme headers were consumed by ProxyFix and removed
         key = (request.endpoint, request.is_secure)
         headers = self._headers_of.get(key)
@@ -79,6 +60,7 @@ class OnceTalisman(Talisman):
             probe = Response()
             probe.headers.clear()
             super()._set_response_headers(probe)
+            probe.headers["X-XSS-Protection"] = "0"
             headers = self._headers_of[key] = tuple(probe.headers.items())
         target = response.headers
         for name, value in headers:
@@ -96,8 +78,7 @@ def _allowed_origins(config) -> list[str]:
 def talisman_options(config) -> dict:
     """The Flask-Talisman options of an app with these settings (keyword arguments of `Talisman`)."""
     return dict(
-        force_https=config["FORCE_HTTPS"],
-        force_https_permanent=False,
+        force_https=False,  # ours: `require_https`
         strict_transport_security=True,  # Talisman sends HSTS only on HTTPS requests
         strict_transport_security_max_age=config["HSTS_MAX_AGE"],
         strict_transport_security_include_subdomains=False,
@@ -110,9 +91,24 @@ def talisman_options(config) -> dict:
     )
 
 
+def require_https() -> None:
+    """before_request with `FORCE_HTTPS`: a plain-HTTP request is answered with our redirect.
+
+    Talisman's own (off: `force_https=False`) answers 302, which a POST follows
+    with GET, builds the URL from the Host header and has an HTML body; ours is
+    service/redirects.py. HTTPS is the request's `wsgi.url_scheme` alone: the
+    proxy hops trusted by ProxyFix decide it (service/app.py). Probes and
+    scrapes (their route class, service/route_table.py) are answered over plain HTTP.
+    """
+    if not request.is_secure and g.route_class.https_redirect:
+        raise https_redirect()
+
+
 def init_response_headers(app) -> None:
-    """Talisman's headers and HTTPS redirect, and CORS, all from settings."""
+    """Talisman's headers, the HTTPS redirect and CORS, all from settings."""
     OnceTalisman(app, **talisman_options(app.config))
+    if app.config["FORCE_HTTPS"]:
+        app.before_request(require_https)
     origins = _allowed_origins(app.config)
     if origins:
         CORS(

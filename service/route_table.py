@@ -119,16 +119,12 @@ def _path_regex(rule: str) -> str:
 
 
 def init_route_table(app: Flask) -> RouteTable:
-    """Build the app's table (after its blueprints are registered) and apply the HTTPS-redirect
-    exemption to the views of classes that answer plain HTTP (probes, scrapes).
+    """Build the app's table (after its blueprints are registered).
 
     Raises RuntimeError naming any blueprint that declared no class.
     """
     table = RouteTable(app)
     app_state(app).route_table = table
-    for endpoint, view in app.view_functions.items():
-        if not table.of_endpoint(endpoint).https_redirect:
-            view.talisman_view_options = {"force_https": False}  # type: ignore[union-attr]
     return table
 
 

@@ -1,7 +1,9 @@
 """What one app builds at start and reads per request: one typed object, `app_state(app)`.
 
-The App (service/app.py) creates it empty; each subsystem's `init_*` sets the
-attributes it owns, and per-request code reads them through `app_state()`.
+The App (service/app.py) creates it with the two objects other subsystems
+subscribe to (token events, cache invalidation); each subsystem's `init_*`
+sets the attributes it owns, and per-request code reads them through
+`app_state()`.
 Per app, not per module: two apps in one process (tests) never share a cache,
 a sweeper or a subscriber list.
 """
@@ -39,8 +41,6 @@ class AppState:
     earlier raises AttributeError, which is a bug in the factory's order.
     """
 
-    generation: Generation  # caches dropped across processes (invalidation.init_invalidation)
-    telemetry: Telemetry  # token event subscribers (telemetry.init_telemetry)
     deadline: Deadline  # the database deadline and stall state (db.init_db)
     metrics: TokenMetrics  # Prometheus metrics of the service (metrics.init_metrics)
     key_cache: KeyCache  # recent API key lookups (authentication.init_authentication)
@@ -52,19 +52,15 @@ class AppState:
     route_table: RouteTable  # each blueprint's route class (route_table.init_route_table)
     observer: Observer  # the subscribers of each request's record (observation.init_observation)
 
-    def __init__(self) -> None:
+    def __init__(self, telemetry: Telemetry, generation: Generation) -> None:
+        self.telemetry = telemetry  # token event subscribers (service/telemetry.py)
+        self.generation = generation  # caches dropped across processes (service/invalidation.py)
         self.query_observers: list[Callable[[str, float], None]] = []  # db.observe_queries
         self.auth_failure_budget: FailureBudget | None = None  # authentication.init_authentication
         self.sweeper: Sweeper | None = None  # with SWEEPER_ENABLED (tokens.sweeper.init_sweeper)
         self.exporter: PrometheusMetrics | None = None  # with METRICS_ENABLED (metrics.init_metrics)
         # (process registry, scrape-time registry) with METRICS_ENABLED (metrics.init_metrics)
         self.metrics_registries: tuple[CollectorRegistry, CollectorRegistry] | None = None
-
-
-def init_state(app: Flask) -> AppState:
-    """Give `app` its empty state (once; the App class calls this)."""
-    state = app.extensions[EXTENSION] = AppState()
-    return state
 
 
 def app_state(app: Flask | None = None) -> AppState:

@@ -56,13 +56,6 @@ def _log_event(event: TokenEvent) -> None:
     log.log(level, "%s %s", event.event, event.status, extra=fields)
 
 
-def init_telemetry(app) -> Telemetry:
-    """The app's subscriber list (it logs every event), recorded on the app; returns it."""
-    telemetry = Telemetry()
-    app_state(app).telemetry = telemetry
-    return telemetry
-
-
 def emit(event: str, status: str, **fields) -> None:
     """Publish one token event to every subscriber of the current app."""
     app_state().telemetry.publish(TokenEvent(event=event, status=status, **fields))

@@ -50,3 +50,18 @@ def test_keyed_limits_and_the_failed_auth_budget_whatever_the_hook_order(build, 
     assert sample(text, "tokenpool_auth_failures_total", reason="unknown_key") == 2
     assert sample(text, "tokenpool_rate_limit_hits_total", limit="api_key_minute") == 1
     assert sample(text, "tokenpool_rate_limit_hits_total", limit="auth_failures") == 1
+
+
+def test_a_request_redirected_to_https_is_not_counted_and_probes_answer_plain_http(build):
+    """The redirect runs before the limiter (a 308 spends no permit) and after the caller is known;
+    the probe and scrape blueprints answer plain HTTP, whenever they are registered."""
+    app = build(RATE_LIMIT_PER_MINUTE=1, FORCE_HTTPS=True, PUBLIC_URL="https://tokens.example.com")
+    client = app.test_client()
+    for _ in range(3):
+        assert client.get("/api").status_code == 308
+    assert client.get("https://localhost/api").status_code == 200
+    assert_rate_limited(client.get("https://localhost/api"))
+    for path in ("/healthz", "/health/live", "/metrics"):
+        assert client.get(path).status_code == 200, path
+    r = client.get("/api/tokens/summary", headers=with_key("tp_guess"))
+    assert_error(r, 401, "UNAUTHORIZED", INVALID_KEY)  # the caller first: a bad key is refused

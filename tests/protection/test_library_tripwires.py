@@ -1,8 +1,9 @@
 """Tripwires for the library private names the service overrides or reads.
 
-`OnceTalisman` (service/response_headers.py) overrides private methods of Flask-Talisman;
-`PolicyLimiter` (service/ratelimit.py) removes Flask-Limiter's hooks by
-their mangled names and replaces its private request check; `metrics_storage`
+`OnceTalisman` (service/response_headers.py) overrides Flask-Talisman's private
+after-request hook; `PolicyLimiter` (service/ratelimit.py) replaces
+Flask-Limiter's private request check and drives its in-memory fallback
+switch; `metrics_storage`
 extends prometheus_client's memory-mapped files; `db.pool_limit` reads
 SQLAlchemy's pool overflow; `drain` drives gunicorn's worker loop. Each test here
 fails on the day an upgrade renames or changes what they rely on, instead of
@@ -14,12 +15,12 @@ from __future__ import annotations
 import inspect
 
 import flask_limiter
-import pytest
-from flask import Flask, jsonify
+from flask import Flask, g, jsonify
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from flask_talisman import Talisman
 
+from service.app import App
 from service.ratelimit import PolicyLimiter
 from service.response_headers import OnceTalisman, talisman_options
 
@@ -31,19 +32,16 @@ def params(func) -> list[str]:
 # --- Flask-Talisman -------------------------------------------------------------------------
 
 
-def test_talisman_private_methods_we_override_keep_their_signatures():
-    assert params(Talisman._get_local_options) == ["self"]
-    assert params(Talisman._force_https) == ["self"]
-    assert params(Talisman._set_content_security_policy_headers) == ["self", "headers", "options"]
-    assert params(Talisman._make_nonce) == ["self"]
+def test_talisman_after_request_hook_is_the_private_method_we_override():
     assert params(Talisman._set_response_headers) == ["self", "response"]
+    app = Flask(__name__)
+    talisman = OnceTalisman(app, **talisman_options({"HSTS_MAX_AGE": 60, "FORCE_HTTPS": False}))
+    assert talisman._set_response_headers in app.after_request_funcs[None]  # ours, bound
     assert "content_security_policy_nonce_in" in params(Talisman.init_app)
-    # the per-view options OnceTalisman caches by endpoint are read from this attribute
-    assert "talisman_view_options" in inspect.getsource(Talisman._get_local_options)
 
 
-def headers_app(cls, force_https: bool) -> Flask:
-    """A bare app with a few endpoints (one exempt from the redirect, one raising 404) under `cls`."""
+def headers_app(cls) -> Flask:
+    """A bare app with a few endpoints (one with its own Talisman options, one raising 404) under `cls`."""
     app = Flask(__name__)
 
     @app.get("/a")
@@ -54,49 +52,39 @@ def headers_app(cls, force_https: bool) -> Flask:
     def b(n):
         return jsonify(n=n), 201
 
-    @app.get("/probe")
-    def probe():
+    @app.get("/framed")
+    def framed():
         return "ok"
 
-    probe.talisman_view_options = {"force_https": False}
-    config = {"FORCE_HTTPS": force_https, "HSTS_MAX_AGE": 31536000}
-    cls(app, **talisman_options(config))
+    framed.talisman_view_options = {"frame_options": "SAMEORIGIN"}  # Talisman's per-view options
+    cls(app, **talisman_options({"HSTS_MAX_AGE": 31536000, "FORCE_HTTPS": True}))
     return app
 
 
-REQUESTS = [("GET", "/a"), ("POST", "/b/7"), ("GET", "/probe"), ("GET", "/missing")]
+REQUESTS = [("GET", "/a"), ("POST", "/b/7"), ("GET", "/framed"), ("GET", "/missing")]
 
 
-@pytest.mark.parametrize("force_https", [False, True])
-def test_once_talisman_headers_equal_stock_talisman_per_endpoint_and_scheme(force_https):
-    ours, stock = headers_app(OnceTalisman, force_https), headers_app(Talisman, force_https)
+def test_once_talisman_headers_equal_stock_talisman_per_endpoint_and_scheme():
+    ours, stock = headers_app(OnceTalisman), headers_app(Talisman)
     # one app for both schemes, twice: the later answers come from OnceTalisman's cache
     for client_pass, scheme in enumerate(["https", "http", "http", "https"]):
         for method, path in REQUESTS:
             url = f"{scheme}://localhost{path}"
             mine = ours.test_client().open(url, method=method)
             theirs = stock.test_client().open(url, method=method)
-            if force_https and scheme == "http" and path != "/probe":
-                # the redirect is ours on purpose (service/redirects.py); stock answers 302
-                assert theirs.status_code == 302, (method, path)
-                continue
             assert mine.status_code == theirs.status_code, (method, path, client_pass)
             expected = {k: v for k, v in theirs.headers.items() if k not in ("Content-Length",)}
             got = {k: v for k, v in mine.headers.items() if k not in ("Content-Length",)}
             expected["X-XSS-Protection"] = "0"  # our one deliberate difference (OnceTalisman's docstring)
             assert got == expected, (method, path, scheme, client_pass)
-            if scheme == "https":
-                assert "Strict-Transport-Security" in got
-            else:
-                assert "Strict-Transport-Security" not in got
+            assert ("Strict-Transport-Security" in got) is (scheme == "https")
+            assert got["X-Frame-Options"] == ("SAMEORIGIN" if path == "/framed" else "DENY")
 
 
 # --- Flask-Limiter --------------------------------------------------------------------------
 
 
 def test_limiter_private_names_we_rely_on_exist():
-    assert callable(Limiter._Limiter__inject_headers)
-    assert callable(Limiter._Limiter__release_context)
     assert params(Limiter._check_request_limit) == ["self", "callable_name", "in_middleware"]
     assert isinstance(inspect.getattr_static(Limiter, "limiter"), property)
     # the fallback switch our recovery drives: the `limiter` property reads these two flags
@@ -107,8 +95,12 @@ def test_limiter_private_names_we_rely_on_exist():
 
 
 def limiter_app(cls):
-    app = Flask(__name__)
-    app.config.update(RATELIMIT_STORAGE_URI="memory://", RATELIMIT_IN_MEMORY_FALLBACK_ENABLED=True)
+    app = App(__name__)  # its request remembers the caller, which the policy asks for
+    app.config.update(
+        RATELIMIT_STORAGE_URI="memory://",
+        RATELIMIT_IN_MEMORY_FALLBACK_ENABLED=True,
+        RATELIMIT_HEADERS_ENABLED=False,  # as the service: its headers are PolicyLimiter.headers
+    )
     if cls is PolicyLimiter:
         config = {
             "RATE_LIMIT_PER_MINUTE": 5,
@@ -116,25 +108,34 @@ def limiter_app(cls):
             "API_KEY_RATE_LIMIT_PER_HOUR": 50,
             "AUTH_FAILURE_RATE_LIMIT": "5/minute",
         }
-        limiter = PolicyLimiter(config, metrics=None)
+        limiter = PolicyLimiter(config)
     else:
         limiter = Limiter(get_remote_address)
     limiter.init_app(app)
     return app, limiter
 
 
-def test_stock_limiter_registers_the_hooks_policy_limiter_removes():
+def test_our_request_check_is_the_hook_flask_limiter_registers_and_its_other_hooks_add_nothing():
     app, limiter = limiter_app(Limiter)
-    after = [getattr(f, "func", None) for f in app.after_request_funcs[None]]
-    assert Limiter._Limiter__inject_headers in after, flask_limiter.__version__
-    assert limiter._Limiter__release_context in app.teardown_request_funcs[None]
-    assert limiter._check_request_limit in app.before_request_funcs[None]
+    stock = {kind: len(getattr(app, kind)[None]) for kind in ("before_request_funcs", "after_request_funcs")}
+    assert limiter._check_request_limit in app.before_request_funcs[None], flask_limiter.__version__
 
     app, limiter = limiter_app(PolicyLimiter)
-    after = [getattr(f, "func", None) for f in app.after_request_funcs[None]]
-    assert Limiter._Limiter__inject_headers not in after
-    assert limiter._Limiter__release_context not in app.teardown_request_funcs[None]
+    assert stock == {kind: len(getattr(app, kind)[None]) for kind in stock}
     assert limiter._check_request_limit in app.before_request_funcs[None]  # our override is its hook
+    assert app.teardown_request_funcs[None], "Flask-Limiter's teardown"
+
+    @app.get("/x")
+    def x():
+        return jsonify(ok=True)
+
+    with app.test_client() as client:
+        response = client.get("/x")
+        assert [kind for _, kind, _, _ in g.rate_limits] == ["ip"]  # our check counted the request
+        # Flask-Limiter's after-request hook found no limit of its registry: no header, no deduction
+        assert limiter.current_limit is None and not limiter.context.conditional_deductions
+    assert response.status_code == 200
+    assert not [name for name in response.headers.keys() if "ratelimit" in name.lower()]
 
 
 def test_storage_recovery_switches_the_strategy_back(monkeypatch):
