@@ -131,14 +131,21 @@ VARIANTS = {
 }
 
 
-LIBRARY_MODULES = ("flask_talisman", "flask_limiter", "service.response_headers", "service.ratelimit")
+LIBRARY_MODULES = (
+    "flask_talisman",
+    "flask_limiter",
+    "service.authentication",
+    "service.response_headers",
+    "service.ratelimit",
+)
 
 
 def library_hooks(app) -> tuple[list, list, list]:
     """The app-wide before, after and teardown hooks of the limiter and of Talisman, ours included."""
 
     def ours(hook) -> bool:
-        return (getattr(hook, "__module__", None) or hook.func.__module__).startswith(LIBRARY_MODULES)
+        function = getattr(hook, "func", hook)  # a functools.partial's __module__ is "functools"
+        return function.__module__.startswith(LIBRARY_MODULES)
 
     kinds = (app.before_request_funcs, app.after_request_funcs, app.teardown_request_funcs)
     return tuple([hook for hook in kind.get(None, []) if ours(hook)] for kind in kinds)

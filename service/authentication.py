@@ -162,10 +162,11 @@ def caller() -> Identity | None:
     request (service/app.py `Request`). Raises Unauthorized for an invalid key,
     or for no key when `API_AUTH_REQUIRED`; RateLimited as `identify`.
     """
-    current = cast("Request", request)
-    if not current.caller_known:
-        current.caller_known = True  # a failure is raised once: the request ends with it
-        current.caller = _authenticate()
+    current = cast("Request", request._get_current_object())  # one proxy lookup, not four
+    if current.caller_known:
+        return current.caller
+    current.caller_known = True  # a failure is raised once: the request ends with it
+    current.caller = _authenticate()
     return current.caller
 
 

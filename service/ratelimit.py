@@ -167,7 +167,7 @@ class PolicyLimiter(Limiter):
     Flask-Limiter's `init_app` registers), and drives the in-memory fallback
     through `_storage_dead`, the flag Flask-Limiter's public `limiter` property
     reads, with its own recovery (`_recover_storage`). Against Flask-Limiter's
-    own check and limit registry this saves 64-78 us of CPU per request
+    own check and limit registry this saves 80-89 us of CPU per request
     (docs/PERFORMANCE.md, "Library privates"; bench/library_overrides.py);
     tests/protection/test_library_tripwires.py fails when those names change.
     """

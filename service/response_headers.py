@@ -33,7 +33,7 @@ class OnceTalisman(Talisman):
     JSON API) every response is left to Talisman.
 
     The one private method overridden (`_set_response_headers`, its after-request
-    hook) saves about 14 us of CPU per request (docs/PERFORMANCE.md, "Library
+    hook) saves 15-16 us of CPU per request (docs/PERFORMANCE.md, "Library
     privates"; bench/library_overrides.py); tests/protection/test_library_tripwires.py
     fails when our headers stop equalling stock Talisman's.
 
