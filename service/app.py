@@ -99,6 +99,6 @@ def trust_proxy_headers(app: Flask) -> None:
         return inner(environ, start_response)
 
     # Flask's documented way to add WSGI middleware (mypy sees a method being replaced)
-    app.wsgi_app = drop_scheme_headers
+    app.wsgi_app = drop_scheme_headers  # type: ignore[method-assign]
     if x_for or x_proto:  # outermost: ProxyFix reads the headers before they are dropped
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=x_for, x_proto=x_proto)
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=x_for, x_proto=x_proto)  # type: ignore[method-assign]

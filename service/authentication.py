@@ -162,7 +162,7 @@ def caller() -> Identity | None:
     request (service/app.py `Request`). Raises Unauthorized for an invalid key,
     or for no key when `API_AUTH_REQUIRED`; RateLimited as `identify`.
     """
-    current = cast("Request", request._get_current_object())  # one proxy lookup, not four
+    current = cast("Request", request._get_current_object())  # type: ignore[attr-defined]  # one proxy lookup
     if current.caller_known:
         return current.caller
     current.caller_known = True  # a failure is raised once: the request ends with it
