@@ -88,7 +88,15 @@ class Gunicorn:
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )
-        wait_for(lambda: http_get(self.url + wait, timeout=1)[0] == 200, 30, what=f"gunicorn on {self.port}")
+
+        def up() -> bool:
+            return http_get(self.url + wait, timeout=1)[0] == 200
+
+        try:  # a loaded 2-core machine has taken over 30 s to start two instances at once
+            wait_for(up, 60, what=f"gunicorn on {self.port}")
+        except TimeoutError as timeout:
+            tail = self.log_path.read_bytes()[-2000:].decode(errors="replace")
+            raise TimeoutError(f"{timeout}; exit code {self.proc.poll()}; its log ends:\n{tail}") from None
         return self
 
     def signal(self, sig=signal.SIGTERM) -> None:
