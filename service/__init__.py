@@ -12,6 +12,8 @@ from .console import bp as console_bp
 from .database_cli import database_cli
 from .db import init_db
 from .errors import register_error_handlers
+from .events import bp as events_bp
+from .events import init_events
 from .health import bp as health_bp
 from .logging_setup import configure_logging
 from .metrics import bp as metrics_bp
@@ -42,7 +44,8 @@ def create_app(config: dict | None = None) -> App:
     configure_logging(app.config)
     trust_proxy_headers(app)
     init_db(app)
-    for bp in (api_bp, tokens_bp, health_bp, openapi_bp, monitoring_bp, console_bp):
+    init_events(app)
+    for bp in (api_bp, tokens_bp, events_bp, health_bp, openapi_bp, monitoring_bp, console_bp):
         app.register_blueprint(bp)
     if app.config["METRICS_ENABLED"]:
         app.register_blueprint(metrics_bp)

@@ -401,6 +401,11 @@ def _from_environment(instance_path: str, env: str) -> dict:
         "HEALTH_CHECK_TIMEOUT": _float("HEALTH_CHECK_TIMEOUT", 3.0),
         "SWEEPER_STALE_INTERVALS": _int("SWEEPER_STALE_INTERVALS", 4, minimum=2),
         "MEMORY_LIMIT_MB": _int("MEMORY_LIMIT_MB", 512, minimum=16),
+        "EVENT_STREAM_SECONDS": _float("EVENT_STREAM_SECONDS", 0.0),
+        "EVENT_STREAM_HEARTBEAT_SECONDS": _float("EVENT_STREAM_HEARTBEAT_SECONDS", 15.0),
+        "EVENT_STREAM_RETRY_MS": _int("EVENT_STREAM_RETRY_MS", 1000, minimum=100),
+        "EVENT_STREAM_POLL_SECONDS": _float("EVENT_STREAM_POLL_SECONDS", 0.25),
+        "EVENT_STREAMS_PER_WORKER": _int("EVENT_STREAMS_PER_WORKER", 32, minimum=1),
         "WEB_CONCURRENCY": _int("WEB_CONCURRENCY", 0),  # gunicorn's workers; 0: gunicorn.conf.py's default
         "PROXY_FIX_X_FOR": _int("PROXY_FIX_X_FOR", 0),
         "PROXY_FIX_X_PROTO": _int("PROXY_FIX_X_PROTO", 0),

@@ -104,6 +104,53 @@ class TokenUsage(Model):
     )
 
 
+EVENT_TYPES = (
+    "leased",
+    "renewed",
+    "released",
+    "expired",
+    "evicted",
+    "cleared",
+    "queued",
+    "granted",
+    "cancelled",
+)
+
+
+class Event(Model):
+    """The outbox: one row per lease change, written in the changing transaction.
+
+    `seq` orders the rows as they were written; `event_id`, the public and
+    strictly increasing id, is given by `service.events.outbox.publish` in the
+    order the rows became visible (null until then). Never the `lease_id`.
+    Rows for usages are written by database triggers (migration 0006).
+    """
+
+    __tablename__ = "events"
+
+    seq: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    event_id: Mapped[int | None] = mapped_column(BigInteger, unique=True)
+    type: Mapped[str] = mapped_column(String(16), nullable=False)
+    pool: Mapped[str] = mapped_column(String(63), nullable=False)
+    token_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    user_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    fencing_token: Mapped[int | None] = mapped_column(BigInteger)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
+    __table_args__ = (
+        CheckConstraint("type IN (" + ", ".join(f"'{t}'" for t in EVENT_TYPES) + ")", name="type_known"),
+        Index("ix_events_pool_event_id", "pool", "event_id"),
+        Index(
+            "ix_events_unpublished",
+            "seq",
+            postgresql_where=db.text("event_id IS NULL"),
+            sqlite_where=db.text("event_id IS NULL"),
+        ),
+    )
+
+
 class SweeperState(Model):
     """One row: when the token manager last finished a sweep, shared by every worker."""
 

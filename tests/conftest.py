@@ -278,6 +278,7 @@ def reset_database(app, pool: int = POOL) -> None:
             upgrade()
             _migrated.add(url)
         with db.engine.begin() as conn:
+            conn.execute(text("DELETE FROM events"))
             conn.execute(text("DELETE FROM token_usages"))
             conn.execute(text("DELETE FROM tokens"))
             conn.execute(text("UPDATE sweeper_state SET last_run_at = NULL, last_expired_count = 0"))

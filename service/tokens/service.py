@@ -18,6 +18,7 @@ from sqlalchemy import Connection, DateTime, func, insert, literal, select, text
 
 from ..db import is_postgres
 from ..errors import Conflict, NotFound, ServiceUnavailable
+from ..events.outbox import record_event
 from ..models import EPOCH, SweeperState, Token, TokenUsage
 from ..timeutil import as_utc, utcnow
 from .reads import get_token
@@ -222,6 +223,7 @@ def renew(conn: Connection, token_id, *, holder: Holder, lifetime: int, now: dat
     conn.execute(
         update(tokens).where(tokens.c.id == token_id).values(expires_at=now + timedelta(seconds=lifetime))
     )
+    record_event(conn, "renewed", at=now, token_id=token_id, user_id=holder.user_id)
     return get_token(conn, token_id, now=now)
 
 

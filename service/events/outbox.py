@@ -1,0 +1,99 @@
+"""The events outbox: write an event in the changing transaction, publish ids, read pages.
+
+Writers add rows without an id (`record_event`, or the triggers on
+`token_usages` for lease starts and ends). `publish` then numbers the rows
+written so far: one publisher at a time (a transaction-level advisory lock on
+PostgreSQL; SQLite's writers are serialised anyway), each publisher starting
+above the highest id already given. So `event_id` grows in the order events
+became visible: a reader that has seen id N never finds a smaller id later,
+even when the transaction that wrote it committed after others (a sequence
+value taken inside the writing transaction would not promise that). Writers
+take no lock for it: activations never wait on each other for their events.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from sqlalchemy import Connection, bindparam, func, insert, select, text
+
+from ..db import is_postgres
+from ..models import EVENT_TYPES, Event
+
+events = Event.__table__
+
+PUBLISH_LOCK = 7316018  # pg_advisory_xact_lock key: one publisher at a time
+PUBLISH_BATCH = 5000
+DEFAULT_POOL = "default"
+
+_PUBLISH = text(
+    "UPDATE events SET event_id = numbered.base + numbered.n FROM ("
+    " SELECT e.seq, row_number() OVER (ORDER BY e.seq) AS n,"
+    "  (SELECT coalesce(max(event_id), 0) FROM events) AS base"
+    " FROM events e WHERE e.event_id IS NULL ORDER BY e.seq LIMIT :batch"
+    ") AS numbered WHERE events.seq = numbered.seq"
+)
+_READ = (
+    select(
+        events.c.event_id,
+        events.c.type,
+        events.c.pool,
+        events.c.token_id,
+        events.c.user_id,
+        events.c.fencing_token,
+        events.c.at,
+    )
+    .where(events.c.event_id > bindparam("after"))
+    .order_by(events.c.event_id)
+    .limit(bindparam("limit"))
+)
+_READ_POOL = _READ.where(events.c.pool == bindparam("pool"))
+
+
+def record_event(
+    conn: Connection,
+    type: str,
+    *,
+    at: datetime,
+    pool: str = DEFAULT_POOL,
+    token_id: uuid.UUID | None = None,
+    user_id: uuid.UUID | None = None,
+    fencing_token: int | None = None,
+) -> None:
+    """Add an event to the outbox inside `conn`'s transaction (it commits or rolls back with it).
+
+    The one way code writes an event (lease starts and ends are written by the
+    database's triggers). Raises ValueError for an unknown `type`.
+    """
+    if type not in EVENT_TYPES:
+        raise ValueError(f"unknown event type {type!r}")
+    conn.execute(
+        insert(events).values(
+            type=type, pool=pool, token_id=token_id, user_id=user_id, fencing_token=fencing_token, at=at
+        )
+    )
+
+
+def publish(conn: Connection, *, batch: int = PUBLISH_BATCH) -> int:
+    """Give the next ids to up to `batch` events written so far; returns how many got one.
+
+    Returns 0 at once when another publisher is at work (it numbers them).
+    """
+    if is_postgres(conn) and not conn.scalar(text(f"SELECT pg_try_advisory_xact_lock({PUBLISH_LOCK})")):
+        return 0
+    return conn.execute(_PUBLISH, {"batch": batch}).rowcount
+
+
+def read_events(conn: Connection, *, after: int, limit: int, pool: str | None = None) -> list[dict]:
+    """Published events with `event_id > after`, oldest first, at most `limit`."""
+    params = {"after": after, "limit": limit}
+    statement = _READ if pool is None else _READ_POOL
+    if pool is not None:
+        params["pool"] = pool
+    return [row._asdict() for row in conn.execute(statement, params)]
+
+
+def last_event_id(conn: Connection) -> int:
+    """The highest published event id (0 when none)."""
+    return conn.scalar(select(func.coalesce(func.max(events.c.event_id), 0)))

@@ -1,0 +1,167 @@
+"""Events: every lease change writes its event in the same transaction; pages and streams read them.
+
+On SQLite and PostgreSQL through the API; the ordering of ids against commit
+order on PostgreSQL with two real connections.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import psycopg
+import pytest
+from sqlalchemy import text
+
+from service.db import run_transaction
+from service.events import outbox
+from service.extensions import db
+from service.tokens import service
+from service.tokens.sweeper import run_sweep
+from tests.helpers import activate, assert_error, release, renew, user
+
+
+def page(client, **params) -> dict:
+    response = client.get("/api/events", query_string=params)
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()
+
+
+def kinds(events: list[dict]) -> list[str]:
+    return [e["type"] for e in events]
+
+
+def test_every_lease_change_is_an_event_in_order(app, client, clock):
+    first = activate(client, user()).get_json()
+    renew(client, first)
+    release(client, first)
+    second = activate(client, user()).get_json()
+    clock.advance(app.config["TOKEN_LIFETIME_SECONDS"] + 1)
+    with app.app_context():
+        run_sweep(app)
+    third = activate(client, user()).get_json()
+    assert client.delete("/api/tokens/active").status_code == 200
+
+    events = page(client)["events"]
+    assert kinds(events) == ["leased", "renewed", "released", "leased", "expired", "leased", "cleared"]
+    ids = [e["event_id"] for e in events]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    assert all("lease_id" not in e for e in events)
+    assert events[0]["token_id"] == first["token_id"] and events[0]["user_id"] == first["user_id"]
+    assert events[0]["at"] == first["activated_at"] and events[0]["pool"] == "default"
+    expired = events[4]
+    assert expired["user_id"] == second["user_id"] and expired["at"] == second["expires_at"]
+    assert events[6]["user_id"] == third["user_id"]
+
+
+@pytest.mark.options(MAX_ACTIVE_TOKENS=1)
+def test_an_eviction_is_evicted_then_leased(app, client):
+    held = activate(client, user()).get_json()
+    taker = activate(client, user()).get_json()
+    events = page(client)["events"]
+    assert kinds(events) == ["leased", "evicted", "leased"]
+    assert events[1]["user_id"] == held["user_id"] and events[2]["user_id"] == taker["user_id"]
+
+
+def test_a_rolled_back_change_leaves_no_event(app, client):
+    def activate_then_fail(conn):
+        service.activate(conn, uuid.uuid4(), lifetime=60)
+        raise RuntimeError("rolled back")
+
+    with app.app_context(), pytest.raises(RuntimeError):
+        run_transaction(activate_then_fail)
+    assert page(client)["events"] == []
+    with app.app_context(), db.engine.connect() as conn:
+        assert conn.scalar(text("SELECT count(*) FROM events")) == 0
+
+
+def test_pages_follow_the_cursor(app, client):
+    for _ in range(5):
+        activate(client, user())
+    first = page(client, limit=2)
+    assert len(first["events"]) == 2
+    second = page(client, limit=2, after=first["last_event_id"])
+    rest = page(client, after=second["last_event_id"])
+    ids = [e["event_id"] for e in first["events"] + second["events"] + rest["events"]]
+    assert len(ids) == 5 and ids == sorted(ids)
+    assert page(client, after=rest["last_event_id"]) == {"events": [], "last_event_id": rest["last_event_id"]}
+    assert page(client, pool="default")["events"] == page(client)["events"]
+    assert page(client, pool="other")["events"] == []
+
+
+@pytest.mark.parametrize(
+    "params, field",
+    [
+        ({"after": "-1"}, "after"),
+        ({"after": "x"}, "after"),
+        ({"limit": "0"}, "limit"),
+        ({"pool": "Bad!"}, "pool"),
+    ],
+)
+def test_bad_page_parameters_are_400(client, params, field):
+    body = assert_error(client.get("/api/events", query_string=params), 400, "VALIDATION_ERROR")
+    assert body["details"]["field"] == field
+
+
+def stream_events(response) -> list[tuple[int, dict]]:
+    import json
+
+    out = []
+    for block in response.get_data(as_text=True).split("\n\n"):
+        lines = dict(
+            line.split(": ", 1) for line in block.splitlines() if not line.startswith(":") and ": " in line
+        )
+        if "id" in lines:
+            out.append((int(lines["id"]), json.loads(lines["data"])))
+    return out
+
+
+def test_a_stream_resumes_from_last_event_id_with_nothing_lost_or_repeated(app, client):
+    for _ in range(3):
+        activate(client, user())
+    response = client.get("/api/events/stream", query_string={"after": 0})
+    assert response.status_code == 200 and response.mimetype == "text/event-stream"
+    assert response.headers["Cache-Control"] == "no-store" and response.headers["X-Accel-Buffering"] == "no"
+    assert response.get_data(as_text=True).startswith("retry: ")
+    seen = stream_events(response)
+    assert [data["type"] for _, data in seen] == ["leased"] * 3
+    for _ in range(2):
+        activate(client, user())
+    again = stream_events(client.get("/api/events/stream", headers={"Last-Event-ID": str(seen[-1][0])}))
+    ids = [i for i, _ in seen + again]
+    assert len(again) == 2 and ids == sorted(set(ids))
+    assert ids == [e["event_id"] for e in page(client)["events"]]
+
+
+def test_a_new_stream_starts_from_now(app, client):
+    activate(client, user())
+    assert stream_events(client.get("/api/events/stream")) == []
+
+
+def test_a_bad_last_event_id_is_400(client):
+    body = assert_error(
+        client.get("/api/events/stream", headers={"Last-Event-ID": "abc"}), 400, "VALIDATION_ERROR"
+    )
+    assert body["details"]["field"] == "Last-Event-ID"
+
+
+def test_event_ids_follow_visibility_not_the_order_of_writing(app, client, is_postgres):
+    """A transaction that wrote first but commits last gets the larger id: a reader past the
+    others' ids still finds it."""
+    if not is_postgres:
+        pytest.skip("SQLite serialises writers: the order of writing is the order of commits")
+    url = app.config["SQLALCHEMY_DATABASE_URI"].replace("postgresql+psycopg://", "postgresql://")
+    insert = "INSERT INTO events (type, pool, at) VALUES (%s, 'default', now())"
+    with psycopg.connect(url) as slow, psycopg.connect(url, autocommit=True) as fast:
+        slow.execute(insert, ("queued",))  # written first, commits last
+        fast.execute(insert, ("cancelled",))
+        seen = page(client)
+        assert kinds(seen["events"]) == ["cancelled"]
+        slow.commit()
+    later = page(client, after=seen["last_event_id"])
+    assert kinds(later["events"]) == ["queued"]
+    assert later["events"][0]["event_id"] > seen["last_event_id"]
+
+
+def test_record_event_refuses_an_unknown_type(app):
+    with app.app_context(), pytest.raises(ValueError):
+        run_transaction(outbox.record_event, "borrowed", at=None)

@@ -1,0 +1,94 @@
+"""Streams across instances: an activation on instance A reaches a stream of instance B within a
+second; a client that drops its stream and comes back with Last-Event-ID loses and repeats nothing."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import time
+import uuid
+
+import pytest
+
+from tests.e2e.stack import request
+from tests.procs import Gunicorn
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+class Stream:
+    """A Server-Sent Events client on one connection: `next_event` reads the next `id:` message."""
+
+    def __init__(self, port: int, last_event_id: int | None = None, timeout: float = 5.0):
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+        headers = {} if last_event_id is None else {"Last-Event-ID": str(last_event_id)}
+        self.conn.request("GET", "/api/events/stream", headers=headers)
+        self.response = self.conn.getresponse()
+        assert self.response.status == 200, self.response.read()
+        assert self.response.getheader("Content-Type").startswith("text/event-stream")
+        self.heartbeats = 0
+
+    def next_event(self) -> dict:
+        fields: dict[str, str] = {}
+        while True:
+            line = self.response.fp.readline().decode().rstrip("\n")
+            if line == "":
+                if "id" in fields:
+                    event = json.loads(fields["data"])
+                    assert event["event_id"] == int(fields["id"]) and event["type"] == fields["event"]
+                    return event
+                fields = {}
+            elif line.startswith(":"):
+                self.heartbeats += 1
+            else:
+                name, _, value = line.partition(": ")
+                fields[name] = value
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def activate(port: int) -> dict:
+    answer = request(port, "POST", "/api/tokens/activate", body={"user_id": str(uuid.uuid4())})
+    assert answer.status == 200, answer.body
+    return answer.json()
+
+
+def test_a_stream_on_one_instance_sees_the_other_instances_leases_and_resumes_exactly(pg_database):
+    url = pg_database(pool=50)
+    env = {"DATABASE_URL": url, "ENABLE_RATE_LIMITING": "false", "SWEEPER_ENABLED": "false"}
+    env |= {"POOL_SIZE": "2", "POOL_MAX_OVERFLOW": "2", "EVENT_STREAM_HEARTBEAT_SECONDS": "0.5"}
+    streaming = env | {
+        "GUNICORN_WORKER_CLASS": "gthread",
+        "GUNICORN_THREADS": "8",
+        "EVENT_STREAM_SECONDS": "60",
+    }
+    with Gunicorn(env, workers=1) as a, Gunicorn(streaming, workers=1) as b:
+        stream = Stream(b.port)
+        latencies = []
+        for _ in range(5):
+            started = time.monotonic()
+            lease = activate(a.port)
+            event = stream.next_event()
+            latencies.append(time.monotonic() - started)
+            assert (event["type"], event["token_id"], event["user_id"]) == (
+                "leased",
+                lease["token_id"],
+                lease["user_id"],
+            )
+            assert "lease_id" not in event
+        assert max(latencies) < 1.0, latencies
+        last = event["event_id"]
+        stream.close()  # the client goes away; leases go on meanwhile
+
+        missed = [activate(a.port)["user_id"] for _ in range(3)]
+        resumed = Stream(b.port, last_event_id=last)
+        again = [resumed.next_event() for _ in range(3)]
+        assert [e["user_id"] for e in again] == missed
+        assert [e["event_id"] for e in again] == sorted({e["event_id"] for e in again})
+        assert again[0]["event_id"] > last
+        time.sleep(1.2)  # idle: heartbeats keep the stream open, and nothing is sent twice
+        activate(a.port)
+        assert resumed.next_event()["event_id"] > again[-1]["event_id"]
+        assert resumed.heartbeats >= 1
+        resumed.close()
