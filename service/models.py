@@ -52,6 +52,9 @@ class Token(Model):
     # asks only "a holder has one", so code of the previous revision, which clears only
     # current_user_id, keeps working against this schema during a rolling upgrade)
     lease_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    # every lease the token ever had (all time, retention or not): one more per usage row
+    # inserted, by a trigger in the same transaction (migration 0006)
+    usage_count: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default=db.text("0"))
 
     __table_args__ = (
         CheckConstraint("current_user_id IS NULL OR activated_at IS NOT NULL", name="holder_has_lease"),

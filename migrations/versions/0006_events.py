@@ -1,4 +1,5 @@
-"""Events: an outbox of every lease change, written by triggers in the changing transaction.
+"""Events: an outbox of every lease change, written by triggers in the changing transaction;
+and each token's count of leases, kept by the same trigger.
 
 A lease starts with a usage row and ends when that row gets its `ended_at`;
 triggers on `token_usages` turn each of those into an event row in the same
@@ -11,6 +12,11 @@ time, in the order of `seq`): `event_id` order is then the order in which events
 became visible, which a sequence value taken inside the writing transaction is
 not (a transaction that took a smaller value can commit after a larger one, and
 a reader past the larger one would skip it).
+
+`tokens.usage_count` counts every lease the token ever had (all time: it
+keeps counting when retention deletes old usage rows), one more per usage row
+inserted, so reading it costs nothing however long the history. The upgrade
+counts the existing rows once.
 
 Revision ID: 0006
 Revises: 0005
@@ -33,6 +39,8 @@ CREATE FUNCTION tokenpool_usage_started() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO events (type, pool, token_id, user_id, fencing_token, at)
     SELECT 'leased', 'default', n.token_id, n.user_id, NULL, n.started_at FROM added n ORDER BY n.id;
+    UPDATE tokens t SET usage_count = t.usage_count + a.n
+      FROM (SELECT token_id, count(*) AS n FROM added GROUP BY token_id) a WHERE t.id = a.token_id;
     RETURN NULL;
 END $$;
 CREATE TRIGGER tokenpool_usage_started AFTER INSERT ON token_usages
@@ -61,6 +69,7 @@ SQLITE_TRIGGERS = (
     """CREATE TRIGGER tokenpool_usage_started AFTER INSERT ON token_usages BEGIN
         INSERT INTO events (type, pool, token_id, user_id, fencing_token, at)
         VALUES ('leased', 'default', NEW.token_id, NEW.user_id, NULL, NEW.started_at);
+        UPDATE tokens SET usage_count = usage_count + 1 WHERE id = NEW.token_id;
     END""",
     """CREATE TRIGGER tokenpool_usage_ended AFTER UPDATE OF ended_at ON token_usages
     WHEN OLD.ended_at IS NULL AND NEW.ended_at IS NOT NULL BEGIN
@@ -75,6 +84,14 @@ def _is_postgres() -> bool:
 
 
 def upgrade():
+    # no batch rebuild on SQLite: it would drop revision 0005's triggers on tokens
+    op.add_column(
+        "tokens", sa.Column("usage_count", sa.BigInteger(), server_default=sa.text("0"), nullable=False)
+    )
+    op.execute(
+        "UPDATE tokens SET usage_count = (SELECT count(*) FROM token_usages u WHERE u.token_id = tokens.id)"
+        " WHERE EXISTS (SELECT 1 FROM token_usages u WHERE u.token_id = tokens.id)"
+    )
     op.create_table(
         "events",
         sa.Column("seq", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
@@ -115,3 +132,7 @@ def downgrade():
     op.drop_index("ix_events_unpublished", table_name="events")
     op.drop_index("ix_events_pool_event_id", table_name="events")
     op.drop_table("events")
+    if _is_postgres():
+        op.drop_column("tokens", "usage_count")
+    else:  # in place, as revision 0005 drops its columns
+        op.execute("ALTER TABLE tokens DROP COLUMN usage_count")

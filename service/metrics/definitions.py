@@ -56,6 +56,12 @@ class TokenMetrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
             registry=r,
         )
+        self.pruned = Counter(
+            "tokenpool_retention_pruned_total",
+            "Rows deleted past their retention, by table (usages, events)",
+            ["table"],
+            registry=r,
+        )
         self.sweeper_runs = Counter(
             "tokenpool_sweeper_runs_total", "Token manager runs by result", ["result"], registry=r
         )
@@ -148,6 +154,8 @@ class TokenMetrics:
                 child(self.releases, e.reason).inc()
         elif e.event in ("release", "expiration"):
             child(self.releases, e.reason or "released").inc(e.count)
+        elif e.event == "prune":
+            child(self.pruned, e.reason).inc(e.count)
         elif e.event == "manager_check":
             child(self.sweeper_runs, "success").inc()
             self.sweeper_last_run.set(time.time())

@@ -8,6 +8,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from ..db import bounded_connection
+from ..retention import oldest_kept
+from ..timeutil import as_utc
 from ..tokens import reads
 
 log = logging.getLogger("tokenpool.metrics")
@@ -27,13 +29,23 @@ class PoolCollector(Collector):
             "active": GaugeMetricFamily("tokenpool_tokens_active", "Tokens leased right now"),
             "available": GaugeMetricFamily("tokenpool_tokens_available", "Tokens free right now"),
         }
+        oldest = GaugeMetricFamily(
+            "tokenpool_retention_oldest_timestamp_seconds",
+            "Unix time of the oldest row kept, by table (usages: its start; events: its time)",
+            labels=["table"],
+        )
         try:
             with self.app.app_context(), bounded_connection() as conn:
                 counts = reads.summary(conn)
+                kept = oldest_kept(conn)
             for name, family in families.items():
                 family.add_metric([], counts[name])
+            for table, at in kept.items():
+                if at is not None:
+                    oldest.add_metric([table], as_utc(at).timestamp())
             up.add_metric([], 1)
             yield from families.values()
+            yield oldest
         except Exception as exc:  # a scrape must answer even when the database does not
             log.warning("pool gauges unavailable: %s", type(exc).__name__)
             up.add_metric([], 0)

@@ -1,4 +1,4 @@
-"""`flask tokens seed|sweep`: thin wrappers over the domain."""
+"""`flask tokens seed|sweep|prune`: thin wrappers over the domain."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
+from ..clock import now as clock_now
 from ..db import run_transaction
+from ..retention import cutoffs, prunable, run_prune
 from . import service
 from .sweeper import run_sweep
 
@@ -31,3 +33,21 @@ def sweep():
     """Close the usages of expired leases once (for cron jobs)."""
     result = run_sweep(current_app._get_current_object())  # type: ignore[attr-defined]  # the app, not its proxy
     click.echo(f"swept: {result.expired} expired leases closed")
+
+
+@tokens_cli.command("prune")
+@click.option("--dry-run", is_flag=True, help="Only count what would be deleted.")
+def prune(dry_run):
+    """Delete ended usages and events past their retention (USAGE_RETENTION_DAYS, EVENT_RETENTION_HOURS)."""
+    app = current_app._get_current_object()
+    if dry_run:
+        cut = cutoffs(app.config, clock_now(app))
+        for table, before in (("usages", cut.usages), ("events", cut.events)):
+            if before is None:
+                click.echo(f"{table}: kept whole (retention 0)")
+            else:
+                count = run_transaction(prunable, table, before)
+                click.echo(f"{table}: {count} older than {before.isoformat()} would be deleted")
+        return
+    done = run_prune(app)
+    click.echo(f"pruned: {done['usages']} usages, {done['events']} events")

@@ -60,7 +60,7 @@ class Token(Body):
     activated_at: datetime | None
     expires_at: datetime | None
     released_at: datetime | None
-    usage_count: int = absent("On the single-token read")
+    usage_count: int = absent("On the single-token read: leases of all time, retention or not")
     lease_id: CanonicalUUID = absent("An active token's lease_id: only for admin keys, and in renew's answer")
 
 

@@ -18,11 +18,16 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from ..clock import token_time
 from ..db import run_transaction
+from ..events import outbox
+from ..retention import run_prune
 from ..state import app_state
 from ..telemetry import emit, timed
 from . import service
 
 log = logging.getLogger("tokenpool.sweeper")
+
+# at most this many batches of each table per sweep: 200 x 2000 rows every CHECK_INTERVAL_SECONDS
+PRUNE_BATCHES_PER_SWEEP = 200
 
 
 def run_sweep(app, *, min_gap_seconds: float = 0, budget_seconds: float | None = None) -> service.SweepResult:
@@ -90,11 +95,23 @@ class Sweeper:
             try:
                 # a stalled database ends the attempt by the next one (or the request deadline)
                 budget = max(self.interval, self.app.config["DB_DEADLINE_SECONDS"])
-                run_sweep(self.app, min_gap_seconds=self.interval * 0.5, budget_seconds=budget)
+                swept = run_sweep(self.app, min_gap_seconds=self.interval * 0.5, budget_seconds=budget)
             except Exception:
                 log.exception("token sweep failed; retrying next interval")
+            else:
+                if swept.ran:  # one runner per interval for the whole cluster
+                    self._housekeeping(swept.at)
             # jitter spreads the workers' attempts over the interval
             delay = self.interval * random.uniform(0.5, 1.0)
+
+    def _housekeeping(self, now) -> None:
+        """After a sweep: number pending events, prune old usages and events (a bounded amount)."""
+        try:
+            with self.app.app_context():
+                run_transaction(outbox.publish)
+            run_prune(self.app, now=now, max_batches=PRUNE_BATCHES_PER_SWEEP)
+        except Exception:
+            log.exception("pruning old usages and events failed; retrying next interval")
 
 
 def start_sweeper(app) -> None:

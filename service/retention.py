@@ -1,0 +1,113 @@
+"""Retention: ended usages older than USAGE_RETENTION_DAYS and events older than
+EVENT_RETENTION_HOURS are deleted, a small batch per transaction.
+
+Only ended usages go (an open lease's usage has no `ended_at`), and only
+published events, never the newest (`publish` numbers new events above it).
+Each batch is its own short transaction deleting rows nobody else writes, so
+activations never wait on a prune: they lock tokens and open usages, never an
+ended usage or an event. The sweeper prunes after each sweep it ran (one runner
+per interval for the whole cluster); `flask tokens prune` does the same on
+demand, or only counts with `--dry-run`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import Connection, func, select, text
+
+from .clock import now as clock_now
+from .db import run_transaction
+from .models import Event, TokenUsage
+from .telemetry import emit
+
+PRUNE_BATCH = 2000  # rows per transaction: a few milliseconds of work
+usages = TokenUsage.__table__
+events = Event.__table__
+
+_USAGES = text(
+    "DELETE FROM token_usages WHERE id IN ("
+    " SELECT id FROM token_usages WHERE ended_at < :before ORDER BY id LIMIT :batch)"
+)
+_EVENTS = text(
+    "DELETE FROM events WHERE seq IN ("
+    " SELECT seq FROM events WHERE at < :before AND event_id < (SELECT max(event_id) FROM events)"
+    " ORDER BY seq LIMIT :batch)"
+)
+_COUNT_USAGES = select(func.count()).select_from(usages).where(usages.c.ended_at < text(":before"))
+_COUNT_EVENTS = text(
+    "SELECT count(*) FROM events WHERE at < :before AND event_id < (SELECT max(event_id) FROM events)"
+)
+
+
+@dataclass(frozen=True)
+class Cutoffs:
+    """Rows older than these go; None keeps that table whole."""
+
+    usages: datetime | None
+    events: datetime | None
+
+
+def cutoffs(config: dict, now: datetime) -> Cutoffs:
+    """The cutoffs of the settings at `now` (USAGE_RETENTION_DAYS 0 keeps every usage)."""
+    days = config["USAGE_RETENTION_DAYS"]
+    return Cutoffs(
+        usages=now - timedelta(days=days) if days else None,
+        events=now - timedelta(hours=config["EVENT_RETENTION_HOURS"]),
+    )
+
+
+def prune_batch(conn: Connection, table: str, before: datetime, *, batch: int = PRUNE_BATCH) -> int:
+    """Delete up to `batch` rows of `table` ("usages" or "events") older than `before`; how many went."""
+    statement = _USAGES if table == "usages" else _EVENTS
+    return conn.execute(statement, {"before": before, "batch": batch}).rowcount
+
+
+def prunable(conn: Connection, table: str, before: datetime) -> int:
+    """How many rows of `table` a prune would delete now (for `--dry-run`)."""
+    statement = _COUNT_USAGES if table == "usages" else _COUNT_EVENTS
+    return conn.scalar(statement, {"before": before})
+
+
+def prune(
+    cut: Cutoffs, *, max_batches: int | None = None, batch: int = PRUNE_BATCH, on_batch=None
+) -> dict[str, int]:
+    """Prune both tables, a batch per transaction, until done or `max_batches` each (app context).
+
+    Returns rows deleted per table; `on_batch(table, count)` is called after each batch.
+    """
+    done = {"usages": 0, "events": 0}
+    for table, before in (("usages", cut.usages), ("events", cut.events)):
+        if before is None:
+            continue
+        batches = 0
+        while max_batches is None or batches < max_batches:
+            count = run_transaction(prune_batch, table, before, batch=batch)
+            batches += 1
+            done[table] += count
+            if on_batch is not None and count:
+                on_batch(table, count)
+            if count < batch:
+                break
+    return done
+
+
+def oldest_kept(conn: Connection) -> dict[str, datetime | None]:
+    """When the oldest usage started and the oldest event happened (None: the table is empty)."""
+    first_usage = select(usages.c.started_at).order_by(usages.c.id).limit(1).scalar_subquery()
+    first_event = select(events.c.at).order_by(events.c.seq).limit(1).scalar_subquery()
+    row = conn.execute(select(first_usage, first_event)).one()
+    return {"usages": row[0], "events": row[1]}
+
+
+def run_prune(app, *, now: datetime | None = None, max_batches: int | None = None) -> dict[str, int]:
+    """Prune by `app`'s settings at `now` (default: the token clock, else the process clock),
+    with one telemetry event per table that lost rows. Raises what the database raises."""
+    with app.app_context():
+        cut = cutoffs(app.config, now or clock_now(app))
+        done = prune(cut, max_batches=max_batches)
+        for table, count in done.items():
+            if count:
+                emit("prune", "success", reason=table, count=count)
+        return done
