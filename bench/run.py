@@ -11,6 +11,11 @@ every target alike:
   svc-1m     the service, every feature  on a 1,000,000-token pool
   svc-100-pgb  svc-100 through PgBouncer in transaction mode (DB_PGBOUNCER=true), started here
 
+Two cases add load beside a target: `svc_activate_100_streams` runs svc-100's
+activation while 100 event-stream clients (bench/stream.lua: Last-Event-ID,
+the stream's retry interval) come and go, and `svc_get_token_history` reads one
+token of svc-1m that has 3,000,000 usages (written with SQL before the start).
+
 Peak rates come from wrk (closed loop, Lua scripts posting random user ids);
 latency at a given rate comes from bench/loadgen.py (open loop, fixed rate).
 Then what PostgreSQL and Redis on this machine take by themselves (capacity
@@ -70,7 +75,13 @@ CASES = [
     ("svc_index", "svc-100", "/api", "get.lua"),
     ("svc_summary", "svc-100", "/api/tokens/summary", "get.lua"),
     ("svc_list_1m", "svc-1m", "/api/tokens?limit=100", "get.lua"),
+    # the same activation while 100 event-stream clients come and go (bench/stream.lua)
+    ("svc_activate_100_streams", "svc-100", "/api/tokens/activate", "activate.lua"),
+    # one token with HISTORY_ROWS usages (its path is set once the history exists)
+    ("svc_get_token_history", "svc-1m", "/api/tokens/{history_token}", "get.lua"),
 ]
+STREAM_CLIENTS = 100
+HISTORY_ROWS = 3_000_000
 
 DATABASE_OF = {
     "raw": "small",
@@ -89,6 +100,8 @@ TARGETS_SPEC = [
     ("3b", "GET /api/tokens?limit=100 on 1M tokens, p99 ms at half peak", 20.0, "ms<="),
     ("4", "activation p99 ms at half of peak rate (100 tokens)", 25.0, "ms<="),
     ("5", "activation: through PgBouncer / direct (100 tokens)", 0.85, "ratio>="),
+    ("6", f"activation: with {STREAM_CLIENTS} event streams open / none (100 tokens)", 0.90, "ratio>="),
+    ("7", f"GET /api/tokens/<id> with {HISTORY_ROWS:,} usages / GET /api/tokens/summary", 0.80, "ratio>="),
 ]
 
 
@@ -393,6 +406,9 @@ def case_summary(runs: list[dict]) -> dict:
             k: spread([r["cpu_us_per_request"][k] for r in runs])
             for k in runs[0].get("cpu_us_per_request", {})
         },
+        # the event-stream clients beside the activation case (svc_activate_100_streams)
+        "stream_requests": sum(r["streams"]["requests"] for r in runs if "streams" in r),
+        "stream_failures": sum(r["streams"]["failed"] for r in runs if "streams" in r),
     }
 
 
@@ -426,6 +442,53 @@ def _log_wrk(rnd: int, args, name: str, res: dict) -> None:
     )
 
 
+HISTORY = {"token": ""}  # the token with HISTORY_ROWS usages (large database)
+
+
+def add_history(dbname: str, rows: int) -> str:
+    """`rows` ended usages on one token of `dbname`, written with SQL (triggers off: no events, the
+    counter set once); returns that token's id."""
+    import psycopg
+
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + dbname
+    with psycopg.connect(url, autocommit=True) as conn:
+        token = conn.execute("SELECT id FROM tokens ORDER BY id LIMIT 1").fetchone()[0]
+        conn.execute("SET session_replication_role = replica")
+        conn.execute(
+            "INSERT INTO token_usages (token_id, user_id, started_at, ended_at, end_reason, lease_id)"
+            " SELECT %s, gen_random_uuid(), now() - g * interval '1 s', now() - g * interval '1 s'"
+            " + interval '0.5 s', 'released', gen_random_uuid() FROM generate_series(1, %s) g",
+            (token, rows),
+        )
+        conn.execute("UPDATE tokens SET usage_count = usage_count + %s WHERE id = %s", (rows, token))
+        conn.execute("VACUUM ANALYZE token_usages")
+    return str(token)
+
+
+def start_streams(base: str, seconds: float) -> subprocess.Popen:
+    """STREAM_CLIENTS event-stream clients (bench/stream.lua) in the background for `seconds`."""
+    argv = ["wrk", "-t1", f"-c{STREAM_CLIENTS}", f"-d{max(1, round(seconds))}s", "--timeout", "10s"]
+    argv += ["-s", str(BENCH / "stream.lua"), base + "/api/events/stream"]
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish_streams(proc: subprocess.Popen) -> dict:
+    """The stream clients' requests and failures, once their wrk has ended."""
+    out, err = proc.communicate(timeout=120)
+    raw = next(
+        (line[len("BENCH_JSON ") :] for line in out.splitlines() if line.startswith("BENCH_JSON ")), None
+    )
+    if proc.returncode != 0 or raw is None:
+        raise RuntimeError(f"stream clients failed ({proc.returncode}): {err or out}")
+    data = json.loads(raw)
+    non2xx = NON2XX_RE.search(out)
+    errors = data["errors"]
+    failed = (int(non2xx.group(1)) if non2xx else 0) + sum(
+        errors[k] for k in ("connect", "read", "write", "timeout")
+    )
+    return {"requests": data["requests"], "failed": failed}
+
+
 def measure(
     args, targets: dict[str, Target], databases: dict[str, str]
 ) -> tuple[dict[str, list[dict]], dict[str, list[dict]]]:
@@ -443,7 +506,7 @@ def measure(
     log(f"warm-up: {args.warmup}s per case")
     for _name, target, path, script in CASES:
         run_wrk(
-            targets[target].base + path,
+            targets[target].base + path.format(history_token=HISTORY["token"]),
             script,
             duration=args.warmup,
             connections=args.connections,
@@ -452,9 +515,13 @@ def measure(
     for rnd in range(args.rounds):
         order = CASES[rnd % len(CASES) :] + CASES[: rnd % len(CASES)]
         for name, target, path, script in order:
-            url = targets[target].base + path
+            url = targets[target].base + path.format(history_token=HISTORY["token"])
             if script == "activate.lua":
                 admin_sql("VACUUM tokens", dbname=databases[DATABASE_OF[target]])
+            streams = None
+            if name == "svc_activate_100_streams":
+                streams = start_streams(targets[target].base, args.duration + 2)
+                time.sleep(1)  # every client connected once
             cpu_before = targets[target].cpu_seconds()
             res = run_wrk(
                 url, script, duration=args.duration, connections=args.connections, threads=args.threads
@@ -466,6 +533,8 @@ def measure(
                 # gunicorn workers' own CPU per answer: what one core serves, whatever the neighbours do
                 "cpu_us_per_request": {k: v * 1e6 / max(1, res["requests"]) for k, v in cpu.items()},
             }
+            if streams is not None:
+                res["streams"] = finish_streams(streams)
             peaks[name].append(res)
             _log_wrk(rnd, args, name, res)
             time.sleep(args.pause)
@@ -748,6 +817,8 @@ def evaluate(peaks: dict, fixed: dict) -> list[dict]:
         "2": ratio(peaks, "svc_index", "hello"),
         "3a": ratio(peaks, "svc_activate_1m", "svc_activate_100"),
         "5": ratio(peaks, "svc_activate_100_pgbouncer", "svc_activate_100"),
+        "6": ratio(peaks, "svc_activate_100_streams", "svc_activate_100"),
+        "7": ratio(peaks, "svc_get_token_history", "svc_summary"),
     }
     errors = {
         "1": peaks["svc_activate_100"]["errors"] + peaks["raw_activate"]["errors"],
@@ -756,6 +827,9 @@ def evaluate(peaks: dict, fixed: dict) -> list[dict]:
         "3b": fixed["list_1m_at_half_peak"]["failed"],
         "4": fixed["activate_100_at_half_peak"]["failed"],
         "5": peaks["svc_activate_100_pgbouncer"]["errors"] + peaks["svc_activate_100"]["errors"],
+        "6": peaks["svc_activate_100_streams"]["errors"]
+        + peaks["svc_activate_100_streams"]["stream_failures"],
+        "7": peaks["svc_get_token_history"]["errors"] + peaks["svc_summary"]["errors"],
     }
     rows = []
     for tid, what, threshold, kind in TARGETS_SPEC:
@@ -969,6 +1043,8 @@ def main(argv=None) -> int:
         )
         small_url = prepare_database(dbs["small"], args.small_size, workdir)
         large_url = prepare_database(dbs["large"], args.large_size, workdir)
+        HISTORY["token"] = add_history(dbs["large"], HISTORY_ROWS)
+        log(f"history: {HISTORY_ROWS:,} usages on token {HISTORY['token']}")
         flush_redis()
         bouncer = ThrowawayPgBouncer(make_url(PG_ADMIN_URL).port or 5432, pool_size=PGBOUNCER_POOL).start()
         targets = start_targets(args, workdir, small_url, large_url, bouncer)

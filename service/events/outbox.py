@@ -94,6 +94,13 @@ def read_events(conn: Connection, *, after: int, limit: int, pool: str | None = 
     return [row._asdict() for row in conn.execute(statement, params)]
 
 
-def last_event_id(conn: Connection) -> int:
-    """The highest published event id (0 when none)."""
+def publish_and_read(conn: Connection, *, after: int, limit: int, pool: str | None = None) -> list[dict]:
+    """`publish`, then `read_events`, in one transaction (a stream's or a page's one round)."""
+    publish(conn)
+    return read_events(conn, after=after, limit=limit, pool=pool)
+
+
+def latest(conn: Connection) -> int:
+    """`publish`, then the highest published event id (0 when none): where "from now on" starts."""
+    publish(conn)
     return conn.scalar(select(func.coalesce(func.max(events.c.event_id), 0)))

@@ -41,8 +41,7 @@ def page():
     pool = pool_arg()
     after = int_arg("after", 0, 0, BIGINT_MAX)
     limit = limit_arg()
-    run_transaction(outbox.publish)
-    events = run_transaction(outbox.read_events, after=after, limit=limit, pool=pool)
+    events = run_transaction(outbox.publish_and_read, after=after, limit=limit, pool=pool)
     last = events[-1]["event_id"] if events else after
     return jsonify({"events": [event_json(e) for e in events], "last_event_id": last})
 
@@ -81,7 +80,6 @@ def live():
             "Too many open event streams on this worker. Please retry shortly.", reason="streams_full"
         )
     if after is None:  # what was written before this request is not news to it
-        run_transaction(outbox.publish)
-        after = run_transaction(outbox.last_event_id)
+        after = run_transaction(outbox.latest)
     headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
     return Response(stream(app, after=after, pool=pool), mimetype="text/event-stream", headers=headers)

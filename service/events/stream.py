@@ -52,11 +52,12 @@ def sse(event: dict) -> str:
     return f"id: {event['event_id']}\nevent: {event['type']}\ndata: {body}\n\n"
 
 
-def publish_and_read(after: int, pool: str | None, limit: int = PAGE) -> list[dict]:
+def catch_up(after: int, pool: str | None, limit: int = PAGE) -> list[dict]:
     """Number pending events, then read the published ones after `after` (app context needed)."""
     budget = current_app.config["DB_DEADLINE_SECONDS"]  # a stream outlives its request's budget
-    run_transaction(outbox.publish, budget_seconds=budget)
-    return run_transaction(outbox.read_events, after=after, limit=limit, pool=pool, budget_seconds=budget)
+    return run_transaction(
+        outbox.publish_and_read, after=after, limit=limit, pool=pool, budget_seconds=budget
+    )
 
 
 class Feed:
@@ -100,12 +101,11 @@ class Feed:
 
     def _poll(self) -> None:
         if self.start is None:
-            run_transaction(outbox.publish)
-            first = run_transaction(outbox.last_event_id)
+            first = run_transaction(outbox.latest)
             with self.changed:
                 self.start = self.last = first
                 self.changed.notify_all()
-        new = publish_and_read(self.last, None)
+        new = catch_up(self.last, None)
         if not new:
             return
         with self.changed:
@@ -140,7 +140,7 @@ def stream(app, *, after: int, pool: str | None) -> Iterator[str]:
     heartbeat = config["EVENT_STREAM_HEARTBEAT_SECONDS"]
     yield f"retry: {config['EVENT_STREAM_RETRY_MS']}\n\n"
     with app.app_context():
-        caught_up = publish_and_read(after, pool)
+        caught_up = catch_up(after, pool)
     for event in caught_up:
         after = event["event_id"]
         yield sse(event)
@@ -157,7 +157,7 @@ def stream(app, *, after: int, pool: str | None) -> Iterator[str]:
             if buffered is None:  # behind the buffer: catch up from the database
                 start = feed.start
                 with app.app_context():
-                    events = publish_and_read(after, pool)
+                    events = catch_up(after, pool)
                 # fewer than a page: every event up to the buffer's start has been read
                 seen = events[-1]["event_id"] if events else after
                 if len(events) < PAGE:
