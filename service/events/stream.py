@@ -130,7 +130,7 @@ class Feed:
                 left = deadline - time.monotonic()
                 if left <= 0 or draining.is_set():
                     return [], after
-                self.changed.wait(left)
+                self.changed.wait(min(left, 1.0))  # a drain ends the stream within a second
 
 
 def stream(app, *, after: int, pool: str | None) -> Iterator[str]:
