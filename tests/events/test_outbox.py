@@ -165,3 +165,16 @@ def test_event_ids_follow_visibility_not_the_order_of_writing(app, client, is_po
 def test_record_event_refuses_an_unknown_type(app):
     with app.app_context(), pytest.raises(ValueError):
         run_transaction(outbox.record_event, "borrowed", at=None)
+
+
+def test_the_feed_serves_a_pool_from_its_buffer_and_sends_a_stream_behind_it_to_the_database(app):
+    from service.events.stream import Feed
+
+    feed = Feed(app)
+    assert feed.after(0, None, timeout=0) == ([], 0)  # not started: nothing yet, no wait
+    feed.start, feed.last = 10, 13
+    feed.buffer.extend({"event_id": i, "pool": "a" if i % 2 else "b"} for i in (11, 12, 13))
+    events, seen = feed.after(11, "a", timeout=0)
+    assert [e["event_id"] for e in events] == [13] and seen == 13
+    assert feed.after(12, "b", timeout=0) == ([], 13)  # nothing of b after 12, and 13 is seen
+    assert feed.after(9, None, timeout=0) is None  # behind the buffer: read the database
