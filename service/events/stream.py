@@ -138,7 +138,9 @@ def stream(app, *, after: int, pool: str | None) -> Iterator[str]:
     config = app.config
     hold = config["EVENT_STREAM_SECONDS"]
     heartbeat = config["EVENT_STREAM_HEARTBEAT_SECONDS"]
-    yield f"retry: {config['EVENT_STREAM_RETRY_MS']}\n\n"
+    # `id:` without data moves the client's Last-Event-ID to where this stream starts, so a
+    # client that connected "from now" and got nothing resumes from here, losing nothing
+    yield f"retry: {config['EVENT_STREAM_RETRY_MS']}\nid: {after}\n\n"
     with app.app_context():
         caught_up = catch_up(after, pool)
     for event in caught_up:

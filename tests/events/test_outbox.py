@@ -110,7 +110,7 @@ def stream_events(response) -> list[tuple[int, dict]]:
         lines = dict(
             line.split(": ", 1) for line in block.splitlines() if not line.startswith(":") and ": " in line
         )
-        if "id" in lines:
+        if "data" in lines:
             out.append((int(lines["id"]), json.loads(lines["data"])))
     return out
 
@@ -132,9 +132,15 @@ def test_a_stream_resumes_from_last_event_id_with_nothing_lost_or_repeated(app, 
     assert ids == [e["event_id"] for e in page(client)["events"]]
 
 
-def test_a_new_stream_starts_from_now(app, client):
+def test_a_new_stream_starts_from_now_and_says_where(app, client):
     activate(client, user())
-    assert stream_events(client.get("/api/events/stream")) == []
+    response = client.get("/api/events/stream")
+    assert stream_events(response) == []
+    last = page(client)["last_event_id"]
+    assert response.get_data(as_text=True) == f"retry: 1000\nid: {last}\n\n"
+    activate(client, user())  # between two connections: found with the id the first one gave
+    again = stream_events(client.get("/api/events/stream", headers={"Last-Event-ID": str(last)}))
+    assert [data["event_id"] for _, data in again] == [last + 1]
 
 
 def test_a_bad_last_event_id_is_400(client):

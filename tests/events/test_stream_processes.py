@@ -10,8 +10,8 @@ import uuid
 
 import pytest
 
-from tests.e2e.stack import request
 from tests.procs import Gunicorn
+from tests.web import request
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -33,7 +33,7 @@ class Stream:
         while True:
             line = self.response.fp.readline().decode().rstrip("\n")
             if line == "":
-                if "id" in fields:
+                if "data" in fields:
                     event = json.loads(fields["data"])
                     assert event["event_id"] == int(fields["id"]) and event["type"] == fields["event"]
                     return event
