@@ -11,9 +11,9 @@ own connections) in three phases of `--seconds` each:
   pruning   the same while `retention.prune` deletes them, 2,000 rows per transaction
 
 and prints rates, latency percentiles and the longest activation of each
-phase, plus the prune's batches per second and its longest batch. A prune
-blocks an activation only if one waits on a lock the prune holds: the
-longest activation while pruning, against the others, shows it.
+phase, the lock waits of activations (sampled every 5 ms from pg_stat_activity,
+and how many were behind a backend that is not an activation: the prune),
+plus the prune's batches and its longest batch.
 """
 
 from __future__ import annotations
@@ -35,6 +35,15 @@ sys.path.insert(0, str(ROOT / "bench"))
 from run import PG_ADMIN_URL, admin_sql, log, prepare_database  # noqa: E402
 
 ACTIVATE = "SELECT token_id FROM tokenpool_activate(%s, NULL, make_interval(secs => 120))"
+APP_NAME = "bench-activate"
+# activations waiting on a lock, and those whose blockers include a backend that is not an
+# activation (the prune): sampled every 5 ms
+WAITS = (
+    "SELECT count(*), count(*) FILTER (WHERE EXISTS ("
+    " SELECT 1 FROM pg_stat_activity b WHERE b.pid = ANY(pg_blocking_pids(a.pid))"
+    " AND b.application_name <> %(app)s))"
+    " FROM pg_stat_activity a WHERE a.application_name = %(app)s AND a.wait_event_type = 'Lock'"
+)
 
 
 def activations(url: str, seconds: float, threads: int = 8) -> dict:
@@ -43,19 +52,31 @@ def activations(url: str, seconds: float, threads: int = 8) -> dict:
     latencies: list[list[float]] = [[] for _ in range(threads)]
 
     def work(out: list[float]) -> None:
-        with psycopg.connect(url, autocommit=True) as conn:
+        with psycopg.connect(url, autocommit=True, application_name=APP_NAME) as conn:
             while time.monotonic() < stop:
                 started = time.perf_counter()
                 conn.execute(ACTIVATE, (uuid.uuid4(),)).fetchone()
                 out.append((time.perf_counter() - started) * 1000)
 
+    waits = {"samples": 0, "waiting": 0, "on_others": 0}
+
+    def sample() -> None:
+        with psycopg.connect(url, autocommit=True) as conn:
+            while time.monotonic() < stop:
+                waiting, on_others = conn.execute(WAITS, {"app": APP_NAME}).fetchone()
+                waits["samples"] += 1
+                waits["waiting"] += waiting
+                waits["on_others"] += on_others
+                time.sleep(0.005)
+
     workers = [threading.Thread(target=work, args=(out,)) for out in latencies]
+    workers.append(threading.Thread(target=sample))
     for w in workers:
         w.start()
     for w in workers:
         w.join()
     flat = sorted(x for out in latencies for x in out)
-    return {
+    return waits | {
         "rate": len(flat) / seconds,
         "p50": statistics.median(flat),
         "p99": flat[int(len(flat) * 0.99)],
@@ -144,9 +165,15 @@ def main(argv=None) -> int:
         thread.join()
         print()
         print(f"Activation ({args.rows:,} usage rows; 8 connections, {args.seconds:g} s per phase)")
-        print(f"  {'phase':8s} {'per s':>8s} {'p50 ms':>8s} {'p99 ms':>8s} {'max ms':>8s}")
+        print(
+            f"  {'phase':8s} {'per s':>8s} {'p50 ms':>8s} {'p99 ms':>8s} {'max ms':>8s}"
+            "  lock waits seen (samples; of them behind a non-activation)"
+        )
         for phase, r in phases.items():
-            print(f"  {phase:8s} {r['rate']:8.0f} {r['p50']:8.2f} {r['p99']:8.2f} {r['max']:8.2f}")
+            print(
+                f"  {phase:8s} {r['rate']:8.0f} {r['p50']:8.2f} {r['p99']:8.2f} {r['max']:8.2f}"
+                f"  {r['waiting']} in {r['samples']} samples; {r['on_others']} behind another backend"
+            )
         print(
             f"Prune: {prune.get('deleted', 0):,} rows in {prune.get('seconds', 0):.1f} s,"
             f" {prune.get('batches', 0)} batches, median {prune.get('median_batch_ms', 0):.1f} ms,"
