@@ -67,7 +67,7 @@ def prune_batch(conn: Connection, table: str, before: datetime, *, batch: int = 
 def prunable(conn: Connection, table: str, before: datetime) -> int:
     """How many rows of `table` a prune would delete now (for `--dry-run`)."""
     statement = _COUNT_USAGES if table == "usages" else _COUNT_EVENTS
-    return conn.scalar(statement, {"before": before})
+    return conn.scalar(statement, {"before": before}) or 0
 
 
 def prune(

@@ -87,7 +87,7 @@ def publish(conn: Connection, *, batch: int = PUBLISH_BATCH) -> int:
 
 def read_events(conn: Connection, *, after: int, limit: int, pool: str | None = None) -> list[dict]:
     """Published events with `event_id > after`, oldest first, at most `limit`."""
-    params = {"after": after, "limit": limit}
+    params: dict[str, int | str] = {"after": after, "limit": limit}
     statement = _READ if pool is None else _READ_POOL
     if pool is not None:
         params["pool"] = pool
@@ -103,4 +103,4 @@ def publish_and_read(conn: Connection, *, after: int, limit: int, pool: str | No
 def latest(conn: Connection) -> int:
     """`publish`, then the highest published event id (0 when none): where "from now on" starts."""
     publish(conn)
-    return conn.scalar(select(func.coalesce(func.max(events.c.event_id), 0)))
+    return conn.scalar(select(func.coalesce(func.max(events.c.event_id), 0))) or 0

@@ -73,7 +73,7 @@ def live():
     """Events as Server-Sent Events, from `Last-Event-ID` (or `?after=`, or now) on."""
     pool = pool_arg()
     after = _resume_from()
-    app = current_app._get_current_object()
+    app = current_app._get_current_object()  # type: ignore[attr-defined]  # the app, not its proxy
     feed = app.extensions["tokenpool.event_feed"]
     if app.config["EVENT_STREAM_SECONDS"] > 0 and feed.streams >= app.config["EVENT_STREAMS_PER_WORKER"]:
         raise ServiceUnavailable(

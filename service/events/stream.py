@@ -68,7 +68,7 @@ class Feed:
         self.interval = app.config["EVENT_STREAM_POLL_SECONDS"]
         self.changed = threading.Condition()
         self.buffer: collections.deque[dict] = collections.deque(maxlen=BUFFER)
-        self.start = None  # the buffer holds every event after this id (None: not started)
+        self.start: int | None = None  # the buffer holds every event after this id (None: not started)
         self.last = 0
         self.streams = 0
         self._thread: threading.Thread | None = None

@@ -39,7 +39,7 @@ def sweep():
 @click.option("--dry-run", is_flag=True, help="Only count what would be deleted.")
 def prune(dry_run):
     """Delete ended usages and events past their retention (USAGE_RETENTION_DAYS, EVENT_RETENTION_HOURS)."""
-    app = current_app._get_current_object()
+    app = current_app._get_current_object()  # type: ignore[attr-defined]  # the app, not its proxy
     if dry_run:
         cut = cutoffs(app.config, clock_now(app))
         for table, before in (("usages", cut.usages), ("events", cut.events)):
