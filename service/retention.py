@@ -22,19 +22,34 @@ from .db import run_transaction
 from .models import Event, TokenUsage
 from .telemetry import emit
 
-PRUNE_BATCH = 2000  # rows per transaction: a few milliseconds of work
+PRUNE_BATCH = 2000  # rows per transaction: milliseconds of work
 usages = TokenUsage.__table__
 events = Event.__table__
 
-_USAGES = text(
-    "DELETE FROM token_usages WHERE id IN ("
-    " SELECT id FROM token_usages WHERE ended_at < :before ORDER BY id LIMIT :batch)"
-)
-_EVENTS = text(
-    "DELETE FROM events WHERE seq IN ("
-    " SELECT seq FROM events WHERE at < :before AND event_id < (SELECT max(event_id) FROM events)"
-    " ORDER BY seq LIMIT :batch)"
-)
+# A prune walks each table in key order (usages by id, events by seq: both the order rows were
+# written), a window of `batch` rows per transaction, and deletes the old rows of the window.
+# The walk goes on from where the last window ended (never over the rows it deleted, which
+# stay in the index until vacuum: starting again from the low end would make each window
+# slower than the one before), and stops at the first row written after the cutoff: nothing
+# later can be older (a usage ends after it starts; an event happens before it is written).
+_WINDOW = {
+    "usages": text(
+        "SELECT max(id), count(*), max(CASE WHEN started_at >= :before THEN 1 ELSE 0 END) FROM"
+        " (SELECT id, started_at FROM token_usages WHERE id > :start ORDER BY id LIMIT :batch) w"
+    ),
+    "events": text(
+        "SELECT max(seq), count(*), max(CASE WHEN at >= :before THEN 1 ELSE 0 END) FROM"
+        " (SELECT seq, at FROM events WHERE seq > :start ORDER BY seq LIMIT :batch) w"
+    ),
+}
+_DELETE = {
+    "usages": text("DELETE FROM token_usages WHERE id > :start AND id <= :end AND ended_at < :before"),
+    # published events only, never the newest: ids never go back
+    "events": text(
+        "DELETE FROM events WHERE seq > :start AND seq <= :end AND at < :before"
+        " AND event_id < (SELECT max(event_id) FROM events)"
+    ),
+}
 _COUNT_USAGES = select(func.count()).select_from(usages).where(usages.c.ended_at < text(":before"))
 _COUNT_EVENTS = text(
     "SELECT count(*) FROM events WHERE at < :before AND event_id < (SELECT max(event_id) FROM events)"
@@ -58,10 +73,25 @@ def cutoffs(config: dict, now: datetime) -> Cutoffs:
     )
 
 
-def prune_batch(conn: Connection, table: str, before: datetime, *, batch: int = PRUNE_BATCH) -> int:
-    """Delete up to `batch` rows of `table` ("usages" or "events") older than `before`; how many went."""
-    statement = _USAGES if table == "usages" else _EVENTS
-    return conn.execute(statement, {"before": before, "batch": batch}).rowcount
+@dataclass(frozen=True)
+class Batch:
+    deleted: int
+    end: int  # the last key of the window: the next batch starts after it
+    last: bool  # the walk reached rows written after the cutoff, or the end of the table
+
+
+def prune_batch(
+    conn: Connection, table: str, before: datetime, *, start: int = 0, batch: int = PRUNE_BATCH
+) -> Batch:
+    """Delete the rows of `table` ("usages" or "events") older than `before` among the next
+    `batch` rows after key `start`."""
+    end, seen, past_cutoff = conn.execute(
+        _WINDOW[table], {"start": start, "batch": batch, "before": before}
+    ).one()
+    if not seen:
+        return Batch(0, start, True)
+    deleted = conn.execute(_DELETE[table], {"start": start, "end": end, "before": before}).rowcount
+    return Batch(deleted, end, bool(past_cutoff) or seen < batch)
 
 
 def prunable(conn: Connection, table: str, before: datetime) -> int:
@@ -81,15 +111,16 @@ def prune(
     for table, before in (("usages", cut.usages), ("events", cut.events)):
         if before is None:
             continue
-        batches = 0
+        batches, start = 0, 0
         while max_batches is None or batches < max_batches:
-            count = run_transaction(prune_batch, table, before, batch=batch)
+            step = run_transaction(prune_batch, table, before, start=start, batch=batch)
             batches += 1
-            done[table] += count
-            if on_batch is not None and count:
-                on_batch(table, count)
-            if count < batch:
+            done[table] += step.deleted
+            if on_batch is not None and step.deleted:
+                on_batch(table, step.deleted)
+            if step.last:
                 break
+            start = step.end
     return done
 
 

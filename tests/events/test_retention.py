@@ -63,23 +63,29 @@ def test_usage_retention_zero_keeps_every_usage(app, client, clock):
 
 
 @pytest.mark.options(USAGE_RETENTION_DAYS=1, EVENT_RETENTION_HOURS=1)
-def test_a_prune_deletes_in_batches(app, client, clock, monkeypatch):
+def test_a_prune_walks_in_batches_and_stops_at_the_cutoff(app, client, clock, monkeypatch):
     from service import retention
 
     for _ in range(5):
         release(client, activate(client, user()).get_json())
+    activate(client, user())  # its lease expires long before the cutoff: deleted too
     clock.advance(2 * 24 * HOUR)
-    batches = []
+    for _ in range(5):  # after the cutoff: the walk stops at the first of these
+        release(client, activate(client, user()).get_json())
+    starts = []
     real = retention.prune_batch
-    monkeypatch.setattr(
-        retention,
-        "prune_batch",
-        lambda conn, t, b, *, batch: batches.append(t) or real(conn, t, b, batch=batch),
-    )
-    monkeypatch.setattr(retention, "PRUNE_BATCH", 2)
+
+    def spy(conn, table, before, *, start, batch):
+        starts.append((table, start))
+        return real(conn, table, before, start=start, batch=batch)
+
+    monkeypatch.setattr(retention, "prune_batch", spy)
     with app.app_context():
         done = retention.prune(retention.cutoffs(app.config, clock()), batch=2)
-    assert done["usages"] == 5 and batches.count("usages") == 3  # 2 + 2 + 1
+    assert done["usages"] == 6
+    usage_starts = [start for table, start in starts if table == "usages"]
+    assert len(usage_starts) == 4 and usage_starts == sorted(set(usage_starts))  # 2 + 2 + 2, then the stop
+    assert counts(app)["usages"] == 5
 
 
 @pytest.mark.options(USAGE_RETENTION_DAYS=1, EVENT_RETENTION_HOURS=1)
