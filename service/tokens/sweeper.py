@@ -107,8 +107,9 @@ class Sweeper:
     def _housekeeping(self, now) -> None:
         """After a sweep: number pending events, prune old usages and events (a bounded amount)."""
         try:
-            with self.app.app_context():
-                run_transaction(outbox.publish)
+            with self.app.app_context():  # events nobody read meanwhile get their ids
+                while run_transaction(outbox.publish) == outbox.PUBLISH_BATCH:
+                    pass
             run_prune(self.app, now=now, max_batches=PRUNE_BATCHES_PER_SWEEP)
         except Exception:
             log.exception("pruning old usages and events failed; retrying next interval")
