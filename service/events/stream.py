@@ -74,6 +74,7 @@ class Feed:
         self._thread: threading.Thread | None = None
 
     def join(self) -> None:
+        self._count(1)
         with self.changed:
             self.streams += 1
             if self._thread is None or not self._thread.is_alive():
@@ -81,8 +82,12 @@ class Feed:
                 self._thread.start()
 
     def leave(self) -> None:
+        self._count(-1)
         with self.changed:
             self.streams -= 1
+
+    def _count(self, change: int) -> None:
+        self.app.extensions["tokenpool.metrics"].event_streams.inc(change)
 
     def _loop(self) -> None:
         while True:

@@ -56,6 +56,12 @@ class TokenMetrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
             registry=r,
         )
+        self.event_streams = Gauge(
+            "tokenpool_event_streams_open",
+            "Event streams held open (EVENT_STREAM_SECONDS > 0), over live workers",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.pruned = Counter(
             "tokenpool_retention_pruned_total",
             "Rows deleted past their retention, by table (usages, events)",
