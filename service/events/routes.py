@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 
 from flask import Response, current_app, jsonify, request
@@ -13,7 +14,7 @@ from ..parsing import canonical_int, int_arg
 from ..tokens.schemas import BIGINT_MAX, LIMIT, limit_arg
 from . import bp, outbox
 from .schemas import AFTER, LAST_EVENT_ID, POOL, POOL_NAME_PATTERN, STREAM, EventPage
-from .stream import event_json, stream
+from .stream import event_json, first_round, held
 
 POOL_NAME = re.compile(POOL_NAME_PATTERN)
 
@@ -82,4 +83,11 @@ def live():
     if after is None:  # what was written before this request is not news to it
         after = run_transaction(outbox.latest)
     headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
-    return Response(stream(app, after=after, pool=pool), mimetype="text/event-stream", headers=headers)
+    start, seen = first_round(app, after=after, pool=pool)
+    if app.config["EVENT_STREAM_SECONDS"] <= 0:  # the whole answer now: no worker held
+        return Response(start, mimetype="text/event-stream", headers=headers)
+    return Response(
+        itertools.chain([start], held(app, after=seen, pool=pool)),
+        mimetype="text/event-stream",
+        headers=headers,
+    )

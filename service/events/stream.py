@@ -4,11 +4,12 @@ A stream's response stays open `EVENT_STREAM_SECONDS` (0: it sends what is
 there and ends, and the client comes back after the `retry:` interval with
 `Last-Event-ID`, the way sync gunicorn workers can serve it without a worker
 held per stream; with gthread workers a stream holds one thread and stays
-open). While streams are open, the process's `Feed` thread publishes pending
-events and reads the new ones every EVENT_STREAM_POLL_SECONDS, once for all
-its streams; a stream behind the feed's buffer reads the database itself.
-Every instance reads the same outbox, so a client of any instance sees the
-events of every instance.
+open). Each process keeps a `Feed`: the recent events, each already written
+as an SSE message, read from the outbox at most every EVENT_STREAM_POLL_SECONDS
+however many streams read them (a thread polls while streams are held open;
+short responses refresh it on their way). A stream behind the feed's buffer
+reads the database itself. Every instance reads the same outbox, so a client
+of any instance sees the events of every instance.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from . import outbox
 log = logging.getLogger("tokenpool.events")
 
 BUFFER = 10_000  # events the feed keeps for its streams
-PAGE = 1000  # events a stream catching up reads per query
+PAGE = 1000  # events read per query
+IDLE_SECONDS = 60  # a feed nobody read for this long starts again from the newest event
 
 
 def event_json(event: dict) -> dict:
@@ -53,15 +55,19 @@ def sse(event: dict) -> str:
 
 
 def catch_up(after: int, pool: str | None, limit: int = PAGE) -> list[dict]:
-    """Number pending events, then read the published ones after `after` (app context needed)."""
+    """Number pending events, then read the published ones after `after`, each with its SSE
+    message under "sse" (app context needed)."""
     budget = current_app.config["DB_DEADLINE_SECONDS"]  # a stream outlives its request's budget
-    return run_transaction(
+    events = run_transaction(
         outbox.publish_and_read, after=after, limit=limit, pool=pool, budget_seconds=budget
     )
+    for event in events:
+        event["sse"] = sse(event)
+    return events
 
 
 class Feed:
-    """The process's reader of the outbox for its open streams (a thread while any is open)."""
+    """The process's recent events, for its streams (a thread polls while any is held open)."""
 
     def __init__(self, app) -> None:
         self.app = app
@@ -70,7 +76,9 @@ class Feed:
         self.buffer: collections.deque[dict] = collections.deque(maxlen=BUFFER)
         self.start: int | None = None  # the buffer holds every event after this id (None: not started)
         self.last = 0
+        self.polled_at = 0.0
         self.streams = 0
+        self._polling = threading.Lock()
         self._thread: threading.Thread | None = None
 
     def join(self) -> None:
@@ -94,23 +102,38 @@ class Feed:
             with self.changed:
                 if self.streams <= 0:
                     self._thread = None
-                    self.start = None
-                    self.buffer.clear()
                     return
             try:
                 with self.app.app_context():
-                    self._poll()
+                    self.fresh()
             except Exception:
                 log.exception("event feed: reading the outbox failed; retrying")
             time.sleep(self.interval)
 
-    def _poll(self) -> None:
-        if self.start is None:
-            first = run_transaction(outbox.latest)
-            with self.changed:
-                self.start = self.last = first
-                self.changed.notify_all()
-        new = catch_up(self.last, None)
+    def fresh(self) -> None:
+        """Read new events unless the last read is younger than the poll interval (app context).
+
+        One reader at a time; the others use the buffer as it is.
+        """
+        if time.monotonic() - self.polled_at < self.interval or not self._polling.acquire(blocking=False):
+            return
+        try:
+            if time.monotonic() - self.polled_at > IDLE_SECONDS:  # unread for long: from the newest
+                first = run_transaction(outbox.latest)
+                with self.changed:
+                    self.buffer.clear()
+                    self.start = self.last = first
+                    self.changed.notify_all()
+            while True:
+                new = catch_up(self.last, None)
+                self._add(new)
+                if len(new) < PAGE:
+                    break
+            self.polled_at = time.monotonic()
+        finally:
+            self._polling.release()
+
+    def _add(self, new: list[dict]) -> None:
         if not new:
             return
         with self.changed:
@@ -138,41 +161,52 @@ class Feed:
                 self.changed.wait(min(left, 1.0))  # a drain ends the stream within a second
 
 
-def stream(app, *, after: int, pool: str | None) -> Iterator[str]:
-    """The body of one stream response: events after `after`, heartbeats, until its time is up."""
+def _round(feed: Feed, after: int, pool: str | None, timeout: float) -> tuple[list[dict], int]:
+    """The events after `after` (from the buffer, else the database) and the id seen up to."""
+    buffered = feed.after(after, pool, timeout)
+    if buffered is not None:
+        return buffered
+    start = feed.start
+    events = catch_up(after, pool)
+    seen = events[-1]["event_id"] if events else after
+    if len(events) < PAGE:  # fewer than a page: every event up to the buffer's start has been read
+        seen = max(seen, start or 0)
+    return events, seen
+
+
+def _message(events: list[dict], seen: int, sent: int | None) -> str:
+    """The events' messages; then `id: seen` when the stream moved past what it sent (events of
+    other pools, or none yet): a message without data moves the client's Last-Event-ID."""
+    text = "".join(e["sse"] for e in events)
+    last = events[-1]["event_id"] if events else sent
+    return text + (f"id: {seen}\n\n" if last != seen else "")
+
+
+def first_round(app, *, after: int, pool: str | None) -> tuple[str, int]:
+    """The start of a stream response (in the request): `retry:`, the events after `after`, and
+    where the client's Last-Event-ID stands after them."""
+    feed: Feed = app.extensions["tokenpool.event_feed"]
+    feed.fresh()
+    events, seen = _round(feed, after, pool, 0)
+    head = f"retry: {app.config['EVENT_STREAM_RETRY_MS']}\n"
+    return head + (_message(events, seen, None) or "\n"), seen
+
+
+def held(app, *, after: int, pool: str | None) -> Iterator[str]:
+    """The rest of a stream held open: new events and heartbeats until its time is up."""
     config = app.config
-    hold = config["EVENT_STREAM_SECONDS"]
     heartbeat = config["EVENT_STREAM_HEARTBEAT_SECONDS"]
-    # `id:` without data moves the client's Last-Event-ID to where this stream starts, so a
-    # client that connected "from now" and got nothing resumes from here, losing nothing
-    yield f"retry: {config['EVENT_STREAM_RETRY_MS']}\nid: {after}\n\n"
-    with app.app_context():
-        caught_up = catch_up(after, pool)
-    for event in caught_up:
-        after = event["event_id"]
-        yield sse(event)
-    if hold <= 0:
-        return
     feed: Feed = app.extensions["tokenpool.event_feed"]
     feed.join()
     try:
-        ends = time.monotonic() + hold
+        ends = time.monotonic() + config["EVENT_STREAM_SECONDS"]
         beat = time.monotonic() + heartbeat
         while not draining.is_set() and time.monotonic() < ends:
             wait = max(0.0, min(beat, ends) - time.monotonic())
-            buffered = feed.after(after, pool, wait)
-            if buffered is None:  # behind the buffer: catch up from the database
-                start = feed.start
-                with app.app_context():
-                    events = catch_up(after, pool)
-                # fewer than a page: every event up to the buffer's start has been read
-                seen = events[-1]["event_id"] if events else after
-                if len(events) < PAGE:
-                    seen = max(seen, start or 0)
-            else:
-                events, seen = buffered
-            for event in events:
-                yield sse(event)
+            with app.app_context():
+                events, seen = _round(feed, after, pool, wait)
+            if events:
+                yield "".join(e["sse"] for e in events)
             after = seen
             if time.monotonic() >= beat:
                 yield ": heartbeat\n\n"

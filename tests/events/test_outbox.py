@@ -115,6 +115,7 @@ def stream_events(response) -> list[tuple[int, dict]]:
     return out
 
 
+@pytest.mark.options(EVENT_STREAM_POLL_SECONDS=0)  # each request reads the outbox
 def test_a_stream_resumes_from_last_event_id_with_nothing_lost_or_repeated(app, client):
     for _ in range(3):
         activate(client, user())
@@ -132,6 +133,7 @@ def test_a_stream_resumes_from_last_event_id_with_nothing_lost_or_repeated(app, 
     assert ids == [e["event_id"] for e in page(client)["events"]]
 
 
+@pytest.mark.options(EVENT_STREAM_POLL_SECONDS=0)  # each request reads the outbox
 def test_a_new_stream_starts_from_now_and_says_where(app, client):
     activate(client, user())
     response = client.get("/api/events/stream")
