@@ -123,10 +123,30 @@ def instance_stopping() -> bool:
 def retire(worker) -> None:
     """End a worker's loop after its current request (alone: its master keeps the port).
 
-    Wakes the worker's select() through its pipe, so the loop ends now.
+    Wakes the worker's select() through its pipe, so the loop ends now. A
+    gthread worker first lets what it took in finish (`_finish_connections`):
+    its loop drops every connection it holds when it ends.
     """
+    from gunicorn.workers.gthread import ThreadWorker
+
+    if isinstance(worker, ThreadWorker):
+        _finish_connections(worker, time.monotonic() + worker.cfg.graceful_timeout / 2)
     worker.alive = False
     os.write(worker.PIPE[1], b"1")
+
+
+def _finish_connections(worker, deadline: float) -> None:
+    """gthread: accept nothing more, answer every connection already accepted (each answer
+    closes its connection), let kept-alive ones go, until none is left or `deadline`."""
+    worker.cfg.set("keepalive", 0)  # read per response: from now on each one closes its connection
+    with worker._lock:
+        for listener in worker.sockets:
+            try:
+                worker.poller.unregister(listener)
+            except (KeyError, ValueError, OSError):
+                pass  # not registered (closed, or the loop has not started)
+    while worker.nr_conns > 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 def queue_is_empty(sock: socket.socket) -> bool:
