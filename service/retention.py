@@ -75,6 +75,8 @@ def cutoffs(config: dict, now: datetime) -> Cutoffs:
 
 @dataclass(frozen=True)
 class Batch:
+    """What one batch of a prune did."""
+
     deleted: int
     end: int  # the last key of the window: the next batch starts after it
     last: bool  # the walk reached rows written after the cutoff, or the end of the table

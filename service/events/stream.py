@@ -82,6 +82,7 @@ class Feed:
         self._thread: threading.Thread | None = None
 
     def join(self) -> None:
+        """A stream held open starts reading the feed (the polling thread starts with the first)."""
         self._count(1)
         with self.changed:
             self.streams += 1
@@ -90,6 +91,7 @@ class Feed:
                 self._thread.start()
 
     def leave(self) -> None:
+        """A held stream ended (the polling thread stops when none is left)."""
         self._count(-1)
         with self.changed:
             self.streams -= 1
