@@ -182,6 +182,9 @@ def service_env(db_url: str, port: int, prom_dir: Path) -> dict:
         "WEB_CONCURRENCY": str(WORKERS),
         "GUNICORN_WORKER_CLASS": "gthread" if THREADS > 1 else "sync",
         "GUNICORN_THREADS": str(THREADS),
+        # threads hold event streams open (sync workers answer each reconnect at once)
+        "EVENT_STREAM_SECONDS": "300" if THREADS > 1 else "0",
+        "EVENT_STREAMS_PER_WORKER": str(max(32, STREAM_CLIENTS)),
         "SWEEPER_ENABLED": "true",
         "DRAIN_SECONDS": "0",  # only shortens the shutdown at the end of the run
     }
@@ -466,14 +469,19 @@ def add_history(dbname: str, rows: int) -> str:
 
 
 def start_streams(base: str, seconds: float) -> subprocess.Popen:
-    """STREAM_CLIENTS event-stream clients (bench/stream.lua) in the background for `seconds`."""
-    argv = ["wrk", "-t1", f"-c{STREAM_CLIENTS}", f"-d{max(1, round(seconds))}s", "--timeout", "10s"]
-    argv += ["-s", str(BENCH / "stream.lua"), base + "/api/events/stream"]
+    """STREAM_CLIENTS event-stream clients in the background for `seconds`: with sync workers
+    reconnecting ones (bench/stream.lua), with threads held ones (bench/stream_clients.py)."""
+    url = base + "/api/events/stream"
+    if THREADS > 1:
+        argv = [sys.executable, str(BENCH / "stream_clients.py"), url, str(STREAM_CLIENTS), str(seconds)]
+    else:
+        argv = ["wrk", "-t1", f"-c{STREAM_CLIENTS}", f"-d{max(1, round(seconds))}s", "--timeout", "10s"]
+        argv += ["-s", str(BENCH / "stream.lua"), url]
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def finish_streams(proc: subprocess.Popen) -> dict:
-    """The stream clients' requests and failures, once their wrk has ended."""
+    """The stream clients' requests and failures, once they have ended."""
     out, err = proc.communicate(timeout=120)
     raw = next(
         (line[len("BENCH_JSON ") :] for line in out.splitlines() if line.startswith("BENCH_JSON ")), None
@@ -481,6 +489,8 @@ def finish_streams(proc: subprocess.Popen) -> dict:
     if proc.returncode != 0 or raw is None:
         raise RuntimeError(f"stream clients failed ({proc.returncode}): {err or out}")
     data = json.loads(raw)
+    if "failed" in data:  # bench/stream_clients.py
+        return {"requests": data["requests"], "failed": data["failed"], "messages": data["messages"]}
     non2xx = NON2XX_RE.search(out)
     errors = data["errors"]
     failed = (int(non2xx.group(1)) if non2xx else 0) + sum(

@@ -15,6 +15,7 @@ of any instance sees the events of every instance.
 from __future__ import annotations
 
 import collections
+import itertools
 import json
 import logging
 import threading
@@ -155,8 +156,8 @@ class Feed:
                 if self.start is not None and after < self.start:
                     return None
                 if self.start is not None and self.last > after:
-                    new = [e for e in self.buffer if e["event_id"] > after]
-                    return [e for e in new if pool is None or e["pool"] == pool], self.last
+                    new = list(itertools.takewhile(lambda e: e["event_id"] > after, reversed(self.buffer)))
+                    return [e for e in reversed(new) if pool is None or e["pool"] == pool], self.last
                 left = deadline - time.monotonic()
                 if left <= 0 or draining.is_set():
                     return [], after
