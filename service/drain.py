@@ -127,7 +127,7 @@ def retire(worker) -> None:
     gthread worker first lets what it took in finish (`_finish_connections`):
     its loop drops every connection it holds when it ends.
     """
-    from gunicorn.workers.gthread import ThreadWorker
+    from gunicorn.workers.gthread import ThreadWorker  # type: ignore[import-untyped]
 
     if isinstance(worker, ThreadWorker):
         _finish_connections(worker, time.monotonic() + worker.cfg.graceful_timeout / 2)
