@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
     from .authentication import FailureBudget, KeyCache
     from .deadline import Deadline
+    from .events.stream import Feed
     from .health.state import HealthState
     from .invalidation import Generation
     from .metrics import TokenMetrics
@@ -51,6 +52,7 @@ class AppState:
     console_assets: dict[str, str]  # {asset file: digest} of the console (console blueprint)
     route_table: RouteTable  # each blueprint's route class (route_table.init_route_table)
     observer: Observer  # the subscribers of each request's record (observation.init_observation)
+    event_feed: Feed  # the recent events for this process's streams (events.init_events)
 
     def __init__(self, telemetry: Telemetry, generation: Generation) -> None:
         self.telemetry = telemetry  # token event subscribers (service/telemetry.py)

@@ -11,6 +11,7 @@ from ..db import run_transaction
 from ..errors import ServiceUnavailable, ValidationError
 from ..openapi import Answer, operation
 from ..parsing import canonical_int, int_arg
+from ..state import app_state
 from ..tokens.schemas import BIGINT_MAX, LIMIT, limit_arg
 from . import bp, outbox
 from .schemas import AFTER, LAST_EVENT_ID, POOL, POOL_NAME_PATTERN, STREAM, EventPage
@@ -75,7 +76,7 @@ def live():
     pool = pool_arg()
     after = _resume_from()
     app = current_app._get_current_object()  # type: ignore[attr-defined]  # the app, not its proxy
-    feed = app.extensions["tokenpool.event_feed"]
+    feed = app_state(app).event_feed
     if app.config["EVENT_STREAM_SECONDS"] > 0 and feed.streams >= app.config["EVENT_STREAMS_PER_WORKER"]:
         raise ServiceUnavailable(
             "Too many open event streams on this worker. Please retry shortly.", reason="streams_full"

@@ -26,6 +26,7 @@ from flask import current_app
 
 from ..db import run_transaction
 from ..health.checks import draining
+from ..state import app_state
 from ..timeutil import isoformat
 from . import outbox
 
@@ -98,7 +99,7 @@ class Feed:
             self.streams -= 1
 
     def _count(self, change: int) -> None:
-        self.app.extensions["tokenpool.metrics"].event_streams.inc(change)
+        app_state(self.app).metrics.event_streams.inc(change)
 
     def _loop(self) -> None:
         while True:
@@ -188,7 +189,7 @@ def _message(events: list[dict], seen: int, sent: int | None) -> str:
 def first_round(app, *, after: int, pool: str | None) -> tuple[str, int]:
     """The start of a stream response (in the request): `retry:`, the events after `after`, and
     where the client's Last-Event-ID stands after them."""
-    feed: Feed = app.extensions["tokenpool.event_feed"]
+    feed = app_state(app).event_feed
     feed.fresh()
     events, seen = _round(feed, after, pool, 0)
     head = f"retry: {app.config['EVENT_STREAM_RETRY_MS']}\n"
@@ -199,7 +200,7 @@ def held(app, *, after: int, pool: str | None) -> Iterator[str]:
     """The rest of a stream held open: new events and heartbeats until its time is up."""
     config = app.config
     heartbeat = config["EVENT_STREAM_HEARTBEAT_SECONDS"]
-    feed: Feed = app.extensions["tokenpool.event_feed"]
+    feed = app_state(app).event_feed
     feed.join()
     try:
         ends = time.monotonic() + config["EVENT_STREAM_SECONDS"]
