@@ -24,7 +24,7 @@ local function hexdigits(n)
   return table.concat(t)
 end
 
-local function uuid4()
+function uuid4()  -- global: bench/activate_pools.lua uses it too
   local v = math.random(1, 4)
   return hexdigits(8) .. "-" .. hexdigits(4) .. "-4" .. hexdigits(3) .. "-"
     .. variants:sub(v, v) .. hexdigits(3) .. "-" .. hexdigits(12)

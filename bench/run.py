@@ -72,6 +72,8 @@ CASES = [
     ("svc_activate_100", "svc-100", "/api/tokens/activate", "activate.lua"),
     ("svc_activate_1m", "svc-1m", "/api/tokens/activate", "activate.lua"),
     ("svc_activate_100_pgbouncer", "svc-100-pgb", "/api/tokens/activate", "activate.lua"),
+    # the same service and database as svc_activate_100: a random one of POOLS pools per request
+    ("svc_activate_pools", "svc-100", "/api/pools/p0/tokens/activate", "activate_pools.lua"),
     ("svc_index", "svc-100", "/api", "get.lua"),
     ("svc_summary", "svc-100", "/api/tokens/summary", "get.lua"),
     ("svc_list_1m", "svc-1m", "/api/tokens?limit=100", "get.lua"),
@@ -102,7 +104,9 @@ TARGETS_SPEC = [
     ("5", "activation: through PgBouncer / direct (100 tokens)", 0.85, "ratio>="),
     ("6", f"activation: with {STREAM_CLIENTS} event streams open / none (100 tokens)", 0.90, "ratio>="),
     ("7", f"GET /api/tokens/<id> with {HISTORY_ROWS:,} usages / GET /api/tokens/summary", 0.80, "ratio>="),
+    ("9", "activation: one of 1,000 pools of 100 tokens / default pool", 0.90, "ratio>="),
 ]
+POOLS, POOL_TOKENS = 1000, 100  # named pools p0..p999 beside the default pool of the 100-token database
 
 
 def log(message: str) -> None:
@@ -190,8 +194,9 @@ def service_env(db_url: str, port: int, prom_dir: Path) -> dict:
     }
 
 
-def prepare_database(name: str, size: int, workdir: Path) -> str:
-    """Create, migrate, seed and VACUUM ANALYZE a fresh database; return its SQLAlchemy URL."""
+def prepare_database(name: str, size: int, workdir: Path, *, pools: bool = False) -> str:
+    """Create, migrate, seed (with `pools`: add the named pools too) and VACUUM ANALYZE a
+    fresh database; return its SQLAlchemy URL."""
     admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     admin_sql(f'CREATE DATABASE "{name}"')
     url = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://") + "/" + name
@@ -206,6 +211,8 @@ def prepare_database(name: str, size: int, workdir: Path) -> str:
     with open(workdir / f"prepare-{name}.log", "w") as out:
         for args in (["db", "upgrade"], ["tokens", "seed", "--size", str(size)]):
             subprocess.run(flask + args, cwd=ROOT, env=env, stdout=out, stderr=out, check=True)
+    if pools:  # target 5: named pools beside the default one, in the same tables
+        add_pools(name)
     # a freshly seeded table would otherwise be vacuumed and analysed mid-run by autovacuum
     admin_sql("VACUUM ANALYZE tokens", dbname=name)
     admin_sql("CHECKPOINT")
@@ -219,6 +226,23 @@ def process_cpu_seconds(pid: int) -> float:
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def add_pools(dbname: str) -> None:
+    """POOLS pools p0..p(POOLS-1) of POOL_TOKENS tokens each, policy evict, 120 s leases."""
+    admin_sql(
+        "INSERT INTO pools (name, size, lifetime_seconds, policy, max_queue, max_wait_seconds,"
+        " fencing_token, created_at)"
+        f" SELECT 'p' || n, {POOL_TOKENS}, 120, 'evict', 1000, 300, 0, now()"
+        f" FROM generate_series(0, {POOLS - 1}) n",
+        dbname=dbname,
+    )
+    admin_sql(
+        "INSERT INTO tokens (id, pool_id, expires_at, created_at)"
+        " SELECT gen_random_uuid(), p.id, 'epoch', now() FROM pools p, generate_series(1, p.size)"
+        " WHERE p.name <> 'default'",
+        dbname=dbname,
+    )
 
 
 class Target:
@@ -526,7 +550,7 @@ def measure(
         order = CASES[rnd % len(CASES) :] + CASES[: rnd % len(CASES)]
         for name, target, path, script in order:
             url = targets[target].base + path.format(history_token=HISTORY["token"])
-            if script == "activate.lua":
+            if script.startswith("activate"):
                 admin_sql("VACUUM tokens", dbname=databases[DATABASE_OF[target]])
             streams = None
             if name == "svc_activate_100_streams":
@@ -829,6 +853,7 @@ def evaluate(peaks: dict, fixed: dict) -> list[dict]:
         "5": ratio(peaks, "svc_activate_100_pgbouncer", "svc_activate_100"),
         "6": ratio(peaks, "svc_activate_100_streams", "svc_activate_100"),
         "7": ratio(peaks, "svc_get_token_history", "svc_summary"),
+        "9": ratio(peaks, "svc_activate_pools", "svc_activate_100"),
     }
     errors = {
         "1": peaks["svc_activate_100"]["errors"] + peaks["raw_activate"]["errors"],
@@ -840,6 +865,7 @@ def evaluate(peaks: dict, fixed: dict) -> list[dict]:
         "6": peaks["svc_activate_100_streams"]["errors"]
         + peaks["svc_activate_100_streams"]["stream_failures"],
         "7": peaks["svc_get_token_history"]["errors"] + peaks["svc_summary"]["errors"],
+        "9": peaks["svc_activate_pools"]["errors"] + peaks["svc_activate_100"]["errors"],
     }
     rows = []
     for tid, what, threshold, kind in TARGETS_SPEC:
@@ -1051,7 +1077,7 @@ def main(argv=None) -> int:
             f"work dir {workdir}; databases {dbs['small']} ({args.small_size} tokens), "
             f"{dbs['large']} ({args.large_size} tokens)"
         )
-        small_url = prepare_database(dbs["small"], args.small_size, workdir)
+        small_url = prepare_database(dbs["small"], args.small_size, workdir, pools=True)
         large_url = prepare_database(dbs["large"], args.large_size, workdir)
         HISTORY["token"] = add_history(dbs["large"], HISTORY_ROWS)
         log(f"history: {HISTORY_ROWS:,} usages on token {HISTORY['token']}")

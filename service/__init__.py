@@ -22,6 +22,8 @@ from .monitoring import bp as monitoring_bp
 from .monitoring import init_monitoring
 from .observation import init_observation
 from .openapi import bp as openapi_bp
+from .pools import bp as pools_bp
+from .pools.cli import pools_cli
 from .ratelimit import build_rate_limiter, init_rate_limits
 from .request_context import init_request_context
 from .response_headers import init_response_headers
@@ -45,8 +47,10 @@ def create_app(config: dict | None = None) -> App:
     trust_proxy_headers(app)
     init_db(app)
     init_events(app)
-    for bp in (api_bp, tokens_bp, events_bp, health_bp, openapi_bp, monitoring_bp, console_bp):
+    for bp in (api_bp, tokens_bp, events_bp, health_bp, openapi_bp, monitoring_bp, console_bp, pools_bp):
         app.register_blueprint(bp)
+    # the same token routes on any pool (the views take the pool's name; the same route class)
+    app.register_blueprint(tokens_bp, name="pool_tokens", url_prefix="/api/pools/<pool_name:pool>/tokens")
     if app.config["METRICS_ENABLED"]:
         app.register_blueprint(metrics_bp)
     init_route_table(app)  # each blueprint's class: read by everything below
@@ -62,6 +66,7 @@ def create_app(config: dict | None = None) -> App:
     register_error_handlers(app)
     init_rate_limits(app, limiter)
     app.cli.add_command(tokens_cli)
+    app.cli.add_command(pools_cli)
     app.cli.add_command(apikeys_cli)
     app.cli.add_command(database_cli)
     app.cli.add_command(config_cli)

@@ -1,10 +1,15 @@
-"""Tables of the pool. The invariants of the pool (docs/API.md, section 1) live here, in the schema.
+"""Tables of the pools. The invariants of a pool (docs/API.md, section 1) live here, in the schema.
 
+- a token belongs to one pool (`pool_id`); its usages are its pool's;
 - a token has at most one open usage: partial unique index on open usages;
-- a user holds at most one token: partial unique index on `current_user_id`;
-- active tokens never exceed the pool: a lease is a column of a token row;
+- a user holds at most one token per pool: partial unique index on
+  (`pool_id`, `current_user_id`);
+- active tokens never exceed the pool: a lease is a column of a token row,
+  a retired token takes no new lease (`activated_at <= retired_at`), and a
+  pool never holds more tokens that are not retired than its `size`
+  (`pools.total`, kept by triggers of migration 0007, and a check);
 - a held token carries its lease's `lease_id` (the holder's proof of
-  holdership) and its open usage carries the same one.
+  holdership) and `fencing_token`, and its open usage carries the same ones.
 
 `expires_at` is never null: a token that was never leased carries the epoch,
 and a released token the moment it was released. So "available" is exactly
@@ -37,8 +42,49 @@ else:
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
+POLICIES = ("evict", "reject", "queue")
+DEFAULT_POOL = "default"
+DEFAULT_POOL_ID = 1  # created by migration 0007; owns every token created before pools existed
+
+
+class Pool(Model):
+    """A named pool: its size, lease lifetimes, what a full pool does, and its fencing counter.
+
+    `fencing_token` is the last fencing token granted in the pool: every grant
+    increments it in its own transaction, so it only grows.
+    """
+
+    __tablename__ = "pools"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), nullable=False, unique=True)
+    size: Mapped[int] = mapped_column(Integer, nullable=False)
+    lifetime_seconds: Mapped[int] = mapped_column(Integer, nullable=False)
+    max_lifetime_seconds: Mapped[int | None] = mapped_column(Integer)
+    policy: Mapped[str] = mapped_column(String(8), nullable=False)
+    max_queue: Mapped[int] = mapped_column(Integer, nullable=False)
+    max_wait_seconds: Mapped[int] = mapped_column(Integer, nullable=False)
+    fencing_token: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    # tokens of the pool that are not retired: kept by triggers on tokens (migration 0007)
+    total: Mapped[int] = mapped_column(Integer, nullable=False, server_default=db.text("0"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
+    __table_args__ = (
+        CheckConstraint("size >= 1", name="size_positive"),
+        CheckConstraint("total >= 0 AND total <= size", name="total_within_size"),
+        CheckConstraint("lifetime_seconds >= 1", name="lifetime_positive"),
+        CheckConstraint(
+            "max_lifetime_seconds IS NULL OR max_lifetime_seconds >= lifetime_seconds",
+            name="max_lifetime_not_shorter",
+        ),
+        CheckConstraint("policy IN ('evict', 'reject', 'queue')", name="policy_known"),
+        CheckConstraint("max_queue >= 0 AND max_wait_seconds >= 1", name="queue_limits"),
+        CheckConstraint("fencing_token >= 0", name="fencing_token_not_negative"),
+    )
+
+
 class Token(Model):
-    """A token of the pool; its lease (holder, times, lease_id) is columns of its own row."""
+    """A token of a pool; its lease (holder, times, lease_id, fencing_token) is columns of its own row."""
 
     __tablename__ = "tokens"
 
@@ -55,13 +101,40 @@ class Token(Model):
     # every lease the token ever had (all time, retention or not): one more per usage row
     # inserted, by a trigger in the same transaction (migration 0006)
     usage_count: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default=db.text("0"))
+    # no foreign key: SQLite cannot add one to an existing table without rebuilding it
+    # (see migration 0007); deleting a pool deletes its tokens in the same transaction
+    pool_id: Mapped[int] = mapped_column(Integer, nullable=False, server_default=db.text("1"))
+    # the current lease's fencing token (public); stale once the lease ended, like expires_at
+    fencing_token: Mapped[int | None] = mapped_column(BigInteger)
+    # set when the pool shrank below this token: it takes no new lease
+    retired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (
         CheckConstraint("current_user_id IS NULL OR activated_at IS NOT NULL", name="holder_has_lease"),
         CheckConstraint("current_user_id IS NULL OR lease_id IS NOT NULL", name="holder_has_lease_id"),
-        Index("ix_tokens_expires_at_id", "expires_at", "id"),
+        CheckConstraint(
+            "retired_at IS NULL OR activated_at IS NULL OR activated_at <= retired_at",
+            name="no_lease_after_retirement",
+        ),
+        # the sweeper's: held tokens by the end of their lease (free tokens are not in it)
         Index(
-            "uq_tokens_current_user_id",
+            "ix_tokens_held_expires_at",
+            "expires_at",
+            postgresql_where=db.text("current_user_id IS NOT NULL"),
+            sqlite_where=db.text("current_user_id IS NOT NULL"),
+        ),
+        # the activation's one index: free tokens first, then the lease ending first, per pool
+        Index(
+            "ix_tokens_pool_id_expires_at_id",
+            "pool_id",
+            "expires_at",
+            "id",
+            postgresql_where=db.text("retired_at IS NULL"),
+            sqlite_where=db.text("retired_at IS NULL"),
+        ),
+        Index(
+            "uq_tokens_pool_id_current_user_id",
+            "pool_id",
             "current_user_id",
             unique=True,
             postgresql_where=db.text("current_user_id IS NOT NULL"),
@@ -87,6 +160,8 @@ class TokenUsage(Model):
     end_reason: Mapped[str | None] = mapped_column(String(16))
     # the lease's secret; null only on leases that ended before lease ids existed
     lease_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    # the lease's fencing token; null only on leases that ended before pools existed
+    fencing_token: Mapped[int | None] = mapped_column(BigInteger)
 
     __table_args__ = (
         CheckConstraint(
@@ -97,6 +172,7 @@ class TokenUsage(Model):
         CheckConstraint("ended_at IS NULL OR ended_at >= started_at", name="ends_after_start"),
         CheckConstraint("ended_at IS NOT NULL OR lease_id IS NOT NULL", name="open_has_lease_id"),
         Index("ix_token_usages_token_id_id", "token_id", "id"),
+        Index("ix_token_usages_user_id_id", "user_id", "id"),  # a user's leases, newest first
         Index(
             "uq_token_usages_open_token_id",
             "token_id",

@@ -78,6 +78,8 @@ ErrorCode = Literal[
     "NOT_FOUND",
     "METHOD_NOT_ALLOWED",
     "CONFLICT",
+    "POOL_EXHAUSTED",
+    "STALE_LEASE",
     "PAYLOAD_TOO_LARGE",
     "UNSUPPORTED_MEDIA_TYPE",
     "RATE_LIMITED",
@@ -104,8 +106,10 @@ ERRORS = {
     400: "Invalid input (VALIDATION_ERROR or INVALID_JSON)",
     401: "Missing or invalid API key",
     403: "The API key lacks the admin role",
-    404: "Token not found",
-    409: "The token is not active, is held by another user, or the lease_id is not its current lease's",
+    404: "Token or pool not found",
+    409: "CONFLICT: the token is not active, is held by another user, or the lease_id is not its current "
+    "lease's; STALE_LEASE: the fencing_token is not the current lease's; POOL_EXHAUSTED: the pool is full "
+    "and its policy is reject (Retry-After: seconds until its earliest lease ends)",
     413: "Request body too large",
     415: "Content-Type is not application/json",
     429: "Rate limit exceeded",
@@ -267,14 +271,41 @@ def contracts(app: Flask) -> dict[tuple[str, str], Operation | None]:
     return found
 
 
+def _path_parameters(path: str, contract: Operation) -> list[dict]:
+    """Arguments of the path that the contract does not declare (a blueprint's url_prefix,
+    e.g. the pool of /api/pools/{pool}/tokens), as string path parameters."""
+    declared = {p["name"] for p in contract.parameters if p.get("in") == "path"}
+    return [
+        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        for name in re.findall(r"{([^{}]+)}", path)
+        if name not in declared
+    ]
+
+
 def document(app: Flask) -> dict:
-    """The OpenAPI document of `app`: every rule whose view declares a contract."""
+    """The OpenAPI document of `app`: every rule whose view declares a contract.
+
+    A view served at several paths (a blueprint registered twice) gets an
+    operationId per path: the first keeps the contract's, the others add a
+    prefix made of their path's first argument (`activate`, `poolActivate`).
+    """
     paths: dict[str, dict] = {}
     models: dict[str, type[BaseModel]] = {"Error": Error}
-    for (path, method), contract in contracts(app).items():
+    operation_ids: set[str] = set()
+    for (path, method), contract in sorted(contracts(app).items(), key=lambda item: len(item[0][0])):
         if contract is None:
             continue
-        paths.setdefault(path, {})[method] = _operation_object(contract)
+        out = _operation_object(contract)
+        extra = _path_parameters(path, contract)
+        if extra:  # the prefix names something that may not exist (an unknown pool): 404
+            out["parameters"] = extra + out.get("parameters", [])
+            responses = out["responses"] | {"404": {"$ref": "#/components/responses/E404"}}
+            out["responses"] = dict(sorted(responses.items()))
+        if "operationId" in out and out["operationId"] in operation_ids and extra:
+            oid = out["operationId"]
+            out["operationId"] = extra[0]["name"] + oid[0].upper() + oid[1:]
+        operation_ids.add(out.get("operationId", ""))
+        paths.setdefault(path, {})[method] = out
         models.update((m.__name__, m) for m in contract.models)
     return {
         "openapi": VERSION,

@@ -25,6 +25,7 @@ class TokenEvent:
     event: str  # activation, release, renewal, expiration or manager_check
     status: str  # success | failure
     reason: str | None = None  # outcome or failure cause, e.g. evicted, not_holder
+    pool: str | None = None  # the pool's name (operator-chosen, so a bounded label)
     token_id: str | None = None
     user_id: str | None = None
     duration_ms: float | None = None

@@ -268,7 +268,7 @@ _migrated: set[str] = set()
 
 
 def reset_database(app, pool: int = POOL) -> None:
-    """Schema at head (once per database), no rows, a fresh pool of `pool` tokens."""
+    """Schema at head (once per database), no rows, only the `default` pool, of `pool` fresh tokens."""
     from service.db import run_transaction
     from service.tokens import service
 
@@ -281,6 +281,10 @@ def reset_database(app, pool: int = POOL) -> None:
             conn.execute(text("DELETE FROM events"))
             conn.execute(text("DELETE FROM token_usages"))
             conn.execute(text("DELETE FROM tokens"))
+            conn.execute(text("DELETE FROM pools WHERE name <> 'default'"))
+            conn.execute(
+                text("UPDATE pools SET size = 1, max_lifetime_seconds = NULL WHERE name = 'default'")
+            )
             conn.execute(text("UPDATE sweeper_state SET last_run_at = NULL, last_expired_count = 0"))
         run_transaction(service.seed, pool)
 

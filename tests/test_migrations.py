@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from flask_migrate import downgrade, upgrade
-from sqlalchemy import insert, inspect, select, text
+from sqlalchemy import Uuid, bindparam, insert, inspect, select, text
 
 from service.extensions import db
 from service.models import Token, TokenUsage
@@ -170,3 +170,110 @@ def test_migrations_through_pgbouncer_without_a_direct_url_are_refused(tmp_path)
     assert result.exit_code == 1
     assert "DB_PGBOUNCER=true" in result.output and "set DATABASE_DIRECT_URL" in result.output
     assert "Traceback" not in result.output and "connection" not in result.output.lower()
+
+
+def test_pools_upgrade_keeps_every_lease_and_gives_open_ones_fencing_tokens(fresh_app):
+    """0006 -> 0007 with a held, an expired-but-open and a free token and some history; then back."""
+    app, now = fresh_app, datetime.now(UTC)
+    held, stale, free = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    with app.app_context():
+        upgrade(revision="0006")
+        with db.engine.begin() as conn:
+            for token, holder, start, ends in (
+                (held, uuid.uuid4(), now - timedelta(seconds=10), now + timedelta(seconds=110)),
+                (stale, uuid.uuid4(), now - timedelta(seconds=300), now - timedelta(seconds=180)),
+                (free, None, None, now - timedelta(seconds=60)),
+            ):
+                lease_id = uuid.uuid4() if holder else None
+                conn.execute(
+                    text(
+                        "INSERT INTO tokens"
+                        " (id, current_user_id, activated_at, expires_at, created_at, lease_id)"
+                        " VALUES (:id, :holder, :start, :ends, :now, :lease)"
+                    ).bindparams(sa_bind("id", token), sa_bind("holder", holder), sa_bind("lease", lease_id)),
+                    {"start": start, "ends": ends, "now": now},
+                )
+                if holder:
+                    conn.execute(
+                        text(
+                            "INSERT INTO token_usages (token_id, user_id, started_at, lease_id)"
+                            " VALUES (:token, :holder, :start, :lease)"
+                        ).bindparams(
+                            sa_bind("token", token), sa_bind("holder", holder), sa_bind("lease", lease_id)
+                        ),
+                        {"start": start},
+                    )
+            conn.execute(
+                text(
+                    "INSERT INTO token_usages (token_id, user_id, started_at, ended_at, end_reason)"
+                    " VALUES (:token, :user, :start, :start, 'released')"
+                ).bindparams(sa_bind("token", free), sa_bind("user", uuid.uuid4())),
+                {"start": now - timedelta(seconds=90)},
+            )
+            before_tokens = conn.execute(
+                text("SELECT id, current_user_id, activated_at, expires_at, lease_id FROM tokens ORDER BY id")
+            ).all()
+            before_usages = conn.execute(
+                text(
+                    "SELECT id, token_id, user_id, started_at, ended_at, end_reason, lease_id"
+                    " FROM token_usages ORDER BY id"
+                )
+            ).all()
+        upgrade()
+        with db.engine.connect() as conn:
+            after_tokens = conn.execute(
+                text("SELECT id, current_user_id, activated_at, expires_at, lease_id FROM tokens ORDER BY id")
+            ).all()
+            after_usages = conn.execute(
+                text(
+                    "SELECT id, token_id, user_id, started_at, ended_at, end_reason, lease_id"
+                    " FROM token_usages ORDER BY id"
+                )
+            ).all()
+            assert after_tokens == before_tokens and after_usages == before_usages  # nothing lost or changed
+            fencing = dict(conn.execute(select(tokens.c.id, tokens.c.fencing_token)).all())
+            assert (fencing[stale], fencing[held]) == (1, 2)  # in order of start
+            assert conn.execute(text("SELECT name, size, fencing_token FROM pools")).all() == [
+                ("default", 3, 2)
+            ]
+            assert set(conn.execute(text("SELECT pool_id FROM tokens")).scalars()) == {1}
+            assert_invariants(conn, 3)
+        assert_no_drift()
+
+    client = app.test_client()
+    lease = activate(client, user()).get_json()  # the expired lease's token, the pool's next fencing token
+    assert (lease["token_id"], lease["fencing_token"]) == (str(stale), 3)
+    assert (
+        client.post("/api/pools", json={"name": "extra", "size": 1, "lifetime_seconds": 5}).status_code == 201
+    )
+    assert client.post("/api/pools/extra/tokens/activate", json={"user_id": user()}).status_code == 200
+
+    with app.app_context():
+        downgrade(revision="0006")
+        with db.engine.connect() as conn:
+            assert "pools" not in inspect(conn).get_table_names()
+            assert "fencing_token" not in {c["name"] for c in inspect(conn).get_columns("token_usages")}
+            assert conn.execute(text("SELECT count(*) FROM tokens")).scalar() == 3  # the extra pool's went
+            assert conn.execute(text("SELECT count(*) FROM token_usages")).scalar() == 4
+            assert_invariants_before_pools(conn)
+        if db.engine.dialect.name == "postgresql":  # revision 0005's function again, five columns
+            with db.engine.begin() as conn:
+                row = conn.execute(
+                    text("SELECT * FROM tokenpool_activate(:u, NULL, make_interval(secs => 120))"),
+                    {"u": uuid.uuid4()},
+                ).one()
+            assert len(row) == 5
+
+
+def sa_bind(name, value):
+    """A bound UUID (or null) as the Uuid column type stores it on either database."""
+    return bindparam(name, value, type_=Uuid())
+
+
+def assert_invariants_before_pools(conn):
+    held = conn.execute(
+        text("SELECT count(*) FROM tokens t JOIN token_usages u ON u.token_id = t.id AND u.ended_at IS NULL")
+    ).scalar()
+    assert (
+        held == conn.execute(text("SELECT count(*) FROM tokens WHERE current_user_id IS NOT NULL")).scalar()
+    )

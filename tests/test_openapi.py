@@ -95,7 +95,8 @@ def test_request_bodies_are_the_models_that_validate_them(doc_app):
     assert body_of("/api/tokens/{token_id}/renew").endswith("/HolderBody")
     assert paths["/api/tokens/{token_id}/release"]["post"]["requestBody"]["required"] is False
     assert schemas["ActivateBody"]["required"] == list(ActivateBody.model_fields) == ["user_id"]
-    assert schemas["HolderBody"]["required"] == list(HolderBody.model_fields) == ["user_id", "lease_id"]
+    assert schemas["HolderBody"]["required"] == ["user_id", "lease_id"]
+    assert list(HolderBody.model_fields) == ["user_id", "lease_id", "fencing_token"]  # the last optional
     user_id = schemas["ActivateBody"]["properties"]["user_id"]
     assert user_id["format"] == "uuid" and re.fullmatch(
         user_id["pattern"][1:-1], "0" * 8 + "-0000" * 3 + "-" + "0" * 12

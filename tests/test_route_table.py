@@ -22,6 +22,9 @@ from tests.conftest import make_app
 EXPECTED = {
     "api": "api",
     "tokens": "keyed",
+    "pool_tokens": "keyed",  # the tokens blueprint again, under /api/pools/<pool>/tokens
+    "pools": "keyed",
+    "events": "keyed",
     "monitoring": "keyed",
     "health": "probe",
     "metrics": "probe",

@@ -1,4 +1,5 @@
-"""What `/health?details=true` adds: memory against its limit, the caches, performance, the pool.
+"""What `/health?details=true` adds: memory against its limit, the caches, performance, the
+connection pool, and every token pool's counts.
 
 Each part is a plain function returning a dict; routes.py runs them with the
 checks' timeout, so a slow Redis cannot hold a probe. All figures but
@@ -15,7 +16,8 @@ from flask import current_app
 from sqlalchemy.pool import QueuePool
 
 from .. import monitoring
-from ..db import pool_limit
+from ..clock import token_time
+from ..db import pool_limit, run_transaction
 from ..extensions import db
 from ..monitoring.figures import aggregate
 from ..monitoring.store import window_minutes
@@ -163,6 +165,13 @@ def performance(window: int = PERFORMANCE_WINDOW_MINUTES) -> dict:
         "slow_request_ms": threshold,
         "slow_endpoints": slow[:SLOWEST_ENDPOINTS],
     }
+
+
+def pools() -> dict:
+    """Every pool's size, policy and counts (total, active, available, queued, utilization) by name."""
+    from ..pools.service import summaries  # the pools service imports the tokens domain, read only here
+
+    return run_transaction(summaries, now=token_time())
 
 
 def database_pool() -> dict:

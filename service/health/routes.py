@@ -198,6 +198,8 @@ DETAIL_PARTS = {
     "performance": details.performance,
     "database_pool": details.database_pool,
 }
+# read after the others: run beside them it would hold a connection while database_pool counts them
+LATER_PARTS = {"pools": details.pools}
 
 
 def _detail_parts() -> dict:
@@ -206,7 +208,8 @@ def _detail_parts() -> dict:
     Not cached with the report: asked for by a human, not by a stampede of probes.
     """
     app = _app()
-    found = checks.run_checks(DETAIL_PARTS, app, app.config["HEALTH_CHECK_TIMEOUT"])
+    timeout = app.config["HEALTH_CHECK_TIMEOUT"]
+    found = checks.run_checks(DETAIL_PARTS, app, timeout) | checks.run_checks(LATER_PARTS, app, timeout)
     shown = {}
     for name, part in found.items():
         part.pop("latency_ms", None)

@@ -38,11 +38,13 @@ class TokenMetrics:
         self.child = LabelCache()
         self.activations = Counter(
             "tokenpool_activations_total",
-            "Activations by result and reason",
-            ["result", "reason"],
+            "Activations by result, reason and pool (rejections: result failure, reason pool_exhausted)",
+            ["result", "reason", "pool"],
             registry=r,
         )
-        self.releases = Counter("tokenpool_releases_total", "Leases ended, by reason", ["reason"], registry=r)
+        self.releases = Counter(
+            "tokenpool_releases_total", "Leases ended, by reason and pool", ["reason", "pool"], registry=r
+        )
         self.failures = Counter(
             "tokenpool_token_operation_failures_total",
             "Failed token operations by operation and reason",
@@ -143,23 +145,29 @@ class TokenMetrics:
         )
 
     def on_event(self, e: TokenEvent) -> None:
-        """Telemetry subscriber: one token event, its counters."""
+        """Telemetry subscriber: one token event, its counters.
+
+        The `pool` label is the pool's name when the pool exists (a success, a
+        rejection), else "": a name in a URL is client input until found.
+        """
         child = self.child
         if e.duration_ms is not None:
             child(self.durations, e.event).observe(e.duration_ms / 1000)
         if e.status == "failure":
             child(self.failures, e.event, e.reason or "unknown").inc()
             if e.event == "activation":
-                child(self.activations, "failure", e.reason or "unknown").inc()
+                pool = (e.pool or "") if e.reason == "pool_exhausted" else ""
+                child(self.activations, "failure", e.reason or "unknown", pool).inc()
             elif e.event == "manager_check":
                 child(self.sweeper_runs, "failure").inc()
             return
+        pool = e.pool or ""
         if e.event == "activation":
-            child(self.activations, "success", e.reason or "available").inc()
+            child(self.activations, "success", e.reason or "available", pool).inc()
             if e.reason in ("evicted", "expired"):
-                child(self.releases, e.reason).inc()
+                child(self.releases, e.reason, pool).inc()
         elif e.event in ("release", "expiration"):
-            child(self.releases, e.reason or "released").inc(e.count)
+            child(self.releases, e.reason or "released", pool).inc(e.count)
         elif e.event == "prune":
             child(self.pruned, e.reason).inc(e.count)
         elif e.event == "manager_check":

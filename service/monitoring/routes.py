@@ -18,6 +18,7 @@ from ..invalidation import bump_now
 from ..models import TokenUsage
 from ..openapi import Answer, Error, operation
 from ..parsing import int_arg
+from ..pools.service import summaries as pool_summaries
 from ..state import app_state
 from ..timeutil import isoformat, utcnow
 from ..tokens import reads
@@ -247,6 +248,7 @@ def _database_stats(conn) -> dict:
     ).one()
     return {
         "tokens": reads.summary(conn, now=token_time()),
+        "pools": pool_summaries(conn, now=token_time()),
         "usages": {"total": total_usages, "open": open_count},
         "api_keys": {"total": keys_total, "active": keys_active},
         "migration_revision": conn.scalar(text("SELECT version_num FROM alembic_version")),

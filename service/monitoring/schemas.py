@@ -203,10 +203,20 @@ class ConnectionPool(Body):
     status: str = absent()
 
 
+class NamedPoolCounts(PoolCounts):
+    """One pool's settings that matter to an operator, and its counts."""
+
+    size: int = absent()
+    policy: str = absent()
+    fencing_token: int = absent("The last fencing token granted in the pool")
+    queued: int = absent()
+
+
 class DatabaseStats(Monitoring):
     """Counts, schema revision, database size (bytes) and the answering process's connection pool."""
 
-    tokens: PoolCounts
+    tokens: PoolCounts = Field(description="The default pool's")
+    pools: dict[str, NamedPoolCounts] = Field(description="Every pool by name")
     usages: UsageCounts
     api_keys: KeyCounts
     migration_revision: str

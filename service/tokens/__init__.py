@@ -1,4 +1,5 @@
-"""The tokens blueprint: the REST API of the pool under /api/tokens."""
+"""The tokens blueprint: the REST API of a pool's tokens, under /api/tokens (the `default`
+pool) and /api/pools/<pool>/tokens (service/__init__.py registers it twice)."""
 
 from flask import Blueprint
 from werkzeug.routing import BaseConverter
@@ -17,9 +18,16 @@ class TokenIdConverter(BaseConverter):
     regex = r"(?!(?:activate|active|summary)(?:/|$))[^/]+"
 
 
+class PoolNameConverter(BaseConverter):
+    """A pool's name: `^[a-z0-9][a-z0-9_-]{0,62}$`; any other segment is no route (404)."""
+
+    regex = r"[a-z0-9][a-z0-9_-]{0,62}"
+
+
 @bp.record_once
 def _register_converter(state) -> None:
     state.app.url_map.converters["token_id"] = TokenIdConverter
+    state.app.url_map.converters["pool_name"] = PoolNameConverter
 
 
 from . import routes  # noqa: E402,F401  (registers the views on bp)

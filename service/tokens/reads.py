@@ -1,4 +1,4 @@
-"""Reading the pool: one token, a page of tokens, the counts, a token's usages.
+"""Reading a pool: one token, a page of tokens, the counts, a token's usages; a user's leases.
 
 Each read is one statement built once at import; only its parameters change
 per request. `now` as in service.py: the caller's clock, or None for the
@@ -15,11 +15,12 @@ from sqlalchemy import Connection, DateTime, bindparam, case, func, select
 
 from ..db import is_postgres
 from ..errors import NotFound
-from ..models import Token, TokenUsage
+from ..models import DEFAULT_POOL_ID, Pool, Token, TokenUsage
 from ..timeutil import as_utc, utcnow
 
 tokens = Token.__table__
 usages = TokenUsage.__table__
+pools = Pool.__table__
 
 
 def _active(at):
@@ -42,8 +43,10 @@ def token_view(row, now: datetime, *, lease_ids: bool = False) -> dict:
         "expires_at": as_utc(row.expires_at) if leased else None,
         "released_at": as_utc(row.released_at),
     }
-    if lease_ids and active:
-        view["lease_id"] = row.lease_id
+    if active:
+        view["fencing_token"] = row.fencing_token
+        if lease_ids:
+            view["lease_id"] = row.lease_id
     return view
 
 
@@ -51,15 +54,29 @@ def token_view(row, now: datetime, *, lease_ids: bool = False) -> dict:
 # SQLAlchemy neither rebuilds nor re-keys them (measured: ~0.3 ms per request).
 _NOW = bindparam("now", type_=DateTime(timezone=True))
 READ_AT = func.coalesce(_NOW, func.now())  # the caller's clock, else the database's
-GET_TOKEN = select(tokens, READ_AT.label("now")).where(tokens.c.id == bindparam("token_id"))
-SUMMARY = select(func.count(), func.coalesce(func.sum(case((_active(READ_AT), 1), else_=0)), 0)).select_from(
-    tokens
+_IN_POOL = tokens.c.pool_id == bindparam("pool_id")
+GET_TOKEN = select(tokens, READ_AT.label("now")).where(tokens.c.id == bindparam("token_id"), _IN_POOL)
+# `total` counts the tokens that are not retired; `active` every running lease (a
+# retired token's too, until it ends)
+SUMMARY = (
+    select(
+        func.coalesce(func.sum(case((tokens.c.retired_at.is_(None), 1), else_=0)), 0),
+        func.coalesce(func.sum(case((_active(READ_AT), 1), else_=0)), 0),
+        func.coalesce(func.sum(case((_active(READ_AT) & tokens.c.retired_at.is_not(None), 1), else_=0)), 0),
+    )
+    .select_from(tokens)
+    .where(_IN_POOL)
 )
 
 
 @functools.cache
 def _list_statement(state: str, keyed: bool):
-    query = select(tokens, READ_AT.label("now")).order_by(tokens.c.id).limit(bindparam("limit"))
+    query = (
+        select(tokens, READ_AT.label("now"))
+        .where(_IN_POOL, tokens.c.retired_at.is_(None) | _active(READ_AT))
+        .order_by(tokens.c.id)
+        .limit(bindparam("limit"))
+    )
     if state == "active":
         query = query.where(_active(READ_AT))
     elif state == "available":
@@ -76,10 +93,18 @@ def _read_now(conn: Connection, now: datetime | None) -> datetime | None:
     return None if is_postgres(conn) else utcnow()
 
 
-def get_token(conn: Connection, token_id, *, now: datetime | None = None, lease_ids: bool = False) -> dict:
-    """One token with its `usage_count` (its leases of all time: a column, not a count of its
-    history), in one statement. Raises NotFound."""
-    row = conn.execute(GET_TOKEN, {"token_id": token_id, "now": _read_now(conn, now)}).one_or_none()
+def get_token(
+    conn: Connection,
+    token_id,
+    *,
+    pool_id: int = DEFAULT_POOL_ID,
+    now: datetime | None = None,
+    lease_ids: bool = False,
+) -> dict:
+    """One token of the pool with its `usage_count` (its leases of all time: a column, not a
+    count of its history), in one statement. Raises NotFound."""
+    params = {"token_id": token_id, "pool_id": pool_id, "now": _read_now(conn, now)}
+    row = conn.execute(GET_TOKEN, params).one_or_none()
     if row is None:
         raise NotFound("Token not found", details={"token_id": str(token_id)}, reason="token_not_found")
     return token_view(row, as_utc(row.now), lease_ids=lease_ids) | {"usage_count": row.usage_count}
@@ -88,39 +113,50 @@ def get_token(conn: Connection, token_id, *, now: datetime | None = None, lease_
 def list_tokens(
     conn: Connection,
     *,
+    pool_id: int = DEFAULT_POOL_ID,
     state: str,
     limit: int,
     after=None,
     now: datetime | None = None,
     lease_ids: bool = False,
 ):
-    """Tokens ordered by id after the keyset `after`, in one statement; returns (tokens, last id or None)."""
-    params = {"now": _read_now(conn, now), "limit": limit + 1, "after": after}
+    """The pool's tokens (retired ones only while their lease runs) ordered by id after the
+    keyset `after`, in one statement; returns (tokens, last id or None)."""
+    params = {"pool_id": pool_id, "now": _read_now(conn, now), "limit": limit + 1, "after": after}
     rows = conn.execute(_list_statement(state, after is not None), params).all()
     more = len(rows) > limit
     rows = rows[:limit]
     return [token_view(r, as_utc(r.now), lease_ids=lease_ids) for r in rows], (rows[-1].id if more else None)
 
 
-def summary(conn: Connection, *, now: datetime | None = None) -> dict:
-    """Pool counts: total, active, available, utilization (one statement)."""
-    total, active = conn.execute(SUMMARY, {"now": _read_now(conn, now)}).one()
-    total, active = int(total), int(active)
+def summary(conn: Connection, *, pool_id: int = DEFAULT_POOL_ID, now: datetime | None = None) -> dict:
+    """Pool counts (one statement): `total` tokens not retired, `active` leases,
+    `available` tokens not retired and free, `utilization` = active / total."""
+    total, active, retiring = conn.execute(SUMMARY, {"pool_id": pool_id, "now": _read_now(conn, now)}).one()
+    total, active, retiring = int(total), int(active), int(retiring)
     return {
         "total": total,
         "active": active,
-        "available": total - active,
+        "available": total - (active - retiring),
         "utilization": round(active / total, 4) if total else 0.0,
     }
 
 
-def list_usages(conn: Connection, token_id, *, limit: int, before=None, lease_ids: bool = False):
+def list_usages(
+    conn: Connection,
+    token_id,
+    *,
+    pool_id: int = DEFAULT_POOL_ID,
+    limit: int,
+    before=None,
+    lease_ids: bool = False,
+):
     """A token's leases, newest first; returns (usages, last id or None). Raises NotFound.
 
     With `lease_ids`, each usage also shows its lease's `lease_id` (null for
     leases that ended before lease ids existed).
     """
-    if conn.scalar(select(tokens.c.id).where(tokens.c.id == token_id)) is None:
+    if conn.scalar(select(tokens.c.id).where(tokens.c.id == token_id, tokens.c.pool_id == pool_id)) is None:
         raise NotFound("Token not found", details={"token_id": str(token_id)}, reason="token_not_found")
     query = select(usages).where(usages.c.token_id == token_id).order_by(usages.c.id.desc()).limit(limit + 1)
     if before is not None:
@@ -135,8 +171,59 @@ def list_usages(conn: Connection, token_id, *, limit: int, before=None, lease_id
             "started_at": as_utc(r.started_at),
             "ended_at": as_utc(r.ended_at),
             "end_reason": r.end_reason,
+            "fencing_token": r.fencing_token,
         }
         | ({"lease_id": r.lease_id} if lease_ids else {})
         for r in rows
     ]
+    return items, (rows[-1].id if more else None)
+
+
+def list_user_leases(conn: Connection, user_id, *, active_only: bool, limit: int, before=None, now=None):
+    """A user's leases in every pool, newest first; returns (leases, last usage id or None).
+
+    Each lease: pool, token_id, fencing_token, started_at, expires_at (the
+    token's while the lease runs), ended_at and end_reason (null while it runs).
+    """
+    running = usages.c.ended_at.is_(None)
+    query = (
+        select(
+            usages.c.id,
+            pools.c.name,
+            usages.c.token_id,
+            usages.c.fencing_token,
+            usages.c.started_at,
+            usages.c.ended_at,
+            usages.c.end_reason,
+            case((running, tokens.c.expires_at), else_=None).label("expires_at"),
+            READ_AT.label("now"),
+        )
+        .join(tokens, tokens.c.id == usages.c.token_id)
+        .join(pools, pools.c.id == tokens.c.pool_id)
+        .where(usages.c.user_id == user_id)
+        .order_by(usages.c.id.desc())
+        .limit(limit + 1)
+    )
+    if active_only:
+        query = query.where(running, tokens.c.expires_at > READ_AT)
+    if before is not None:
+        query = query.where(usages.c.id < before)
+    rows = conn.execute(query, {"now": _read_now(conn, now)}).all()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    items = []
+    for r in rows:
+        lease = {
+            "pool": r.name,
+            "token_id": r.token_id,
+            "fencing_token": r.fencing_token,
+            "started_at": as_utc(r.started_at),
+            "expires_at": as_utc(r.expires_at),
+            "ended_at": as_utc(r.ended_at),
+            "end_reason": r.end_reason,
+        }
+        # an open usage past its end is an expiry the sweeper has not closed yet
+        if r.ended_at is None and as_utc(r.expires_at) <= as_utc(r.now):
+            lease |= {"ended_at": lease["expires_at"], "end_reason": "expired"}
+        items.append(lease)
     return items, (rows[-1].id if more else None)

@@ -1,4 +1,8 @@
-"""HTTP for the pool: parse, call the domain in one transaction, serialise."""
+"""HTTP for a pool's tokens: parse, call the domain in one transaction, serialise.
+
+The blueprint is registered twice: at /api/tokens (the `default` pool) and at
+/api/pools/<pool>/tokens (any pool); the views take the pool's name as `pool`.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from ..authentication import is_admin, require_admin
 from ..clock import token_time
 from ..db import run_transaction
 from ..errors import ApiError, status_name
+from ..models import DEFAULT_POOL, DEFAULT_POOL_ID
 from ..openapi import COMMON, Answer, operation
 from ..parsing import canonical_uuid
 from ..telemetry import emit, timed
@@ -32,6 +37,7 @@ from .schemas import (
     UsagePage,
     cursor_arg,
     encode_cursor,
+    fencing_token_from,
     holder_from,
     id_position,
     json_body,
@@ -43,9 +49,19 @@ from .schemas import (
 )
 
 
-def lifetime() -> int:
-    """A lease's length in seconds (TOKEN_LIFETIME_SECONDS)."""
-    return current_app.config["TOKEN_LIFETIME_SECONDS"]
+def lifetime(pool: str = DEFAULT_POOL) -> int | None:
+    """The lease lifetime to grant: the setting for the `default` pool, None (the pool's own) for others."""
+    return current_app.config["TOKEN_LIFETIME_SECONDS"] if pool == DEFAULT_POOL else None
+
+
+def pool_id_of(conn, pool: str) -> int:
+    """The id of the pool named `pool` (the `default` pool's without asking). Raises NotFound."""
+    return DEFAULT_POOL_ID if pool == DEFAULT_POOL else service.get_pool(conn, pool).id
+
+
+def one_statement(pool: str) -> bool:
+    """A read of the `default` pool is one statement (no pool to look up): sent in autocommit."""
+    return pool == DEFAULT_POOL
 
 
 def failure_reason(exc: Exception) -> str:
@@ -73,6 +89,7 @@ def observed(event: str):
                         event,
                         "failure",
                         reason=failure_reason(exc),
+                        pool=kwargs.get("pool", DEFAULT_POOL),
                         token_id=kwargs.get("token_id"),
                         duration_ms=elapsed(),
                     )
@@ -89,21 +106,27 @@ def observed(event: str):
     operation_id="activate",
     body=ActivateBody,
     answers={200: Answer("The lease", Lease)},
-    errors=(400, *COMMON),
+    errors=(400, 404, 409, *COMMON),
 )
 @observed("activation")
-def activate():
+def activate(pool=DEFAULT_POOL):
     """Lease a token. A new lease's answer carries its `lease_id`, the holder's proof for
     release and renew; the running lease returned again (`existing`) shows it to admin keys only."""
     user_id = user_id_from(json_body())
     with timed() as elapsed:
         lease = run_transaction(
-            service.activate, user_id, lifetime=lifetime(), now=token_time(), single_statement=True
+            service.activate,
+            user_id,
+            pool=pool,
+            lifetime=lifetime(pool),
+            now=token_time(),
+            single_statement=True,
         )
     emit(
         "activation",
         "success",
         reason=lease.outcome,
+        pool=pool,
         token_id=str(lease.token_id),
         user_id=str(user_id),
         duration_ms=elapsed(),
@@ -113,10 +136,17 @@ def activate():
         "user_id": lease.user_id,
         "activated_at": lease.activated_at,
         "expires_at": lease.expires_at,
+        "fencing_token": lease.fencing_token,
+        "evicted": lease.outcome == "evicted",
     }
     if lease.outcome != "existing" or is_admin():
         answer["lease_id"] = lease.lease_id
     return jsonify(serialise(answer))
+
+
+def _cursor_kind(pool: str, listing: str) -> str:
+    """A cursor's listing: the default pool's keep their old names, so issued cursors stay valid."""
+    return listing if pool == DEFAULT_POOL else f"{listing}@{pool}"
 
 
 @bp.get("")
@@ -127,19 +157,24 @@ def activate():
     answers={200: Answer("A page of tokens", TokenPage)},
     errors=(400, 429, 503),
 )
-def list_tokens():
+def list_tokens(pool=DEFAULT_POOL):
     state, limit = state_arg(), limit_arg()
-    after = cursor_arg("tokens", canonical_uuid)
-    items, last = run_transaction(
-        reads.list_tokens,
-        state=state,
-        limit=limit,
-        after=after,
-        now=token_time(),
-        lease_ids=is_admin(),
-        single_statement=True,
-    )
-    return jsonify({"tokens": [serialise(t) for t in items], "next_cursor": encode_cursor("tokens", last)})
+    after = cursor_arg(_cursor_kind(pool, "tokens"), canonical_uuid)
+
+    def page(conn):
+        return reads.list_tokens(
+            conn,
+            pool_id=pool_id_of(conn, pool),
+            state=state,
+            limit=limit,
+            after=after,
+            now=token_time(),
+            lease_ids=is_admin(),
+        )
+
+    items, last = run_transaction(page, single_statement=one_statement(pool))
+    next_cursor = encode_cursor(_cursor_kind(pool, "tokens"), last)
+    return jsonify({"tokens": [serialise(t) for t in items], "next_cursor": next_cursor})
 
 
 @bp.get("/summary")
@@ -149,9 +184,17 @@ def list_tokens():
     answers={200: Answer("Counts", Summary)},
     errors=(429, 503),
 )
-def summary():
-    counts = run_transaction(reads.summary, now=token_time(), single_statement=True)
-    return jsonify(counts | {"lifetime_seconds": lifetime()})
+def summary(pool=DEFAULT_POOL):
+    if pool == DEFAULT_POOL:  # one statement; its lifetime is the setting
+        counts = run_transaction(reads.summary, now=token_time(), single_statement=True)
+        return jsonify(counts | {"lifetime_seconds": lifetime()})
+
+    def counts_of(conn):
+        spec = service.get_pool(conn, pool)
+        return reads.summary(conn, pool_id=spec.id, now=token_time()), spec.lifetime_seconds
+
+    counts, pool_lifetime = run_transaction(counts_of)
+    return jsonify(counts | {"lifetime_seconds": pool_lifetime})
 
 
 @bp.get("/<token_id:token_id>")
@@ -162,15 +205,15 @@ def summary():
     answers={200: Answer("The token", Token)},
     errors=(400, 404, 429, 503),
 )
-def get_token(token_id):
-    token = run_transaction(
-        reads.get_token,
-        parse_uuid(token_id, "token_id"),
-        now=token_time(),
-        lease_ids=is_admin(),
-        single_statement=True,
-    )
-    return jsonify(serialise(token))
+def get_token(token_id, pool=DEFAULT_POOL):
+    tid = parse_uuid(token_id, "token_id")
+
+    def read(conn):
+        return reads.get_token(
+            conn, tid, pool_id=pool_id_of(conn, pool), now=token_time(), lease_ids=is_admin()
+        )
+
+    return jsonify(serialise(run_transaction(read, single_statement=one_statement(pool))))
 
 
 @bp.get("/<token_id:token_id>/usages")
@@ -181,15 +224,22 @@ def get_token(token_id):
     answers={200: Answer("A page of usages", UsagePage)},
     errors=(400, 404, 429, 503),
 )
-def usages(token_id):
+def usages(token_id, pool=DEFAULT_POOL):
     tid = parse_uuid(token_id, "token_id")
-    limit, before = limit_arg(), cursor_arg(f"usages:{tid}", id_position)
-    items, last = run_transaction(reads.list_usages, tid, limit=limit, before=before, lease_ids=is_admin())
+    kind = _cursor_kind(pool, f"usages:{tid}")
+    limit, before = limit_arg(), cursor_arg(kind, id_position)
+
+    def page(conn):
+        return reads.list_usages(
+            conn, tid, pool_id=pool_id_of(conn, pool), limit=limit, before=before, lease_ids=is_admin()
+        )
+
+    items, last = run_transaction(page)  # two statements: the token, then its usages
     return jsonify(
         {
             "token_id": str(tid),
             "usages": [serialise(u) for u in items],
-            "next_cursor": encode_cursor(f"usages:{tid}", last),
+            "next_cursor": encode_cursor(kind, last),
         }
     )
 
@@ -205,17 +255,22 @@ def usages(token_id):
     errors=(400, 401, 403, 404, 409, *COMMON),
 )
 @observed("release")
-def release(token_id):
+def release(token_id, pool=DEFAULT_POOL):
     tid = parse_uuid(token_id, "token_id")
-    holder = holder_from(json_body(), required=False)
+    body = json_body()
+    fencing_token = fencing_token_from(body)  # first: the body model would coerce "7"
+    holder = holder_from(body, required=False)
     if holder is None:
         require_admin()
     with timed() as elapsed:
-        token, user_id = run_transaction(service.release, tid, holder=holder, now=token_time())
+        token, user_id = run_transaction(
+            service.release, tid, pool=pool, holder=holder, fencing_token=fencing_token, now=token_time()
+        )
     emit(
         "release",
         "success",
         reason="released",
+        pool=pool,
         token_id=str(tid),
         user_id=str(user_id),
         duration_ms=elapsed(),
@@ -233,12 +288,24 @@ def release(token_id):
     errors=(400, 404, 409, *COMMON),
 )
 @observed("renewal")
-def renew(token_id):
+def renew(token_id, pool=DEFAULT_POOL):
     tid = parse_uuid(token_id, "token_id")
-    holder = holder_from(json_body())
+    body = json_body()
+    fencing_token = fencing_token_from(body)
+    holder = holder_from(body)
     with timed() as elapsed:
-        token = run_transaction(service.renew, tid, holder=holder, lifetime=lifetime(), now=token_time())
-    emit("renewal", "success", token_id=str(tid), user_id=str(holder.user_id), duration_ms=elapsed())
+        token = run_transaction(
+            service.renew,
+            tid,
+            pool=pool,
+            holder=holder,
+            lifetime=lifetime(pool),
+            fencing_token=fencing_token,
+            now=token_time(),
+        )
+    emit(
+        "renewal", "success", pool=pool, token_id=str(tid), user_id=str(holder.user_id), duration_ms=elapsed()
+    )
     return jsonify(serialise(token | {"lease_id": holder.lease_id}))  # the holder presented it
 
 
@@ -251,9 +318,9 @@ def renew(token_id):
     errors=(401, 403, 429, 503),
 )
 @observed("release")
-def clear_active():
+def clear_active(pool=DEFAULT_POOL):
     require_admin()
     with timed() as elapsed:
-        cleared = run_transaction(service.clear_active, now=token_time())
-    emit("release", "success", reason="cleared", count=cleared, duration_ms=elapsed())
+        cleared = run_transaction(service.clear_active, pool=pool, now=token_time())
+    emit("release", "success", reason="cleared", pool=pool, count=cleared, duration_ms=elapsed())
     return jsonify({"cleared_count": cleared, "status": "ok"})

@@ -61,6 +61,7 @@ class Token(Body):
     expires_at: datetime | None
     released_at: datetime | None
     usage_count: int = absent("On the single-token read: leases of all time, retention or not")
+    fencing_token: int = absent("An active token's: its lease's fencing token (public)")
     lease_id: CanonicalUUID = absent("An active token's lease_id: only for admin keys, and in renew's answer")
 
 
@@ -77,6 +78,11 @@ class Lease(Body):
     user_id: CanonicalUUID
     activated_at: datetime
     expires_at: datetime
+    fencing_token: int = Field(
+        description="Greater than every fencing token granted before in this pool; public, "
+        "so a resource can refuse a holder whose lease has ended"
+    )
+    evicted: bool = Field(description="The token was taken from the lease that ended first (policy evict)")
     lease_id: CanonicalUUID = absent(
         "On a new lease; absent when the user's running lease is returned again, "
         "unless the caller has an admin key"
@@ -91,6 +97,9 @@ class Usage(Body):
     started_at: datetime
     ended_at: datetime | None
     end_reason: Literal["released", "expired", "evicted", "cleared"] | None
+    fencing_token: int | None = Field(
+        description="The lease's fencing token (null for leases older than pools)"
+    )
     lease_id: CanonicalUUID | None = absent("Only for admin keys (null for leases older than lease ids)")
 
 
@@ -172,6 +181,11 @@ class HolderBody(Body):
 
     user_id: CanonicalUUID
     lease_id: CanonicalUUID = Field(description=LEASE_ID)
+    fencing_token: int | None = Field(
+        default=None,
+        ge=1,
+        description="Optional: when given and not the token's current lease's, 409 STALE_LEASE",
+    )
 
 
 M = TypeVar("M", bound=Body)
@@ -219,6 +233,23 @@ def holder_from(body: dict, *, required: bool = True) -> Holder | None:
         return None
     proof = validated(HolderBody, body)
     return Holder(proof.user_id, proof.lease_id)
+
+
+def fencing_token_from(body: dict) -> int | None:
+    """The optional `fencing_token` of a release or renew body: an integer 1..2**63-1.
+
+    Raises ValidationError when present and not one.
+    """
+    value = body.get("fencing_token")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= BIGINT_MAX:
+        raise ValidationError(
+            "Invalid fencing_token. Must be a positive integer.",
+            details={"field": "fencing_token"},
+            reason="invalid_fencing_token",
+        )
+    return value
 
 
 def state_arg() -> str:

@@ -1,4 +1,7 @@
-"""Leasing, releasing, renewing, clearing, sweeping and seeding the token pool (the writes).
+"""Leasing, releasing, renewing, clearing, sweeping and seeding the tokens of a pool (the writes).
+
+Every change of a lease happens here, in one module: activation (with the
+full pool's policy decision), release, renew, clear and the sweep.
 
 Every public function takes an open Connection inside a transaction (see
 `service.db.run_transaction`) and never sees an HTTP request. `now` is the
@@ -10,6 +13,7 @@ pass their own.
 from __future__ import annotations
 
 import hmac
+import math
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -17,27 +21,62 @@ from datetime import datetime, timedelta
 from sqlalchemy import Connection, DateTime, func, insert, literal, select, text, update
 
 from ..db import is_postgres
-from ..errors import Conflict, NotFound, ServiceUnavailable
+from ..errors import ApiError, Conflict, NotFound, ServiceUnavailable
 from ..events.outbox import record_event
-from ..models import EPOCH, SweeperState, Token, TokenUsage
+from ..models import DEFAULT_POOL, DEFAULT_POOL_ID, EPOCH, Pool, SweeperState, Token, TokenUsage
 from ..timeutil import as_utc, utcnow
 from .reads import get_token
 
 tokens = Token.__table__
 usages = TokenUsage.__table__
+pools = Pool.__table__
 sweeper_state = SweeperState.__table__
 
 SWEEP_BATCH = 5000
-# the hot path: one statement, sent as is (no SQL compilation per request)
+# the hot path: one statement, sent as is (no SQL compilation per request); the
+# function finds the pool by name (a unique index), so no lookup precedes it
 ACTIVATE_SQL = (
-    "SELECT token_id, activated_at, expires_at, outcome, lease_id"
-    " FROM tokenpool_activate(%(user_id)s, %(now)s, make_interval(secs => %(lifetime)s))"
+    "SELECT token_id, activated_at, expires_at, outcome, lease_id, fencing_token"
+    " FROM tokenpool_activate(%(pool)s::text, %(user_id)s, %(now)s, make_interval(secs => %(lifetime)s))"
 )
-SEED_BATCH = 50_000
+SEED_BATCH = 10_000  # a statement well within DB_STATEMENT_TIMEOUT_MS on a busy machine
 
 
 class PoolEmpty(ServiceUnavailable):
     """The pool holds no token at all: run `flask tokens seed`."""
+
+
+class PoolExhausted(ApiError):
+    """A full pool whose policy refuses: retry after `retry_after` seconds (when its earliest lease ends)."""
+
+    code, error_code = 409, "POOL_EXHAUSTED"
+
+    def __init__(self, pool: str, retry_after: int):
+        super().__init__(
+            f"Pool '{pool}' is exhausted. Retry after {retry_after} seconds.",
+            details={"pool": pool, "retry_after": retry_after},
+            reason="pool_exhausted",
+        )
+        self.response_headers = {"Retry-After": str(retry_after)}
+
+
+class StaleLease(ApiError):
+    """The presented `fencing_token` is not the token's current lease."""
+
+    code, error_code = 409, "STALE_LEASE"
+
+
+def pool_not_found(name: str) -> NotFound:
+    """The 404 of an unknown pool (`details.pool` names it)."""
+    return NotFound("Pool not found", details={"pool": name}, reason="pool_not_found")
+
+
+def get_pool(conn: Connection, name: str):
+    """The pool row named `name`. Raises NotFound."""
+    row = conn.execute(select(pools).where(pools.c.name == name)).one_or_none()
+    if row is None:
+        raise pool_not_found(name)
+    return row
 
 
 @dataclass(frozen=True)
@@ -50,6 +89,8 @@ class Lease:
     expires_at: datetime
     outcome: str  # existing | available | expired | evicted
     lease_id: uuid.UUID  # the holder's secret: show it only to its holder (and admins)
+    fencing_token: int  # public: grows with every grant in the pool
+    pool: str = DEFAULT_POOL
 
 
 @dataclass(frozen=True)
@@ -99,40 +140,88 @@ def _end_lease(conn: Connection, token_id, ended_at: datetime, reason: str) -> N
 # --- activation ---------------------------------------------------------------
 
 
-def activate(conn: Connection, user_id: uuid.UUID, *, lifetime: int, now: datetime | None = None) -> Lease:
-    """Lease a token to `user_id`: theirs if they hold one, else a free one, else evict.
+def activate(
+    conn: Connection,
+    user_id: uuid.UUID,
+    *,
+    pool: str = DEFAULT_POOL,
+    lifetime: int | None = None,
+    now: datetime | None = None,
+) -> Lease:
+    """Lease a token of `pool` to `user_id`: theirs if they hold one, else a free one, else
+    what the full pool's policy says (evict the lease ending first, or refuse).
 
-    A new lease gets a new `lease_id`; the user's running lease keeps its own
+    `lifetime` None means the pool's own. A new lease gets a new `lease_id` and
+    the pool's next fencing token; the user's running lease keeps its own
     (outcome `existing`). On PostgreSQL this is one statement (safe to run in
-    autocommit). Raises PoolEmpty when the pool has no token at all.
+    autocommit). Raises NotFound (no such pool), PoolExhausted (full, policy
+    reject), PoolEmpty (the pool has no token at all).
     """
     if is_postgres(conn):
         row = conn.exec_driver_sql(
-            ACTIVATE_SQL, {"user_id": user_id, "now": now, "lifetime": lifetime}
-        ).first()
-        if row is None:
-            raise PoolEmpty("The token pool is empty. Run `flask tokens seed`.", reason="pool_empty")
+            ACTIVATE_SQL, {"pool": pool, "user_id": user_id, "now": now, "lifetime": lifetime}
+        ).one()  # the function answers one row, a grant or why not
+        outcome = row.outcome
+        if row.token_id is None:
+            _refuse(pool, outcome, row.activated_at, row.expires_at)
         return Lease(
-            row.token_id, user_id, as_utc(row.activated_at), as_utc(row.expires_at), row.outcome, row.lease_id
+            row.token_id,
+            user_id,
+            as_utc(row.activated_at),
+            as_utc(row.expires_at),
+            outcome,
+            row.lease_id,
+            row.fencing_token,
+            pool,
         )
-    return _activate_portable(conn, user_id, lifetime=lifetime, now=resolve_now(conn, now))
+    return _activate_portable(conn, user_id, pool=pool, lifetime=lifetime, now=now)
 
 
-def _activate_portable(conn: Connection, user_id, *, lifetime: int, now: datetime) -> Lease:
+def _refuse(pool: str, outcome: str, now, earliest_end) -> None:
+    """Raise the error of an activation that granted nothing."""
+    if outcome == "no_pool":
+        raise pool_not_found(pool)
+    if outcome == "empty":
+        raise PoolEmpty("The token pool is empty. Run `flask tokens seed`.", reason="pool_empty")
+    # rejected (and, until queueing exists, a queue pool's full answer)
+    wait = (as_utc(earliest_end) - as_utc(now)).total_seconds()
+    raise PoolExhausted(pool, max(1, math.ceil(wait)))
+
+
+def _next_fencing_token(conn: Connection, pool_id: int) -> int:
+    """Take the pool's next fencing token; the pool row stays locked until the commit."""
+    return conn.execute(
+        update(pools)
+        .where(pools.c.id == pool_id)
+        .values(fencing_token=pools.c.fencing_token + 1)
+        .returning(pools.c.fencing_token)
+    ).scalar_one()
+
+
+def _activate_portable(conn: Connection, user_id, *, pool: str, lifetime: int | None, now) -> Lease:
     """The steps of the PostgreSQL function `tokenpool_activate`, in Core statements."""
+    spec = get_pool(conn, pool)
+    lifetime = lifetime or spec.lifetime_seconds
+    in_pool = tokens.c.pool_id == spec.id
     own = conn.execute(
-        select(tokens.c.id, tokens.c.activated_at, tokens.c.expires_at, tokens.c.lease_id)
-        .where(tokens.c.current_user_id == user_id)
+        select(
+            tokens.c.id, tokens.c.activated_at, tokens.c.expires_at, tokens.c.lease_id, tokens.c.fencing_token
+        )
+        .where(in_pool, tokens.c.current_user_id == user_id)
         .with_for_update()
     ).one_or_none()
+    decided_at = resolve_now(conn, now)
     if own is not None:
-        if as_utc(own.expires_at) > now:
+        if as_utc(own.expires_at) > decided_at:
             activated_at, expires_at = as_utc(own.activated_at), as_utc(own.expires_at)
-            return Lease(own.id, user_id, activated_at, expires_at, "existing", own.lease_id)
+            return Lease(
+                own.id, user_id, activated_at, expires_at, "existing", own.lease_id, own.fencing_token, pool
+            )
         _end_lease(conn, own.id, as_utc(own.expires_at), "expired")
 
     first_free = (
         select(tokens.c.id, tokens.c.current_user_id, tokens.c.expires_at)
+        .where(in_pool, tokens.c.retired_at.is_(None))
         .order_by(tokens.c.expires_at, tokens.c.id)
         .limit(1)
     )
@@ -141,7 +230,13 @@ def _activate_portable(conn: Connection, user_id, *, lifetime: int, now: datetim
         candidate = conn.execute(first_free.with_for_update()).one_or_none()
     if candidate is None:
         raise PoolEmpty("The token pool is empty. Run `flask tokens seed`.", reason="pool_empty")
+    decided_at = resolve_now(conn, now)
+    full = candidate.current_user_id is not None and as_utc(candidate.expires_at) > decided_at
+    if full and spec.policy != "evict":  # the one place where a full pool's policy decides
+        _refuse(pool, "rejected" if spec.policy == "reject" else "full", decided_at, candidate.expires_at)
 
+    fencing_token = _next_fencing_token(conn, spec.id)
+    now = resolve_now(conn, now)
     outcome = "available"
     if candidate.current_user_id is not None:
         held_until = as_utc(candidate.expires_at)
@@ -153,12 +248,24 @@ def _activate_portable(conn: Connection, user_id, *, lifetime: int, now: datetim
     conn.execute(
         update(tokens)
         .where(tokens.c.id == candidate.id)
-        .values(current_user_id=user_id, lease_id=lease_id, activated_at=now, expires_at=expires_at)
+        .values(
+            current_user_id=user_id,
+            lease_id=lease_id,
+            fencing_token=fencing_token,
+            activated_at=now,
+            expires_at=expires_at,
+        )
     )
     conn.execute(
-        insert(usages).values(token_id=candidate.id, user_id=user_id, started_at=now, lease_id=lease_id)
+        insert(usages).values(
+            token_id=candidate.id,
+            user_id=user_id,
+            started_at=now,
+            lease_id=lease_id,
+            fencing_token=fencing_token,
+        )
     )
-    return Lease(candidate.id, user_id, now, expires_at, outcome, lease_id)
+    return Lease(candidate.id, user_id, now, expires_at, outcome, lease_id, fencing_token, pool)
 
 
 # --- release, renew, clear ---------------------------------------------------------
@@ -172,17 +279,29 @@ class Holder:
     lease_id: uuid.UUID
 
 
-def _lock_held_token(conn: Connection, token_id, holder: Holder | None, now: datetime | None):
-    """Lock the token; check it is active and, unless `holder` is None (an admin), that
+def _lock_held_token(
+    conn: Connection, pool_id: int, token_id, holder: Holder | None, fencing_token: int | None, now
+):
+    """Lock the pool's token; check it is active and, unless `holder` is None (an admin), that
     `holder` presents its current lease: the holding `user_id` and that lease's `lease_id`.
+    A `fencing_token`, when given, must be the current lease's.
 
-    Returns (row, decision time). Raises NotFound, Conflict.
+    Returns (row, decision time). Raises NotFound, StaleLease, Conflict.
     """
-    row = conn.execute(select(tokens).where(tokens.c.id == token_id).with_for_update()).one_or_none()
+    row = conn.execute(
+        select(tokens).where(tokens.c.id == token_id, tokens.c.pool_id == pool_id).with_for_update()
+    ).one_or_none()
     now = resolve_now(conn, now)
     if row is None:
         raise NotFound("Token not found", details={"token_id": str(token_id)}, reason="token_not_found")
-    if row.current_user_id is None or as_utc(row.expires_at) <= now:
+    active = row.current_user_id is not None and as_utc(row.expires_at) > now
+    if fencing_token is not None and (not active or row.fencing_token != fencing_token):
+        raise StaleLease(
+            "fencing_token is not the token's current lease",
+            details={"token_id": str(token_id), "fencing_token": fencing_token},
+            reason="stale_lease",
+        )
+    if not active:
         raise Conflict("Token is not active", details={"token_id": str(token_id)}, reason="not_active")
     if holder is None:
         return row, now
@@ -203,28 +322,56 @@ def _lock_held_token(conn: Connection, token_id, holder: Holder | None, now: dat
 
 
 def release(
-    conn: Connection, token_id, *, holder: Holder | None = None, now: datetime | None = None
+    conn: Connection,
+    token_id,
+    *,
+    pool: str = DEFAULT_POOL,
+    holder: Holder | None = None,
+    fencing_token: int | None = None,
+    now: datetime | None = None,
 ) -> tuple[dict, uuid.UUID]:
-    """End an active lease: by its holder (`holder`), or by an admin (None).
+    """End an active lease of `pool`: by its holder (`holder`), or by an admin (None).
 
-    Returns the token and the user whose lease ended. Raises NotFound, Conflict.
+    Returns the token and the user whose lease ended. Raises NotFound, StaleLease, Conflict.
     """
-    row, now = _lock_held_token(conn, token_id, holder, now)
+    spec = get_pool(conn, pool)
+    row, now = _lock_held_token(conn, spec.id, token_id, holder, fencing_token, now)
     _end_lease(conn, token_id, now, "released")
-    return get_token(conn, token_id, now=now), row.current_user_id
+    return get_token(conn, token_id, pool_id=spec.id, now=now), row.current_user_id
 
 
-def renew(conn: Connection, token_id, *, holder: Holder, lifetime: int, now: datetime | None = None) -> dict:
-    """Extend the holder's lease to now + lifetime; the lease keeps its `lease_id`.
+def renew(
+    conn: Connection,
+    token_id,
+    *,
+    pool: str = DEFAULT_POOL,
+    holder: Holder,
+    lifetime: int | None = None,
+    fencing_token: int | None = None,
+    now: datetime | None = None,
+) -> dict:
+    """Extend the holder's lease to min(now + lifetime, started_at + the pool's
+    max_lifetime_seconds); the lease keeps its `lease_id` and fencing token.
+    `lifetime` None means the pool's own.
 
-    Raises NotFound, Conflict.
+    Raises NotFound, StaleLease, Conflict.
     """
-    _, now = _lock_held_token(conn, token_id, holder, now)
-    conn.execute(
-        update(tokens).where(tokens.c.id == token_id).values(expires_at=now + timedelta(seconds=lifetime))
+    spec = get_pool(conn, pool)
+    row, now = _lock_held_token(conn, spec.id, token_id, holder, fencing_token, now)
+    expires_at = now + timedelta(seconds=lifetime or spec.lifetime_seconds)
+    if spec.max_lifetime_seconds is not None:
+        expires_at = min(expires_at, as_utc(row.activated_at) + timedelta(seconds=spec.max_lifetime_seconds))
+    conn.execute(update(tokens).where(tokens.c.id == token_id).values(expires_at=max(expires_at, now)))
+    record_event(
+        conn,
+        "renewed",
+        at=now,
+        pool=pool,
+        token_id=token_id,
+        user_id=holder.user_id,
+        fencing_token=row.fencing_token,
     )
-    record_event(conn, "renewed", at=now, token_id=token_id, user_id=holder.user_id)
-    return get_token(conn, token_id, now=now)
+    return get_token(conn, token_id, pool_id=spec.id, now=now)
 
 
 def _close_expired(conn: Connection, token_ids) -> None:
@@ -244,14 +391,19 @@ def _close_expired(conn: Connection, token_ids) -> None:
     )
 
 
-def clear_active(conn: Connection, *, now: datetime | None = None) -> int:
-    """End every active lease (reason `cleared`); expired ones close as `expired`.
+def clear_active(conn: Connection, *, pool: str = DEFAULT_POOL, now: datetime | None = None) -> int:
+    """End every active lease of `pool` (reason `cleared`); expired ones close as `expired`.
 
-    Returns how many active leases were cleared.
+    Returns how many active leases were cleared. Raises NotFound.
     """
+    return clear_pool(conn, get_pool(conn, pool).id, now=now)
+
+
+def clear_pool(conn: Connection, pool_id: int, *, now: datetime | None = None) -> int:
+    """`clear_active` for a pool known by id (also the forced delete of a pool)."""
     held = conn.execute(
         select(tokens.c.id, tokens.c.expires_at)
-        .where(tokens.c.current_user_id.is_not(None))
+        .where(tokens.c.pool_id == pool_id, tokens.c.current_user_id.is_not(None))
         .with_for_update()
     ).all()
     now = resolve_now(conn, now)
@@ -324,11 +476,17 @@ def last_sweep_at(conn: Connection) -> datetime | None:
 # --- seeding -------------------------------------------------------------------
 
 
-def seed(conn: Connection, size: int, *, progress=None) -> int:
-    """Top the pool up to `size` tokens; never deletes. Returns how many were added."""
+def seed(conn: Connection, size: int, *, pool_id: int = DEFAULT_POOL_ID, progress=None) -> int:
+    """Top the pool up to `size` tokens that are not retired, raising its size to `size`
+    when smaller; never deletes. Returns how many were added."""
     if is_postgres(conn):  # concurrent seeders queue instead of both topping up
-        conn.execute(text("SELECT pg_advisory_xact_lock(7316001)"))
-    have = conn.execute(select(func.count()).select_from(tokens)).scalar_one()
+        conn.execute(text("SELECT pg_advisory_xact_lock(7316001, :pool)"), {"pool": pool_id})
+    have = conn.execute(
+        select(func.count())
+        .select_from(tokens)
+        .where(tokens.c.pool_id == pool_id, tokens.c.retired_at.is_(None))
+    ).scalar_one()
+    conn.execute(update(pools).where(pools.c.id == pool_id, pools.c.size < size).values(size=size))
     missing = max(0, size - have)
     created_at = utcnow()
     added = 0
@@ -337,15 +495,18 @@ def seed(conn: Connection, size: int, *, progress=None) -> int:
         if is_postgres(conn):
             conn.execute(
                 text(
-                    "INSERT INTO tokens (id, expires_at, created_at) "
-                    "SELECT gen_random_uuid(), :epoch, :created FROM generate_series(1, :n)"
+                    "INSERT INTO tokens (id, pool_id, expires_at, created_at) "
+                    "SELECT gen_random_uuid(), :pool, :epoch, :created FROM generate_series(1, :n)"
                 ),
-                {"epoch": EPOCH, "created": created_at, "n": n},
+                {"pool": pool_id, "epoch": EPOCH, "created": created_at, "n": n},
             )
         else:
             conn.execute(
                 insert(tokens),
-                [{"id": uuid.uuid4(), "expires_at": EPOCH, "created_at": created_at} for _ in range(n)],
+                [
+                    {"id": uuid.uuid4(), "pool_id": pool_id, "expires_at": EPOCH, "created_at": created_at}
+                    for _ in range(n)
+                ],
             )
         added += n
         if progress:

@@ -32,6 +32,7 @@ REQUIRED_ALERTS = {
     "TokenManagerStopped",
     "NoTokensAvailable",
     "PoolUtilizationHigh",
+    "PoolRejecting",
     "RateLimitHitsRising",
     "InstanceDown",
 }

@@ -105,6 +105,15 @@ def test_details_true_adds_configuration_facts(swept, client):
     details = body["details"]
     # memory, cache, performance and database_pool: tests/health/test_health_details.py
     assert {k: details.pop(k) for k in ("memory", "cache", "performance", "database_pool")}
+    pools = details.pop("pools")
+    assert {k: pools["default"][k] for k in ("size", "policy", "total", "active", "available", "queued")} == {
+        "size": POOL,
+        "policy": "evict",
+        "total": POOL,
+        "active": 0,
+        "available": POOL,
+        "queued": 0,
+    }
     assert details == {
         "pool_size_configured": POOL,
         "lifetime_seconds": swept.config["TOKEN_LIFETIME_SECONDS"],

@@ -42,7 +42,12 @@ def test_counters_sum_over_workers_and_pass_promtool(pg_database, tmp_path):
             status, raw, _ = http_get(server.url + "/metrics")
             assert status == 200
             text = raw.decode()
-            assert sample(text, "tokenpool_activations_total", result="success", reason="available") == k
+            assert (
+                sample(
+                    text, "tokenpool_activations_total", result="success", reason="available", pool="default"
+                )
+                == k
+            )
             pids.update(line.split('pid="')[1].split('"')[0] for line in text.splitlines() if 'pid="' in line)
         _, summary, _ = http_get(server.url + "/api/tokens/summary")
         summary = json.loads(summary)

@@ -130,8 +130,8 @@ def test_each_failure_reason_is_counted_and_logged(logged):
             line.get("event") == operation and line.get("reason") == reason and line["status"] == "failure"
             for line in lines()
         ), (operation, reason)
-    assert 'tokenpool_releases_total{reason="released"} 1.0' in metrics
-    assert 'tokenpool_activations_total{reason="invalid_user_id",result="failure"} 1.0' in metrics
+    assert 'tokenpool_releases_total{pool="default",reason="released"} 1.0' in metrics
+    assert 'tokenpool_activations_total{pool="",reason="invalid_user_id",result="failure"} 1.0' in metrics
     assert not [line for line in lines() if lease["lease_id"] in json.dumps(line)]  # the holder's secret
     assert lease["lease_id"] not in metrics
 

@@ -67,9 +67,13 @@ def test_activation_results_and_evictions_are_counted(client, clock):
         activate(client, user())
         clock.advance(1)
     text = client.get("/metrics").get_data(as_text=True)
-    assert sample(text, "tokenpool_activations_total", result="success", reason="available") == 5
-    assert sample(text, "tokenpool_activations_total", result="success", reason="evicted") == 1
-    assert sample(text, "tokenpool_releases_total", reason="evicted") == 1
+    assert (
+        sample(text, "tokenpool_activations_total", result="success", reason="available", pool="default") == 5
+    )
+    assert (
+        sample(text, "tokenpool_activations_total", result="success", reason="evicted", pool="default") == 1
+    )
+    assert sample(text, "tokenpool_releases_total", reason="evicted", pool="default") == 1
 
 
 def test_sweeper_runs_are_counted(app, client, clock):
@@ -78,7 +82,7 @@ def test_sweeper_runs_are_counted(app, client, clock):
     run_sweep(app)
     text = client.get("/metrics").get_data(as_text=True)
     assert sample(text, "tokenpool_sweeper_runs_total", result="success") == 1
-    assert sample(text, "tokenpool_releases_total", reason="expired") == 1
+    assert sample(text, "tokenpool_releases_total", reason="expired", pool="") == 1  # the sweep: every pool
     assert sample(text, "tokenpool_sweeper_last_run_timestamp_seconds") > 1.7e9
 
 

@@ -17,7 +17,15 @@ def test_activate_returns_a_lease(client, clock):
     r = activate(client, u)
     assert r.status_code == 200
     body = r.get_json()
-    assert set(body) == {"token_id", "user_id", "lease_id", "activated_at", "expires_at"}
+    assert set(body) == {
+        "token_id",
+        "user_id",
+        "lease_id",
+        "activated_at",
+        "expires_at",
+        "fencing_token",
+        "evicted",
+    }
     assert body["user_id"] == u
     assert str(uuid.UUID(body["lease_id"])) == body["lease_id"]
     assert body["activated_at"] == "2030-01-01T12:00:00Z"
@@ -177,6 +185,7 @@ def test_get_token_with_usage_count(client):
         "expires_at": lease["expires_at"],
         "released_at": None,
         "usage_count": 1,
+        "fencing_token": lease["fencing_token"],
     }
 
 
