@@ -186,3 +186,26 @@ def test_the_feed_serves_a_pool_from_its_buffer_and_sends_a_stream_behind_it_to_
     assert [e["event_id"] for e in events] == [13] and seen == 13
     assert feed.after(12, "b", timeout=0) == ([], 13)  # nothing of b after 12, and 13 is seen
     assert feed.after(9, None, timeout=0) is None  # behind the buffer: read the database
+
+
+def test_events_carry_the_pool_and_the_leases_fencing_token(app, client):
+    assert (
+        client.post("/api/pools", json={"name": "gpu", "size": 1, "lifetime_seconds": 60}).status_code == 201
+    )
+    first = client.post("/api/pools/gpu/tokens/activate", json={"user_id": user()}).get_json()
+    taker = client.post("/api/pools/gpu/tokens/activate", json={"user_id": user()}).get_json()  # evicts
+    renewed = client.post(
+        f"/api/pools/gpu/tokens/{taker['token_id']}/renew",
+        json={"user_id": taker["user_id"], "lease_id": taker["lease_id"]},
+    )
+    assert renewed.status_code == 200, renewed.get_json()
+    activate(client, user())  # the default pool
+    gpu = page(client, pool="gpu")["events"]
+    assert [(e["type"], e["fencing_token"]) for e in gpu] == [
+        ("leased", first["fencing_token"]),
+        ("evicted", first["fencing_token"]),
+        ("leased", taker["fencing_token"]),
+        ("renewed", taker["fencing_token"]),
+    ]
+    assert {e["pool"] for e in gpu} == {"gpu"}
+    assert [e["pool"] for e in page(client)["events"]][-1] == "default"
