@@ -230,6 +230,65 @@ class Event(Model):
     )
 
 
+class Ticket(Model):
+    """A place in a `queue` pool's queue: `id` is the order (first in, first out),
+    `ticket_id` the random id its user is given. At most one waiting ticket per
+    user per pool; a granted ticket keeps its lease (token, `lease_id`, fencing
+    token, start and end). A waiting ticket past `expires_at` is expired.
+    """
+
+    __tablename__ = "tickets"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    ticket_id: Mapped[uuid.UUID] = mapped_column(Uuid, nullable=False, unique=True)
+    pool_id: Mapped[int] = mapped_column(Integer, nullable=False)
+    user_id: Mapped[uuid.UUID] = mapped_column(Uuid, nullable=False)
+    status: Mapped[str] = mapped_column(String(9), nullable=False)
+    queued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    # when it stopped waiting: granted, cancelled or expired
+    settled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    token_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    lease_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    fencing_token: Mapped[int | None] = mapped_column(BigInteger)
+    activated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        CheckConstraint("status IN ('waiting', 'granted', 'cancelled', 'expired')", name="status_known"),
+        CheckConstraint(
+            "(status = 'granted') = (token_id IS NOT NULL AND lease_id IS NOT NULL"
+            " AND fencing_token IS NOT NULL AND activated_at IS NOT NULL AND lease_expires_at IS NOT NULL)",
+            name="granted_has_lease",
+        ),
+        CheckConstraint("(status = 'waiting') = (settled_at IS NULL)", name="settled"),
+        CheckConstraint("expires_at > queued_at", name="expires_after_queued"),
+        Index(
+            "uq_tickets_pool_id_user_id_waiting",
+            "pool_id",
+            "user_id",
+            unique=True,
+            postgresql_where=db.text("status = 'waiting'"),
+            sqlite_where=db.text("status = 'waiting'"),
+        ),
+        Index(
+            "ix_tickets_pool_id_id_waiting",
+            "pool_id",
+            "id",
+            postgresql_where=db.text("status = 'waiting'"),
+            sqlite_where=db.text("status = 'waiting'"),
+        ),
+        Index(
+            "ix_tickets_expires_at_waiting",
+            "expires_at",
+            postgresql_where=db.text("status = 'waiting'"),
+            sqlite_where=db.text("status = 'waiting'"),
+        ),
+    )
+
+
 class SweeperState(Model):
     """One row: when the token manager last finished a sweep, shared by every worker."""
 

@@ -279,6 +279,7 @@ def reset_database(app, pool: int = POOL) -> None:
             _migrated.add(url)
         with db.engine.begin() as conn:
             conn.execute(text("DELETE FROM events"))
+            conn.execute(text("DELETE FROM tickets"))
             conn.execute(text("DELETE FROM token_usages"))
             conn.execute(text("DELETE FROM tokens"))
             conn.execute(text("DELETE FROM pools WHERE name <> 'default'"))

@@ -6,4 +6,4 @@ from ..route_table import KEYED, declare
 
 bp = declare(Blueprint("pools", __name__), KEYED)
 
-from . import routes  # noqa: E402,F401  (registers the views on bp)
+from . import routes, tickets  # noqa: E402,F401  (register the views on bp)

@@ -10,6 +10,7 @@ from flask.cli import AppGroup
 from ..clock import token_time
 from ..db import run_transaction
 from ..errors import ApiError
+from ..models import POLICIES
 from ..tokens.schemas import serialise
 from . import service
 
@@ -36,7 +37,7 @@ def _setting_options(command):
         (
             click.option("--size", type=int),
             click.option("--lifetime-seconds", "lifetime_seconds", type=int),
-            click.option("--policy", type=click.Choice(service.AVAILABLE_POLICIES)),
+            click.option("--policy", type=click.Choice(POLICIES)),
             click.option("--max-lifetime-seconds", "max_lifetime_seconds", type=int),
             click.option("--max-queue", "max_queue", type=int),
             click.option("--max-wait-seconds", "max_wait_seconds", type=int),

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from ..openapi import Body, CanonicalUUID
+from ..openapi import Body, CanonicalUUID, absent
 from .service import MAX_LIFETIME, MAX_SIZE
 
 POOL = {
@@ -28,7 +28,7 @@ LEASE_STATE = {
     "in": "query",
     "schema": {"type": "string", "enum": ["active", "all"], "default": "all"},
 }
-Policy = Literal["evict", "reject"]
+Policy = Literal["evict", "reject", "queue"]
 
 
 class PoolSettings(Body):
@@ -103,3 +103,43 @@ class UserLeasePage(Body):
     user_id: CanonicalUUID
     leases: list[UserLease]
     next_cursor: str | None
+
+
+TICKET_ID = {
+    "name": "ticket_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "format": "uuid"},
+}
+TICKET_USER = {
+    "name": "user_id",
+    "in": "query",
+    "description": "The ticket's user: a granted ticket then shows its lease_id (admins see it always)",
+    "schema": {"type": "string", "format": "uuid"},
+}
+
+
+class Ticket(Body):
+    """A place in a full `queue` pool's queue."""
+
+    ticket_id: CanonicalUUID = Field(description="Random; given only to the user who queued")
+    pool: str
+    user_id: CanonicalUUID
+    status: Literal["waiting", "granted", "cancelled", "expired"]
+    queued_at: datetime
+    expires_at: datetime = Field(
+        description="Waiting: when the wait ends (queued_at + max_wait_seconds); granted: when the lease ends"
+    )
+    position: int = absent("Waiting: 1 is the head of the queue")
+    token_id: CanonicalUUID = absent("Granted: the leased token")
+    fencing_token: int = absent("Granted: the lease's fencing token")
+    activated_at: datetime = absent("Granted: the lease starts at the grant")
+    lease_id: CanonicalUUID = absent(
+        "Granted, to the ticket's user (user_id in the query or body) and to admin keys only"
+    )
+
+
+class TicketHolder(Body):
+    """DELETE of a ticket: its user (or no body, with the admin key)."""
+
+    user_id: CanonicalUUID

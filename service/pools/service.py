@@ -17,14 +17,13 @@ from ..db import is_postgres
 from ..errors import Conflict, ValidationError
 from ..models import DEFAULT_POOL, POLICIES
 from ..timeutil import as_utc
+from ..tokens import queue
 from ..tokens.reads import READ_AT, _active, _read_now, pools, tokens
 from ..tokens.service import clear_pool, get_pool, resolve_now, seed
 
 NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 MAX_SIZE, MAX_LIFETIME = 1_000_000, 86_400
 DEFAULTS = {"policy": "evict", "max_lifetime_seconds": None, "max_queue": 1000, "max_wait_seconds": 300}
-# what the policies of this release can do; `queue` is a valid setting of the schema
-AVAILABLE_POLICIES = ("evict", "reject")
 SETTINGS = ("size", "lifetime_seconds", "policy", "max_lifetime_seconds", "max_queue", "max_wait_seconds")
 # the default pool is configured by MAX_ACTIVE_TOKENS and TOKEN_LIFETIME_SECONDS, policy evict
 DEFAULT_POOL_FIXED = ("size", "lifetime_seconds", "policy")
@@ -80,10 +79,6 @@ def validate(body: dict, *, creating: bool) -> dict:
             raise ValidationError(
                 "Invalid policy. Must be 'evict', 'reject' or 'queue'.", details={"field": "policy"}
             )
-        if body["policy"] not in AVAILABLE_POLICIES:
-            raise ValidationError(
-                f"Policy '{body['policy']}' is not available in this release.", details={"field": "policy"}
-            )
         spec["policy"] = body["policy"]
     return spec
 
@@ -119,6 +114,9 @@ def update_pool(conn: Connection, name: str, changes: dict, *, now: datetime | N
     """Change a pool's settings. Growing adds tokens at once; shrinking retires free tokens
     first, then the leases ending first (they run to their end and are never leased again).
 
+    A `queue` pool hands new tokens to its waiting tickets; a pool whose policy stops being
+    `queue` cancels them.
+
     Raises NotFound, Conflict (a setting the `default` pool takes from the configuration).
     """
     pool = get_pool(conn, name)
@@ -136,6 +134,9 @@ def update_pool(conn: Connection, name: str, changes: dict, *, now: datetime | N
         changes.get("max_lifetime_seconds", pool.max_lifetime_seconds),
     )
     _lock(conn, pool.id)
+    queue.lock_queue(conn, pool.id)  # before the pool row (seeding updates it): the queue's lock order
+    if pool.policy == "queue" and changes.get("policy", "queue") != "queue":
+        queue.cancel_waiting(conn, pool.id, resolve_now(conn, now))
     size = changes.pop("size", pool.size)
     if size > pool.size:
         seed(conn, size, pool_id=pool.id)
@@ -144,6 +145,7 @@ def update_pool(conn: Connection, name: str, changes: dict, *, now: datetime | N
         conn.execute(update(pools).where(pools.c.id == pool.id).values(size=size))
     if changes:
         conn.execute(update(pools).where(pools.c.id == pool.id).values(**changes))
+    queue.hand_over(conn, pool.id, now=now)
     return view(conn, name, now=now)
 
 
@@ -179,12 +181,13 @@ def _retire(conn: Connection, pool_id: int, size: int, now: datetime | None) -> 
 def delete_pool(conn: Connection, name: str, *, force: bool, now: datetime | None = None) -> int:
     """Delete a pool, its tokens and their history. Returns how many leases `force` ended.
 
-    Raises NotFound, Conflict (the `default` pool; leases open and not `force`).
+    Raises NotFound, Conflict (the `default` pool; leases or waiting tickets open and not `force`).
     """
     if name == DEFAULT_POOL:
         raise Conflict("The default pool cannot be deleted", details={"pool": name}, reason="default_pool")
     pool = get_pool(conn, name)
     _lock(conn, pool.id)
+    queue.lock_queue(conn, pool.id)
     held = conn.execute(
         select(tokens.c.id, tokens.c.current_user_id, tokens.c.expires_at)
         .where(tokens.c.pool_id == pool.id)
@@ -192,13 +195,16 @@ def delete_pool(conn: Connection, name: str, *, force: bool, now: datetime | Non
     ).all()
     at = resolve_now(conn, now)
     open_leases = sum(1 for r in held if r.current_user_id is not None and as_utc(r.expires_at) > at)
-    if open_leases and not force:
+    waiting = queue.queued_counts(conn, [pool.id], at).get(pool.id, 0)
+    if (open_leases or waiting) and not force:
         raise Conflict(
-            "The pool has open leases; delete with ?force=true to end them",
-            details={"pool": name, "active": open_leases},
+            "The pool has open leases or waiting tickets; delete with ?force=true to end them",
+            details={"pool": name, "active": open_leases, "queued": waiting},
             reason="pool_in_use",
         )
+    queue.cancel_waiting(conn, pool.id, at)
     cleared = clear_pool(conn, pool.id, now=at)
+    conn.execute(delete(queue.tickets).where(queue.tickets.c.pool_id == pool.id))
     conn.execute(delete(tokens).where(tokens.c.pool_id == pool.id))
     conn.execute(delete(pools).where(pools.c.id == pool.id))
     return cleared
@@ -217,6 +223,7 @@ def _counts(conn: Connection, pool_ids: list[int], now: datetime | None) -> dict
         .group_by(tokens.c.pool_id),
         {"now": _read_now(conn, now)},
     ).all()
+    queued = queue.queued_counts(conn, pool_ids, _read_now(conn, now))
     counts = {}
     for pool_id, total, active, retiring in rows:
         total, active, retiring = int(total or 0), int(active or 0), int(retiring or 0)
@@ -224,7 +231,7 @@ def _counts(conn: Connection, pool_ids: list[int], now: datetime | None) -> dict
             "total": total,
             "active": active,
             "available": total - (active - retiring),
-            "queued": 0,
+            "queued": queued.get(pool_id, 0),
             "utilization": round(active / total, 4) if total else 0.0,
         }
     return counts

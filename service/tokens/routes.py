@@ -19,8 +19,9 @@ from ..errors import ApiError, status_name
 from ..models import DEFAULT_POOL, DEFAULT_POOL_ID
 from ..openapi import COMMON, Answer, operation
 from ..parsing import canonical_uuid
+from ..pools.schemas import Ticket
 from ..telemetry import emit, timed
-from . import bp, reads, service
+from . import bp, queue, reads, service
 from .schemas import (
     CURSOR,
     LIMIT,
@@ -47,6 +48,7 @@ from .schemas import (
     state_arg,
     user_id_from,
 )
+from .sweeper import wake_scheduler
 
 
 def lifetime(pool: str = DEFAULT_POOL) -> int | None:
@@ -105,23 +107,34 @@ def observed(event: str):
     "Lease a token to a user (same token if the user already holds one)",
     operation_id="activate",
     body=ActivateBody,
-    answers={200: Answer("The lease", Lease)},
+    answers={
+        200: Answer("The lease", Lease),
+        202: Answer("A full queue pool: the user's waiting ticket; Location: its URL", Ticket),
+    },
     errors=(400, 404, 409, *COMMON),
 )
 @observed("activation")
 def activate(pool=DEFAULT_POOL):
     """Lease a token. A new lease's answer carries its `lease_id`, the holder's proof for
-    release and renew; the running lease returned again (`existing`) shows it to admin keys only."""
+    release and renew; the running lease returned again (`existing`) shows it to admin keys only.
+    A full `queue` pool answers 202 with the user's waiting ticket."""
     user_id = user_id_from(json_body())
     with timed() as elapsed:
-        lease = run_transaction(
-            service.activate,
-            user_id,
-            pool=pool,
-            lifetime=lifetime(pool),
-            now=token_time(),
-            single_statement=True,
-        )
+        try:
+            lease = run_transaction(
+                service.activate,
+                user_id,
+                pool=pool,
+                lifetime=lifetime(pool),
+                now=token_time(),
+                single_statement=True,
+            )
+        except service.PoolFull:
+            ticket, _grants = run_transaction(queue.enqueue, user_id, pool=pool, now=token_time())
+            if ticket["status"] != "granted":
+                wake_scheduler(current_app)  # it sleeps until the next expiry of a queue it knows
+                return _queued(ticket, elapsed())
+            lease = _granted_lease(ticket)
     emit(
         "activation",
         "success",
@@ -142,6 +155,36 @@ def activate(pool=DEFAULT_POOL):
     if lease.outcome != "existing" or is_admin():
         answer["lease_id"] = lease.lease_id
     return jsonify(serialise(answer))
+
+
+def _queued(ticket: dict, duration_ms: float):
+    """202 with the waiting ticket and its URL."""
+    emit(
+        "activation",
+        "success",
+        reason="queued",
+        pool=ticket["pool"],
+        user_id=str(ticket["user_id"]),
+        duration_ms=duration_ms,
+    )
+    response = jsonify(serialise(ticket))
+    response.status_code = 202
+    response.headers["Location"] = f"/api/pools/{ticket['pool']}/tickets/{ticket['ticket_id']}"
+    return response
+
+
+def _granted_lease(ticket: dict) -> service.Lease:
+    """The lease of a ticket granted while it was queued (a token was free by then)."""
+    return service.Lease(
+        ticket["token_id"],
+        ticket["user_id"],
+        ticket["activated_at"],
+        ticket["expires_at"],
+        "available",
+        ticket["lease_id"],
+        ticket["fencing_token"],
+        ticket["pool"],
+    )
 
 
 def _cursor_kind(pool: str, listing: str) -> str:

@@ -60,6 +60,13 @@ class PoolExhausted(ApiError):
         self.response_headers = {"Retry-After": str(retry_after)}
 
 
+class PoolFull(PoolExhausted):
+    """A full `queue` pool: the caller queues a ticket (tokens/queue.py `enqueue`)."""
+
+    def __init__(self, pool: str):
+        super().__init__(pool, 1)
+
+
 class StaleLease(ApiError):
     """The presented `fencing_token` is not the token's current lease."""
 
@@ -137,6 +144,28 @@ def _end_lease(conn: Connection, token_id, ended_at: datetime, reason: str) -> N
     )
 
 
+def start_lease(
+    conn: Connection, token_id, user_id, now: datetime, expires_at: datetime, lease_id, fencing_token: int
+) -> None:
+    """Lease the (locked, free) token to `user_id` from `now`, with its open usage row."""
+    conn.execute(
+        update(tokens)
+        .where(tokens.c.id == token_id)
+        .values(
+            current_user_id=user_id,
+            lease_id=lease_id,
+            fencing_token=fencing_token,
+            activated_at=now,
+            expires_at=expires_at,
+        )
+    )
+    conn.execute(
+        insert(usages).values(
+            token_id=token_id, user_id=user_id, started_at=now, lease_id=lease_id, fencing_token=fencing_token
+        )
+    )
+
+
 # --- activation ---------------------------------------------------------------
 
 
@@ -155,7 +184,8 @@ def activate(
     the pool's next fencing token; the user's running lease keeps its own
     (outcome `existing`). On PostgreSQL this is one statement (safe to run in
     autocommit). Raises NotFound (no such pool), PoolExhausted (full, policy
-    reject), PoolEmpty (the pool has no token at all).
+    reject), PoolFull (full, or tickets waiting: policy queue), PoolEmpty (the
+    pool has no token at all).
     """
     if is_postgres(conn):
         row = conn.exec_driver_sql(
@@ -183,7 +213,8 @@ def _refuse(pool: str, outcome: str, now, earliest_end) -> None:
         raise pool_not_found(pool)
     if outcome == "empty":
         raise PoolEmpty("The token pool is empty. Run `flask tokens seed`.", reason="pool_empty")
-    # rejected (and, until queueing exists, a queue pool's full answer)
+    if outcome == "full":
+        raise PoolFull(pool)
     wait = (as_utc(earliest_end) - as_utc(now)).total_seconds()
     raise PoolExhausted(pool, max(1, math.ceil(wait)))
 
@@ -218,6 +249,8 @@ def _activate_portable(conn: Connection, user_id, *, pool: str, lifetime: int | 
                 own.id, user_id, activated_at, expires_at, "existing", own.lease_id, own.fencing_token, pool
             )
         _end_lease(conn, own.id, as_utc(own.expires_at), "expired")
+    if spec.policy == "queue" and queue.waiting_in(conn, spec.id, decided_at):
+        _refuse(pool, "full", decided_at, None)  # newcomers join the queue: first in, first out
 
     first_free = (
         select(tokens.c.id, tokens.c.current_user_id, tokens.c.expires_at)
@@ -245,26 +278,7 @@ def _activate_portable(conn: Connection, user_id, *, pool: str, lifetime: int | 
 
     expires_at = now + timedelta(seconds=lifetime)
     lease_id = new_lease_id()
-    conn.execute(
-        update(tokens)
-        .where(tokens.c.id == candidate.id)
-        .values(
-            current_user_id=user_id,
-            lease_id=lease_id,
-            fencing_token=fencing_token,
-            activated_at=now,
-            expires_at=expires_at,
-        )
-    )
-    conn.execute(
-        insert(usages).values(
-            token_id=candidate.id,
-            user_id=user_id,
-            started_at=now,
-            lease_id=lease_id,
-            fencing_token=fencing_token,
-        )
-    )
+    start_lease(conn, candidate.id, user_id, now, expires_at, lease_id, fencing_token)
     return Lease(candidate.id, user_id, now, expires_at, outcome, lease_id, fencing_token, pool)
 
 
@@ -332,12 +346,16 @@ def release(
 ) -> tuple[dict, uuid.UUID]:
     """End an active lease of `pool`: by its holder (`holder`), or by an admin (None).
 
-    Returns the token and the user whose lease ended. Raises NotFound, StaleLease, Conflict.
+    Returns the token (as released) and the user whose lease ended. Raises NotFound,
+    StaleLease, Conflict.
+    In a `queue` pool the token goes to the oldest waiting ticket in the same transaction.
     """
     spec = get_pool(conn, pool)
     row, now = _lock_held_token(conn, spec.id, token_id, holder, fencing_token, now)
     _end_lease(conn, token_id, now, "released")
-    return get_token(conn, token_id, pool_id=spec.id, now=now), row.current_user_id
+    released = get_token(conn, token_id, pool_id=spec.id, now=now)
+    queue.hand_over(conn, spec.id, now=now)
+    return released, row.current_user_id
 
 
 def renew(
@@ -422,6 +440,7 @@ def clear_pool(conn: Connection, pool_id: int, *, now: datetime | None = None) -
             .where(tokens.c.id.in_(chunk))
             .values(current_user_id=None, lease_id=None, expires_at=now, released_at=now)
         )
+    queue.hand_over(conn, pool_id, now=now)
     return len(active)
 
 
@@ -462,6 +481,7 @@ def sweep(conn: Connection, *, now: datetime | None = None, min_gap_seconds: flo
         expired_total += len(batch)
         if len(batch) < SWEEP_BATCH:
             break
+    queue.hand_over_due(conn, now=now)  # freed tokens of queue pools go to their tickets
     conn.execute(
         update(sweeper_state).where(sweeper_state.c.id == 1).values(last_expired_count=expired_total)
     )
@@ -512,3 +532,6 @@ def seed(conn: Connection, size: int, *, pool_id: int = DEFAULT_POOL_ID, progres
         if progress:
             progress(added, missing)
     return added
+
+
+from . import queue  # noqa: E402  (queue builds on this module's steps; used at call time only)

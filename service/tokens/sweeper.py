@@ -1,4 +1,5 @@
-"""The token manager: a background thread per worker that sweeps expired leases.
+"""The token manager: a background thread per worker that sweeps expired leases and
+hands the leases that expire in `queue` pools to their waiting tickets.
 
 Every worker of every instance may run one; `service.sweep` lets only one of
 them work per interval (the `sweeper_state` row is the lock), so running many
@@ -6,6 +7,14 @@ is safe and cheap. Under gunicorn the thread starts when a worker has loaded
 the app (`post_worker_init`), elsewhere with the first request, never in CLI
 commands or the gunicorn master; it sweeps at once, then every interval, and
 stops at shutdown.
+
+The queue's scheduler runs in the same thread: after every wake it hands
+expired leases over (`queue.run_due`, safe with any number of runners: the
+queue lock and SKIP LOCKED) and sleeps until the next end of a lease or of a
+ticket's wait in a pool where tickets wait, so a hand-over follows an expiry
+within milliseconds rather than at the next sweep. A process that queues a
+ticket wakes its own thread (`wake_scheduler`); the others learn of the queue
+at their next sweep at the latest.
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -22,9 +32,10 @@ from ..events import outbox
 from ..retention import run_prune
 from ..state import app_state
 from ..telemetry import emit, timed
-from . import service
+from . import queue, service
 
 log = logging.getLogger("tokenpool.sweeper")
+HAND_OVER_MARGIN_SECONDS = 0.005
 
 # at most this many batches of each table per sweep: 200 x 2000 rows every CHECK_INTERVAL_SECONDS
 PRUNE_BATCHES_PER_SWEEP = 200
@@ -56,6 +67,20 @@ def run_sweep(app, *, min_gap_seconds: float = 0, budget_seconds: float | None =
         return result
 
 
+def run_hand_over(app, *, budget_seconds: float | None = None) -> float | None:
+    """One run of the queue's scheduler inside `app`; returns the seconds until the next
+    one is due (None: no ticket waits). Raises what the database raises."""
+    with app.app_context():
+        grants, expired, wait = run_transaction(
+            queue.run_due, now=token_time(app), budget_seconds=budget_seconds
+        )
+        for grant in grants:
+            emit("ticket", "success", reason="granted", pool=grant.pool, user_id=str(grant.user_id))
+        if expired:
+            emit("ticket", "success", reason="expired", count=expired)
+        return wait
+
+
 class Sweeper:
     """The background loop of one process."""
 
@@ -63,6 +88,7 @@ class Sweeper:
         self.app = app
         self.interval = app.config["CHECK_INTERVAL_SECONDS"]
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
@@ -83,26 +109,43 @@ class Sweeper:
                 self._thread = threading.Thread(target=self._loop, name="token-sweeper", daemon=True)
                 self._thread.start()
 
+    def wake(self) -> None:
+        """Run the queue's scheduler now (a ticket was queued in this process)."""
+        self._wake.set()
+
     def stop(self, timeout: float = 5) -> None:
         """Ask the thread to end and wait for it at most `timeout` seconds."""
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
 
     def _loop(self) -> None:
-        delay = 0.0  # the first sweep at start: /health knows the token manager from the outset
-        while not self._stop.wait(delay):
+        # the first sweep at start: /health knows the token manager from the outset
+        next_sweep = time.monotonic()
+        while not self._stop.is_set():
+            # a stalled database ends the attempt by the next one (or the request deadline)
+            budget = max(self.interval, self.app.config["DB_DEADLINE_SECONDS"])
+            if time.monotonic() >= next_sweep:
+                try:
+                    swept = run_sweep(self.app, min_gap_seconds=self.interval * 0.5, budget_seconds=budget)
+                except Exception:
+                    log.exception("token sweep failed; retrying next interval")
+                else:
+                    if swept.ran:  # one runner per interval for the whole cluster
+                        self._housekeeping(swept.at)
+                # jitter spreads the workers' attempts over the interval
+                next_sweep = time.monotonic() + self.interval * random.uniform(0.5, 1.0)
+            delay = next_sweep - time.monotonic()
             try:
-                # a stalled database ends the attempt by the next one (or the request deadline)
-                budget = max(self.interval, self.app.config["DB_DEADLINE_SECONDS"])
-                swept = run_sweep(self.app, min_gap_seconds=self.interval * 0.5, budget_seconds=budget)
+                due = run_hand_over(self.app, budget_seconds=budget)
             except Exception:
-                log.exception("token sweep failed; retrying next interval")
-            else:
-                if swept.ran:  # one runner per interval for the whole cluster
-                    self._housekeeping(swept.at)
-            # jitter spreads the workers' attempts over the interval
-            delay = self.interval * random.uniform(0.5, 1.0)
+                log.exception("queue hand-over failed; retrying next interval")
+                due = None
+            if due is not None:  # a moment past the end, so the lease has ended when we look
+                delay = min(delay, due + HAND_OVER_MARGIN_SECONDS)
+            self._wake.wait(max(0.0, delay))
+            self._wake.clear()
 
     def _housekeeping(self, now) -> None:
         """After a sweep: number pending events, prune old usages and events (a bounded amount)."""
@@ -120,6 +163,13 @@ def start_sweeper(app) -> None:
     sweeper = app_state(app).sweeper if app is not None else None
     if sweeper is not None:
         sweeper.start()
+
+
+def wake_scheduler(app) -> None:
+    """Wake the app's scheduler, if it has one: a ticket was queued here."""
+    sweeper = getattr(app, "extensions", {}).get("tokenpool.sweeper")
+    if sweeper is not None:
+        sweeper.wake()
 
 
 def init_sweeper(app) -> None:
