@@ -22,7 +22,7 @@ log = logging.getLogger("tokenpool.events")
 class TokenEvent:
     """One token event as subscribers receive it (duration in milliseconds)."""
 
-    event: str  # activation, release, renewal, expiration or manager_check
+    event: str  # activation, release, renewal, expiration, manager_check or ticket
     status: str  # success | failure
     reason: str | None = None  # outcome or failure cause, e.g. evicted, not_holder
     pool: str | None = None  # the pool's name (operator-chosen, so a bounded label)
@@ -30,6 +30,11 @@ class TokenEvent:
     user_id: str | None = None
     duration_ms: float | None = None
     count: int = 1  # how many tokens the event covers (a sweep, a clear)
+    # a ticket's grant: what handed it over (expiry, release, queued), how long it waited,
+    # and how long after the token became free its lease started
+    after: str | None = None
+    waited_seconds: float | None = None
+    hand_over_seconds: float | None = None
 
 
 class Telemetry:

@@ -79,6 +79,26 @@ class TokenMetrics:
             registry=r,
             multiprocess_mode="max",
         )
+        self.tickets = Counter(
+            "tokenpool_tickets_total",
+            "Tickets of queue pools by outcome (queued, granted, cancelled, expired) and pool",
+            ["outcome", "pool"],
+            registry=r,
+        )
+        self.ticket_wait = Histogram(
+            "tokenpool_ticket_wait_seconds",
+            "How long a granted ticket waited, from queued to granted",
+            ["pool"],
+            buckets=(0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
+            registry=r,
+        )
+        self.hand_over_delay = Histogram(
+            "tokenpool_queue_hand_over_delay_seconds",
+            "From the end of a lease (expiry or release) to its token's grant to the head of the queue",
+            ["pool", "after"],
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 30),
+            registry=r,
+        )
         self.rate_limit_hits = Counter(
             "tokenpool_rate_limit_hits_total", "Requests refused by a rate limit", ["limit"], registry=r
         )
@@ -173,3 +193,9 @@ class TokenMetrics:
         elif e.event == "manager_check":
             child(self.sweeper_runs, "success").inc()
             self.sweeper_last_run.set(time.time())
+        elif e.event == "ticket":
+            child(self.tickets, e.reason or "unknown", pool).inc(e.count)
+            if e.waited_seconds is not None:
+                child(self.ticket_wait, pool).observe(e.waited_seconds)
+            if e.hand_over_seconds is not None and e.after in ("expiry", "release"):
+                child(self.hand_over_delay, pool, e.after).observe(e.hand_over_seconds)

@@ -8,6 +8,7 @@ from ..authentication import is_admin, require_admin
 from ..clock import token_time
 from ..db import run_transaction
 from ..openapi import COMMON, Answer, operation
+from ..telemetry import emit
 from ..tokens import queue
 from ..tokens.schemas import json_body, parse_uuid, serialise
 from . import bp
@@ -49,4 +50,5 @@ def cancel_ticket(pool, ticket_id):
     if user_id is None:
         require_admin()
     ticket = run_transaction(queue.cancel, tid, pool=pool, user_id=user_id, now=token_time())
+    emit("ticket", "success", reason="cancelled", pool=pool, user_id=str(ticket["user_id"]))
     return jsonify(serialise(ticket))

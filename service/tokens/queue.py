@@ -24,12 +24,14 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, func, insert, or_, select, text, update
+from flask import has_app_context
+from sqlalchemy import Connection, Engine, event, func, insert, or_, select, text, update
 
 from ..db import is_postgres
 from ..errors import ApiError, Conflict, Forbidden, NotFound
 from ..models import Ticket
-from ..timeutil import as_utc
+from ..telemetry import emit
+from ..timeutil import as_utc, utcnow
 from .service import (
     _at,
     _end_lease,
@@ -45,6 +47,7 @@ from .service import (
 tickets = Ticket.__table__
 QUEUE_LOCK = 7316002  # with the pool's id: pg_advisory_xact_lock(QUEUE_LOCK, pool_id)
 WAITING = tickets.c.status == "waiting"
+GRANTS_NOTED = "tokenpool.queue_grants"  # conn.info: this transaction's grants, reported at commit
 
 
 class QueueFull(ApiError):
@@ -73,6 +76,7 @@ class Grant:
     queued_at: datetime
     activated_at: datetime
     freed_at: datetime  # when the token became free: the end of the lease before (expiry, release)
+    after: str  # what handed it over: expiry (the token manager), release (a release, clear, growth), queued
 
 
 def lock_queue(conn: Connection, pool_id: int) -> None:
@@ -106,9 +110,15 @@ def _expire(conn: Connection, pool_id: int, now: datetime) -> int:
     ).rowcount
 
 
-def drain(conn: Connection, spec, now: datetime) -> list[Grant]:
+def drain(conn: Connection, spec, clock: datetime | None, after: str) -> list[Grant]:
     """Grant free tokens (and tokens whose lease has expired) of the pool to its oldest
-    waiting tickets, one by one, while both remain. The caller holds the queue lock."""
+    waiting tickets, one by one, while both remain. The caller holds the queue lock.
+
+    `clock` is the caller's `now` argument (None: the database's clock, read again
+    for each grant after its fencing token, as activation does). `after` says who hands over.
+    The grants are also noted on the connection: telemetry reports them once it commits.
+    """
+    now = resolve_now(conn, clock)
     _expire(conn, spec.id, now)
     grants: list[Grant] = []
     while True:
@@ -116,7 +126,7 @@ def drain(conn: Connection, spec, now: datetime) -> list[Grant]:
             select(tickets).where(tickets.c.pool_id == spec.id, WAITING).order_by(tickets.c.id).limit(1)
         ).one_or_none()
         if head is None:
-            return grants
+            break
         token = conn.execute(
             select(tokens.c.id, tokens.c.current_user_id, tokens.c.expires_at, tokens.c.released_at)
             .where(
@@ -129,18 +139,22 @@ def drain(conn: Connection, spec, now: datetime) -> list[Grant]:
             .with_for_update(skip_locked=True)
         ).one_or_none()
         if token is None:
-            return grants
-        grants.append(_grant(conn, spec, head, token, now))
+            break
+        grants.append(_grant(conn, spec, head, token, clock, after))
+    if grants:
+        conn.info.setdefault(GRANTS_NOTED, []).extend(grants)
+    return grants
 
 
-def _grant(conn: Connection, spec, ticket, token, now: datetime) -> Grant:
+def _grant(conn: Connection, spec, ticket, token, clock: datetime | None, after: str) -> Grant:
     """Lease the locked `token` to the ticket's user; the lease starts now."""
+    freed_at = as_utc(token.released_at) if token.released_at is not None else None
     if token.current_user_id is not None:  # an expired lease nobody closed yet
         freed_at = as_utc(token.expires_at)
         _end_lease(conn, token.id, freed_at, "expired")
-    else:  # never leased: free since it was made
-        freed_at = as_utc(token.released_at) if token.released_at is not None else now
+    # the pool's counter first, the clock after it: fencing tokens grow with start times
     fencing_token = _next_fencing_token(conn, spec.id)
+    now = resolve_now(conn, clock)
     lease_id = new_lease_id()
     expires_at = now + timedelta(seconds=spec.lifetime_seconds)
     start_lease(conn, token.id, ticket.user_id, now, expires_at, lease_id, fencing_token)
@@ -165,7 +179,8 @@ def _grant(conn: Connection, spec, ticket, token, now: datetime) -> Grant:
         fencing_token,
         as_utc(ticket.queued_at),
         now,
-        freed_at,
+        freed_at or now,  # never leased: free since it was made
+        after,
     )
 
 
@@ -176,7 +191,7 @@ def hand_over(conn: Connection, pool_id: int, *, now: datetime | None = None) ->
     if spec.policy != "queue":
         return []
     lock_queue(conn, pool_id)
-    return drain(conn, spec, resolve_now(conn, now))
+    return drain(conn, spec, now, "release")
 
 
 def _retry_after(conn: Connection, pool_id: int, now: datetime) -> int:
@@ -199,18 +214,19 @@ def _retry_after(conn: Connection, pool_id: int, now: datetime) -> int:
 def enqueue(conn: Connection, user_id: uuid.UUID, *, pool: str, now: datetime | None = None):
     """The user's waiting ticket in the full `queue` pool: their own if they have one, else a new
     one at the tail. Tokens free meanwhile are handed to the queue at once, so the answer may be
-    a granted ticket. Returns (ticket object, [grants]).
+    a granted ticket. Returns (ticket object, whether this call queued it).
 
     Raises NotFound, QueueFull (`max_queue` tickets wait).
     """
     spec = get_pool(conn, pool)
     lock_queue(conn, spec.id)
-    now = resolve_now(conn, now)
+    clock, now = now, resolve_now(conn, now)
     _expire(conn, spec.id, now)
     mine = conn.scalar(
         select(tickets.c.ticket_id).where(tickets.c.pool_id == spec.id, tickets.c.user_id == user_id, WAITING)
     )
-    if mine is None:
+    created = mine is None
+    if created:
         waiting = conn.scalar(
             select(func.count()).select_from(tickets).where(tickets.c.pool_id == spec.id, WAITING)
         )
@@ -227,8 +243,8 @@ def enqueue(conn: Connection, user_id: uuid.UUID, *, pool: str, now: datetime | 
                 expires_at=now + timedelta(seconds=spec.max_wait_seconds),
             )
         )
-    grants = drain(conn, spec, now)
-    return get_ticket(conn, mine, pool=pool, now=now, lease_id=True), grants
+    drain(conn, spec, clock, "queued")
+    return get_ticket(conn, mine, pool=pool, now=now, lease_id=True), created
 
 
 def _position(conn: Connection, row) -> int:
@@ -328,8 +344,17 @@ def cancel_waiting(conn: Connection, pool_id: int, now: datetime) -> int:
     ).rowcount
 
 
+def queue_lengths(conn: Connection, now: datetime | None) -> dict[str, int]:
+    """Every `queue` pool's waiting tickets by pool name (0 included): the metrics' gauge."""
+    spec = conn.execute(select(pools.c.id, pools.c.name).where(pools.c.policy == "queue")).all()
+    counts = queued_counts(conn, [r.id for r in spec], now) if spec else {}
+    return {r.name: counts.get(r.id, 0) for r in spec}
+
+
 def queued_counts(conn: Connection, pool_ids: list[int], now: datetime | None) -> dict[int, int]:
     """Waiting tickets (not past their wait) per pool."""
+    if now is None and not is_postgres(conn):
+        now = utcnow()
     query = select(tickets.c.pool_id, func.count()).where(tickets.c.pool_id.in_(pool_ids), WAITING)
     if now is not None:
         query = query.where(tickets.c.expires_at > _at(now))
@@ -345,21 +370,22 @@ def _queues_waiting(conn: Connection):
     return select(tickets.c.pool_id).where(WAITING).distinct()
 
 
-def hand_over_due(conn: Connection, *, now: datetime | None = None) -> tuple[list[Grant], int]:
+def hand_over_due(conn: Connection, *, now: datetime | None = None) -> tuple[list[Grant], dict[str, int]]:
     """Hand the expired leases of every `queue` pool with waiting tickets to those tickets, and
-    record the tickets whose wait ended as expired. Returns (grants, tickets expired)."""
-    now = resolve_now(conn, now)
+    record the tickets whose wait ended as expired. Returns (grants, tickets expired by pool)."""
+    clock, now = now, resolve_now(conn, now)
     due = conn.execute(
         select(pools)
         .where(pools.c.policy == "queue", pools.c.id.in_(_queues_waiting(conn)))
         .order_by(pools.c.id)
     ).all()
     grants: list[Grant] = []
-    expired = 0
+    expired = {}
     for spec in due:
         lock_queue(conn, spec.id)
-        expired += _expire(conn, spec.id, now)
-        grants += drain(conn, spec, now)
+        if n := _expire(conn, spec.id, now):
+            expired[spec.name] = n
+        grants += drain(conn, spec, clock, "expiry")
     return grants, expired
 
 
@@ -379,10 +405,39 @@ def next_due(conn: Connection) -> datetime | None:
     return min(ends) if ends else None
 
 
-def run_due(conn: Connection, *, now: datetime | None = None) -> tuple[list[Grant], int, float | None]:
+def run_due(
+    conn: Connection, *, now: datetime | None = None
+) -> tuple[list[Grant], dict[str, int], float | None]:
     """`hand_over_due`, then how many seconds until the scheduler must run again (None:
-    no ticket waits). Returns (grants, tickets expired, seconds)."""
-    now = resolve_now(conn, now)
+    no ticket waits). Returns (grants, tickets expired by pool, seconds)."""
     grants, expired = hand_over_due(conn, now=now)
+    now = resolve_now(conn, now)
     due = next_due(conn)
     return grants, expired, None if due is None else max(0.0, (due - now).total_seconds())
+
+
+# --- telemetry of grants, once their transaction commits ----------------------------
+
+
+@event.listens_for(Engine, "commit")
+def _report_grants(conn) -> None:
+    grants = conn.info.pop(GRANTS_NOTED, None)
+    if not grants or not has_app_context():
+        return
+    for g in grants:
+        emit(
+            "ticket",
+            "success",
+            reason="granted",
+            pool=g.pool,
+            token_id=str(g.token_id),
+            user_id=str(g.user_id),
+            after=g.after,
+            waited_seconds=(g.activated_at - g.queued_at).total_seconds(),
+            hand_over_seconds=max(0.0, (g.activated_at - g.freed_at).total_seconds()),
+        )
+
+
+@event.listens_for(Engine, "rollback")
+def _forget_grants(conn) -> None:
+    conn.info.pop(GRANTS_NOTED, None)

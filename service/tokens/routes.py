@@ -130,7 +130,9 @@ def activate(pool=DEFAULT_POOL):
                 single_statement=True,
             )
         except service.PoolFull:
-            ticket, _grants = run_transaction(queue.enqueue, user_id, pool=pool, now=token_time())
+            ticket, created = run_transaction(queue.enqueue, user_id, pool=pool, now=token_time())
+            if created:
+                emit("ticket", "success", reason="queued", pool=pool, user_id=str(user_id))
             if ticket["status"] != "granted":
                 wake_scheduler(current_app)  # it sleeps until the next expiry of a queue it knows
                 return _queued(ticket, elapsed())

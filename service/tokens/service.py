@@ -351,9 +351,9 @@ def release(
     In a `queue` pool the token goes to the oldest waiting ticket in the same transaction.
     """
     spec = get_pool(conn, pool)
-    row, now = _lock_held_token(conn, spec.id, token_id, holder, fencing_token, now)
-    _end_lease(conn, token_id, now, "released")
-    released = get_token(conn, token_id, pool_id=spec.id, now=now)
+    row, at = _lock_held_token(conn, spec.id, token_id, holder, fencing_token, now)
+    _end_lease(conn, token_id, at, "released")
+    released = get_token(conn, token_id, pool_id=spec.id, now=at)
     queue.hand_over(conn, spec.id, now=now)
     return released, row.current_user_id
 
@@ -424,7 +424,7 @@ def clear_pool(conn: Connection, pool_id: int, *, now: datetime | None = None) -
         .where(tokens.c.pool_id == pool_id, tokens.c.current_user_id.is_not(None))
         .with_for_update()
     ).all()
-    now = resolve_now(conn, now)
+    clock, now = now, resolve_now(conn, now)
     expired = [r.id for r in held if as_utc(r.expires_at) <= now]
     active = [r.id for r in held if as_utc(r.expires_at) > now]
     _close_expired(conn, expired)
@@ -440,7 +440,7 @@ def clear_pool(conn: Connection, pool_id: int, *, now: datetime | None = None) -
             .where(tokens.c.id.in_(chunk))
             .values(current_user_id=None, lease_id=None, expires_at=now, released_at=now)
         )
-    queue.hand_over(conn, pool_id, now=now)
+    queue.hand_over(conn, pool_id, now=clock)
     return len(active)
 
 
@@ -454,7 +454,7 @@ def sweep(conn: Connection, *, now: datetime | None = None, min_gap_seconds: flo
     lock, and a runner that finds a sweep younger than `min_gap_seconds`
     skips. Records the run's time for the health check.
     """
-    now = resolve_now(conn, now)
+    clock, now = now, resolve_now(conn, now)
     last_run_at = sweeper_state.c.last_run_at
     claimed = conn.execute(
         update(sweeper_state)
@@ -481,7 +481,7 @@ def sweep(conn: Connection, *, now: datetime | None = None, min_gap_seconds: flo
         expired_total += len(batch)
         if len(batch) < SWEEP_BATCH:
             break
-    queue.hand_over_due(conn, now=now)  # freed tokens of queue pools go to their tickets
+    queue.hand_over_due(conn, now=clock)  # freed tokens of queue pools go to their tickets
     conn.execute(
         update(sweeper_state).where(sweeper_state.c.id == 1).values(last_expired_count=expired_total)
     )

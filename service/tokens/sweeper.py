@@ -71,13 +71,11 @@ def run_hand_over(app, *, budget_seconds: float | None = None) -> float | None:
     """One run of the queue's scheduler inside `app`; returns the seconds until the next
     one is due (None: no ticket waits). Raises what the database raises."""
     with app.app_context():
-        grants, expired, wait = run_transaction(
+        _grants, expired, wait = run_transaction(  # the grants report themselves at the commit
             queue.run_due, now=token_time(app), budget_seconds=budget_seconds
         )
-        for grant in grants:
-            emit("ticket", "success", reason="granted", pool=grant.pool, user_id=str(grant.user_id))
-        if expired:
-            emit("ticket", "success", reason="expired", count=expired)
+        for pool, count in expired.items():
+            emit("ticket", "success", reason="expired", pool=pool, count=count)
         return wait
 
 

@@ -12,6 +12,7 @@ EXPORTED_METRICS = {
     "tokenpool_tokens_active",
     "tokenpool_tokens_available",
     "tokenpool_pool_size",
+    "tokenpool_queue_length",
     "tokenpool_sweeper_runs_total",
     "tokenpool_sweeper_last_run_timestamp_seconds",
     "tokenpool_rate_limit_hits_total",

@@ -33,6 +33,7 @@ REQUIRED_ALERTS = {
     "NoTokensAvailable",
     "PoolUtilizationHigh",
     "PoolRejecting",
+    "QueueGrowing",
     "RateLimitHitsRising",
     "InstanceDown",
 }

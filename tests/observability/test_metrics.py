@@ -105,6 +105,8 @@ def test_metrics_can_be_switched_off(database_url):
 
 
 def test_every_metric_the_deploy_files_use_is_exported(database_url, clock):
+    from service.db import run_transaction
+    from service.pools import service as pools
     from service.tokens.sweeper import run_sweep as sweep
     from tests.conftest import make_app, reset_database
     from tests.deploy.exported_metrics import EXPORTED_METRICS
@@ -121,6 +123,8 @@ def test_every_metric_the_deploy_files_use_is_exported(database_url, clock):
         activate(client, user())
     client.post("/api/tokens/activate", json={"user_id": "bad"})
     client.get("/api/boom")
+    with app.app_context():  # a queue pool, for its queue's length (not through the rate limit)
+        run_transaction(pools.create, {"name": "q", "size": 1, "lifetime_seconds": 60, "policy": "queue"})
     assert client.get("/api/tokens/summary").status_code == 429
     sweep(app)
     text = client.get("/metrics").get_data(as_text=True)

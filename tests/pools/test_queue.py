@@ -9,8 +9,13 @@ import pytest
 
 from service.db import run_transaction
 from service.tokens import queue
+from service.tokens.sweeper import run_hand_over
 from tests.helpers import assert_error, proof, user
+from tests.observability.test_metrics import sample
 from tests.pools.test_pools import make_pool, take
+
+OUTCOMES = ("queued", "granted", "cancelled", "expired")
+AFTER = ("release", "expiry")
 
 
 def queue_pool(client, name="q", size=1, lifetime=60, **settings):
@@ -113,7 +118,7 @@ def test_the_scheduler_hands_an_expired_lease_to_the_head(client, clock, app):
     t = take(client, "q", user()).get_json()
     with app.app_context():
         assert run_transaction(queue.next_due).isoformat().startswith("2030-01-01T12:00:10")
-        assert run_transaction(queue.hand_over_due, now=clock()) == ([], 0)  # nothing due yet
+        assert run_transaction(queue.hand_over_due, now=clock()) == ([], {})  # nothing due yet
     clock.advance(9.2)
     with app.app_context():
         grants, _expired = run_transaction(queue.hand_over_due, now=clock())
@@ -146,7 +151,7 @@ def test_a_ticket_expires_after_max_wait_seconds(client, clock, app):
     assert client.get(ticket_url(t)).get_json()["status"] == "expired"
     with app.app_context():
         _grants, expired = run_transaction(queue.hand_over_due, now=clock())
-    assert expired == 1
+    assert expired == {"q": 1}
     release(client, "q", held)  # nobody waits any more: the token stays free
     assert client.get(ticket_url(t)).get_json()["status"] == "expired"
     assert client.get("/api/pools/q").get_json()["available"] == 1
@@ -235,3 +240,30 @@ def test_the_sweeper_thread_hands_an_expiry_over_within_a_second(client, app):
     ended, started = (datetime.fromisoformat(usages[i][k]) for i, k in ((1, "ended_at"), (0, "started_at")))
     assert usages[1]["end_reason"] == "expired"
     assert timedelta(0) <= started - ended <= timedelta(seconds=1)
+
+
+def test_queue_metrics_by_pool(client, clock, app):
+    queue_pool(client, lifetime=10, max_wait_seconds=30)
+    held = take(client, "q", user()).get_json()
+    first = take(client, "q", user()).get_json()
+    take(client, "q", first["user_id"])  # the same ticket again: queued once
+    second = take(client, "q", user()).get_json()
+    third = take(client, "q", user()).get_json()
+    text = client.get("/metrics").get_data(as_text=True)
+    assert sample(text, "tokenpool_queue_length", pool="q") == 3
+    client.delete(ticket_url(third), json={"user_id": third["user_id"]})
+    clock.advance(4)
+    release(client, "q", held)  # to the first ticket, 4 s after it queued, at once
+    clock.advance(10.25)  # the first's lease ends; the token manager hands it over 0.25 s later
+    with app.app_context():
+        run_hand_over(app)
+    assert client.get(ticket_url(second)).get_json()["status"] == "granted"
+    text = client.get("/metrics").get_data(as_text=True)
+    counts = {o: sample(text, "tokenpool_tickets_total", outcome=o, pool="q") for o in OUTCOMES}
+    assert counts == {"queued": 3, "granted": 2, "cancelled": 1, "expired": 0}
+    assert sample(text, "tokenpool_ticket_wait_seconds_count", pool="q") == 2
+    assert sample(text, "tokenpool_ticket_wait_seconds_sum", pool="q") == 4 + 14.25
+    delay = "tokenpool_queue_hand_over_delay_seconds_sum"
+    delays = {a: sample(text, delay, after=a, pool="q") for a in AFTER}
+    assert delays == {"release": 0.0, "expiry": 0.25}
+    assert sample(text, "tokenpool_queue_length", pool="q") == 0

@@ -7,10 +7,13 @@ worker shows up as a connection error of exactly the requests it held.
 from __future__ import annotations
 
 import http.client
+import signal
 import subprocess
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -19,6 +22,7 @@ from sqlalchemy import text
 from tests.conftest import database
 from tests.helpers import user as new_user
 from tests.invariants import violations
+from tests.procs import Gunicorn, ThrowawayRedis
 from tests.web import call
 
 OK_STATUSES = {200, 409}  # 409: release/renew of a lease that ended meanwhile (normal under churn)
@@ -170,3 +174,37 @@ def error_lines(*servers) -> list[str]:
             if '"level": "ERROR"' in line or '"levelname": "ERROR"' in line or "Traceback" in line:
                 lines.append(line[:2000])
     return lines
+
+
+@contextmanager
+def two_instances(url: str, **settings: str) -> Iterator[list[Gunicorn]]:
+    """Two gunicorn instances of two workers each on the database `url`, with a throwaway
+    Redis, the token manager on and rate limits out of the way; `settings` add to or
+    override their environment. Stopped (by PID) and their logs removed afterwards."""
+    redis = ThrowawayRedis().start()
+    env = {
+        "APP_ENV": "development",  # admin routes open while no API key exists
+        "DATABASE_URL": url,
+        "REDIS_URL": redis.url,
+        "POOL_SIZE": "2",
+        "POOL_MAX_OVERFLOW": "2",
+        "ENABLE_RATE_LIMITING": "true",
+        "RATE_LIMIT_PER_MINUTE": "100000000",
+        "SWEEPER_ENABLED": "true",
+        "LOG_FORMAT": "json",
+        "DRAIN_SECONDS": "1",
+        "LOG_LEVEL": "ERROR",
+    } | settings
+    servers: list[Gunicorn] = []
+    try:
+        for _ in range(2):
+            servers.append(Gunicorn(env, workers=2).start())
+        yield servers
+    finally:
+        for server in servers:
+            server.signal(signal.SIGTERM)
+        for server in servers:
+            server.stop()
+        redis.stop()
+        for server in servers:
+            server.log_path.unlink(missing_ok=True)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 import random
-import signal
 import threading
 import time
 from collections import Counter, defaultdict
@@ -31,8 +30,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
 from tests.invariants import violations
-from tests.procs import Gunicorn, ThrowawayRedis
-from tests.resilience.support import RequestLog, call, error_lines, new_user, parse_time
+from tests.resilience.support import RequestLog, call, error_lines, new_user, parse_time, two_instances
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.torture]
 
@@ -45,40 +43,13 @@ RETURNING_USERS = [new_user() for _ in range(60)]
 @pytest.fixture
 def stack(pg_database):
     url = pg_database(POOLS["default"][0])
-    redis = ThrowawayRedis().start()
-    env = {
-        "APP_ENV": "development",  # admin routes open while no API key exists
-        "DATABASE_URL": url,
-        "REDIS_URL": redis.url,
-        "TOKEN_LIFETIME_SECONDS": "1",
-        "CHECK_INTERVAL_SECONDS": "1",
-        "MAX_ACTIVE_TOKENS": str(POOLS["default"][0]),
-        "POOL_SIZE": "2",
-        "POOL_MAX_OVERFLOW": "2",
-        "ENABLE_RATE_LIMITING": "true",
-        "RATE_LIMIT_PER_MINUTE": "100000000",
-        "SWEEPER_ENABLED": "true",
-        "LOG_FORMAT": "json",
-        "DRAIN_SECONDS": "1",
-        "LOG_LEVEL": "ERROR",
-    }
-    servers = []
-    try:
-        for _ in range(2):
-            servers.append(Gunicorn(env, workers=2).start())
+    settings = {"TOKEN_LIFETIME_SECONDS": "1", "CHECK_INTERVAL_SECONDS": "1"}
+    with two_instances(url, MAX_ACTIVE_TOKENS=str(POOLS["default"][0]), **settings) as servers:
         for name, (size, lifetime, policy) in POOLS.items():
             if name != "default":
                 body = {"name": name, "size": size, "lifetime_seconds": lifetime, "policy": policy}
                 assert call(servers[0].url, "POST", "/api/pools", body)[0] == 201
         yield url, servers
-    finally:
-        for server in servers:
-            server.signal(signal.SIGTERM)
-        for server in servers:
-            server.stop()
-        redis.stop()
-        for server in servers:
-            server.log_path.unlink(missing_ok=True)
 
 
 def _prefix(pool: str) -> str:
