@@ -27,14 +27,16 @@ depends_on = None
 
 QUEUE_RULE = """
     -- a queue pool with waiting tickets: a newcomer joins the queue (first in, first out)
-    IF v_pool.policy = 'queue' AND EXISTS (
-        SELECT 1 FROM tickets k
-         WHERE k.pool_id = v_pool.id AND k.status = 'waiting'
-           AND k.expires_at > coalesce(p_now, clock_timestamp())
-    ) THEN
-        RETURN QUERY SELECT NULL::uuid, coalesce(p_now, clock_timestamp()), NULL::timestamptz, 'full'::text,
-                            NULL::uuid, NULL::bigint;
-        RETURN;
+    IF v_pool.policy = 'queue' THEN
+        IF EXISTS (
+            SELECT 1 FROM tickets k
+             WHERE k.pool_id = v_pool.id AND k.status = 'waiting'
+               AND k.expires_at > coalesce(p_now, clock_timestamp())
+        ) THEN
+            RETURN QUERY SELECT NULL::uuid, coalesce(p_now, clock_timestamp()), NULL::timestamptz,
+                                'full'::text, NULL::uuid, NULL::bigint;
+            RETURN;
+        END IF;
     END IF;
 
     -- free tokens sort first"""
