@@ -86,6 +86,7 @@ def lock_queue(conn: Connection, pool_id: int) -> None:
 
 
 def ticket_not_found(ticket_id) -> NotFound:
+    """The 404 of an unknown ticket (or another pool's)."""
     return NotFound("Ticket not found", details={"ticket_id": str(ticket_id)}, reason="ticket_not_found")
 
 
@@ -248,11 +249,11 @@ def enqueue(conn: Connection, user_id: uuid.UUID, *, pool: str, now: datetime | 
 
 
 def _position(conn: Connection, row) -> int:
-    return conn.scalar(
+    return conn.execute(
         select(func.count())
         .select_from(tickets)
         .where(tickets.c.pool_id == row.pool_id, WAITING, tickets.c.id <= row.id)
-    )
+    ).scalar_one()
 
 
 def ticket_view(conn: Connection, row, pool: str, now: datetime, *, lease_id: bool) -> dict:
@@ -360,7 +361,7 @@ def queued_counts(conn: Connection, pool_ids: list[int], now: datetime | None) -
         query = query.where(tickets.c.expires_at > _at(now))
     else:
         query = query.where(tickets.c.expires_at > func.now())
-    return dict(conn.execute(query.group_by(tickets.c.pool_id)).all())
+    return {pool_id: n for pool_id, n in conn.execute(query.group_by(tickets.c.pool_id)).all()}
 
 
 # --- the scheduler ------------------------------------------------------------------
