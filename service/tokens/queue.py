@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from flask import has_app_context
-from sqlalchemy import Connection, Engine, event, func, insert, or_, select, text, update
+from sqlalchemy import Connection, Engine, event, func, insert, literal, or_, select, text, update
 
 from ..db import is_postgres
 from ..errors import ApiError, Conflict, Forbidden, NotFound
@@ -35,7 +35,6 @@ from ..timeutil import as_utc, utcnow
 from .service import (
     _at,
     _end_lease,
-    _next_fencing_token,
     get_pool,
     new_lease_id,
     pools,
@@ -153,9 +152,15 @@ def _grant(conn: Connection, spec, ticket, token, clock: datetime | None, after:
     if token.current_user_id is not None:  # an expired lease nobody closed yet
         freed_at = as_utc(token.expires_at)
         _end_lease(conn, token.id, freed_at, "expired")
-    # the pool's counter first, the clock after it: fencing tokens grow with start times
-    fencing_token = _next_fencing_token(conn, spec.id)
-    now = resolve_now(conn, clock)
+    # the pool's counter first, the clock after it (in the same statement): fencing tokens
+    # grow with start times
+    fencing_token, read_at = conn.execute(
+        update(pools)
+        .where(pools.c.id == spec.id)
+        .values(fencing_token=pools.c.fencing_token + 1)
+        .returning(pools.c.fencing_token, func.clock_timestamp() if is_postgres(conn) else literal(None))
+    ).one()
+    now = as_utc(clock) if clock is not None else as_utc(read_at) if read_at is not None else utcnow()
     lease_id = new_lease_id()
     expires_at = now + timedelta(seconds=spec.lifetime_seconds)
     start_lease(conn, token.id, ticket.user_id, now, expires_at, lease_id, fencing_token)
@@ -185,10 +190,12 @@ def _grant(conn: Connection, spec, ticket, token, clock: datetime | None, after:
     )
 
 
-def hand_over(conn: Connection, pool_id: int, *, now: datetime | None = None) -> list[Grant]:
+def hand_over(conn: Connection, pool_id: int, *, now: datetime | None = None, spec=None) -> list[Grant]:
     """After a token of the pool was freed in this transaction: if it is a `queue` pool, give
-    what is free to the oldest waiting tickets. Returns the grants."""
-    spec = conn.execute(select(pools).where(pools.c.id == pool_id)).one()
+    what is free to the oldest waiting tickets (`spec`: the pool's row, when the caller has
+    it). Returns the grants."""
+    if spec is None:
+        spec = conn.execute(select(pools).where(pools.c.id == pool_id)).one()
     if spec.policy != "queue":
         return []
     lock_queue(conn, pool_id)

@@ -354,7 +354,7 @@ def release(
     row, at = _lock_held_token(conn, spec.id, token_id, holder, fencing_token, now)
     _end_lease(conn, token_id, at, "released")
     released = get_token(conn, token_id, pool_id=spec.id, now=at)
-    queue.hand_over(conn, spec.id, now=now)
+    queue.hand_over(conn, spec.id, now=now, spec=spec)
     return released, row.current_user_id
 
 
