@@ -165,7 +165,7 @@ def start_sweeper(app) -> None:
 
 def wake_scheduler(app) -> None:
     """Wake the app's scheduler, if it has one: a ticket was queued here."""
-    sweeper = getattr(app, "extensions", {}).get("tokenpool.sweeper")
+    sweeper = app_state(app).sweeper
     if sweeper is not None:
         sweeper.wake()
 
