@@ -9,8 +9,8 @@ On PostgreSQL the activation function learns one rule: in a `queue` pool
 with waiting tickets, a newcomer joins the queue (outcome `full`) instead of
 taking a token the queue is owed (an expired lease waiting for its hand-over).
 
-Revision ID: 0008
-Revises: 0007
+Revision ID: 0009
+Revises: 0008
 Create Date: 2026-12-06
 """
 
@@ -20,8 +20,8 @@ from pathlib import Path
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0008"
-down_revision = "0007"
+revision = "0009"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 
