@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from flask_migrate import downgrade, upgrade
@@ -32,6 +33,22 @@ def fresh_app(request, tmp_path):
     with app.app_context():
         upgrade()  # leave the shared test database at head for the other tests
         db.engine.dispose()
+
+
+def test_revisions_form_one_line_numbered_as_their_files():
+    """Two branches landing a migration each must not both take the next number: alembic
+    would see two revisions of one id (or two heads) and upgrade only one of them."""
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory(str(Path(__file__).parent.parent / "migrations"))
+    files = sorted(Path(script.versions).glob("[0-9]*.py"))
+    revisions = [rev for rev in script.walk_revisions()]
+    assert len(script.get_heads()) == 1
+    assert len(revisions) == len(files)
+    for rev in revisions:
+        assert Path(rev.path).name.startswith(f"{rev.revision}_"), rev.path
+        if rev.down_revision is not None:
+            assert int(rev.down_revision) == int(rev.revision) - 1, rev.path
 
 
 def test_round_trip_with_data(fresh_app):
