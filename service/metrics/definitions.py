@@ -167,7 +167,7 @@ class TokenMetrics:
     def on_event(self, e: TokenEvent) -> None:
         """Telemetry subscriber: one token event, its counters.
 
-        The `pool` label is the pool's name when the pool exists (a success, a
+        The `pool` label is the pool's name when the pool exists (a success, a full queue, a
         rejection), else "": a name in a URL is client input until found.
         """
         child = self.child
@@ -176,7 +176,7 @@ class TokenMetrics:
         if e.status == "failure":
             child(self.failures, e.event, e.reason or "unknown").inc()
             if e.event == "activation":
-                pool = (e.pool or "") if e.reason == "pool_exhausted" else ""
+                pool = (e.pool or "") if e.reason in ("pool_exhausted", "queue_full") else ""
                 child(self.activations, "failure", e.reason or "unknown", pool).inc()
             elif e.event == "manager_check":
                 child(self.sweeper_runs, "failure").inc()

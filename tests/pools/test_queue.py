@@ -181,6 +181,8 @@ def test_a_full_queue_answers_409_queue_full_with_retry_after(client, clock):
     body = assert_error(r, 409, "QUEUE_FULL")
     assert r.headers["Retry-After"] == "15"  # the lease ends in 15 s, and its token goes to the head
     assert body["details"] == {"pool": "q", "retry_after": 15, "max_queue": 2}
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert 'tokenpool_activations_total{pool="q",reason="queue_full",result="failure"} 1.0' in metrics
 
 
 def test_unknown_and_malformed_tickets(client):
