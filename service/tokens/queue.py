@@ -448,4 +448,9 @@ def _report_grants(conn) -> None:
 
 @event.listens_for(Engine, "rollback")
 def _forget_grants(conn) -> None:
+    if conn.invalidated:
+        # reading `info` would try to reconnect inside the failed transaction and raise
+        # PendingRollbackError over the real error (a database past its deadline became a
+        # 500); the pool clears an invalidated connection's info when it reconnects
+        return
     conn.info.pop(GRANTS_NOTED, None)

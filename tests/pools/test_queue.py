@@ -6,8 +6,10 @@ import time
 from datetime import datetime, timedelta
 
 import pytest
+from sqlalchemy import text
 
 from service.db import run_transaction
+from service.extensions import db
 from service.tokens import queue
 from service.tokens.sweeper import run_hand_over
 from tests.helpers import assert_error, proof, user
@@ -269,3 +271,15 @@ def test_queue_metrics_by_pool(client, clock, app):
     delays = {a: sample(text, delay, after=a, pool="q") for a in AFTER}
     assert delays == {"release": 0.0, "expiry": 0.25}
     assert sample(text, "tokenpool_queue_length", pool="q") == 0
+
+
+def test_a_rollback_of_a_connection_lost_mid_transaction_keeps_the_real_error(app):
+    """The grants' rollback listener must not read `info` of an invalidated connection: that
+    raised PendingRollbackError over the driver's error (a stalled database answered 500)."""
+    with app.app_context(), db.engine.connect() as conn:
+        conn.begin()
+        conn.execute(text("SELECT 1"))
+        conn.info[queue.GRANTS_NOTED] = ["a grant of the lost transaction"]
+        conn.invalidate()
+        conn.rollback()  # raised PendingRollbackError from the listener
+        assert queue.GRANTS_NOTED not in conn.info  # reconnected: the pool cleared it
