@@ -252,15 +252,20 @@ def _activate_portable(conn: Connection, user_id, *, pool: str, lifetime: int | 
     if spec.policy == "queue" and queue.waiting_in(conn, spec.id, decided_at):
         _refuse(pool, "full", decided_at, None)  # newcomers join the queue: first in, first out
 
-    first_free = (
+    # a free token first (its state in the WHERE: checked again on a row locked after a
+    # concurrent change), then the lease ending first; migration 0010 explains the race
+    first = (
         select(tokens.c.id, tokens.c.current_user_id, tokens.c.expires_at)
         .where(in_pool, tokens.c.retired_at.is_(None))
         .order_by(tokens.c.expires_at, tokens.c.id)
         .limit(1)
     )
-    candidate = conn.execute(first_free.with_for_update(skip_locked=True)).one_or_none()
+    free = first.where(tokens.c.expires_at <= _at(decided_at))
+    candidate = conn.execute(free.with_for_update(skip_locked=True)).one_or_none()
     if candidate is None:
-        candidate = conn.execute(first_free.with_for_update()).one_or_none()
+        candidate = conn.execute(first.with_for_update(skip_locked=True)).one_or_none()
+    if candidate is None:
+        candidate = conn.execute(first.with_for_update()).one_or_none()
     if candidate is None:
         raise PoolEmpty("The token pool is empty. Run `flask tokens seed`.", reason="pool_empty")
     decided_at = resolve_now(conn, now)

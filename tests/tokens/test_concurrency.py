@@ -107,3 +107,44 @@ def test_sqlite_threads_keep_every_invariant(sqlite_url):
     check_database(app, leases, statuses, 6)
     with app.app_context():
         db.engine.dispose()
+
+
+def test_postgres_never_evicts_while_a_token_is_free(postgres_url):
+    """Free tokens are leased before any lease is evicted, however activations race.
+
+    16 clients each activate and release their own lease on a pool of 40, so at
+    least 24 tokens are free at every moment. A row another transaction leased
+    after this statement's snapshot is re-read when locked (READ COMMITTED); if
+    the free-token condition is not checked on that row, it is evicted by its old
+    place in the order, and its holder's release answers 409.
+    """
+    threads, cycles, pool = 16, 60, 40
+    app = make_app(postgres_url, POOL_SIZE=12, POOL_MAX_OVERFLOW=4, MAX_ACTIVE_TOKENS=pool)
+    reset_database(app, pool)
+    statuses, lock = [], threading.Lock()
+    start = threading.Barrier(threads)
+
+    def client_loop():
+        client = app.test_client()
+        start.wait()
+        for _ in range(cycles):
+            user = str(uuid.uuid4())
+            lease = client.post("/api/tokens/activate", json={"user_id": user}).get_json()
+            proof = {"user_id": user, "lease_id": lease["lease_id"]}
+            released = client.post(f"/api/tokens/{lease['token_id']}/release", json=proof)
+            with lock:
+                statuses.append((lease["evicted"], released.status_code))
+
+    workers = [threading.Thread(target=client_loop) for _ in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(120)
+    with app.app_context(), db.engine.connect() as conn:
+        ended = select(usages.c.end_reason, func.count()).group_by(usages.c.end_reason)
+        reasons = dict(conn.execute(ended).all())
+        assert_invariants(conn, pool)
+        db.engine.dispose()
+    assert len(statuses) == threads * cycles
+    assert reasons == {"released": threads * cycles}, reasons
+    assert set(statuses) == {(False, 200)}, sorted(set(statuses))
