@@ -116,6 +116,25 @@ class Gunicorn:
     def log_lines(self) -> list[str]:
         return self.log_path.read_text(errors="replace").splitlines()
 
+    def describe(self, lines: int = 30) -> str:
+        """For a failure message: the master's exit code, its process tree (state and kernel
+        wait channel of each process) and the last `lines` lines of its log."""
+        tree = subprocess.run(
+            [
+                "ps",
+                "-o",
+                "pid,ppid,stat,wchan:32,etime,args",
+                "--ppid",
+                str(self.proc.pid),
+                "-p",
+                str(self.proc.pid),
+            ],
+            capture_output=True,
+            text=True,
+        ).stdout
+        tail = "\n".join(self.log_lines()[-lines:])
+        return f"master exit code {self.proc.poll()}; processes:\n{tree}log ends:\n{tail}"
+
     def __enter__(self):
         return self.start()
 
