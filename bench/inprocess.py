@@ -44,13 +44,9 @@ def load_app(target: str):
     return app
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("target", choices=sorted(ROUTES))
-    parser.add_argument("--requests", type=int, default=7000)
-    args = parser.parse_args()
+def production_settings(prefix: str) -> None:
+    """Settings of a production worker (JSON logs, limits and metrics on, no sweeper), with a
+    fresh multiprocess metrics folder named `prefix...`; the apps' log lines go to /dev/null."""
     os.environ.update(
         {
             "APP_ENV": "production",
@@ -61,10 +57,20 @@ def main() -> None:
             "ENABLE_RATE_LIMITING": "true",
             "METRICS_ENABLED": "true",
             "SWEEPER_ENABLED": "false",
-            "PROMETHEUS_MULTIPROC_DIR": tempfile.mkdtemp(prefix="tokenpool-inprocess-"),
+            "PROMETHEUS_MULTIPROC_DIR": tempfile.mkdtemp(prefix=prefix),
         }
     )
-    sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (the app's JSON log lines)
+    sys.stdout = open(os.devnull, "w")  # noqa: SIM115
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("target", choices=sorted(ROUTES))
+    parser.add_argument("--requests", type=int, default=7000)
+    args = parser.parse_args()
+    production_settings("tokenpool-inprocess-")
     from werkzeug.test import EnvironBuilder
 
     app = load_app(args.target)

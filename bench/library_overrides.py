@@ -27,13 +27,13 @@ from __future__ import annotations
 
 import argparse
 import functools
-import os
 import statistics
 import sys
-import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
+
+from inprocess import production_settings  # bench/ is this script's folder
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -157,21 +157,11 @@ def main() -> None:
     )
     parser.add_argument("--calls", type=int, default=5000, help="single calls per variant")
     args = parser.parse_args()
-    os.environ.update(
-        {
-            "APP_ENV": "production",
-            "SECRET_KEY": "bench-" + "x" * 40,
-            "LOG_FORMAT": "json",
-            "LOG_LEVEL": "INFO",
-            "RATE_LIMIT_PER_MINUTE": "100000000",
-            "ENABLE_RATE_LIMITING": "true",
-            "METRICS_ENABLED": "true",
-            "SWEEPER_ENABLED": "false",
-            "PROMETHEUS_MULTIPROC_DIR": tempfile.mkdtemp(prefix="tokenpool-overrides-"),
-        }
-    )
-    sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (the apps' JSON log lines)
+    production_settings("tokenpool-overrides-")
+    from flask import g, request
+
     from service import create_app
+    from service.route_table import route_table
 
     apps = {}
     for name, variant in VARIANTS.items():
@@ -181,6 +171,7 @@ def main() -> None:
     def request_with(app, hooks):
         before, after, teardown = hooks
         with app.test_request_context("/api", environ_base={"REMOTE_ADDR": "127.0.0.1"}):
+            g.route_class = route_table(app).of(request.blueprint)  # the observation's first hook's
             for hook in before:
                 hook()
             response = app.response_class(b"{}", mimetype="application/json")
