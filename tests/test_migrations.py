@@ -294,3 +294,30 @@ def assert_invariants_before_pools(conn):
     assert (
         held == conn.execute(text("SELECT count(*) FROM tokens WHERE current_user_id IS NOT NULL")).scalar()
     )
+
+
+def test_at_revision_0007_events_still_name_their_pool(fresh_app):
+    """0007 gives the usage triggers their pool; stepping down from 0008 must keep them."""
+    app = fresh_app
+    at = datetime(2026, 12, 1, tzinfo=UTC)
+    token, holder = uuid.uuid4(), uuid.uuid4()
+    with app.app_context():
+        upgrade()
+        downgrade(revision="0007")
+        with db.engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO pools (name, size, lifetime_seconds, policy, max_queue, max_wait_seconds,"
+                    " fencing_token, created_at) VALUES ('named', 1, 60, 'evict', 10, 60, 1, :at)"
+                ),
+                {"at": at},
+            )
+            pool_id = conn.execute(text("SELECT id FROM pools WHERE name = 'named'")).scalar_one()
+            conn.execute(insert(tokens).values(id=token, pool_id=pool_id, expires_at=at, created_at=at))
+            conn.execute(
+                insert(usages).values(
+                    token_id=token, user_id=holder, started_at=at, lease_id=uuid.uuid4(), fencing_token=1
+                )
+            )
+            events = conn.execute(text("SELECT type, pool, fencing_token FROM events")).all()
+    assert [tuple(e) for e in events] == [("leased", "named", 1)]
