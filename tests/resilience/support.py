@@ -124,6 +124,18 @@ def parse_time(value: str) -> datetime:
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
+def run_clients(client, count: int, seconds: float, *args) -> None:
+    """Run `client(*args, i)` for i in range(count), each in its own thread, until all end
+    (each stops at its own deadline, `seconds` from now); fails if one still runs two
+    minutes after that."""
+    threads = [threading.Thread(target=client, args=(*args, i), daemon=True) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(seconds + 120)
+    assert not any(t.is_alive() for t in threads), "clients still running long after the deadline"
+
+
 def worker_pids(master_pid: int) -> list[int]:
     out = subprocess.run(["ps", "--ppid", str(master_pid), "-o", "pid="], capture_output=True, text=True)
     return [int(p) for p in out.stdout.split()]

@@ -24,7 +24,6 @@ from __future__ import annotations
 import os
 import random
 import signal
-import threading
 import time
 from collections import Counter
 
@@ -33,7 +32,7 @@ from sqlalchemy.engine import make_url
 
 from tests.helpers import user as new_user
 from tests.procs import Gunicorn, ThrowawayPgBouncer, ThrowawayRedis
-from tests.resilience.support import RequestLog, check_database, error_lines
+from tests.resilience.support import RequestLog, check_database, error_lines, run_clients
 from tests.web import http_get
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.torture]
@@ -161,15 +160,7 @@ def test_torture_two_instances_64_clients_stay_correct(stack):
     log = RequestLog()
     start = time.monotonic()
     deadline = start + seconds
-    clients = [
-        threading.Thread(target=_client, args=(log, bases, start, deadline, i), daemon=True)
-        for i in range(CLIENTS)
-    ]
-    for c in clients:
-        c.start()
-    for c in clients:
-        c.join(seconds + 120)
-    assert not any(c.is_alive() for c in clients), "clients still running long after the deadline"
+    run_clients(_client, CLIENTS, seconds, log, bases, start, deadline)
 
     print()
     print(log.report(f"torture, {CLIENTS} clients, {seconds:.0f}s, 2 instances x 2 workers"))

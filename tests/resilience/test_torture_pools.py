@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 import random
-import threading
 import time
 from collections import Counter, defaultdict
 
@@ -30,7 +29,15 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
 from tests.invariants import violations
-from tests.resilience.support import RequestLog, call, error_lines, new_user, parse_time, two_instances
+from tests.resilience.support import (
+    RequestLog,
+    call,
+    error_lines,
+    new_user,
+    parse_time,
+    run_clients,
+    two_instances,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.torture]
 
@@ -91,15 +98,7 @@ def test_pools_under_load_keep_their_invariants_and_fencing(stack):
     bases = [s.url for s in servers]
     log, grants = RequestLog(), []
     deadline = time.monotonic() + SECONDS
-    clients = [
-        threading.Thread(target=_client, args=(log, grants, bases, deadline, i), daemon=True)
-        for i in range(CLIENTS)
-    ]
-    for c in clients:
-        c.start()
-    for c in clients:
-        c.join(SECONDS + 120)
-    assert not any(c.is_alive() for c in clients)
+    run_clients(_client, CLIENTS, SECONDS, log, grants, bases, deadline)
     print()
     print(log.report(f"pools torture, {CLIENTS} clients, {SECONDS:.0f}s, 2 instances x 2 workers"))
 

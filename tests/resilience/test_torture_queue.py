@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import random
-import threading
 import time
 from collections import Counter
 
@@ -28,7 +27,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
 from tests.invariants import violations
-from tests.resilience.support import RequestLog, call, error_lines, new_user, two_instances
+from tests.resilience.support import RequestLog, call, error_lines, new_user, run_clients, two_instances
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.torture]
 
@@ -109,14 +108,7 @@ def test_queue_under_load_grants_in_queue_order(stack):
     bases = [s.url for s in servers]
     log = RequestLog()
     deadline = time.monotonic() + SECONDS
-    clients = [
-        threading.Thread(target=_client, args=(log, bases, deadline, i), daemon=True) for i in range(CLIENTS)
-    ]
-    for c in clients:
-        c.start()
-    for c in clients:
-        c.join(SECONDS + 120)
-    assert not any(c.is_alive() for c in clients)
+    run_clients(_client, CLIENTS, SECONDS, log, bases, deadline)
     print()
     print(log.report(f"queue torture, {CLIENTS} clients, {SECONDS:.0f}s, 2 instances x 2 workers"))
 
