@@ -136,7 +136,7 @@ def update_pool(conn: Connection, name: str, changes: dict, *, now: datetime | N
     _lock(conn, pool.id)
     queue.lock_queue(conn, pool.id)  # before the pool row (seeding updates it): the queue's lock order
     if pool.policy == "queue" and changes.get("policy", "queue") != "queue":
-        queue.cancel_waiting(conn, pool.id, resolve_now(conn, now))
+        queue.cancel_waiting(conn, pool, resolve_now(conn, now))
     size = changes.pop("size", pool.size)
     if size > pool.size:
         seed(conn, size, pool_id=pool.id)
@@ -202,7 +202,7 @@ def delete_pool(conn: Connection, name: str, *, force: bool, now: datetime | Non
             details={"pool": name, "active": open_leases, "queued": waiting},
             reason="pool_in_use",
         )
-    queue.cancel_waiting(conn, pool.id, at)
+    queue.cancel_waiting(conn, pool, at)
     cleared = clear_pool(conn, pool.id, now=at)
     conn.execute(delete(queue.tickets).where(queue.tickets.c.pool_id == pool.id))
     conn.execute(delete(tokens).where(tokens.c.pool_id == pool.id))

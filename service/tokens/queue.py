@@ -29,6 +29,7 @@ from sqlalchemy import Connection, Engine, event, func, insert, literal, or_, se
 
 from ..db import is_postgres
 from ..errors import ApiError, Conflict, Forbidden, NotFound
+from ..events.outbox import record_event
 from ..models import Ticket
 from ..telemetry import emit
 from ..timeutil import as_utc, utcnow
@@ -177,6 +178,16 @@ def _grant(conn: Connection, spec, ticket, token, clock: datetime | None, after:
             lease_expires_at=expires_at,
         )
     )
+    # after the lease's own `leased` event (the usage row's trigger): the ticket was served by it
+    record_event(
+        conn,
+        "granted",
+        at=now,
+        pool=spec.name,
+        token_id=token.id,
+        user_id=ticket.user_id,
+        fencing_token=fencing_token,
+    )
     return Grant(
         spec.name,
         ticket.ticket_id,
@@ -251,6 +262,7 @@ def enqueue(conn: Connection, user_id: uuid.UUID, *, pool: str, now: datetime | 
                 expires_at=now + timedelta(seconds=spec.max_wait_seconds),
             )
         )
+        record_event(conn, "queued", at=now, pool=pool, user_id=user_id)
     drain(conn, spec, clock, "queued")
     return get_ticket(conn, mine, pool=pool, now=now, lease_id=True), created
 
@@ -339,17 +351,27 @@ def cancel(
             reason="ticket_not_waiting",
         )
     conn.execute(update(tickets).where(tickets.c.id == row.id).values(status="cancelled", settled_at=now))
+    record_event(conn, "cancelled", at=now, pool=pool, user_id=row.user_id)
     return ticket_view(conn, _ticket_row(conn, ticket_id, spec.id), pool, now, lease_id=False)
 
 
-def cancel_waiting(conn: Connection, pool_id: int, now: datetime) -> int:
-    """Cancel every waiting ticket of the pool (its policy is no longer `queue`, or it is deleted)."""
-    lock_queue(conn, pool_id)
-    return conn.execute(
-        update(tickets)
-        .where(tickets.c.pool_id == pool_id, WAITING)
-        .values(status="cancelled", settled_at=now)
-    ).rowcount
+def cancel_waiting(conn: Connection, pool, now: datetime) -> int:
+    """Cancel every waiting ticket of `pool` (its row: its policy is no longer `queue`, or it is
+    deleted), each with its `cancelled` event. Returns how many."""
+    lock_queue(conn, pool.id)
+    users = (
+        conn.execute(
+            update(tickets)
+            .where(tickets.c.pool_id == pool.id, WAITING)
+            .values(status="cancelled", settled_at=now)
+            .returning(tickets.c.user_id)
+        )
+        .scalars()
+        .all()
+    )
+    for user_id in users:
+        record_event(conn, "cancelled", at=now, pool=pool.name, user_id=user_id)
+    return len(users)
 
 
 def queue_lengths(conn: Connection, now: datetime | None) -> dict[str, int]:

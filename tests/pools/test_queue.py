@@ -283,3 +283,27 @@ def test_a_rollback_of_a_connection_lost_mid_transaction_keeps_the_real_error(ap
         conn.invalidate()
         conn.rollback()  # raised PendingRollbackError from the listener
         assert queue.GRANTS_NOTED not in conn.info  # reconnected: the pool cleared it
+
+
+def test_tickets_write_their_events_queued_granted_cancelled(client):
+    queue_pool(client)
+    held = take(client, "q", user()).get_json()
+    served, left, dropped = (take(client, "q", user()).get_json() for _ in range(3))
+    assert client.delete(ticket_url(dropped), json={"user_id": dropped["user_id"]}).status_code == 200
+    release(client, "q", held)  # the token goes to `served`
+    granted = client.get(ticket_url(served)).get_json()
+    assert client.patch("/api/pools/q", json={"policy": "reject"}).status_code == 200  # `left` is cancelled
+    events = client.get("/api/events?pool=q").get_json()["events"]
+    seen = [(e["type"], e["user_id"], e["token_id"], e["fencing_token"]) for e in events]
+    assert seen == [
+        ("leased", held["user_id"], held["token_id"], held["fencing_token"]),
+        ("queued", served["user_id"], None, None),
+        ("queued", left["user_id"], None, None),
+        ("queued", dropped["user_id"], None, None),
+        ("cancelled", dropped["user_id"], None, None),
+        ("released", held["user_id"], held["token_id"], held["fencing_token"]),
+        ("leased", served["user_id"], held["token_id"], granted["fencing_token"]),
+        ("granted", served["user_id"], held["token_id"], granted["fencing_token"]),
+        ("cancelled", left["user_id"], None, None),
+    ]
+    assert all(e["pool"] == "q" for e in events)
