@@ -209,3 +209,13 @@ def test_events_carry_the_pool_and_the_leases_fencing_token(app, client):
     ]
     assert {e["pool"] for e in gpu} == {"gpu"}
     assert [e["pool"] for e in page(client)["events"]][-1] == "default"
+
+
+def test_a_deleted_pool_keeps_its_events_and_an_unknown_one_reads_empty(app, client):
+    assert (
+        client.post("/api/pools", json={"name": "gone", "size": 1, "lifetime_seconds": 60}).status_code == 201
+    )
+    client.post("/api/pools/gone/tokens/activate", json={"user_id": user()})
+    assert client.delete("/api/pools/gone?force=true").status_code == 204
+    assert kinds(page(client, pool="gone")["events"]) == ["leased", "cleared"]
+    assert page(client, pool="never-made") == {"events": [], "last_event_id": 0}
