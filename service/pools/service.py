@@ -124,9 +124,9 @@ def update_pool(conn: Connection, name: str, changes: dict, *, now: datetime | N
         f in changes and changes[f] != getattr(pool, f) for f in DEFAULT_POOL_FIXED
     ):
         raise Conflict(
-            "The default pool's size, lifetime and policy come from the settings"
-            " (MAX_ACTIVE_TOKENS, TOKEN_LIFETIME_SECONDS)",
-            details={"pool": name},
+            "The default pool's size and lifetime come from the settings (MAX_ACTIVE_TOKENS,"
+            " TOKEN_LIFETIME_SECONDS) and its policy is always evict",
+            details={"pool": name, "fixed": sorted(f for f in DEFAULT_POOL_FIXED if f in changes)},
             reason="default_pool_configured",
         )
     _check_lifetimes(

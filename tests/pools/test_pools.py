@@ -186,7 +186,10 @@ def test_shrinking_below_the_leases_keeps_them_to_their_end(client, clock):
 
 def test_default_pool_keeps_its_settings_and_cannot_be_deleted(client):
     assert_error(client.delete("/api/pools/default"), 409, "CONFLICT")
-    assert_error(client.patch("/api/pools/default", json={"policy": "reject"}), 409, "CONFLICT")
+    fixed = assert_error(
+        client.patch("/api/pools/default", json={"policy": "reject", "size": 7}), 409, "CONFLICT"
+    )
+    assert fixed["details"]["fixed"] == ["policy", "size"] and "always evict" in fixed["message"]
     assert client.patch("/api/pools/default", json={"max_lifetime_seconds": None}).status_code == 200
     assert_error(client.patch("/api/pools/default", json={"name": "other"}), 400, "VALIDATION_ERROR")
 
