@@ -10,16 +10,18 @@ during which the run held more fails.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import threading
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import psycopg
 import pytest
 from flask_migrate import upgrade
 from prometheus_client import values
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.pool import NullPool
 
 from service import create_app
@@ -264,19 +266,31 @@ def _dispose_engines():
             db.engine.dispose()
 
 
-_migrated: set[str] = set()
+@functools.cache
+def head_revision() -> str:
+    """The newest revision of migrations/."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory(str(Path(__file__).resolve().parent.parent / "migrations")).get_current_head()
+
+
+def _at_head() -> bool:
+    """Whether the app's database is at `head_revision()`: asked of the database itself, as a
+    throwaway server may come back on a port (so a URL) that an earlier one had."""
+    with db.engine.connect() as conn:
+        if not inspect(conn).has_table("alembic_version"):
+            return False
+        return conn.scalar(text("SELECT version_num FROM alembic_version")) == head_revision()
 
 
 def reset_database(app, pool: int = POOL) -> None:
-    """Schema at head (once per database), no rows, only the `default` pool, of `pool` fresh tokens."""
+    """Schema at head, no rows, only the `default` pool, of `pool` fresh tokens."""
     from service.db import run_transaction
     from service.tokens import service
 
-    url = app.config["SQLALCHEMY_DATABASE_URI"]
     with app.app_context():
-        if url not in _migrated:
+        if not _at_head():
             upgrade()
-            _migrated.add(url)
         with db.engine.begin() as conn:
             conn.execute(text("DELETE FROM events"))
             conn.execute(text("DELETE FROM tickets"))

@@ -5,21 +5,14 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from alembic.config import Config
-from alembic.script import ScriptDirectory
+from tests.conftest import head_revision
 
 ROOT = Path(__file__).resolve().parent.parent
 REVISION_IN_EXAMPLE = re.compile(r'"(?:schema_revision|migration_revision|head_revision)":\s*"([^"]+)"')
 
 
-def migrations_head() -> str:
-    config = Config()
-    config.set_main_option("script_location", str(ROOT / "migrations"))
-    return ScriptDirectory.from_config(config).get_current_head()
-
-
 def test_docs_show_the_migrations_head():
-    head = migrations_head()
+    head = head_revision()
     shown = {
         f"{path.relative_to(ROOT)}:{text[: m.start()].count(chr(10)) + 1}": m.group(1)
         for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
-from alembic.script import ScriptDirectory
 from sqlalchemy import text
 
 from service import create_app
@@ -14,7 +12,7 @@ from service.config import ConfigError
 from service.extensions import db
 from service.monitoring.figures import ACTIVITY
 from service.monitoring.schemas import MinuteActivity
-from tests.conftest import make_app, reset_database
+from tests.conftest import head_revision, make_app, reset_database
 from tests.helpers import POOL, activate, assert_error, release, user
 from tests.procs import free_port
 
@@ -30,7 +28,6 @@ ROUTES = [
     ("GET", f"{MON}/cache-stats"),
     ("POST", f"{MON}/cache/clear"),
 ]
-HEAD = ScriptDirectory(str(Path(__file__).resolve().parents[2] / "migrations")).get_current_head()
 
 
 def get(client, path: str, **kwargs) -> dict:
@@ -233,7 +230,7 @@ def test_database_stats_agree_with_the_token_api(client, app):
     with app.app_context(), db.engine.connect() as conn:
         keys = conn.execute(text("SELECT count(*), count(*) - count(revoked_at) FROM api_keys")).one()
     assert stats["api_keys"] == {"total": keys[0], "active": keys[1]}
-    assert stats["migration_revision"] == HEAD
+    assert stats["migration_revision"] == head_revision()
     assert stats["dialect"] in ("sqlite", "postgresql")
     assert stats["database_size_bytes"] > 0
     pool = stats["connection_pool"]
