@@ -17,8 +17,8 @@ from ..db import is_postgres
 from ..errors import Conflict, ValidationError
 from ..models import DEFAULT_POOL, POLICIES
 from ..timeutil import as_utc
-from ..tokens import queue
-from ..tokens.reads import READ_AT, _active, _read_now, pools, tokens
+from ..tokens import queue, reads
+from ..tokens.reads import _read_now, pools, tokens
 from ..tokens.service import clear_pool, get_pool, resolve_now, seed
 
 NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
@@ -211,33 +211,10 @@ def delete_pool(conn: Connection, name: str, *, force: bool, now: datetime | Non
 
 
 def _counts(conn: Connection, pool_ids: list[int], now: datetime | None) -> dict[int, dict]:
-    """total, active, available per pool (one grouped statement)."""
-    rows = conn.execute(
-        select(
-            tokens.c.pool_id,
-            func.sum(case((tokens.c.retired_at.is_(None), 1), else_=0)),
-            func.sum(case((_active(READ_AT), 1), else_=0)),
-            func.sum(case((_active(READ_AT) & tokens.c.retired_at.is_not(None), 1), else_=0)),
-        )
-        .where(tokens.c.pool_id.in_(pool_ids))
-        .group_by(tokens.c.pool_id),
-        {"now": _read_now(conn, now)},
-    ).all()
+    """The counts of each pool (`reads.counts`) with its waiting tickets (`queued`)."""
+    counts = reads.counts(conn, pool_ids, now)
     queued = queue.queued_counts(conn, pool_ids, _read_now(conn, now))
-    counts = {}
-    for pool_id, total, active, retiring in rows:
-        total, active, retiring = int(total or 0), int(active or 0), int(retiring or 0)
-        counts[pool_id] = {
-            "total": total,
-            "active": active,
-            "available": total - (active - retiring),
-            "queued": queued.get(pool_id, 0),
-            "utilization": round(active / total, 4) if total else 0.0,
-        }
-    return counts
-
-
-EMPTY = {"total": 0, "active": 0, "available": 0, "queued": 0, "utilization": 0.0}
+    return {pool_id: figures | {"queued": queued.get(pool_id, 0)} for pool_id, figures in counts.items()}
 
 
 def _pool_object(row, counts: dict) -> dict:
@@ -251,7 +228,7 @@ def _pool_object(row, counts: dict) -> dict:
         "max_wait_seconds": row.max_wait_seconds,
         "fencing_token": row.fencing_token,
         "created_at": row.created_at,
-    } | counts.get(row.id, EMPTY)
+    } | counts[row.id]
 
 
 def view(conn: Connection, name: str, *, now: datetime | None = None) -> dict:
@@ -277,7 +254,6 @@ def summaries(conn: Connection, *, now: datetime | None = None) -> dict[str, dic
     rows = conn.execute(select(pools).order_by(pools.c.name)).all()
     counts = _counts(conn, [r.id for r in rows], now) if rows else {}
     return {
-        r.name: {"size": r.size, "policy": r.policy, "fencing_token": r.fencing_token}
-        | counts.get(r.id, EMPTY)
+        r.name: {"size": r.size, "policy": r.policy, "fencing_token": r.fencing_token} | counts[r.id]
         for r in rows
     }

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 from datetime import datetime
 
-from sqlalchemy import Connection, DateTime, bindparam, case, func, select
+from sqlalchemy import BindParameter, Connection, DateTime, bindparam, case, func, select, true
 
 from ..db import is_postgres
 from ..errors import NotFound
@@ -56,16 +56,36 @@ _NOW = bindparam("now", type_=DateTime(timezone=True))
 READ_AT = func.coalesce(_NOW, func.now())  # the caller's clock, else the database's
 _IN_POOL = tokens.c.pool_id == bindparam("pool_id")
 GET_TOKEN = select(tokens, READ_AT.label("now")).where(tokens.c.id == bindparam("token_id"), _IN_POOL)
-# `total` counts the tokens that are not retired; `active` every running lease (a
-# retired token's too, until it ends)
+# `total` counts the tokens that are not retired: the pool row's counter, kept by the
+# database's triggers (migration 0007), not a count of the table, whose other pools may
+# hold a million tokens. `active` counts every running lease (a retired token's too,
+# until it ends), through the index of held tokens by pool.
+_HELD = (
+    select(func.count().label("active"), func.count(tokens.c.retired_at).label("retiring"))
+    .where(_IN_POOL, _active(READ_AT))
+    .subquery()
+)
 SUMMARY = (
+    select(pools.c.total, _HELD.c.active, _HELD.c.retiring)
+    .select_from(pools.join(_HELD, true()))  # one row and one row
+    .where(pools.c.id == bindparam("pool_id"))
+)
+_POOL_IDS: BindParameter[list[int]] = bindparam("pool_ids", expanding=True)
+_HELD_BY_POOL = (
+    select(tokens.c.pool_id, func.count().label("active"), func.count(tokens.c.retired_at).label("retiring"))
+    .where(tokens.c.pool_id.in_(_POOL_IDS), _active(READ_AT))
+    .group_by(tokens.c.pool_id)
+    .subquery()
+)
+COUNTS = (
     select(
-        func.coalesce(func.sum(case((tokens.c.retired_at.is_(None), 1), else_=0)), 0),
-        func.coalesce(func.sum(case((_active(READ_AT), 1), else_=0)), 0),
-        func.coalesce(func.sum(case((_active(READ_AT) & tokens.c.retired_at.is_not(None), 1), else_=0)), 0),
+        pools.c.id,
+        pools.c.total,
+        func.coalesce(_HELD_BY_POOL.c.active, 0),
+        func.coalesce(_HELD_BY_POOL.c.retiring, 0),
     )
-    .select_from(tokens)
-    .where(_IN_POOL)
+    .select_from(pools.outerjoin(_HELD_BY_POOL, _HELD_BY_POOL.c.pool_id == pools.c.id))
+    .where(pools.c.id.in_(_POOL_IDS))
 )
 
 
@@ -129,10 +149,10 @@ def list_tokens(
     return [token_view(r, as_utc(r.now), lease_ids=lease_ids) for r in rows], (rows[-1].id if more else None)
 
 
-def summary(conn: Connection, *, pool_id: int = DEFAULT_POOL_ID, now: datetime | None = None) -> dict:
-    """Pool counts (one statement): `total` tokens not retired, `active` leases,
-    `available` tokens not retired and free, `utilization` = active / total."""
-    total, active, retiring = conn.execute(SUMMARY, {"pool_id": pool_id, "now": _read_now(conn, now)}).one()
+def _figures(total: int, active: int, retiring: int) -> dict:
+    """A pool's counts from its tokens not retired (`total`), its running leases (`active`)
+    and those of them on retired tokens (`retiring`): `available` = tokens not retired and
+    free, `utilization` = active / total (above 1 while retired tokens' leases run)."""
     total, active, retiring = int(total), int(active), int(retiring)
     return {
         "total": total,
@@ -140,6 +160,17 @@ def summary(conn: Connection, *, pool_id: int = DEFAULT_POOL_ID, now: datetime |
         "available": total - (active - retiring),
         "utilization": round(active / total, 4) if total else 0.0,
     }
+
+
+def summary(conn: Connection, *, pool_id: int = DEFAULT_POOL_ID, now: datetime | None = None) -> dict:
+    """One pool's counts (one statement): `{total, active, available, utilization}`."""
+    return _figures(*conn.execute(SUMMARY, {"pool_id": pool_id, "now": _read_now(conn, now)}).one())
+
+
+def counts(conn: Connection, pool_ids: list[int], now: datetime | None = None) -> dict[int, dict]:
+    """The counts of `summary` for each of these pools (one statement), by pool id."""
+    rows = conn.execute(COUNTS, {"pool_ids": pool_ids, "now": _read_now(conn, now)})
+    return {pool_id: _figures(*row) for pool_id, *row in rows}
 
 
 def list_usages(
