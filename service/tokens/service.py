@@ -15,7 +15,8 @@ from __future__ import annotations
 import hmac
 import math
 import uuid
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, DateTime, func, insert, literal, select, text, update
@@ -107,6 +108,7 @@ class SweepResult:
     ran: bool  # False when another runner swept moments ago
     expired: int
     at: datetime
+    expired_by_pool: dict[str, int] = field(default_factory=dict)  # pool name -> leases closed
 
 
 def resolve_now(conn: Connection, now: datetime | None) -> datetime:
@@ -469,28 +471,27 @@ def sweep(conn: Connection, *, now: datetime | None = None, min_gap_seconds: flo
     ).rowcount
     if not claimed:
         return SweepResult(ran=False, expired=0, at=now)
-    expired_total = 0
+    by_pool_id: Counter[int] = Counter()
     while True:
-        batch = (
-            conn.execute(
-                select(tokens.c.id)
-                .where(tokens.c.current_user_id.is_not(None), tokens.c.expires_at <= _at(now))
-                .order_by(tokens.c.expires_at)
-                .limit(SWEEP_BATCH)
-                .with_for_update(skip_locked=True)
-            )
-            .scalars()
-            .all()
-        )
-        _close_expired(conn, batch)
-        expired_total += len(batch)
+        batch = conn.execute(
+            select(tokens.c.id, tokens.c.pool_id)
+            .where(tokens.c.current_user_id.is_not(None), tokens.c.expires_at <= _at(now))
+            .order_by(tokens.c.expires_at)
+            .limit(SWEEP_BATCH)
+            .with_for_update(skip_locked=True)
+        ).all()
+        _close_expired(conn, [row.id for row in batch])
+        by_pool_id.update(row.pool_id for row in batch)
         if len(batch) < SWEEP_BATCH:
             break
     queue.hand_over_due(conn, now=clock)  # freed tokens of queue pools go to their tickets
+    expired_total = sum(by_pool_id.values())
     conn.execute(
         update(sweeper_state).where(sweeper_state.c.id == 1).values(last_expired_count=expired_total)
     )
-    return SweepResult(ran=True, expired=expired_total, at=now)
+    names = conn.execute(select(pools.c.id, pools.c.name).where(pools.c.id.in_(by_pool_id))).all()
+    by_pool = {name: by_pool_id[pool_id] for pool_id, name in names}
+    return SweepResult(ran=True, expired=expired_total, at=now, expired_by_pool=by_pool)
 
 
 def last_sweep_at(conn: Connection) -> datetime | None:

@@ -61,8 +61,8 @@ def run_sweep(app, *, min_gap_seconds: float = 0, budget_seconds: float | None =
             emit("manager_check", "failure", reason=reason, duration_ms=elapsed())
             raise
         if result.ran:
-            if result.expired:
-                emit("expiration", "success", reason="expired", count=result.expired)
+            for pool, count in result.expired_by_pool.items():
+                emit("expiration", "success", reason="expired", pool=pool, count=count)
             emit("manager_check", "success", count=result.expired, duration_ms=elapsed())
         return result
 

@@ -78,11 +78,18 @@ def test_activation_results_and_evictions_are_counted(client, clock):
 
 def test_sweeper_runs_are_counted(app, client, clock):
     activate(client, user())
+    assert (
+        client.post("/api/pools", json={"name": "gpu", "size": 2, "lifetime_seconds": 60}).status_code == 201
+    )
+    for _ in range(2):
+        assert client.post("/api/pools/gpu/tokens/activate", json={"user_id": user()}).status_code == 200
     clock.advance(1000)
-    run_sweep(app)
+    assert run_sweep(app).expired_by_pool == {"default": 1, "gpu": 2}
     text = client.get("/metrics").get_data(as_text=True)
     assert sample(text, "tokenpool_sweeper_runs_total", result="success") == 1
-    assert sample(text, "tokenpool_releases_total", reason="expired", pool="") == 1  # the sweep: every pool
+    assert sample(text, "tokenpool_releases_total", reason="expired", pool="default") == 1
+    assert sample(text, "tokenpool_releases_total", reason="expired", pool="gpu") == 2
+    assert 'tokenpool_releases_total{pool=""' not in text  # the sweep names each lease's pool
     assert sample(text, "tokenpool_sweeper_last_run_timestamp_seconds") > 1.7e9
 
 
