@@ -66,7 +66,7 @@ class TokenMetrics:
         )
         self.pruned = Counter(
             "tokenpool_retention_pruned_total",
-            "Rows deleted past their retention, by table (usages, events)",
+            "Rows deleted past their retention, by table (usages, tickets, events)",
             ["table"],
             registry=r,
         )

@@ -38,11 +38,12 @@ def sweep():
 @tokens_cli.command("prune")
 @click.option("--dry-run", is_flag=True, help="Only count what would be deleted.")
 def prune(dry_run):
-    """Delete ended usages and events past their retention (USAGE_RETENTION_DAYS, EVENT_RETENTION_HOURS)."""
+    """Delete ended usages, settled tickets and events past their retention (USAGE_RETENTION_DAYS,
+    EVENT_RETENTION_HOURS)."""
     app = current_app._get_current_object()  # type: ignore[attr-defined]  # the app, not its proxy
     if dry_run:
         cut = cutoffs(app.config, clock_now(app))
-        for table, before in (("usages", cut.usages), ("events", cut.events)):
+        for table, before in cut.tables():
             if before is None:
                 click.echo(f"{table}: kept whole (retention 0)")
             else:
@@ -50,4 +51,4 @@ def prune(dry_run):
                 click.echo(f"{table}: {count} older than {before.isoformat()} would be deleted")
         return
     done = run_prune(app)
-    click.echo(f"pruned: {done['usages']} usages, {done['events']} events")
+    click.echo(f"pruned: {done['usages']} usages, {done['tickets']} tickets, {done['events']} events")

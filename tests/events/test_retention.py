@@ -42,7 +42,11 @@ def test_old_ended_usages_and_events_go_and_open_leases_stay(app, client, clock)
     before = counts(app)
     assert before == {"usages": 5, "open": 1, "events": 9}
 
-    assert run_prune(app, now=clock()) == {"usages": 0, "events": 7}  # events: 2 h; usages: 1 day
+    assert run_prune(app, now=clock()) == {
+        "usages": 0,
+        "tickets": 0,
+        "events": 7,
+    }  # events: 2 h; usages: 1 day
     assert counts(app) == {"usages": 5, "open": 1, "events": 2}
     clock.advance(25 * HOUR)
     assert run_prune(app, now=clock())["usages"] == 4
@@ -100,7 +104,7 @@ def test_prune_dry_run_counts_and_deletes_nothing(app, client, clock):
     assert "usages: 2 older than" in result.output and "events: 3 older than" in result.output
     assert counts(app) == {"usages": 2, "open": 0, "events": 4}
     result = runner.invoke(args=["tokens", "prune"])
-    assert result.exit_code == 0 and "pruned: 2 usages, 3 events" in result.output
+    assert result.exit_code == 0 and "pruned: 2 usages, 0 tickets, 3 events" in result.output
     assert counts(app) == {"usages": 0, "open": 0, "events": 1}
 
 
@@ -130,3 +134,20 @@ def test_usage_count_counts_every_lease_of_all_time_after_a_prune(app, client, c
     token = client.get(f"/api/tokens/{lease['token_id']}").get_json()
     assert token["usage_count"] == 4
     assert len(client.get(f"/api/tokens/{lease['token_id']}/usages").get_json()["usages"]) == 1
+
+
+@pytest.mark.options(USAGE_RETENTION_DAYS=1, EVENT_RETENTION_HOURS=1)
+def test_settled_tickets_go_with_the_usages_and_waiting_ones_stay(app, client, clock):
+    pool = {"name": "q", "size": 1, "lifetime_seconds": 60, "policy": "queue", "max_wait_seconds": 86400}
+    assert client.post("/api/pools", json=pool).status_code == 201
+    take = lambda: client.post("/api/pools/q/tokens/activate", json={"user_id": user()}).get_json()  # noqa: E731
+    held, dropped, served, waiting = take(), take(), take(), take()
+    assert client.delete(f"/api/pools/q/tickets/{dropped['ticket_id']}").status_code == 200
+    proof = {"user_id": held["user_id"], "lease_id": held["lease_id"]}
+    assert client.post(f"/api/pools/q/tokens/{held['token_id']}/release", json=proof).status_code == 200
+    clock.advance(2 * 24 * HOUR)
+    assert run_prune(app)["tickets"] == 2  # the cancelled one and the granted one
+    with app.app_context(), db.engine.connect() as conn:
+        kept = conn.execute(text("SELECT status FROM tickets")).scalars().all()
+    assert kept == ["waiting"]  # not settled yet (that happens when its queue is next touched): kept
+    assert served["status"] == waiting["status"] == "waiting"
