@@ -60,7 +60,9 @@ class Token(Body):
     activated_at: datetime | None
     expires_at: datetime | None
     released_at: datetime | None
-    usage_count: int = absent("On the single-token read: leases of all time, retention or not")
+    usage_count: int = absent(
+        "On the single-token read and the release and renew answers: leases of all time, retention or not"
+    )
     fencing_token: int = absent("An active token's: its lease's fencing token (public)")
     lease_id: CanonicalUUID = absent("An active token's lease_id: only for admin keys, and in renew's answer")
 
