@@ -149,6 +149,9 @@ def json_body() -> dict:
         raise UnsupportedMediaType("Content-Type must be application/json.")
     try:
         body = orjson.loads(raw)  # strict JSON: NaN, Infinity and lone surrogates are refused
+    except orjson.JSONDecodeError as exc:  # orjson's reason and the byte where it stopped
+        details = {"reason": exc.msg, "position": exc.pos}
+        raise InvalidJson("Request body is not valid JSON.", details=details) from None
     except (ValueError, UnicodeDecodeError):
         raise InvalidJson("Request body is not valid JSON.") from None
     if not isinstance(body, dict):

@@ -148,6 +148,18 @@ def test_malformed_json_is_invalid_json(client, raw):
     assert_error(r, 400, "INVALID_JSON")
 
 
+@pytest.mark.parametrize(
+    ("raw", "reason", "position"),
+    [
+        ('{"user_id": ', "unexpected end of data", 12),
+        ('{"user_id": ' + "[" * 2000 + "]" * 2000 + "}", "depth limit exceeded", 1036),  # valid, too deep
+    ],
+)
+def test_invalid_json_says_why_and_where(client, raw, reason, position):
+    r = client.post("/api/tokens/activate", data=raw, content_type="application/json")
+    assert assert_error(r, 400, "INVALID_JSON")["details"] == {"reason": reason, "position": position}
+
+
 def test_json_answers_are_compact_with_sorted_keys(client):
     r = client.post("/api/tokens/activate", json={"user_id": str(user())})
     assert r.status_code == 200
