@@ -47,6 +47,8 @@ def token_view(row, now: datetime, *, lease_ids: bool = False) -> dict:
         view["fencing_token"] = row.fencing_token
         if lease_ids:
             view["lease_id"] = row.lease_id
+    if row.retired_at is not None:  # shrunk away: its running lease ends as planned, then no other
+        view["retired_at"] = as_utc(row.retired_at)
     return view
 
 

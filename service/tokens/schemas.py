@@ -65,6 +65,7 @@ class Token(Body):
     )
     fencing_token: int = absent("An active token's: its lease's fencing token (public)")
     lease_id: CanonicalUUID = absent("An active token's lease_id: only for admin keys, and in renew's answer")
+    retired_at: datetime = absent("A token its pool shrank away: it is never leased again")
 
 
 class RenewedToken(Token):

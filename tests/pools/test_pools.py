@@ -172,6 +172,10 @@ def test_shrinking_below_the_leases_keeps_them_to_their_end(client, clock):
     a, b = take(client, "k", user()).get_json(), take(client, "k", user()).get_json()
     pool = client.patch("/api/pools/k", json={"size": 1}).get_json()
     assert (pool["total"], pool["active"], pool["available"]) == (1, 2, 0)
+    listed = client.get("/api/pools/k/tokens").get_json()["tokens"]
+    retired = [t for t in listed if "retired_at" in t]  # the lease ending first is shrunk away
+    assert len(listed) == 2 and len(retired) == 1 and retired[0]["state"] == "active"
+    assert client.get(f"/api/pools/k/tokens/{retired[0]['token_id']}").get_json()["retired_at"]
     assert_error(take(client, "k", user()), 409, "POOL_EXHAUSTED")
     assert client.post(f"/api/pools/k/tokens/{a['token_id']}/release", json=proof(a)).status_code == 200
     assert client.post(f"/api/pools/k/tokens/{b['token_id']}/release", json=proof(b)).status_code == 200
