@@ -213,9 +213,23 @@ def server(cluster):
 
 
 def _warm(base: str) -> None:
-    for _ in range(4):
-        assert call(base, "POST", "/api/tokens/activate", {"user_id": new_user()})[0] == 200
-    assert call(base, "GET", "/health/ready")[0] == 200
+    """Four activations in a row and readiness answer 200: every worker is serving.
+
+    After a test that froze the database, a worker can still be in its stall
+    cool-down (or discard a connection that stalled) for a moment after another
+    worker has recovered (`_recovers` sees one of them), so this waits for it.
+    """
+
+    def serving() -> bool:
+        return (
+            all(
+                call(base, "POST", "/api/tokens/activate", {"user_id": new_user()})[0] == 200
+                for _ in range(4)
+            )
+            and call(base, "GET", "/health/ready")[0] == 200
+        )
+
+    wait_for(serving, 15, what="four activations in a row and readiness on every worker")
 
 
 def test_a_frozen_database_answers_503_within_the_deadline_and_liveness_holds(cluster, server):
