@@ -56,7 +56,11 @@ def _env(database_url: str, **extra: str) -> dict:
 
 def _new_pg() -> ThrowawayPostgres:
     pg = ThrowawayPostgres().init().start()
-    reset_database(make_app(pg.url, MAX_ACTIVE_TOKENS=POOL), POOL)
+    try:
+        reset_database(make_app(pg.url, MAX_ACTIVE_TOKENS=POOL), POOL)
+    except BaseException:  # the caller never gets it to destroy: a failed setup left a server running
+        pg.destroy()
+        raise
     return pg
 
 
