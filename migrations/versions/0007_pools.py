@@ -425,10 +425,10 @@ SQLITE_EVENT_TRIGGERS = (
 )
 
 
-def _events_migration():
-    """Revision 0006's module (its trigger texts), read from its file."""
-    path = Path(__file__).with_name("0006_events.py")
-    spec = importlib.util.spec_from_file_location("tokenpool_migration_0006", path)
+def _revision(filename: str):
+    """An earlier revision's module (its SQL texts), read from its file beside this one."""
+    path = Path(__file__).with_name(filename)
+    spec = importlib.util.spec_from_file_location(f"tokenpool_migration_{filename[:4]}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -439,23 +439,14 @@ def _events_name_pools(upgrading: bool) -> None:
         if upgrading:
             op.execute(PG_EVENT_FUNCTIONS)
         else:
-            previous = _events_migration()
+            previous = _revision("0006_events.py")
             op.execute(previous.PG_DROP)
             op.execute(previous.PG_TRIGGERS)
         return
     op.execute("DROP TRIGGER tokenpool_usage_started")
     op.execute("DROP TRIGGER tokenpool_usage_ended")
-    for sql in SQLITE_EVENT_TRIGGERS if upgrading else _events_migration().SQLITE_TRIGGERS:
+    for sql in SQLITE_EVENT_TRIGGERS if upgrading else _revision("0006_events.py").SQLITE_TRIGGERS:
         op.execute(sql)
-
-
-def _previous_activate_function() -> str:
-    """Revision 0005's function text (one copy of it, read from that file)."""
-    path = Path(__file__).with_name("0005_lease_ids.py")
-    spec = importlib.util.spec_from_file_location("tokenpool_migration_0005", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.ACTIVATE_FUNCTION
 
 
 def downgrade():
@@ -464,7 +455,7 @@ def downgrade():
     if _is_postgres():
         op.execute(f"DROP FUNCTION {OLD_SIGNATURE}")
         op.execute(f"DROP FUNCTION {NEW_SIGNATURE}")
-        op.execute(_previous_activate_function())
+        op.execute(_revision("0005_lease_ids.py").ACTIVATE_FUNCTION)
         op.execute(DROP_COUNT_TRIGGERS)
         op.drop_constraint(op.f(name), "tokens", type_="check")
     else:
