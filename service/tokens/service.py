@@ -106,9 +106,13 @@ class SweepResult:
     """One sweep: whether it ran, how many expired leases it closed, and its decision time (UTC)."""
 
     ran: bool  # False when another runner swept moments ago
-    expired: int
     at: datetime
     expired_by_pool: dict[str, int] = field(default_factory=dict)  # pool name -> leases closed
+
+    @property
+    def expired(self) -> int:
+        """Expired leases closed, in every pool."""
+        return sum(self.expired_by_pool.values())
 
 
 def resolve_now(conn: Connection, now: datetime | None) -> datetime:
@@ -470,7 +474,7 @@ def sweep(conn: Connection, *, now: datetime | None = None, min_gap_seconds: flo
         .values(last_run_at=now)
     ).rowcount
     if not claimed:
-        return SweepResult(ran=False, expired=0, at=now)
+        return SweepResult(ran=False, at=now)
     by_pool_id: Counter[int] = Counter()
     while True:
         batch = conn.execute(
@@ -485,13 +489,12 @@ def sweep(conn: Connection, *, now: datetime | None = None, min_gap_seconds: flo
         if len(batch) < SWEEP_BATCH:
             break
     queue.hand_over_due(conn, now=clock)  # freed tokens of queue pools go to their tickets
-    expired_total = sum(by_pool_id.values())
     conn.execute(
-        update(sweeper_state).where(sweeper_state.c.id == 1).values(last_expired_count=expired_total)
+        update(sweeper_state).where(sweeper_state.c.id == 1).values(last_expired_count=by_pool_id.total())
     )
     names = conn.execute(select(pools.c.id, pools.c.name).where(pools.c.id.in_(by_pool_id))).all()
     by_pool = {name: by_pool_id[pool_id] for pool_id, name in names}
-    return SweepResult(ran=True, expired=expired_total, at=now, expired_by_pool=by_pool)
+    return SweepResult(ran=True, at=now, expired_by_pool=by_pool)
 
 
 def last_sweep_at(conn: Connection) -> datetime | None:
