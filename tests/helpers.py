@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
+from collections.abc import Iterator
+from unittest import mock
+
+from service import deadline
 
 POOL = 5  # tokens in the test pool
 # Apps built by conftest.make_app, disposed after each test. The list lives here, not in
@@ -77,3 +82,12 @@ class Ticks:
 
     def __call__(self) -> float:
         return self.now
+
+
+@contextlib.contextmanager
+def frozen_deadline_clock() -> Iterator[None]:
+    """The database deadline's clock stands still: a budget of 1 s leaves exactly 1 s, however
+    long connecting and the round trips take (the server timeouts it sets become exact)."""
+    now = deadline._clock()
+    with mock.patch.object(deadline, "_clock", lambda: now):
+        yield

@@ -20,6 +20,7 @@ from service.deadline import (
     remaining,
 )
 from tests.conftest import make_app, reset_database
+from tests.helpers import frozen_deadline_clock
 
 
 class FakeDbapiConnection:
@@ -69,10 +70,9 @@ def test_the_server_timeouts_are_set_only_when_the_session_ones_do_not_fit():
     with deadline.budget(3.0):  # a full budget: the session's timeouts fit, nothing is sent
         deadline.fit_server_timeouts(conn, dbapi, local=False)
     assert conn.sent == []
-    with deadline.budget(1.0):  # a budget partly spent: lowered just under what is left
+    with frozen_deadline_clock(), deadline.budget(1.0):  # a budget partly spent: just under what is left
         deadline.fit_server_timeouts(conn, dbapi, local=True)
-    value, local = conn.sent[-1][:2]
-    assert 850 <= int(value) <= 900 and local is True  # 1 s less a tenth
+    assert conn.sent[-1][:2] == ("900", True)  # 1 s less a tenth
     with deadline.budget(12.0):  # slow work with a budget of its own: raised, up to the statement cap
         deadline.fit_server_timeouts(conn, dbapi, local=True)
     assert conn.sent[-1][:2] == ("5000", True)
@@ -103,11 +103,11 @@ def test_each_attempt_gets_server_timeouts_from_the_budget_left(postgres_url, si
             assert statement == lock
             return statement
 
-        timeouts(3.0)  # connects: the session starts at a full budget's 2750 ms
-        assert 2600 <= timeouts(3.0) <= 2750
-        assert 850 <= timeouts(1.0) <= 900  # most of the budget spent: just under what is left
-        # a SET LOCAL ends with its transaction; a session SET is raised again by the next full budget
-        assert 2600 <= timeouts(3.0) <= 2750
+        with frozen_deadline_clock():
+            assert timeouts(3.0) == 2750  # connects: the session starts at a full budget's 2750 ms
+            assert timeouts(1.0) == 900  # most of the budget spent: just under what is left
+            # a SET LOCAL ends with its transaction; a session SET is raised again by the next full budget
+            assert timeouts(3.0) == 2750
 
 
 def test_budgets_nest_and_the_sooner_end_wins():
