@@ -63,6 +63,7 @@ class Gunicorn:
     def __init__(self, env: dict, workers: int = 2, port: int | None = None, log_path: Path | None = None):
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.workers = workers
         self.env = {
             "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}",
             "APP_ENV": "production",

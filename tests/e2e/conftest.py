@@ -18,7 +18,7 @@ SHARED_POOL = 10
 SHARED_RATE_LIMIT = 50  # per client address and minute, for the shared stack
 
 
-def _require_nginx() -> None:
+def require_nginx() -> None:
     if NGINX is None:
         pytest.skip("nginx is not installed (apt-get install -y nginx)")
 
@@ -26,7 +26,7 @@ def _require_nginx() -> None:
 @pytest.fixture
 def stack(pg_database, tmp_path):
     """Factory: `stack(pool=10, env={...}, nginx={...})` -> a started Stack on a new database."""
-    _require_nginx()
+    require_nginx()
     started: list[Stack] = []
 
     def build(pool: int = 10, env: dict | None = None, nginx: dict | None = None) -> Stack:
@@ -43,7 +43,7 @@ def stack(pg_database, tmp_path):
 @pytest.fixture(scope="module")
 def shared_stack(postgres_url, tmp_path_factory):
     """One stack for a module (pg_database is per test, so migrated_database does its work here)."""
-    _require_nginx()
+    require_nginx()
     with migrated_database(SHARED_POOL) as url:
         env = {"RATE_LIMIT_PER_MINUTE": str(SHARED_RATE_LIMIT)}
         with Stack(tmp_path_factory.mktemp("shared-stack"), url, SHARED_POOL, env=env) as s:

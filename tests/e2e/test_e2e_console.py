@@ -3,8 +3,11 @@
 Chromium and its driver are Debian's `chromium` and `chromium-driver` packages
 (.ci/run installs them); Selenium is given the driver's path, so it never looks
 for a browser on the network. The browser starts with a new empty profile and
-no background networking. One gunicorn (two workers) on PostgreSQL and Redis,
-in production settings with an admin key, rate limits on and keys required.
+no background networking. It reaches one gunicorn (two workers) on PostgreSQL
+and Redis through nginx, as in production: Chromium opens connections ahead of
+its requests (preconnects), and two of them sent straight to two sync workers
+hold both until they are used or dropped (tests/e2e/test_e2e_nginx_stack.py).
+Production settings with an admin key, rate limits on and keys required.
 
 Set CONSOLE_SCREENSHOTS_DIR (e.g. docs/images) to keep the two screenshots
 there; they always go to the test's tmp_path.
@@ -21,8 +24,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.conftest import require_nginx
 from tests.e2e.stack import gunicorn_env
-from tests.procs import Gunicorn, ThrowawayRedis, wait_for
+from tests.procs import Gunicorn, Nginx, ThrowawayRedis, wait_for
 from tests.web import request
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -49,6 +53,7 @@ def _require_chromium() -> None:
 
 @pytest.fixture
 def server(pg_database, tmp_path):
+    require_nginx()
     redis = ThrowawayRedis().start()
     env = gunicorn_env(
         pg_database(pool=POOL),
@@ -56,15 +61,18 @@ def server(pg_database, tmp_path):
         POOL,
         ADMIN_API_KEY=ADMIN_KEY,
         API_AUTH_REQUIRED="true",
-        PROXY_FIX_X_FOR="0",  # the browser talks to gunicorn directly
-        PROXY_FIX_X_PROTO="0",
         PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "prom"),
     )
     (tmp_path / "prom").mkdir()
-    gunicorn = Gunicorn(env, workers=2, log_path=tmp_path / "gunicorn.log").start()
-    yield gunicorn
-    gunicorn.stop()
-    redis.stop()
+    gunicorn = Gunicorn(env, workers=2, log_path=tmp_path / "gunicorn.log")
+    nginx = Nginx(tmp_path / "nginx", [f"127.0.0.1:{gunicorn.port}"])
+    try:
+        gunicorn.start()
+        yield nginx.start()
+    finally:
+        nginx.stop()
+        gunicorn.stop()
+        redis.stop()
 
 
 @pytest.fixture

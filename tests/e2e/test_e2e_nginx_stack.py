@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import json
 import re
+import socket
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
@@ -278,3 +279,29 @@ def test_nginx_gzips_the_apps_json_above_1_kib_and_the_app_never_does(shared_sta
     for g in s.gunicorns:
         direct = request(g.port, "GET", big, headers=gzip_ok, source=client)
         assert direct.status == 200 and "content-encoding" not in direct.headers
+
+
+def test_idle_client_connections_hold_no_worker_behind_nginx(shared_stack):
+    """A sync worker reads its connection's request to the end before it takes the next one, so a
+    client that connects and sends nothing (a browser's preconnect, a slow client) holds the worker
+    until it sends or gunicorn's `timeout` kills it. nginx takes those connections itself and
+    passes only whole requests: this is why gunicorn's sync workers serve behind it."""
+    s, client = shared_stack, "127.0.0.16"
+    workers = sum(g.workers for g in s.gunicorns)
+    idle = [socket.create_connection(("127.0.0.1", s.nginx.port)) for _ in range(2 * workers)]
+    try:
+        answer = request(s.nginx.port, "GET", "/api/tokens/summary", source=client, timeout=3)
+        assert answer.status == 200
+    finally:
+        for conn in idle:
+            conn.close()
+    # the same number of idle connections straight to one instance: it answers nothing meanwhile
+    direct = s.gunicorns[0]
+    idle = [socket.create_connection(("127.0.0.1", direct.port)) for _ in range(direct.workers)]
+    try:
+        with pytest.raises(TimeoutError):
+            request(direct.port, "GET", "/healthz", source=client, timeout=1)
+    finally:
+        for conn in idle:
+            conn.close()
+    assert request(direct.port, "GET", "/healthz", source=client, timeout=3).status == 200
