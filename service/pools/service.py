@@ -11,12 +11,12 @@ from __future__ import annotations
 import re
 from datetime import datetime
 
-from sqlalchemy import Connection, case, delete, func, insert, select, text, update
+from sqlalchemy import Connection, delete, func, insert, select, text, update
 
 from ..db import is_postgres
 from ..errors import Conflict, ValidationError
 from ..models import DEFAULT_POOL, POLICIES
-from ..timeutil import as_utc
+from ..timeutil import as_utc, utcnow
 from ..tokens import queue, reads
 from ..tokens.reads import _read_now, pools, tokens
 from ..tokens.service import clear_pool, get_pool, resolve_now, seed
@@ -150,32 +150,44 @@ def update_pool(conn: Connection, name: str, changes: dict, *, now: datetime | N
 
 
 def _retire(conn: Connection, pool_id: int, size: int, now: datetime | None) -> None:
-    """Retire the pool's tokens beyond `size`: free ones first, then the leases ending first."""
-    kept = conn.execute(
-        select(func.count())
-        .select_from(tokens)
-        .where(tokens.c.pool_id == pool_id, tokens.c.retired_at.is_(None))
-    ).scalar_one()
-    if kept <= size:
-        return
-    victims = (
+    """Retire the pool's tokens beyond `size`: free ones first, then the leases ending first.
+
+    Each batch is one UPDATE of rows chosen and locked by a subquery whose choice is a
+    condition of the WHERE, not only of the ORDER BY: PostgreSQL re-checks the WHERE on a
+    row changed by a transaction that committed while it waited for the row's lock, and
+    passes over it, but never re-sorts (README.md, "Design decisions", "Leasing": the
+    activation function's rule). "Free" is judged at that moment (`clock_timestamp()`), and
+    `retired_at` is taken then too, so no lease started after its token's retirement.
+    """
+    excess = (
         conn.execute(
-            select(tokens.c.id)
+            select(func.count())
+            .select_from(tokens)
             .where(tokens.c.pool_id == pool_id, tokens.c.retired_at.is_(None))
-            .order_by(tokens.c.expires_at, tokens.c.id)
-            .limit(kept - size)
-            .with_for_update()
-        )
-        .scalars()
-        .all()
+        ).scalar_one()
+        - size
     )
-    at = resolve_now(conn, now)
-    # a lease granted while we waited for its row started before `at`; never retire before it
-    retire_at = case((tokens.c.activated_at > at, tokens.c.activated_at), else_=at)
-    for start in range(0, len(victims), 5000):
-        conn.execute(
-            update(tokens).where(tokens.c.id.in_(victims[start : start + 5000])).values(retired_at=retire_at)
-        )
+    at = as_utc(now) if now is not None else func.clock_timestamp() if is_postgres(conn) else utcnow()
+    free, held = tokens.c.expires_at <= at, tokens.c.expires_at > at  # tokens.expires_at's invariant
+    while excess > 0:
+        retired = _retire_first(conn, pool_id, free, excess, at)
+        retired = retired or _retire_first(conn, pool_id, held, excess, at)
+        if not retired:  # no token left unretired (a token is either free or held)
+            return
+        excess -= retired
+
+
+def _retire_first(conn: Connection, pool_id: int, condition, excess: int, at) -> int:
+    """Retire up to `excess` (at most 5,000) of the pool's tokens that meet `condition`, those
+    whose `expires_at` comes first; how many were retired."""
+    chosen = (
+        select(tokens.c.id)
+        .where(tokens.c.pool_id == pool_id, tokens.c.retired_at.is_(None), condition)
+        .order_by(tokens.c.expires_at, tokens.c.id)
+        .limit(min(excess, 5000))
+        .with_for_update()
+    )
+    return conn.execute(update(tokens).where(tokens.c.id.in_(chosen)).values(retired_at=at)).rowcount
 
 
 def delete_pool(conn: Connection, name: str, *, force: bool, now: datetime | None = None) -> int:

@@ -8,7 +8,7 @@ import uuid
 from datetime import datetime
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from service.extensions import db
 from service.models import TokenUsage
@@ -148,3 +148,67 @@ def test_postgres_never_evicts_while_a_token_is_free(postgres_url):
     assert len(statuses) == threads * cycles
     assert reasons == {"released": threads * cycles}, reasons
     assert set(statuses) == {(False, 200)}, sorted(set(statuses))
+
+
+def test_postgres_shrinking_never_retires_a_lease_while_a_token_is_free(postgres_url):
+    """Shrinking retires free tokens before any lease, however activations race with it.
+
+    12 clients lease and release on a pool that an admin shrinks from 40 to 20 and grows
+    back, again and again: at most 12 leases run at once, so every shrink finds enough free
+    tokens and no lease may be open on a token when it is retired. A token leased after the
+    shrink's snapshot and before its row lock would be retired by its old place in the order.
+    """
+    threads, cycles, pool = 12, 60, 40
+    app = make_app(postgres_url, POOL_SIZE=12, POOL_MAX_OVERFLOW=4, ADMIN_API_KEY="shrink-admin-key")
+    reset_database(app, 5)
+    admin = {"X-API-Key": "shrink-admin-key"}
+    body = {"name": "shrinking", "size": pool, "lifetime_seconds": 600, "policy": "reject"}
+    assert app.test_client().post("/api/pools", json=body, headers=admin).status_code == 201
+    statuses, lock, done = [], threading.Lock(), threading.Event()
+    start = threading.Barrier(threads + 1)
+
+    def client_loop():
+        client = app.test_client()
+        start.wait()
+        for _ in range(cycles):
+            user = str(uuid.uuid4())
+            activated = client.post("/api/pools/shrinking/tokens/activate", json={"user_id": user})
+            answers = [activated.status_code]
+            if activated.status_code == 200:  # a refusal (409 POOL_EXHAUSTED) fails the test below
+                lease = activated.get_json()
+                proof = {"user_id": user, "lease_id": lease["lease_id"]}
+                path = f"/api/pools/shrinking/tokens/{lease['token_id']}/release"
+                answers.append(client.post(path, json=proof).status_code)
+            with lock:
+                statuses.extend(answers)
+
+    def resize_loop():
+        client = app.test_client()
+        start.wait()
+        while not done.is_set():
+            for size in (pool // 2, pool):
+                answer = client.patch("/api/pools/shrinking", json={"size": size}, headers=admin)
+                with lock:
+                    statuses.append(answer.status_code)
+
+    workers = [threading.Thread(target=client_loop) for _ in range(threads)]
+    resizer = threading.Thread(target=resize_loop)
+    for w in [*workers, resizer]:
+        w.start()
+    for w in workers:
+        w.join(120)
+    done.set()
+    resizer.join(60)
+    open_at_retirement = text(
+        "SELECT count(*) FROM token_usages u JOIN tokens t ON t.id = u.token_id"
+        " WHERE t.retired_at IS NOT NULL AND u.started_at <= t.retired_at"
+        " AND (u.ended_at IS NULL OR u.ended_at > t.retired_at)"
+    )
+    with app.app_context(), db.engine.connect() as conn:
+        retired = conn.scalar(text("SELECT count(*) FROM tokens WHERE retired_at IS NOT NULL"))
+        retired_while_leased = conn.scalar(open_at_retirement)
+        assert_invariants(conn, 5)
+        db.engine.dispose()
+    assert set(statuses) == {200}, sorted(set(statuses))
+    assert retired >= pool // 2  # the resizer ran while the clients did
+    assert retired_while_leased == 0
