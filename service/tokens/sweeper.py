@@ -13,8 +13,10 @@ expired leases over (`queue.run_due`, safe with any number of runners: the
 queue lock and SKIP LOCKED) and sleeps until the next end of a lease or of a
 ticket's wait in a pool where tickets wait, so a hand-over follows an expiry
 within milliseconds rather than at the next sweep. A process that queues a
-ticket wakes its own thread (`wake_scheduler`); the others learn of the queue
-at their next sweep at the latest.
+ticket wakes its own thread (`wake_scheduler`); the others look for waiting
+tickets every `IDLE_SCHEDULER_SECONDS` while they know of none, so a ticket
+whose process died (or stopped its thread) is still served within a second of
+its lease's end.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ from . import queue, service
 
 log = logging.getLogger("tokenpool.sweeper")
 HAND_OVER_MARGIN_SECONDS = 0.005
+# with no ticket waiting, how often the scheduler looks again (one short transaction)
+IDLE_SCHEDULER_SECONDS = 1.0
 
 # at most this many batches of each table per sweep: 200 x 2000 rows every CHECK_INTERVAL_SECONDS
 PRUNE_BATCHES_PER_SWEEP = 200
@@ -140,8 +144,8 @@ class Sweeper:
             except Exception:
                 log.exception("queue hand-over failed; retrying next interval")
                 due = None
-            if due is not None:  # a moment past the end, so the lease has ended when we look
-                delay = min(delay, due + HAND_OVER_MARGIN_SECONDS)
+            # a moment past the end, so the lease has ended when we look
+            delay = min(delay, IDLE_SCHEDULER_SECONDS if due is None else due + HAND_OVER_MARGIN_SECONDS)
             self._wake.wait(max(0.0, delay))
             self._wake.clear()
 

@@ -10,11 +10,14 @@ from sqlalchemy import text
 
 from service.db import run_transaction
 from service.extensions import db
+from service.state import app_state
 from service.tokens import queue
 from service.tokens.sweeper import run_hand_over
+from tests.conftest import make_app
 from tests.helpers import assert_error, proof, user
 from tests.observability.test_metrics import sample
 from tests.pools.test_pools import make_pool, take
+from tests.tokens.test_sweeper import wait_for_a_sweep
 
 OUTCOMES = ("queued", "granted", "cancelled", "expired")
 AFTER = ("release", "expiry")
@@ -244,6 +247,27 @@ def test_the_sweeper_thread_hands_an_expiry_over_within_a_second(client, app):
     ended, started = (datetime.fromisoformat(usages[i][k]) for i, k in ((1, "ended_at"), (0, "started_at")))
     assert usages[1]["end_reason"] == "expired"
     assert timedelta(0) <= started - ended <= timedelta(seconds=1)
+
+
+@pytest.mark.options(TOKEN_CLOCK=None)
+def test_a_ticket_whose_process_has_no_scheduler_is_served_by_another(client, app, database_url):
+    """Real time: this app queues with no scheduler of its own (a process that died after queuing);
+    another process's scheduler, idle because it knew of no ticket, finds it within a second."""
+    other = make_app(database_url, SWEEPER_ENABLED=True, CHECK_INTERVAL_SECONDS=30)
+    sweeper = app_state(other).sweeper
+    sweeper.start()
+    try:
+        wait_for_a_sweep(other)
+        time.sleep(0.2)  # past its first hand-over: it now waits for its next sweep, 15-30 s away
+        queue_pool(client, lifetime=1)
+        take(client, "q", user())
+        t = take(client, "q", user()).get_json()
+        deadline = time.monotonic() + 3.5  # the lease's 1 s, a second to notice, and slack
+        while client.get(ticket_url(t)).get_json()["status"] == "waiting":
+            assert time.monotonic() < deadline, "not handed over by the other process's scheduler"
+            time.sleep(0.05)
+    finally:
+        sweeper.stop()
 
 
 def test_queue_metrics_by_pool(client, clock, app):
