@@ -191,17 +191,19 @@ def post_worker_init(worker):
 def worker_exit(server, worker):
     """Stop the sweeper, send buffered monitoring figures, close database connections."""
     app = getattr(worker, "wsgi", None)
-    sweeper = getattr(app, "extensions", {}).get("tokenpool.sweeper")
-    if sweeper is not None:
-        sweeper.stop()
-    figures = getattr(app, "extensions", {}).get("tokenpool.monitoring")
-    if hasattr(figures, "flush"):
-        figures.flush()
-    if app is not None:
-        from service.extensions import db
+    if app is None:  # the worker never loaded the app
+        return
+    from service.extensions import db
+    from service.state import app_state
 
-        with app.app_context():
-            db.engine.dispose()
+    state = app_state(app)
+    if state.sweeper is not None:
+        state.sweeper.stop()
+    figures = getattr(state, "monitoring", None)  # set unless monitoring failed to start
+    if hasattr(figures, "flush"):  # a BufferedStore (REDIS_URL): what it has not sent yet
+        figures.flush()
+    with app.app_context():
+        db.engine.dispose()
 
 
 # Imported here, not in child_exit: gunicorn calls that hook from its SIGCHLD

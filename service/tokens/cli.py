@@ -9,6 +9,7 @@ from flask.cli import AppGroup
 from ..clock import now as clock_now
 from ..db import run_transaction
 from ..retention import cutoffs, prunable, run_prune
+from ..timeutil import isoformat
 from . import service
 from .sweeper import run_sweep
 
@@ -48,7 +49,7 @@ def prune(dry_run):
                 click.echo(f"{table}: kept whole (retention 0)")
             else:
                 count = run_transaction(prunable, table, before)
-                click.echo(f"{table}: {count} older than {before.isoformat()} would be deleted")
+                click.echo(f"{table}: {count} older than {isoformat(before)} would be deleted")
         return
     done = run_prune(app)
     click.echo(f"pruned: {done['usages']} usages, {done['tickets']} tickets, {done['events']} events")

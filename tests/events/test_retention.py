@@ -3,6 +3,8 @@ event stay. The clock is the injected one: nothing sleeps."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from sqlalchemy import text
 
@@ -102,6 +104,7 @@ def test_prune_dry_run_counts_and_deletes_nothing(app, client, clock):
     result = runner.invoke(args=["tokens", "prune", "--dry-run"])
     assert result.exit_code == 0, result.output
     assert "usages: 2 older than" in result.output and "events: 3 older than" in result.output
+    assert re.search(r"older than \d{4}-\d\d-\d\dT[\d:.]+Z would be deleted", result.output), result.output
     assert counts(app) == {"usages": 2, "open": 0, "events": 4}
     result = runner.invoke(args=["tokens", "prune"])
     assert result.exit_code == 0 and "pruned: 2 usages, 0 tickets, 3 events" in result.output
