@@ -12,9 +12,10 @@ every target alike:
   svc-100-pgb  svc-100 through PgBouncer in transaction mode (DB_PGBOUNCER=true), started here
 
 Two cases add load beside a target: `svc_activate_100_streams` runs svc-100's
-activation while 100 event-stream clients (bench/stream.lua: Last-Event-ID,
-the stream's retry interval) come and go, and `svc_get_token_history` reads one
-token of svc-1m that has 3,000,000 usages (written with SQL before the start).
+activation while 100 event-stream clients (bench/stream_clients.py: as
+EventSource, Last-Event-ID after the stream's retry interval) come and go, and
+`svc_get_token_history` reads one token of svc-1m that has 3,000,000 usages
+(written with SQL before the start).
 
 Peak rates come from wrk (closed loop, Lua scripts posting random user ids);
 latency at a given rate comes from bench/loadgen.py (open loop, fixed rate).
@@ -77,7 +78,7 @@ CASES = [
     ("svc_index", "svc-100", "/api", "get.lua"),
     ("svc_summary", "svc-100", "/api/tokens/summary", "get.lua"),
     ("svc_list_1m", "svc-1m", "/api/tokens?limit=100", "get.lua"),
-    # the same activation while 100 event-stream clients come and go (bench/stream.lua)
+    # the same activation while 100 event-stream clients come and go (bench/stream_clients.py)
     ("svc_activate_100_streams", "svc-100", "/api/tokens/activate", "activate.lua"),
     # one token with HISTORY_ROWS usages (its path is set once the history exists)
     ("svc_get_token_history", "svc-1m", "/api/tokens/{history_token}", "get.lua"),
@@ -493,14 +494,10 @@ def add_history(dbname: str, rows: int) -> str:
 
 
 def start_streams(base: str, seconds: float) -> subprocess.Popen:
-    """STREAM_CLIENTS event-stream clients in the background for `seconds`: with sync workers
-    reconnecting ones (bench/stream.lua), with threads held ones (bench/stream_clients.py)."""
-    url = base + "/api/events/stream"
-    if THREADS > 1:
-        argv = [sys.executable, str(BENCH / "stream_clients.py"), url, str(STREAM_CLIENTS), str(seconds)]
-    else:
-        argv = ["wrk", "-t1", f"-c{STREAM_CLIENTS}", f"-d{max(1, round(seconds))}s", "--timeout", "10s"]
-        argv += ["-s", str(BENCH / "stream.lua"), url]
+    """STREAM_CLIENTS event-stream clients in the background for `seconds` (bench/stream_clients.py):
+    with sync workers reconnecting ones, with threads held ones."""
+    argv = [sys.executable, str(BENCH / "stream_clients.py")] + (["--reconnect"] if THREADS == 1 else [])
+    argv += [base + "/api/events/stream", str(STREAM_CLIENTS), str(seconds)]
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -513,14 +510,7 @@ def finish_streams(proc: subprocess.Popen) -> dict:
     if proc.returncode != 0 or raw is None:
         raise RuntimeError(f"stream clients failed ({proc.returncode}): {err or out}")
     data = json.loads(raw)
-    if "failed" in data:  # bench/stream_clients.py
-        return {"requests": data["requests"], "failed": data["failed"], "messages": data["messages"]}
-    non2xx = NON2XX_RE.search(out)
-    errors = data["errors"]
-    failed = (int(non2xx.group(1)) if non2xx else 0) + sum(
-        errors[k] for k in ("connect", "read", "write", "timeout")
-    )
-    return {"requests": data["requests"], "failed": failed}
+    return {"requests": data["requests"], "failed": data["failed"], "messages": data["messages"]}
 
 
 def measure(

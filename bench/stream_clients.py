@@ -1,35 +1,45 @@
-"""Held event streams for `bench/run.py` (gthread workers, EVENT_STREAM_SECONDS > 0).
+"""Event-stream clients for `bench/run.py`, as browsers' EventSource behaves.
 
-    python bench/stream_clients.py http://127.0.0.1:PORT/api/events/stream 100 12
+    python bench/stream_clients.py [--reconnect] http://127.0.0.1:PORT/api/events/stream 100 12
 
-Opens N connections, asks each for the stream, reads what comes for the given
-seconds (counting bytes and `id:` lines, parsing nothing else) and prints one
-BENCH_JSON line: {"requests", "failed", "bytes", "messages"}. A connection the
-server closes early or answers with another status counts as failed.
+Held (gthread workers, EVENT_STREAM_SECONDS > 0): opens N connections, asks each
+for the stream and reads what comes for the given seconds (counting bytes and
+`id:` lines); a connection the server closes early or answers with another
+status counts as failed.
+
+`--reconnect` (sync workers, EVENT_STREAM_SECONDS=0: each answer carries the
+events there are and ends): each of N clients asks, reads the answer to its
+end, waits the answer's `retry:` interval and only then connects again with
+the `Last-Event-ID` it reached, as EventSource does. (wrk cannot: with a
+`delay()` it connects first and waits before sending, which holds a sync
+worker for the whole interval, a client no browser is.) A non-200 answer or a
+connection error counts as failed.
+
+Prints one BENCH_JSON line: {"requests", "failed", "bytes", "messages"}.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import selectors
 import socket
 import sys
+import threading
 import time
 from urllib.parse import urlsplit
 
+RETRY = re.compile(rb"^retry: (\d+)", re.M)
+EVENT_ID = re.compile(rb"^id: (\d+)", re.M)
 
-def main() -> int:
-    url, clients, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-    parts = urlsplit(url)
-    request = (
-        f"GET {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\nAccept: text/event-stream\r\n\r\n".encode()
-    )
+
+def held(host: str, port: int, request: bytes, clients: int, seconds: float) -> dict:
     selector = selectors.DefaultSelector()
     failed = 0
     heads: dict[socket.socket, bytes] = {}
     for _ in range(clients):
         try:
-            sock = socket.create_connection((parts.hostname, parts.port), timeout=5)
+            sock = socket.create_connection((host, port), timeout=5)
             sock.sendall(request)
             sock.setblocking(False)
             selector.register(sock, selectors.EVENT_READ)
@@ -51,23 +61,72 @@ def main() -> int:
                 sock.close()
                 del heads[sock]
                 continue
-            if heads[sock] is not None and len(heads[sock]) < 12:
+            if len(heads[sock]) < 12:
                 heads[sock] += data
-                if len(heads[sock]) >= 12:
-                    if not heads[sock].startswith(b"HTTP/1.1 200"):
-                        failed += 1
-                        selector.unregister(sock)
-                        sock.close()
-                        del heads[sock]
-                        continue
+                if len(heads[sock]) >= 12 and not heads[sock].startswith(b"HTTP/1.1 200"):
+                    failed += 1
+                    selector.unregister(sock)
+                    sock.close()
+                    del heads[sock]
+                    continue
             received += len(data)
             messages += data.count(b"\nid: ") + data.startswith(b"id: ")
     for sock in heads:
         sock.close()
-    print(
-        "BENCH_JSON "
-        + json.dumps({"requests": clients, "failed": failed, "bytes": received, "messages": messages})
-    )
+    return {"requests": clients, "failed": failed, "bytes": received, "messages": messages}
+
+
+def reconnecting(host: str, port: int, request: bytes, clients: int, seconds: float) -> dict:
+    totals = {"requests": 0, "failed": 0, "bytes": 0, "messages": 0}
+    lock = threading.Lock()
+    ends = time.monotonic() + seconds
+
+    def client() -> None:
+        last, retry = None, 1.0
+        while time.monotonic() < ends:
+            resume = b"" if last is None else b"Last-Event-ID: " + last + b"\r\n"
+            sent = request[:-2] + resume + b"\r\n"  # the header goes before the blank line
+            answer, ok = b"", False
+            try:
+                with socket.create_connection((host, port), timeout=10) as sock:
+                    sock.sendall(sent)
+                    while chunk := sock.recv(65536):
+                        answer += chunk
+                ok = answer.startswith(b"HTTP/1.1 200")
+            except OSError:
+                pass
+            ids = EVENT_ID.findall(answer)
+            if ids:
+                last = ids[-1]
+            if match := RETRY.search(answer):
+                retry = int(match.group(1)) / 1000
+            with lock:
+                totals["requests"] += 1
+                totals["failed"] += not ok
+                totals["bytes"] += len(answer)
+                totals["messages"] += len(ids)
+            time.sleep(max(0.0, min(retry, ends - time.monotonic())))
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(seconds + 30)
+    return totals
+
+
+def main() -> int:
+    args = sys.argv[1:]
+    reconnect = args[0] == "--reconnect"
+    url, clients, seconds = args[reconnect], int(args[reconnect + 1]), float(args[reconnect + 2])
+    parts = urlsplit(url)
+    request = (
+        f"GET {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\nAccept: text/event-stream\r\n"
+        + ("Connection: close\r\n" if reconnect else "")
+        + "\r\n"
+    ).encode()
+    run = reconnecting if reconnect else held
+    print("BENCH_JSON " + json.dumps(run(parts.hostname, parts.port, request, clients, seconds)))
     return 0
 
 
