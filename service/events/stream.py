@@ -5,11 +5,13 @@ there and ends, and the client comes back after the `retry:` interval with
 `Last-Event-ID`, the way sync gunicorn workers can serve it without a worker
 held per stream; with gthread workers a stream holds one thread and stays
 open). Each process keeps a `Feed`: the recent events, each already written
-as an SSE message, read from the outbox at most every EVENT_STREAM_POLL_SECONDS
-however many streams read them (a thread polls while streams are held open;
-short responses refresh it on their way). A stream behind the feed's buffer
-reads the database itself. Every instance reads the same outbox, so a client
-of any instance sees the events of every instance.
+as an SSE message, read from the outbox however many streams read them. While
+streams are held open a thread reads it whenever PostgreSQL notifies a commit
+of new events (LISTEN tokenpool_events on a connection of its own: migration
+0011) and every EVENT_STREAM_POLL_SECONDS in any case; short responses refresh
+it on their way, at most every EVENT_STREAM_POLL_SECONDS. A stream behind the
+feed's buffer reads the database itself. Every instance reads the same outbox,
+so a client of any instance sees the events of every instance.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ import threading
 import time
 from collections.abc import Iterator
 
+import psycopg
 from flask import current_app
+from sqlalchemy.engine import make_url
 
 from ..db import run_transaction
 from ..health.checks import draining
@@ -35,6 +39,9 @@ log = logging.getLogger("tokenpool.events")
 BUFFER = 10_000  # events the feed keeps for its streams
 PAGE = 1000  # events read per query
 IDLE_SECONDS = 60  # a feed nobody read for this long starts again from the newest event
+CHANNEL = "tokenpool_events"  # notified at the commit of new events (migration 0011)
+RELISTEN_SECONDS = 5.0  # after the listening connection failed, how long before connecting again
+NOTIFIED_READ_GAP = 0.05  # reads on notices at most this often: a burst of commits, one read
 
 
 def event_json(event: dict) -> dict:
@@ -102,24 +109,67 @@ class Feed:
         app_state(self.app).metrics.event_streams.inc(change)
 
     def _loop(self) -> None:
-        while True:
-            with self.changed:
-                if self.streams <= 0:
-                    self._thread = None
-                    return
-            try:
-                with self.app.app_context():
-                    self.fresh()
-            except Exception:
-                log.exception("event feed: reading the outbox failed; retrying")
-            time.sleep(self.interval)
+        listener: psycopg.Connection | None = None
+        listen_at = 0.0  # when to try to listen (again)
+        try:
+            while True:
+                with self.changed:
+                    if self.streams <= 0:
+                        self._thread = None
+                        return
+                try:
+                    with self.app.app_context():
+                        self.fresh(now=True)
+                except Exception:
+                    log.exception("event feed: reading the outbox failed; retrying")
+                if listener is None and time.monotonic() >= listen_at:
+                    listener, listen_at = self._listen(), time.monotonic() + RELISTEN_SECONDS
+                if listener is None:
+                    time.sleep(self.interval)
+                elif self._notified(listener):  # a burst of commits is read together
+                    time.sleep(max(0.0, self.polled_at + NOTIFIED_READ_GAP - time.monotonic()))
+                else:
+                    listener = None
+        finally:
+            if listener is not None:
+                listener.close()
 
-    def fresh(self) -> None:
-        """Read new events unless the last read is younger than the poll interval (app context).
+    def _listen(self) -> psycopg.Connection | None:
+        """A connection of its own that LISTENs for new events; None on SQLite, through a
+        transaction-pooling PgBouncer without DATABASE_DIRECT_URL (a LISTEN needs a session of
+        its own), or when connecting fails (the feed then polls, and tries again later)."""
+        config = self.app.config
+        url = config.get("DATABASE_DIRECT_URL") or (
+            None if config["DB_PGBOUNCER"] else config["SQLALCHEMY_DATABASE_URI"]
+        )
+        if not url or not url.startswith("postgresql"):
+            return None
+        conninfo = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+        try:
+            conn = psycopg.connect(conninfo, autocommit=True, connect_timeout=config["DB_CONNECT_TIMEOUT"])
+            conn.execute(f"LISTEN {CHANNEL}")
+            return conn
+        except psycopg.Error as exc:
+            log.warning("event feed: cannot listen for new events (%s); polling", type(exc).__name__)
+            return None
 
-        One reader at a time; the others use the buffer as it is.
-        """
-        if time.monotonic() - self.polled_at < self.interval or not self._polling.acquire(blocking=False):
+    def _notified(self, listener: psycopg.Connection) -> bool:
+        """Wait up to the poll interval for a notice of new events (the notices that came
+        meanwhile count as one); False when the connection failed (it is closed)."""
+        try:
+            for _ in listener.notifies(timeout=self.interval, stop_after=1):
+                pass
+            return True
+        except psycopg.Error as exc:
+            log.warning("event feed: listening for new events failed (%s); polling", type(exc).__name__)
+            listener.close()
+            return False
+
+    def fresh(self, *, now: bool = False) -> None:
+        """Read new events unless the last read is younger than the poll interval (`now`: read
+        anyway; app context). One reader at a time; the others use the buffer as it is."""
+        recent = time.monotonic() - self.polled_at < self.interval
+        if (recent and not now) or not self._polling.acquire(blocking=False):
             return
         try:
             if time.monotonic() - self.polled_at > IDLE_SECONDS:  # unread for long: from the newest

@@ -1,5 +1,6 @@
 """Streams across instances: an activation on instance A reaches a stream of instance B within a
-second; a client that drops its stream and comes back with Last-Event-ID loses and repeats nothing."""
+second (woken by PostgreSQL's NOTIFY: B polls only every 5 s); a client that drops its stream and
+comes back with Last-Event-ID loses and repeats nothing."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ import time
 import uuid
 
 import pytest
+from sqlalchemy import text
 
-from tests.procs import Gunicorn
+from tests.conftest import database
+from tests.procs import Gunicorn, wait_for
 from tests.web import request
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -48,6 +51,13 @@ class Stream:
         self.conn.close()
 
 
+def listening(url: str) -> bool:
+    """Whether a session of the database at `url` LISTENs for new events (its last statement)."""
+    with database(url) as conn:
+        sql = "SELECT count(*) FROM pg_stat_activity WHERE query = 'LISTEN tokenpool_events'"
+        return conn.execute(text(sql)).scalar() > 0
+
+
 def activate(port: int) -> dict:
     answer = request(port, "POST", "/api/tokens/activate", body={"user_id": str(uuid.uuid4())})
     assert answer.status == 200, answer.body
@@ -62,9 +72,11 @@ def test_a_stream_on_one_instance_sees_the_other_instances_leases_and_resumes_ex
         "GUNICORN_WORKER_CLASS": "gthread",
         "GUNICORN_THREADS": "8",
         "EVENT_STREAM_SECONDS": "60",
+        "EVENT_STREAM_POLL_SECONDS": "5",  # only the fallback: a commit's NOTIFY wakes the feed
     }
     with Gunicorn(env, workers=1) as a, Gunicorn(streaming, workers=1) as b:
         stream = Stream(b.port)
+        wait_for(lambda: listening(url), 5, what="the stream's feed listening for new events")
         latencies = []
         for _ in range(5):
             started = time.monotonic()
