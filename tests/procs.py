@@ -57,6 +57,12 @@ def wait_for(predicate, timeout: float = 20, interval: float = 0.05, what: str =
     raise TimeoutError(f"{what} not reached within {timeout}s")
 
 
+def worker_pids(master_pid: int) -> list[int]:
+    """The pids of the processes `master_pid` has forked and not yet reaped (a gunicorn's workers)."""
+    out = subprocess.run(["ps", "--ppid", str(master_pid), "-o", "pid="], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
 class Gunicorn:
     """`gunicorn -c gunicorn.conf.py wsgi:app` on a free port, with its own environment."""
 
@@ -93,8 +99,12 @@ class Gunicorn:
         def up() -> bool:
             return http_get(self.url + wait, timeout=1)[0] == 200
 
+        def all_forked() -> bool:  # gunicorn forks its workers one by one, with a random pause
+            return len(worker_pids(self.proc.pid)) >= self.workers
+
         try:  # a loaded 2-core machine has taken over 30 s to start two instances at once
             wait_for(up, 60, what=f"gunicorn on {self.port}")
+            wait_for(all_forked, 30, what=f"gunicorn's {self.workers} workers on {self.port}")
         except TimeoutError as timeout:
             tail = self.log_path.read_bytes()[-2000:].decode(errors="replace")
             raise TimeoutError(f"{timeout}; exit code {self.proc.poll()}; its log ends:\n{tail}") from None
@@ -117,9 +127,10 @@ class Gunicorn:
     def log_lines(self) -> list[str]:
         return self.log_path.read_text(errors="replace").splitlines()
 
-    def describe(self, lines: int = 30) -> str:
+    def describe(self, lines: int = 10) -> str:
         """For a failure message: the master's exit code, its process tree (state and kernel
-        wait channel of each process) and the last `lines` lines of its log."""
+        wait channel of each process), gunicorn's own log lines (boots, exits, signals) and the
+        last `lines` lines of the app's, each cut to 300 characters."""
         tree = subprocess.run(
             [
                 "ps",
@@ -133,8 +144,10 @@ class Gunicorn:
             capture_output=True,
             text=True,
         ).stdout
-        tail = "\n".join(self.log_lines()[-lines:])
-        return f"master exit code {self.proc.poll()}; processes:\n{tree}log ends:\n{tail}"
+        logged = self.log_lines()
+        own = "\n".join([line for line in logged if line.startswith("[")][-40:])
+        tail = "\n".join(line[:300] for line in logged[-lines:])
+        return f"master exit code {self.proc.poll()}; processes:\n{tree}gunicorn:\n{own}\nlog ends:\n{tail}"
 
     def __enter__(self):
         return self.start()

@@ -8,8 +8,7 @@ import time
 
 import pytest
 
-from tests.procs import Gunicorn, wait_for
-from tests.resilience.support import worker_pids
+from tests.procs import Gunicorn, wait_for, worker_pids
 from tests.web import http_get
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]

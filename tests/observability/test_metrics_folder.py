@@ -15,8 +15,7 @@ import time
 import pytest
 
 from service import metrics_storage
-from tests.procs import Gunicorn, gunicorn_refuses, wait_for
-from tests.resilience.support import worker_pids
+from tests.procs import Gunicorn, gunicorn_refuses, wait_for, worker_pids
 from tests.web import http_get
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import http.client
 import signal
-import subprocess
 import threading
 import time
 from collections import Counter
@@ -134,11 +133,6 @@ def run_clients(client, count: int, seconds: float, *args) -> None:
     for t in threads:
         t.join(seconds + 120)
     assert not any(t.is_alive() for t in threads), "clients still running long after the deadline"
-
-
-def worker_pids(master_pid: int) -> list[int]:
-    out = subprocess.run(["ps", "--ppid", str(master_pid), "-o", "pid="], capture_output=True, text=True)
-    return [int(p) for p in out.stdout.split()]
 
 
 @dataclass

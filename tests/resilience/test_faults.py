@@ -26,8 +26,8 @@ import redis as redis_client
 
 from tests.conftest import make_app, reset_database
 from tests.helpers import user as new_user
-from tests.procs import Gunicorn, ThrowawayPostgres, ThrowawayRedis, wait_for
-from tests.resilience.support import OK_STATUSES, RequestLog, Stream, check_database, error_lines, worker_pids
+from tests.procs import Gunicorn, ThrowawayPostgres, ThrowawayRedis, wait_for, worker_pids
+from tests.resilience.support import OK_STATUSES, RequestLog, Stream, check_database, error_lines
 from tests.web import call, http_get
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
