@@ -439,7 +439,13 @@ def run_due(
     conn: Connection, *, now: datetime | None = None
 ) -> tuple[list[Grant], dict[str, int], float | None]:
     """`hand_over_due`, then how many seconds until the scheduler must run again (None:
-    no ticket waits). Returns (grants, tickets expired by pool, seconds)."""
+    no ticket waits). Returns (grants, tickets expired by pool, seconds).
+
+    With no ticket waiting it reads the tickets' index alone: an idle scheduler looks every
+    second and must not queue behind a lock on `tokens` or `pools` (a migration, a shrink).
+    """
+    if conn.scalar(select(tickets.c.id).where(WAITING).limit(1)) is None:
+        return [], {}, None
     grants, expired = hand_over_due(conn, now=now)
     now = resolve_now(conn, now)
     due = next_due(conn)

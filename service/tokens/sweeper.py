@@ -139,8 +139,8 @@ class Sweeper:
                 # jitter spreads the workers' attempts over the interval
                 next_sweep = time.monotonic() + self.interval * random.uniform(0.5, 1.0)
             delay = next_sweep - time.monotonic()
-            try:
-                due = run_hand_over(self.app, budget_seconds=budget)
+            try:  # short work: the request deadline, not the sweep's
+                due = run_hand_over(self.app, budget_seconds=self.app.config["DB_DEADLINE_SECONDS"])
             except Exception:
                 log.exception("queue hand-over failed; retrying next interval")
                 due = None

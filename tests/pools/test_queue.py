@@ -116,6 +116,19 @@ def test_an_expired_lease_goes_to_the_head_not_to_a_newcomer(client, clock):
     assert granted["status"] == "granted" and granted["token_id"] == held["token_id"]
 
 
+def test_an_idle_scheduler_waits_for_no_lock_on_tokens(client, app, is_postgres):
+    """With no ticket waiting the scheduler (which looks every second) reads the tickets alone,
+    so a lock on `tokens` (a migration, a shrink) never queues it."""
+    if not is_postgres:
+        pytest.skip("SQLite has no table locks to wait for")
+    with app.app_context(), db.engine.connect() as holder:
+        holder.execute(text("LOCK TABLE tokens, pools IN ACCESS EXCLUSIVE MODE"))
+        started = time.monotonic()
+        assert run_hand_over(app, budget_seconds=2.0) is None
+        assert time.monotonic() - started < 1.0
+        holder.rollback()
+
+
 def test_the_scheduler_hands_an_expired_lease_to_the_head(client, clock, app):
     queue_pool(client, lifetime=10)
     held = take(client, "q", user()).get_json()
