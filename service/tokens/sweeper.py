@@ -139,10 +139,10 @@ class Sweeper:
                 # jitter spreads the workers' attempts over the interval
                 next_sweep = time.monotonic() + self.interval * random.uniform(0.5, 1.0)
             delay = next_sweep - time.monotonic()
-            try:  # short work: the request deadline, not the sweep's
-                due = run_hand_over(self.app, budget_seconds=self.app.config["DB_DEADLINE_SECONDS"])
+            try:  # a pool with many expired leases and tickets may take a while: the sweep's budget
+                due = run_hand_over(self.app, budget_seconds=budget)
             except Exception:
-                log.exception("queue hand-over failed; retrying next interval")
+                log.exception("queue hand-over failed; retrying within a second")
                 due = None
             # a moment past the end, so the lease has ended when we look
             delay = min(delay, IDLE_SCHEDULER_SECONDS if due is None else due + HAND_OVER_MARGIN_SECONDS)
