@@ -82,11 +82,13 @@ def aggregate(buckets: list[Counter]) -> dict:
 
 # the console's chart: each series sums these bucket fields (op|<event>|<status>|<reason>)
 ACTIVITY = {
-    # a new lease: on a free token, on an expired one, or by evicting the holder ("existing" is not new)
+    # a new lease: on a free token, on an expired one, by evicting the holder ("existing" is not
+    # new), or granted to a queue's ticket
     "leases": (
         "op|activation|success|available",
         "op|activation|success|expired",
         "op|activation|success|evicted",
+        "op|ticket|success|granted",
     ),
     "evictions": ("op|activation|success|evicted",),
     # a lease closed as expired: by the sweeper, or by the activation that took its token over

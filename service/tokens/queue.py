@@ -77,6 +77,7 @@ class Grant:
     activated_at: datetime
     freed_at: datetime  # when the token became free: the end of the lease before (expiry, release)
     after: str  # what handed it over: expiry (the token manager), release (a release, clear, growth), queued
+    closed_expired: bool = False  # it closed the token's expired lease (nobody had yet): an expiry
 
 
 def lock_queue(conn: Connection, pool_id: int) -> None:
@@ -150,7 +151,8 @@ def drain(conn: Connection, spec, clock: datetime | None, after: str) -> list[Gr
 def _grant(conn: Connection, spec, ticket, token, clock: datetime | None, after: str) -> Grant:
     """Lease the locked `token` to the ticket's user; the lease starts now."""
     freed_at = as_utc(token.released_at) if token.released_at is not None else None
-    if token.current_user_id is not None:  # an expired lease nobody closed yet
+    closed_expired = token.current_user_id is not None
+    if closed_expired:  # an expired lease nobody closed yet
         freed_at = as_utc(token.expires_at)
         _end_lease(conn, token.id, freed_at, "expired")
     # the pool's counter first, the clock after it (in the same statement): fencing tokens
@@ -198,6 +200,7 @@ def _grant(conn: Connection, spec, ticket, token, clock: datetime | None, after:
         now,
         freed_at or now,  # never leased: free since it was made
         after,
+        closed_expired,
     )
 
 
@@ -461,6 +464,8 @@ def _report_grants(conn) -> None:
     if not grants or not has_app_context():
         return
     for g in grants:
+        if g.closed_expired:  # the lease before it ended here, not in a sweep: its expiry counts once
+            emit("expiration", "success", reason="expired", pool=g.pool, token_id=str(g.token_id))
         emit(
             "ticket",
             "success",

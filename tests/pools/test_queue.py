@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from datetime import datetime, timedelta
 
@@ -296,8 +297,9 @@ def test_queue_metrics_by_pool(client, clock, app):
     clock.advance(4)
     release(client, "q", held)  # to the first ticket, 4 s after it queued, at once
     clock.advance(10.25)  # the first's lease ends; the token manager hands it over 0.25 s later
-    with app.app_context():
-        run_hand_over(app)
+    manager = threading.Thread(target=run_hand_over, args=(app,))  # as its thread: no request context
+    manager.start()
+    manager.join(10)
     assert client.get(ticket_url(second)).get_json()["status"] == "granted"
     text = client.get("/metrics").get_data(as_text=True)
     counts = {o: sample(text, "tokenpool_tickets_total", outcome=o, pool="q") for o in OUTCOMES}
@@ -308,6 +310,11 @@ def test_queue_metrics_by_pool(client, clock, app):
     delays = {a: sample(text, delay, after=a, pool="q") for a in AFTER}
     assert delays == {"release": 0.0, "expiry": 0.25}
     assert sample(text, "tokenpool_queue_length", pool="q") == 0
+    # the first ticket's lease expired and was closed by the hand-over: an expiry like a sweep's
+    assert sample(text, "tokenpool_releases_total", reason="expired", pool="q") == 1
+    minutes = client.get("/api/monitoring/activity").get_json()["minutes"]
+    totals = {series: sum(m[series] for m in minutes) for series in ("leases", "expiries", "rejections")}
+    assert totals == {"leases": 3, "expiries": 1, "rejections": 0}  # an activation and two grants
 
 
 def test_a_rollback_of_a_connection_lost_mid_transaction_keeps_the_real_error(app):
