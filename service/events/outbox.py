@@ -100,7 +100,21 @@ def publish_and_read(conn: Connection, *, after: int, limit: int, pool: str | No
     return read_events(conn, after=after, limit=limit, pool=pool)
 
 
+def page(conn: Connection, *, after: int, limit: int, pool: str | None = None) -> tuple[list[dict], int]:
+    """`publish_and_read`, and where the next page starts: the last event's id, else `after`,
+    but never past the newest event (an id the service has not given yet would skip the
+    events up to it). Returns (events, next `after`)."""
+    found = publish_and_read(conn, after=after, limit=limit, pool=pool)
+    if found:
+        return found, found[-1]["event_id"]
+    return found, min(after, _newest(conn))
+
+
+def _newest(conn: Connection) -> int:
+    return conn.scalar(select(func.coalesce(func.max(events.c.event_id), 0))) or 0
+
+
 def latest(conn: Connection) -> int:
     """`publish`, then the highest published event id (0 when none): where "from now on" starts."""
     publish(conn)
-    return conn.scalar(select(func.coalesce(func.max(events.c.event_id), 0))) or 0
+    return _newest(conn)

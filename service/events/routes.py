@@ -43,8 +43,7 @@ def page():
     pool = pool_arg()
     after = int_arg("after", 0, 0, BIGINT_MAX)
     limit = limit_arg()
-    events = run_transaction(outbox.publish_and_read, after=after, limit=limit, pool=pool)
-    last = events[-1]["event_id"] if events else after
+    events, last = run_transaction(outbox.page, after=after, limit=limit, pool=pool)
     return jsonify({"events": [event_json(e) for e in events], "last_event_id": last})
 
 

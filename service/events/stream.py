@@ -241,6 +241,8 @@ def first_round(app, *, after: int, pool: str | None) -> tuple[str, int]:
     where the client's Last-Event-ID stands after them."""
     feed = app_state(app).event_feed
     feed.fresh()
+    if after > feed.last:  # past what this process has read: past the newest event too?
+        after = min(after, run_transaction(outbox.latest))  # such an id would skip events
     events, seen = _round(feed, after, pool, 0)
     head = f"retry: {app.config['EVENT_STREAM_RETRY_MS']}\n"
     return head + (_message(events, seen, None) or "\n"), seen

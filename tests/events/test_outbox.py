@@ -145,6 +145,19 @@ def test_a_new_stream_starts_from_now_and_says_where(app, client):
     assert [data["event_id"] for _, data in again] == [last + 1]
 
 
+@pytest.mark.options(EVENT_STREAM_POLL_SECONDS=0)  # each request reads the outbox
+def test_an_event_id_past_the_newest_resumes_from_the_newest(app, client):
+    """An id the service has not given yet would make a client skip the events up to it."""
+    activate(client, user())
+    newest = page(client)["last_event_id"]
+    assert page(client, after=newest + 1000) == {"events": [], "last_event_id": newest}
+    response = client.get("/api/events/stream", headers={"Last-Event-ID": str(newest + 1000)})
+    assert response.get_data(as_text=True) == f"retry: 1000\nid: {newest}\n\n"
+    activate(client, user())  # the client comes back with the id it was moved to: nothing skipped
+    again = stream_events(client.get("/api/events/stream", headers={"Last-Event-ID": str(newest)}))
+    assert [data["event_id"] for _, data in again] == [newest + 1]
+
+
 def test_a_bad_last_event_id_is_400(client):
     body = assert_error(
         client.get("/api/events/stream", headers={"Last-Event-ID": "abc"}), 400, "VALIDATION_ERROR"
