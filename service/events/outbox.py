@@ -107,14 +107,15 @@ def page(conn: Connection, *, after: int, limit: int, pool: str | None = None) -
     found = publish_and_read(conn, after=after, limit=limit, pool=pool)
     if found:
         return found, found[-1]["event_id"]
-    return found, min(after, _newest(conn))
+    return found, min(after, newest(conn))
 
 
-def _newest(conn: Connection) -> int:
+def newest(conn: Connection) -> int:
+    """The highest event id given so far (0 when none); numbers none (read-only)."""
     return conn.scalar(select(func.coalesce(func.max(events.c.event_id), 0))) or 0
 
 
 def latest(conn: Connection) -> int:
     """`publish`, then the highest published event id (0 when none): where "from now on" starts."""
     publish(conn)
-    return _newest(conn)
+    return newest(conn)

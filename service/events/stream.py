@@ -26,9 +26,9 @@ from collections.abc import Iterator
 
 import psycopg
 from flask import current_app
-from sqlalchemy.engine import make_url
 
-from ..db import run_transaction
+from ..config import ConfigError
+from ..db import direct_engine, run_transaction
 from ..health.checks import draining
 from ..state import app_state
 from ..timeutil import isoformat
@@ -119,7 +119,7 @@ class Feed:
                         return
                 try:
                     with self.app.app_context():
-                        self.fresh(now=True)
+                        self.fresh(force=True)
                 except Exception:
                     log.exception("event feed: reading the outbox failed; retrying")
                 if listener is None and time.monotonic() >= listen_at:
@@ -135,18 +135,21 @@ class Feed:
                 listener.close()
 
     def _listen(self) -> psycopg.Connection | None:
-        """A connection of its own that LISTENs for new events; None on SQLite, through a
-        transaction-pooling PgBouncer without DATABASE_DIRECT_URL (a LISTEN needs a session of
-        its own), or when connecting fails (the feed then polls, and tries again later)."""
-        config = self.app.config
-        url = config.get("DATABASE_DIRECT_URL") or (
-            None if config["DB_PGBOUNCER"] else config["SQLALCHEMY_DATABASE_URI"]
-        )
-        if not url or not url.startswith("postgresql"):
-            return None
-        conninfo = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+        """A connection of its own that LISTENs for new events, to the database `direct_engine`
+        names (a LISTEN needs a session of its own); None on SQLite, through a transaction-pooling
+        PgBouncer without DATABASE_DIRECT_URL, or when connecting fails (the feed then polls, and
+        tries again later). The connection is outside the engine's pool: it is held for good."""
         try:
-            conn = psycopg.connect(conninfo, autocommit=True, connect_timeout=config["DB_CONNECT_TIMEOUT"])
+            with self.app.app_context():
+                url = direct_engine().url
+        except ConfigError:  # PgBouncer and no DATABASE_DIRECT_URL
+            return None
+        if url.get_backend_name() != "postgresql":
+            return None
+        conninfo = url.set(drivername="postgresql").render_as_string(hide_password=False)
+        try:
+            timeout = self.app.config["DB_CONNECT_TIMEOUT"]
+            conn = psycopg.connect(conninfo, autocommit=True, connect_timeout=timeout)
             conn.execute(f"LISTEN {CHANNEL}")
             return conn
         except psycopg.Error as exc:
@@ -165,11 +168,11 @@ class Feed:
             listener.close()
             return False
 
-    def fresh(self, *, now: bool = False) -> None:
-        """Read new events unless the last read is younger than the poll interval (`now`: read
+    def fresh(self, *, force: bool = False) -> None:
+        """Read new events unless the last read is younger than the poll interval (`force`: read
         anyway; app context). One reader at a time; the others use the buffer as it is."""
         recent = time.monotonic() - self.polled_at < self.interval
-        if (recent and not now) or not self._polling.acquire(blocking=False):
+        if (recent and not force) or not self._polling.acquire(blocking=False):
             return
         try:
             if time.monotonic() - self.polled_at > IDLE_SECONDS:  # unread for long: from the newest
@@ -242,7 +245,7 @@ def first_round(app, *, after: int, pool: str | None) -> tuple[str, int]:
     feed = app_state(app).event_feed
     feed.fresh()
     if after > feed.last:  # past what this process has read: past the newest event too?
-        after = min(after, run_transaction(outbox.latest))  # such an id would skip events
+        after = min(after, run_transaction(outbox.newest))  # such an id would skip events
     events, seen = _round(feed, after, pool, 0)
     head = f"retry: {app.config['EVENT_STREAM_RETRY_MS']}\n"
     return head + (_message(events, seen, None) or "\n"), seen
