@@ -16,7 +16,6 @@ from .events import bp as events_bp
 from .events import init_events
 from .health import bp as health_bp
 from .logging_setup import configure_logging
-from .metrics import bp as metrics_bp
 from .metrics import init_metrics
 from .monitoring import bp as monitoring_bp
 from .monitoring import init_monitoring
@@ -51,8 +50,6 @@ def create_app(config: dict | None = None) -> App:
         app.register_blueprint(bp)
     # the same token routes on any pool (the views take the pool's name; the same route class)
     app.register_blueprint(tokens_bp, name="pool_tokens", url_prefix="/api/pools/<pool_name:pool>/tokens")
-    if app.config["METRICS_ENABLED"]:
-        app.register_blueprint(metrics_bp)
     init_route_table(app)  # each blueprint's class: read by everything below
     init_observation(app)
     init_request_context(app)

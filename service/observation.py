@@ -82,7 +82,7 @@ def init_observation(app) -> Observer:
         request_began(start)
         req = request._get_current_object()  # type: ignore[attr-defined]
         ctx.route = url_rule(req)  # routing is done before the first before-request hook
-        ctx.route_class = route_class = table.of(req.blueprint)
+        ctx.route_class = route_class = table.of(req.blueprint, req.endpoint)
         if observer.started:
             _notify(observer.started, route_class)
 

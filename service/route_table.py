@@ -11,7 +11,9 @@ gives the table and the reasons.
 
 A request's class is looked up once, when it begins (service/observation.py).
 A request without a blueprint (no route: 404 and 405; a route added to the app
-itself) is `api` traffic: it is counted, traced and limited per client IP.
+itself) is `api` traffic: it is counted, traced and limited per client IP,
+unless its endpoint is declared (`RouteTable.declare_endpoint`: the exporter's
+/metrics, which a library adds to the app itself).
 """
 
 from __future__ import annotations
@@ -87,16 +89,24 @@ class RouteTable:
         self.by_blueprint: dict[str | None, RouteClass] = {
             name: _declared[bp] for name, bp in app.blueprints.items()
         }
+        self.by_endpoint: dict[str | None, RouteClass] = {}  # routes on the app itself
         self.app = app
 
-    def of(self, blueprint: str | None) -> RouteClass:
-        """The class of a request to `blueprint` (`request.blueprint`); `api` without one."""
+    def declare_endpoint(self, endpoint: str, route_class: RouteClass) -> None:
+        """Give a route registered on the app itself (no blueprint) this class."""
+        self.by_endpoint[endpoint] = route_class
+
+    def of(self, blueprint: str | None, endpoint: str | None = None) -> RouteClass:
+        """The class of a request to `blueprint` and `endpoint` (`request.blueprint`,
+        `request.endpoint`); without a blueprint, the endpoint's declared class, else `api`."""
+        if blueprint is None:
+            return self.by_endpoint.get(endpoint, API)
         return self.by_blueprint.get(blueprint, API)
 
     def of_endpoint(self, endpoint: str) -> RouteClass:
-        """The class of a route by its endpoint name (`tokens.activate`); `api` without a blueprint."""
+        """The class of a route by its endpoint name (`tokens.activate`)."""
         blueprint, dot, _ = endpoint.rpartition(".")
-        return self.of(blueprint if dot else None)
+        return self.of(blueprint if dot else None, endpoint)
 
     def rules(self, wanted):
         """The app's URL rules whose class satisfies `wanted(route_class)`."""

@@ -16,15 +16,13 @@ from typing import TYPE_CHECKING
 from flask import Flask, current_app
 
 if TYPE_CHECKING:
-    from prometheus_client import CollectorRegistry
-    from prometheus_flask_exporter import PrometheusMetrics
-
     from .authentication import FailureBudget, KeyCache
     from .deadline import Deadline
     from .events.stream import Feed
     from .health.state import HealthState
     from .invalidation import Generation
     from .metrics import TokenMetrics
+    from .metrics.endpoint import ScrapeExporter
     from .monitoring.store import BufferedStore, MemoryStore, RedisStore
     from .observation import Observer
     from .ratelimit import PolicyLimiter
@@ -60,9 +58,7 @@ class AppState:
         self.query_observers: list[Callable[[str, float], None]] = []  # db.observe_queries
         self.auth_failure_budget: FailureBudget | None = None  # authentication.init_authentication
         self.sweeper: Sweeper | None = None  # with SWEEPER_ENABLED (tokens.sweeper.init_sweeper)
-        self.exporter: PrometheusMetrics | None = None  # with METRICS_ENABLED (metrics.init_metrics)
-        # (process registry, scrape-time registry) with METRICS_ENABLED (metrics.init_metrics)
-        self.metrics_registries: tuple[CollectorRegistry, CollectorRegistry] | None = None
+        self.exporter: ScrapeExporter | None = None  # /metrics, with METRICS_ENABLED (metrics.init_metrics)
 
 
 def app_state(app: Flask | None = None) -> AppState:

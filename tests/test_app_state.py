@@ -17,7 +17,7 @@ def test_every_attribute_of_the_state_is_set_by_the_factory(sqlite_url):
     assert isinstance(state, AppState) and app.extensions[EXTENSION] is state
     for name in AppState.__annotations__:
         assert getattr(state, name) is not None, name
-    for name in ("auth_failure_budget", "sweeper", "exporter", "metrics_registries"):
+    for name in ("auth_failure_budget", "sweeper", "exporter"):
         assert getattr(state, name) is not None, name
     assert not [key for key in app.extensions if key.startswith(f"{EXTENSION}.")]
 

@@ -45,7 +45,7 @@ def test_the_document_has_exactly_the_served_paths_and_methods(doc_app):
         "tokens",
         "health",
         "monitoring",
-        "metrics",
+        "prometheus_metrics",  # the exporter's /metrics, on the app itself
         "openapi",
     }
 

@@ -10,7 +10,7 @@ reports the same truth.
     http.py         request metrics (the exporter's names), fed by each request's observation
     database.py     statement latency and errors, pool connections by state (SQLAlchemy events)
     pool.py         the token pool gauges, read at scrape time
-    endpoint.py     the /metrics blueprint
+    endpoint.py     the exporter, serving /metrics
 """
 
 from __future__ import annotations
@@ -22,16 +22,16 @@ from ..log_shipping import report_drops_to
 from ..state import app_state
 from .database import track_database
 from .definitions import TokenMetrics
-from .endpoint import bp, ensure_multiprocess_dir
-from .http import export_http_metrics, track_requests
+from .endpoint import ensure_multiprocess_dir, serve_metrics
+from .http import track_requests
 from .pool import PoolCollector
 
-__all__ = ["bp", "init_metrics"]
+__all__ = ["init_metrics"]
 
 
 def init_metrics(app) -> TokenMetrics:
     """Create the app's metrics and subscribe them to telemetry; with METRICS_ENABLED, to every
-    request's observation and the database's events (the factory registers `bp` for /metrics).
+    request's observation and the database's events, and serve /metrics (prometheus-flask-exporter).
 
     With `PROMETHEUS_MULTIPROC_DIR` set, raises ConfigError when that folder cannot
     be created or written, and makes the samples' files full-disk safe (metrics_storage).
@@ -47,10 +47,7 @@ def init_metrics(app) -> TokenMetrics:
         report_drops_to(metrics.log_lines_dropped)
     if not app.config["METRICS_ENABLED"]:
         return metrics
-    state.exporter = export_http_metrics(app, registry)
+    state.exporter = serve_metrics(app, registry, PoolCollector(app))
     track_requests(app, metrics, registry)
     track_database(app, metrics)
-    scrape = CollectorRegistry(auto_describe=False)
-    scrape.register(PoolCollector(app))
-    state.metrics_registries = (registry, scrape)
     return metrics

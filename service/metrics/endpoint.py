@@ -1,26 +1,51 @@
-"""The /metrics blueprint: bearer token, the multiprocess folder read under its lock, the pool gauges."""
+"""/metrics, served by prometheus-flask-exporter: its endpoint, with the gauges read at scrape time.
+
+The exporter registers the view (`register_endpoint`, its documented way for a
+gunicorn deployment that serves metrics on the application's own port) and
+chooses the exposition format from the scraper's `Accept` header (OpenMetrics
+for Prometheus, text for `curl` and `promtool`). What we add goes through its
+public extension points:
+
+- `metrics_decorator`: the `METRICS_TOKEN` bearer check and the route's OpenAPI contract;
+- `generate_metrics`, overridden by `ScrapeExporter`: the exporter reads either
+  its registry (one process) or the multiprocess folder (gunicorn) and nothing
+  else, so the gauges read from the database at scrape time (`PoolCollector`)
+  are added beside them, and the folder is read under its shared lock (the
+  master never folds a dead worker's files into the archive halfway through a
+  scrape: service/metrics_storage.py). tests/protection/test_library_tripwires.py
+  fails if the exporter's view stops calling it.
+
+Under the Flask reloader (`flask run --debug`) the exporter serves no /metrics
+unless `DEBUG_METRICS=1` (its own rule).
+"""
 
 from __future__ import annotations
 
+import functools
 import hmac
 import os
+import re
+from collections.abc import Iterator
 
-from flask import Blueprint, Response, current_app, request
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from flask import Flask, current_app, request
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+from prometheus_flask_exporter import PrometheusMetrics
 
 from .. import metrics_storage
 from ..errors import Unauthorized
 from ..openapi import Answer, operation
-from ..route_table import PROBE, declare
-from ..state import app_state
+from ..route_table import PROBE, route_table
 
-bp = declare(Blueprint("metrics", __name__), PROBE)
+PATH = "/metrics"
 
 
 def multiprocess() -> bool:
     """Whether metrics are kept in multiprocess files (PROMETHEUS_MULTIPROC_DIR set: under gunicorn)."""
-    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+    return bool(os.environ.get(metrics_storage.ENV))
 
 
 def ensure_multiprocess_dir() -> bool:
@@ -38,29 +63,108 @@ def ensure_multiprocess_dir() -> bool:
     return True
 
 
-@bp.get("/metrics")
-@operation(
-    "Prometheus metrics (bearer METRICS_TOKEN when configured)",
-    tags=("operations",),
-    answers={200: Answer("Prometheus text format", {"type": "string"}, "text/plain")},
-    errors=(401,),
-)
-def metrics_endpoint():
-    token = current_app.config.get("METRICS_TOKEN")
-    if token:
-        sent = request.headers.get("Authorization", "")
-        if not hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
-            raise Unauthorized("A valid metrics bearer token is required.", reason="metrics_token")
-    registries = app_state().metrics_registries
-    assert registries is not None  # this blueprint is registered with them
-    registry, scrape = registries
-    if multiprocess():
-        registry = CollectorRegistry()
-        MultiProcessCollector(registry)
+class Named(Collector):
+    """The samples of `source` whose names are in `names`, in their families.
+
+    What prometheus_client's `restricted_registry` does, without needing the
+    names at registration (the multiprocess folder's collector declares none,
+    so a restricted registry over it is empty).
+    """
+
+    def __init__(self, source: Collector, names: set[str]) -> None:
+        self.source, self.names = source, names
+
+    def collect(self) -> Iterator[Metric]:
+        """Each family of `source` that keeps a sample, with only the samples named."""
+        for family in self.source.collect():
+            samples = [s for s in family.samples if s.name in self.names]
+            if samples:
+                kept = Metric(family.name, family.documentation, family.type, family.unit)
+                kept.samples = samples
+                yield kept
+
+
+class ScrapeExporter(PrometheusMetrics):
+    """prometheus-flask-exporter whose scrape adds `scrape_time` (a collector read at scrape time)."""
+
+    def __init__(self, app=None, *, scrape_time: Collector, **kwargs) -> None:
+        super().__init__(app, **kwargs)
+        self.scrape_time = scrape_time
+
+    def generate_metrics(self, accept_header=None, names=None):
+        """The scrape's body and content type (as the exporter's own, with the scrape-time gauges).
+
+        `accept_header` chooses the format (prometheus_client's `choose_encoder`:
+        OpenMetrics when asked for, else text 0.0.4); `names` keeps only those
+        samples (the exporter's `name[]` query parameter: `Named`). Returns
+        `(body: str, content type: str)`.
+        """
+        everything = CollectorRegistry(auto_describe=False)
+        if multiprocess():
+            MultiProcessCollector(everything)
+        else:
+            everything.register(self.registry)
+        everything.register(self.scrape_time)
+        registry = everything
+        if names:
+            registry = CollectorRegistry(auto_describe=False)
+            registry.register(Named(everything, set(names)))
+        encode, content_type = choose_encoder(accept_header)
+        if not multiprocess():
+            return encode(registry).decode(), content_type
         with metrics_storage.folder_lock(os.environ[metrics_storage.ENV], exclusive=False):
-            body = generate_latest(registry)  # no dead worker half folded into the archive meanwhile
-    else:
-        body = generate_latest(registry)
-    # content_type, not mimetype: CONTENT_TYPE_LATEST names its charset; Werkzeug adds one to a mimetype
-    body += generate_latest(scrape)
-    return Response(body, content_type=CONTENT_TYPE_LATEST)
+            return encode(registry).decode(), content_type
+
+
+def _scrape_guard(view):
+    """The exporter's `metrics_decorator`: the bearer token when `METRICS_TOKEN` is set, the contract."""
+
+    @operation(
+        "Prometheus metrics (bearer METRICS_TOKEN when configured)",
+        tags=("operations",),
+        answers={
+            200: Answer(
+                "Prometheus text format (OpenMetrics when asked for)", {"type": "string"}, "text/plain"
+            )
+        },
+        errors=(401,),
+    )
+    @functools.wraps(view)
+    def guarded():
+        token = current_app.config.get("METRICS_TOKEN")
+        if token:
+            sent = request.headers.get("Authorization", "")
+            if not hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
+                raise Unauthorized("A valid metrics bearer token is required.", reason="metrics_token")
+        return view()
+
+    return guarded
+
+
+def serve_metrics(app: Flask, registry: CollectorRegistry, scrape_time: Collector) -> ScrapeExporter:
+    """prometheus-flask-exporter on `registry`, serving /metrics on `app`; returns it.
+
+    Its own request hooks are off (`export_defaults=False`: service/metrics/http.py
+    feeds its metric names from each request's observation). Its
+    `excluded_paths` (used by any metric its decorators add) are the routes the
+    route table does not count as API traffic, and /metrics itself, which the
+    table classes as a probe (not limited, plain HTTP, not traced, not counted).
+    """
+    table = route_table(app)
+    unmeasured = table.path_pattern(lambda c: not c.measured)
+    exporter = ScrapeExporter.for_app_factory(
+        scrape_time=scrape_time,
+        path=PATH,
+        registry=registry,
+        export_defaults=False,
+        excluded_paths=[p for p in (unmeasured, f"^{re.escape(PATH)}$") if p],
+        metrics_decorator=_scrape_guard,
+    )
+    exporter.init_app(app)  # registers the endpoint (`register_endpoint`)
+    for rule in app.url_map.iter_rules():
+        if rule.rule == PATH:
+            table.declare_endpoint(rule.endpoint, PROBE)
+    exporter.info(
+        "flask_exporter_info", "Information about the Prometheus Flask exporter", version=exporter.version
+    )
+    return exporter

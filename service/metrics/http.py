@@ -16,11 +16,9 @@ from __future__ import annotations
 
 from flask import request
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_flask_exporter import PrometheusMetrics
 
 from ..labels import bounded_method
 from ..observation import RequestRecord, observer
-from ..route_table import route_table
 from .definitions import TokenMetrics
 
 HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
@@ -49,27 +47,6 @@ class HttpMetrics:
             ["method", "status"],
             registry=registry,
         )
-
-
-def export_http_metrics(app, registry: CollectorRegistry) -> PrometheusMetrics:
-    """prometheus-flask-exporter on `registry`, its request hooks off; returns it.
-
-    Its `flask_exporter_info{version}` is reported through its `info`; its
-    `excluded_paths` (used by any metric its decorators add) are the routes the
-    table does not count as API traffic. `/metrics` is served by
-    `endpoint.metrics_endpoint` (bearer token, folder lock, pool gauges).
-    """
-    exporter = PrometheusMetrics.for_app_factory(
-        path=None,
-        registry=registry,
-        export_defaults=False,
-        excluded_paths=[route_table(app).path_pattern(lambda c: not c.measured)],
-    )
-    exporter.init_app(app)
-    exporter.info(
-        "flask_exporter_info", "Information about the Prometheus Flask exporter", version=exporter.version
-    )
-    return exporter
 
 
 def track_requests(app, metrics: TokenMetrics, registry: CollectorRegistry) -> None:

@@ -9,8 +9,9 @@ import urllib.request
 import uuid
 
 import pytest
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
-from tests.observability.test_metrics import METRIC_OF, sample
+from tests.observability.test_metrics import METRIC_OF, PROMETHEUS_ACCEPT, sample
 from tests.procs import Gunicorn
 from tests.web import http_get
 
@@ -60,3 +61,22 @@ def test_counters_sum_over_workers_and_pass_promtool(pg_database, tmp_path):
             pytest.fail("promtool is not installed (apt-get install prometheus); .ci/run installs it")
         check = subprocess.run([promtool, "check", "metrics"], input=raw, capture_output=True)
         assert check.returncode == 0, check.stdout.decode() + check.stderr.decode()
+        # what Prometheus reads: OpenMetrics, the folder's sums and the scrape-time gauges together
+        status, raw, headers = http_get(server.url + "/metrics", headers={"Accept": PROMETHEUS_ACCEPT})
+        assert status == 200 and headers["Content-Type"].startswith("application/openmetrics-text")
+        families = {f.name: f for f in text_string_to_metric_families(raw.decode())}
+        (success,) = [
+            s
+            for s in families["tokenpool_activations"].samples
+            if s.name.endswith("_total") and s.labels.get("reason") == "available"
+        ]
+        assert success.value == k
+        assert families["tokenpool_pool_size"].samples[0].value == summary["total"]
+        # the exporter's name filter over the folder (its own restricted registry finds nothing there)
+        _, raw, _ = http_get(
+            server.url + "/metrics?name[]=tokenpool_activations_total&name[]=tokenpool_pool_size"
+        )
+        assert {line.split()[2] for line in raw.decode().splitlines() if line.startswith("# TYPE")} == {
+            "tokenpool_activations_total",
+            "tokenpool_pool_size",
+        }

@@ -5,7 +5,9 @@ from __future__ import annotations
 import re
 
 import pytest
-from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
 from service.state import app_state
 from service.tokens.sweeper import run_sweep
@@ -51,8 +53,34 @@ def test_http_metrics_use_route_templates_never_ids(client):
 def test_metrics_content_type_names_its_charset_once(client):
     r = client.get("/metrics")
     assert r.status_code == 200
-    assert r.headers["Content-Type"] == CONTENT_TYPE_LATEST  # text/plain; version=...; charset=utf-8
+    assert r.headers["Content-Type"] == CONTENT_TYPE_PLAIN_0_0_4  # text/plain; version=...; charset=utf-8
     assert r.headers["Content-Type"].count("charset") == 1
+
+
+# what Prometheus 2.x and 3.x send (scrape_protocols' default order)
+PROMETHEUS_ACCEPT = (
+    "application/openmetrics-text;version=1.0.0;q=0.5,application/openmetrics-text;version=0.0.1;q=0.4,"
+    "text/plain;version=0.0.4;q=0.3,*/*;q=0.2"
+)
+
+
+def test_prometheus_gets_openmetrics_with_every_family_including_the_scrape_time_gauges(client):
+    activate(client, user())
+    plain = client.get("/metrics").get_data(as_text=True)
+    r = client.get("/metrics", headers={"Accept": PROMETHEUS_ACCEPT})
+    assert r.status_code == 200
+    assert r.headers["Content-Type"].startswith(OPENMETRICS.split(";")[0])
+    families = {f.name: f for f in text_string_to_metric_families(r.get_data(as_text=True))}  # parses, # EOF
+    for name in ("tokenpool_pool_size", "tokenpool_tokens_active", "tokenpool_database_up"):
+        assert families[name].samples[0].value == sample(plain, name), name
+    assert "flask_http_request_duration_seconds" in families
+    assert families["tokenpool_activations"].type == "counter"  # OpenMetrics names a counter without _total
+
+
+def test_name_filter_keeps_only_the_families_asked_for(client):
+    text = client.get("/metrics?name[]=tokenpool_pool_size&name[]=flask_exporter_info").get_data(as_text=True)
+    names = set(re.findall(r"^# TYPE (\S+)", text, re.M))
+    assert names == {"tokenpool_pool_size", "flask_exporter_info"}
 
 
 def test_health_and_metrics_are_not_api_traffic(client):

@@ -3,8 +3,9 @@
 `OnceTalisman` (service/response_headers.py) overrides Flask-Talisman's private
 after-request hook; `PolicyLimiter` (service/ratelimit.py) replaces
 Flask-Limiter's private request check and drives its in-memory fallback
-switch; `metrics_storage`
-extends prometheus_client's memory-mapped files; `db.pool_limit` reads
+switch; `ScrapeExporter` (service/metrics/endpoint.py) overrides
+prometheus-flask-exporter's `generate_metrics`, which its /metrics view must
+call; `metrics_storage` extends prometheus_client's memory-mapped files; `db.pool_limit` reads
 SQLAlchemy's pool overflow; `drain` drives gunicorn's worker loop. Each test here
 fails on the day an upgrade renames or changes what they rely on, instead of
 the override silently stopping to apply.
@@ -158,6 +159,36 @@ def test_storage_recovery_switches_the_strategy_back(monkeypatch):
     limiter._recheck_at = 0.0
     limiter._recover_storage()
     assert not limiter._storage_dead and limiter.limiter is real
+
+
+# --- prometheus-flask-exporter ----------------------------------------------------------------
+
+
+def test_the_exporters_metrics_view_serves_generate_metrics_behind_our_decorator(sqlite_url):
+    from prometheus_flask_exporter import PrometheusMetrics
+
+    from service.metrics.endpoint import ScrapeExporter
+    from service.state import app_state
+    from tests.conftest import make_app
+
+    assert params(PrometheusMetrics.generate_metrics) == ["self", "accept_header", "names"]
+    assert "self.generate_metrics(accept_header, names)" in inspect.getsource(
+        PrometheusMetrics.register_endpoint
+    )
+    app = make_app(sqlite_url, METRICS_ENABLED=True, METRICS_TOKEN="s3cret")
+    exporter = app_state(app).exporter
+    assert isinstance(exporter, ScrapeExporter)
+    seen = []
+
+    def generate(accept_header=None, names=None):
+        seen.append((accept_header, names))
+        return "ours 1\n", "text/plain; version=0.0.4; charset=utf-8"
+
+    exporter.generate_metrics = generate  # the view looks it up on each scrape
+    client = app.test_client()
+    assert client.get("/metrics").status_code == 401  # metrics_decorator applied
+    r = client.get("/metrics?name[]=a", headers={"Authorization": "Bearer s3cret", "Accept": "text/plain"})
+    assert r.get_data(as_text=True) == "ours 1\n" and seen == [("text/plain", ["a"])]
 
 
 # --- SQLAlchemy, prometheus_client, gunicorn --------------------------------------------------
