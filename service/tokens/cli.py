@@ -22,8 +22,9 @@ def seed(size):
     """Top the pool up to its configured size (idempotent; never deletes)."""
     size = size or current_app.config["MAX_ACTIVE_TOKENS"]
 
-    def progress(done, total):
-        click.echo(f"seeded {done}/{total}")
+    def progress(done, total):  # a large pool is seeded in batches; the last line says the total
+        if done < total:
+            click.echo(f"seeded {done}/{total}")
 
     added = run_transaction(service.seed, size, progress=progress)
     click.echo(f"pool size {size}: {added} tokens added")

@@ -144,7 +144,7 @@ def test_cli_seed_is_idempotent_and_tops_up(app):
     result = runner.invoke(args=["tokens", "seed"])
     assert result.exit_code == 0 and f"pool size {POOL}: 0 tokens added" in result.output
     result = runner.invoke(args=["tokens", "seed", "--size", str(POOL + 3)])
-    assert result.exit_code == 0 and "3 tokens added" in result.output
+    assert result.exit_code == 0 and result.output == f"pool size {POOL + 3}: 3 tokens added\n"  # one line
     client = app.test_client()
     assert client.get("/api/tokens/summary").get_json()["total"] == POOL + 3
     runner.invoke(args=["tokens", "seed", "--size", "2"])  # never deletes
