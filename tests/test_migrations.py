@@ -81,7 +81,7 @@ def assert_no_drift():
     assert diff == []
 
 
-def test_tokens_are_vacuumed_after_a_fixed_number_of_dead_rows(postgres_url):
+def test_tokens_are_vacuumed_and_analysed_after_a_fixed_number_of_changed_rows(postgres_url):
     app = make_app(postgres_url)
 
     def options():
@@ -91,7 +91,14 @@ def test_tokens_are_vacuumed_after_a_fixed_number_of_dead_rows(postgres_url):
 
     with app.app_context():
         upgrade()
-        assert {"autovacuum_vacuum_scale_factor=0", "autovacuum_vacuum_threshold=2000"} <= options()
+        assert {
+            "autovacuum_vacuum_scale_factor=0",
+            "autovacuum_vacuum_threshold=2000",
+            "autovacuum_analyze_scale_factor=0",
+            "autovacuum_analyze_threshold=2000",
+        } <= options()
+        downgrade(revision="0011")
+        assert not {o for o in options() if o.startswith("autovacuum_analyze")}
         downgrade(revision="0002")
         assert not {o for o in options() if o.startswith("autovacuum")}
         upgrade()
