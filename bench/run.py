@@ -167,7 +167,17 @@ def flush_redis() -> None:
     redis.Redis.from_url(REDIS_URL).flushdb()
 
 
-WORKERS, THREADS = 2, 1  # set from --workers / --gunicorn-threads
+WORKERS, THREADS, GEVENT = 2, 1, False  # set from --workers / --gunicorn-threads / --gevent
+
+
+def worker_class() -> str:
+    """The gunicorn worker class of every target: sync, gthread (threads > 1) or gevent."""
+    return "gevent" if GEVENT else "gthread" if THREADS > 1 else "sync"
+
+
+def streams_held() -> bool:
+    """Whether a stream response stays open (a thread or a greenlet each) or ends at once (sync)."""
+    return worker_class() != "sync"
 
 
 def service_env(db_url: str, port: int, prom_dir: Path) -> dict:
@@ -185,10 +195,10 @@ def service_env(db_url: str, port: int, prom_dir: Path) -> dict:
         "PROMETHEUS_MULTIPROC_DIR": str(prom_dir),
         "BIND": f"127.0.0.1:{port}",
         "WEB_CONCURRENCY": str(WORKERS),
-        "GUNICORN_WORKER_CLASS": "gthread" if THREADS > 1 else "sync",
+        "GUNICORN_WORKER_CLASS": worker_class(),
         "GUNICORN_THREADS": str(THREADS),
-        # threads hold event streams open (sync workers answer each reconnect at once)
-        "EVENT_STREAM_SECONDS": "300" if THREADS > 1 else "0",
+        # threads or greenlets hold event streams open (sync workers answer each reconnect at once)
+        "EVENT_STREAM_SECONDS": "300" if streams_held() else "0",
         "EVENT_STREAMS_PER_WORKER": str(max(32, STREAM_CLIENTS)),
         "SWEEPER_ENABLED": "true",
         "DRAIN_SECONDS": "0",  # only shortens the shutdown at the end of the run
@@ -309,7 +319,7 @@ def start_targets(
 ) -> dict[str, Target]:
     gunicorn = str(VENV_BIN / "gunicorn")
     bare = [gunicorn, "-c", str(BENCH / "gunicorn_bare.conf.py"), "-w", str(WORKERS)]
-    bare += ["-k", "gthread", "--threads", str(THREADS)] if THREADS > 1 else ["-k", "sync"]
+    bare += ["-k", worker_class()] + (["--threads", str(THREADS)] if THREADS > 1 else [])
     targets = {}
     port = free_port()
     targets["hello"] = Target(
@@ -495,8 +505,8 @@ def add_history(dbname: str, rows: int) -> str:
 
 def start_streams(base: str, seconds: float) -> subprocess.Popen:
     """STREAM_CLIENTS event-stream clients in the background for `seconds` (bench/stream_clients.py):
-    with sync workers reconnecting ones, with threads held ones."""
-    argv = [sys.executable, str(BENCH / "stream_clients.py")] + (["--reconnect"] if THREADS == 1 else [])
+    with sync workers reconnecting ones, with threads or greenlets held ones."""
+    argv = [sys.executable, str(BENCH / "stream_clients.py")] + ([] if streams_held() else ["--reconnect"])
     argv += [base + "/api/events/stream", str(STREAM_CLIENTS), str(seconds)]
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -1036,6 +1046,7 @@ def parse_args(argv=None):
     p.add_argument("--large-size", type=int, default=1_000_000, help="large pool size (1,000,000)")
     p.add_argument("--workers", type=int, default=2, help="gunicorn workers of every target (2)")
     p.add_argument("--gunicorn-threads", type=int, default=1, help="threads per worker (>1: gthread)")
+    p.add_argument("--gevent", action="store_true", help="gevent workers (pip install gevent first)")
     p.add_argument("--quick", action="store_true", help="smoke run: 1 round of 3 s, 1 s warm-up")
     p.add_argument("--py-spy", metavar="PATH", help="py-spy binary: also profile service activation")
     p.add_argument("--capacity-seconds", type=float, default=10.0, help="seconds per pgbench run (10)")
@@ -1047,8 +1058,8 @@ def parse_args(argv=None):
     p.add_argument("--keep", action="store_true", help="keep databases, logs and temp dir")
     p.add_argument("--output", help="results JSON path (default bench/results/<timestamp>.json)")
     args = p.parse_args(argv)
-    global WORKERS, THREADS  # every target runs with the same gunicorn settings
-    WORKERS, THREADS = args.workers, args.gunicorn_threads
+    global WORKERS, THREADS, GEVENT  # every target runs with the same gunicorn settings
+    WORKERS, THREADS, GEVENT = args.workers, args.gunicorn_threads, args.gevent
     if args.quick:
         args.rounds, args.duration, args.warmup, args.pause = 1, 3.0, 1.0, 0.5
         args.capacity_seconds, args.redis_requests, args.pgbench_scale = 3.0, 20_000, 1

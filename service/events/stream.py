@@ -16,6 +16,7 @@ so a client of any instance sees the events of every instance.
 
 from __future__ import annotations
 
+import bisect
 import collections
 import itertools
 import json
@@ -42,6 +43,10 @@ IDLE_SECONDS = 60  # a feed nobody read for this long starts again from the newe
 CHANNEL = "tokenpool_events"  # notified at the commit of new events (migration 0011)
 RELISTEN_SECONDS = 5.0  # after the listening connection failed, how long before connecting again
 NOTIFIED_READ_GAP = 0.05  # reads on notices at most this often: a burst of commits, one read
+
+
+def _event_id(event: dict) -> int:
+    return event["event_id"]
 
 
 def event_json(event: dict) -> dict:
@@ -201,6 +206,18 @@ class Feed:
             self.last = new[-1]["event_id"]
             self.changed.notify_all()
 
+    def _since(self, after: int, pool: str | None) -> list[dict]:
+        """The buffered events after `after` (of `pool` when given), oldest first (lock held).
+
+        The buffer is in event id order: a binary search finds the first, and the
+        events are copied from there by C-level iteration (a stream reading every
+        pool at 1,000 activations/s asks for some 2,000 events a second).
+        """
+        first = bisect.bisect_right(self.buffer, after, key=_event_id)
+        new = list(itertools.islice(reversed(self.buffer), len(self.buffer) - first))
+        new.reverse()
+        return new if pool is None else [e for e in new if e["pool"] == pool]
+
     def after(self, after: int, pool: str | None, timeout: float) -> tuple[list[dict], int] | None:
         """Buffered events after `after` and the id the stream has now seen up to (waiting up to
         `timeout` for some); None when `after` is behind the buffer (read the database)."""
@@ -210,8 +227,7 @@ class Feed:
                 if self.start is not None and after < self.start:
                     return None
                 if self.start is not None and self.last > after:
-                    new = list(itertools.takewhile(lambda e: e["event_id"] > after, reversed(self.buffer)))
-                    return [e for e in reversed(new) if pool is None or e["pool"] == pool], self.last
+                    return self._since(after, pool), self.last
                 left = deadline - time.monotonic()
                 if left <= 0 or draining.is_set():
                     return [], after

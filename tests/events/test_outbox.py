@@ -199,6 +199,22 @@ def test_the_feed_serves_a_pool_from_its_buffer_and_sends_a_stream_behind_it_to_
     assert [e["event_id"] for e in events] == [13] and seen == 13
     assert feed.after(12, "b", timeout=0) == ([], 13)  # nothing of b after 12, and 13 is seen
     assert feed.after(9, None, timeout=0) is None  # behind the buffer: read the database
+    assert [e["event_id"] for e in feed.after(10, None, timeout=0)[0]] == [11, 12, 13]  # the whole buffer
+
+
+@pytest.mark.parametrize("after", [100, 101, 150, 10098, 20097, 20098, 20099])
+def test_the_feed_finds_the_events_after_any_id_in_a_full_buffer(app, after):
+    from service.events.stream import BUFFER, Feed
+
+    feed = Feed(app)
+    ids = range(101, 101 + 2 * BUFFER, 2)  # a full buffer, ids with gaps
+    feed.buffer.extend({"event_id": i, "pool": "a" if i % 3 else "b"} for i in ids)
+    assert len(feed.buffer) == BUFFER
+    feed.start, feed.last = 100, ids[-1]
+    events, seen = feed.after(after, None, timeout=0)
+    assert [e["event_id"] for e in events] == [i for i in ids if i > after] and seen == ids[-1]
+    of_b, _ = feed.after(after, "b", timeout=0)
+    assert [e["event_id"] for e in of_b] == [i for i in ids if i > after and i % 3 == 0]
 
 
 def test_events_carry_the_pool_and_the_leases_fencing_token(app, client):
