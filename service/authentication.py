@@ -37,6 +37,12 @@ def presented_key() -> str | None:
     key = request.headers.get("X-API-Key")
     if key:
         return key.strip()
+    return bearer_token()
+
+
+def bearer_token() -> str | None:
+    """The credentials of `Authorization: Bearer <token>` (the scheme in any case, RFC 7235
+    section 2.1), if any."""
     auth = request.headers.get("Authorization", "")
     if auth[:7].lower() == "bearer ":
         return auth[7:].strip() or None

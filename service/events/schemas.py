@@ -28,8 +28,11 @@ AFTER = {
 LAST_EVENT_ID = {
     "name": "Last-Event-ID",
     "in": "header",
-    "description": "the last event id received: the stream resumes after it (wins over `after`)",
-    "schema": {"type": "string", "pattern": "^[0-9]{1,20}$"},
+    "description": (
+        "the last event id received: the stream resumes after it (wins over `after`); "
+        f"a decimal integer from 0 to {BIGINT_MAX} (an event id is a PostgreSQL bigint), else 400"
+    ),
+    "schema": {"type": "string", "pattern": "^[0-9]{1,19}$"},
 }
 
 

@@ -27,7 +27,7 @@ import os
 import re
 from collections.abc import Iterator
 
-from flask import Flask, current_app, request
+from flask import Flask, current_app
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric
@@ -36,6 +36,7 @@ from prometheus_client.registry import Collector
 from prometheus_flask_exporter import PrometheusMetrics
 
 from .. import metrics_storage
+from ..authentication import bearer_token
 from ..errors import Unauthorized
 from ..openapi import Answer, operation
 from ..route_table import PROBE, route_table
@@ -132,10 +133,8 @@ def _scrape_guard(view):
     @functools.wraps(view)
     def guarded():
         token = current_app.config.get("METRICS_TOKEN")
-        if token:
-            sent = request.headers.get("Authorization", "")
-            if not hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
-                raise Unauthorized("A valid metrics bearer token is required.", reason="metrics_token")
+        if token and not hmac.compare_digest((bearer_token() or "").encode(), token.encode()):
+            raise Unauthorized("A valid metrics bearer token is required.", reason="metrics_token")
         return view()
 
     return guarded

@@ -17,10 +17,13 @@ tokens_cli = AppGroup("tokens", help="Manage the token pool.")
 
 
 @tokens_cli.command("seed")
-@click.option("--size", type=int, default=None, help="Pool size (default MAX_ACTIVE_TOKENS).")
+@click.option(
+    "--size", type=click.IntRange(min=1), default=None, help="Pool size (default MAX_ACTIVE_TOKENS)."
+)
 def seed(size):
     """Top the pool up to its configured size (idempotent; never deletes)."""
-    size = size or current_app.config["MAX_ACTIVE_TOKENS"]
+    if size is None:
+        size = current_app.config["MAX_ACTIVE_TOKENS"]
 
     def progress(done, total):  # a large pool is seeded in batches; the last line says the total
         if done < total:

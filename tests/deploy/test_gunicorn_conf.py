@@ -49,3 +49,40 @@ def test_worker_exit_stops_the_sweeper_and_sends_buffered_figures(app):
     hooks["worker_exit"](None, types.SimpleNamespace(wsgi=app))
     assert sweeper.calls == ["stop"] and figures.calls == ["flush"]
     hooks["worker_exit"](None, types.SimpleNamespace())  # a worker that never loaded the app
+
+
+def _settings(env: dict) -> subprocess.CompletedProcess:
+    script = (
+        "import runpy\n"
+        "c = runpy.run_path('gunicorn.conf.py')\n"
+        "print(c['bind'], c['workers'], c['worker_class'], c['threads'], c['timeout'],"
+        " c['graceful_timeout'], c['keepalive'], c['max_requests'], c['loglevel'], c['DRAIN_SECONDS'])\n"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        env={"PATH": "/usr/bin:/bin"} | env,
+        capture_output=True,
+        text=True,
+    )
+
+
+def test_every_variable_left_blank_as_in_env_example_means_its_default():
+    """`.env.example` lists some variables blank (WEB_CONCURRENCY=, PORT=); loaded into the
+    environment (`set -a; . ./.env`, compose, systemd), blank must mean the default."""
+    names = [
+        line.split("=", 1)[0]
+        for line in (ROOT / ".env.example").read_text().splitlines()
+        if line and not line.startswith("#") and "=" in line
+    ]
+    blank = {name: "" for name in names} | {"PROMETHEUS_MULTIPROC_DIR": ""}
+    run = _settings(blank)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split()[:1] == ["127.0.0.1:8000"]
+    assert run.stdout.split()[2:] == ["sync", "1", "30", "30", "5", "1000000", "info", "5.0"]
+
+
+def test_a_setting_that_is_not_a_number_stops_with_one_line_naming_it():
+    run = _settings({"WEB_CONCURRENCY": "four"})
+    assert run.returncode != 0
+    assert run.stderr.strip().splitlines() == ["gunicorn.conf.py: WEB_CONCURRENCY='four' is not a number"]

@@ -130,6 +130,10 @@ def test_metrics_token_protects_the_endpoint(database_url):
     assert_error(client.get("/metrics"), 401, "UNAUTHORIZED")
     assert_error(client.get("/metrics", headers={"Authorization": "Bearer wrong"}), 401, "UNAUTHORIZED")
     assert client.get("/metrics", headers={"Authorization": "Bearer scrape-me"}).status_code == 200
+    # the scheme in any case (RFC 7235), as for API keys; the token exactly
+    assert client.get("/metrics", headers={"Authorization": "bearer scrape-me"}).status_code == 200
+    for sent in ("Bearer Scrape-me", "Bearer scrape-me2", "scrape-me", "Basic scrape-me"):
+        assert_error(client.get("/metrics", headers={"Authorization": sent}), 401, "UNAUTHORIZED")
 
 
 def test_metrics_can_be_switched_off(database_url):

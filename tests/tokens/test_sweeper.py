@@ -147,6 +147,9 @@ def test_cli_seed_is_idempotent_and_tops_up(app):
     assert result.exit_code == 0 and result.output == f"pool size {POOL + 3}: 3 tokens added\n"  # one line
     client = app.test_client()
     assert client.get("/api/tokens/summary").get_json()["total"] == POOL + 3
+    for bad in ("0", "-3", "x"):  # a usage error, not a silent default
+        result = runner.invoke(args=["tokens", "seed", "--size", bad])
+        assert result.exit_code == 2 and "--size" in result.output, result.output
     runner.invoke(args=["tokens", "seed", "--size", "2"])  # never deletes
     assert client.get("/api/tokens/summary").get_json()["total"] == POOL + 3
 
