@@ -125,8 +125,9 @@ class FailureBudget(Protocol):
         """Spend one rejected attempt of this IP's budget; raise RateLimited past it."""
 
 
-def _auth_failure(reason: str, name: str | None = None) -> None:
-    """Log and count a rejected key (never the key itself), and charge the failure budget."""
+def record_auth_failure(reason: str, name: str | None = None) -> None:
+    """Log and count a rejected credential (never the credential itself: an API key, the metrics
+    bearer token), and charge the failure budget."""
     state = app_state()
     state.metrics.auth_failures.labels(reason).inc()
     log.warning(
@@ -155,7 +156,7 @@ def identify(key: str) -> Identity | None:
         found = cache.lookup(key)
     identity, revoked_name = found
     if identity is None:
-        _auth_failure("revoked_key" if revoked_name else "unknown_key", revoked_name)
+        record_auth_failure("revoked_key" if revoked_name else "unknown_key", revoked_name)
         return None
     cache.touch(identity.name)
     return identity
@@ -190,7 +191,7 @@ def _authenticate() -> Identity | None:
     key = presented_key()
     if key is None:
         if current_app.config["API_AUTH_REQUIRED"]:
-            _auth_failure("missing_key")
+            record_auth_failure("missing_key")
             raise Unauthorized("An API key is required.", reason="missing_key")
         return None
     identity = identify(key)
@@ -229,10 +230,10 @@ def require_admin() -> None:
     if identity is None:
         if current_app.config["APP_ENV"] != "production" and not _keys_configured():
             return
-        _auth_failure("missing_key")
+        record_auth_failure("missing_key")
         raise Unauthorized("An admin API key is required.", reason="missing_key")
     if identity.role != "admin":
-        _auth_failure("not_admin", identity.name)
+        record_auth_failure("not_admin", identity.name)
         raise Forbidden("This operation needs an admin API key.", reason="not_admin")
 
 

@@ -36,7 +36,7 @@ from prometheus_client.registry import Collector
 from prometheus_flask_exporter import PrometheusMetrics
 
 from .. import metrics_storage
-from ..authentication import bearer_token
+from ..authentication import bearer_token, record_auth_failure
 from ..errors import Unauthorized
 from ..openapi import Answer, operation
 from ..route_table import PROBE, route_table
@@ -134,6 +134,7 @@ def _scrape_guard(view):
     def guarded():
         token = current_app.config.get("METRICS_TOKEN")
         if token and not hmac.compare_digest((bearer_token() or "").encode(), token.encode()):
+            record_auth_failure("metrics_token")  # logged, counted, charged to the IP's budget
             raise Unauthorized("A valid metrics bearer token is required.", reason="metrics_token")
         return view()
 

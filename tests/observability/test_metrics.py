@@ -136,6 +136,22 @@ def test_metrics_token_protects_the_endpoint(database_url):
         assert_error(client.get("/metrics", headers={"Authorization": sent}), 401, "UNAUTHORIZED")
 
 
+def test_wrong_metrics_tokens_are_counted_and_spend_the_failed_auth_budget(database_url):
+    from tests.conftest import make_app
+
+    app = make_app(
+        database_url,
+        METRICS_TOKEN="scrape-me",
+        ENABLE_RATE_LIMITING=True,
+        AUTH_FAILURE_RATE_LIMIT="2/minute",
+    )
+    client = app.test_client()
+    for _ in range(2):
+        assert_error(client.get("/metrics", headers={"Authorization": "Bearer guess"}), 401, "UNAUTHORIZED")
+    assert_error(client.get("/metrics", headers={"Authorization": "Bearer guess"}), 429, "RATE_LIMITED")
+    assert app_state(app).metrics.auth_failures.labels("metrics_token")._value.get() == 3
+
+
 def test_metrics_can_be_switched_off(database_url):
     from tests.conftest import make_app
 
