@@ -10,7 +10,7 @@ from ..clock import now as clock_now
 from ..db import run_transaction
 from ..retention import cutoffs, prunable, run_prune
 from ..timeutil import isoformat
-from . import service
+from . import reads, service
 from .sweeper import run_sweep
 
 tokens_cli = AppGroup("tokens", help="Manage the token pool.")
@@ -30,7 +30,8 @@ def seed(size):
             click.echo(f"seeded {done}/{total}")
 
     added = run_transaction(service.seed, size, progress=progress)
-    click.echo(f"pool size {size}: {added} tokens added")
+    total = run_transaction(reads.summary)["total"]  # a pool larger than `size` keeps its size
+    click.echo(f"pool size {total}: {added} tokens added")
 
 
 @tokens_cli.command("sweep")

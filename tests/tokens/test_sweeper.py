@@ -150,7 +150,8 @@ def test_cli_seed_is_idempotent_and_tops_up(app):
     for bad in ("0", "-3", "x"):  # a usage error, not a silent default
         result = runner.invoke(args=["tokens", "seed", "--size", bad])
         assert result.exit_code == 2 and "--size" in result.output, result.output
-    runner.invoke(args=["tokens", "seed", "--size", "2"])  # never deletes
+    result = runner.invoke(args=["tokens", "seed", "--size", "2"])  # never deletes
+    assert result.output == f"pool size {POOL + 3}: 0 tokens added\n"  # the pool's size, not the asked one
     assert client.get("/api/tokens/summary").get_json()["total"] == POOL + 3
 
 
