@@ -27,7 +27,7 @@ import os
 import re
 from collections.abc import Iterator
 
-from flask import Flask, current_app
+from flask import Flask, current_app, make_response
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric
@@ -117,12 +117,24 @@ class ScrapeExporter(PrometheusMetrics):
             return encode(registry).decode(), content_type
 
 
+NAMES = {
+    "name": "name[]",
+    "in": "query",
+    "description": "keep only the samples of these names (the exporter's filter)",
+    "schema": {"type": "array", "items": {"type": "string"}},
+    "style": "form",
+    "explode": True,
+}
+
+
 def _scrape_guard(view):
-    """The exporter's `metrics_decorator`: the bearer token when `METRICS_TOKEN` is set, the contract."""
+    """The exporter's `metrics_decorator`: the bearer token when `METRICS_TOKEN` is set, `Vary:
+    Accept` (the format follows it), the contract."""
 
     @operation(
         "Prometheus metrics (bearer METRICS_TOKEN when configured)",
         tags=("operations",),
+        parameters=(NAMES,),
         answers={
             200: Answer(
                 "Prometheus text format (OpenMetrics when asked for)", {"type": "string"}, "text/plain"
@@ -136,7 +148,9 @@ def _scrape_guard(view):
         if token and not hmac.compare_digest((bearer_token() or "").encode(), token.encode()):
             record_auth_failure("metrics_token")  # logged, counted, charged to the IP's budget
             raise Unauthorized("A valid metrics bearer token is required.", reason="metrics_token")
-        return view()
+        response = make_response(view())
+        response.vary.add("Accept")
+        return response
 
     return guarded
 

@@ -70,6 +70,7 @@ def test_prometheus_gets_openmetrics_with_every_family_including_the_scrape_time
     r = client.get("/metrics", headers={"Accept": PROMETHEUS_ACCEPT})
     assert r.status_code == 200
     assert r.headers["Content-Type"].startswith(OPENMETRICS.split(";")[0])
+    assert r.headers["Vary"] == "Accept"  # a cache between keeps the two formats apart
     families = {f.name: f for f in text_string_to_metric_families(r.get_data(as_text=True))}  # parses, # EOF
     for name in ("tokenpool_pool_size", "tokenpool_tokens_active", "tokenpool_database_up"):
         assert families[name].samples[0].value == sample(plain, name), name
