@@ -15,36 +15,45 @@ import time
 import traceback
 
 
-def _setting(name: str, default: str) -> str:
+def _str(name: str, default: str) -> str:
     """The variable's value, or `default` when it is unset or blank (.env.example lists some blank)."""
     return os.environ.get(name, "").strip() or default
 
 
-def _number(name: str, default, kind=int):
-    """`_setting` as a number; a value that is not one stops the start with one line naming it."""
-    value = _setting(name, str(default))
+def _number(name: str, default, kind):
+    value = _str(name, str(default))
     try:
         return kind(value)
     except ValueError:
         sys.exit(f"gunicorn.conf.py: {name}={value!r} is not a number")
 
 
+def _int(name: str, default) -> int:
+    """`_str` as an integer; a value that is not one stops the start with one line naming it."""
+    return _number(name, default, int)
+
+
+def _float(name: str, default) -> float:
+    """`_str` as a number; a value that is not one stops the start with one line naming it."""
+    return _number(name, default, float)
+
+
 # PORT and REQUEST_TIMEOUT: aliases from the table in service/config.py (ALIASES); BIND and
 # GUNICORN_TIMEOUT win when both are set. PORT alone binds every interface, as gunicorn does.
-_port = _setting("PORT", "")
-bind = _setting("BIND", f"0.0.0.0:{_port}" if _port else "127.0.0.1:8000")
-workers = _number("WEB_CONCURRENCY", min(2 * (os.cpu_count() or 1) + 1, 8))
-worker_class = _setting("GUNICORN_WORKER_CLASS", "sync")
-threads = _number("GUNICORN_THREADS", 1)
+_port = _str("PORT", "")
+bind = _str("BIND", f"0.0.0.0:{_port}" if _port else "127.0.0.1:8000")
+workers = _int("WEB_CONCURRENCY", min(2 * (os.cpu_count() or 1) + 1, 8))
+worker_class = _str("GUNICORN_WORKER_CLASS", "sync")
+threads = _int("GUNICORN_THREADS", 1)
 # A worker silent this long is killed (gunicorn's HTML 500). No request can get near it: every
 # wait for the database ends within DB_DEADLINE_SECONDS (docs/HEALTH.md, "Probe arithmetic").
-timeout = _number("GUNICORN_TIMEOUT", _setting("REQUEST_TIMEOUT", "30"))
-graceful_timeout = _number("GUNICORN_GRACEFUL_TIMEOUT", 30)
-keepalive = _number("GUNICORN_KEEPALIVE", 5)
+timeout = _int("GUNICORN_TIMEOUT", _str("REQUEST_TIMEOUT", "30"))
+graceful_timeout = _int("GUNICORN_GRACEFUL_TIMEOUT", 30)
+keepalive = _int("GUNICORN_KEEPALIVE", 5)
 # a guard against slow leaks, not a routine: a worker serves 1,000+ requests/s, so 20,000
 # restarted each one every ~20 s under load (a second of boot CPU, p99 stalls of ~350 ms)
-max_requests = _number("GUNICORN_MAX_REQUESTS", 1000000)
-max_requests_jitter = _number("GUNICORN_MAX_REQUESTS_JITTER", 100000)
+max_requests = _int("GUNICORN_MAX_REQUESTS", 1000000)
+max_requests_jitter = _int("GUNICORN_MAX_REQUESTS_JITTER", 100000)
 # Forwarded headers are trusted in one place: the app's ProxyFix, by the hop counts
 # PROXY_FIX_X_FOR / PROXY_FIX_X_PROTO (service/app.py). gunicorn trusts none of them from
 # anyone: by default it takes X-Forwarded-Proto, X-Forwarded-Ssl and X-Forwarded-Protocol from
@@ -64,12 +73,12 @@ worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
 preload_app = False  # every worker builds its own app and database pool after the fork
 accesslog = os.environ.get("GUNICORN_ACCESS_LOG") or None  # the app writes one JSON access line
 errorlog = "-"
-loglevel = _setting("GUNICORN_LOG_LEVEL", "info")
+loglevel = _str("GUNICORN_LOG_LEVEL", "info")
 proc_name = "tokenpool"
 
 # After SIGTERM a worker keeps serving this long with readiness failing, so the
 # load balancer stops sending before the worker stops accepting.
-DRAIN_SECONDS = _number("DRAIN_SECONDS", 5, float)
+DRAIN_SECONDS = _float("DRAIN_SECONDS", 5)
 
 
 def on_starting(server):
