@@ -20,34 +20,36 @@ def _str(name: str, default: str) -> str:
     return os.environ.get(name, "").strip() or default
 
 
-def _number(name: str, default, kind):
-    value = _str(name, str(default))
+def _int(name: str, default):
+    """`_str` as a whole number (`default` when unset or blank); anything else stops the start
+    with one line naming the variable (`flask config check` shows the same line)."""
+    value = _str(name, "")
+    if not value:
+        return default
+    if not value.isdigit():
+        sys.exit(f"{name} must be a whole number, got {value!r}")
+    return int(value)
+
+
+def _float(name: str, default: float) -> float:
+    """`_str` as a number (`default` when unset or blank); anything else stops the start."""
+    value = _str(name, "")
     try:
-        return kind(value)
+        return float(value) if value else default
     except ValueError:
-        sys.exit(f"gunicorn.conf.py: {name}={value!r} is not a number")
-
-
-def _int(name: str, default) -> int:
-    """`_str` as an integer; a value that is not one stops the start with one line naming it."""
-    return _number(name, default, int)
-
-
-def _float(name: str, default) -> float:
-    """`_str` as a number; a value that is not one stops the start with one line naming it."""
-    return _number(name, default, float)
+        sys.exit(f"{name} must be a number, got {value!r}")
 
 
 # PORT and REQUEST_TIMEOUT: aliases from the table in service/config.py (ALIASES); BIND and
 # GUNICORN_TIMEOUT win when both are set. PORT alone binds every interface, as gunicorn does.
-_port = _str("PORT", "")
-bind = _str("BIND", f"0.0.0.0:{_port}" if _port else "127.0.0.1:8000")
+_port = _int("PORT", None)
+bind = _str("BIND", "127.0.0.1:8000" if _port is None else f"0.0.0.0:{_port}")
 workers = _int("WEB_CONCURRENCY", min(2 * (os.cpu_count() or 1) + 1, 8))
 worker_class = _str("GUNICORN_WORKER_CLASS", "sync")
 threads = _int("GUNICORN_THREADS", 1)
 # A worker silent this long is killed (gunicorn's HTML 500). No request can get near it: every
 # wait for the database ends within DB_DEADLINE_SECONDS (docs/HEALTH.md, "Probe arithmetic").
-timeout = _int("GUNICORN_TIMEOUT", _str("REQUEST_TIMEOUT", "30"))
+timeout = _int("GUNICORN_TIMEOUT", _int("REQUEST_TIMEOUT", 30))
 graceful_timeout = _int("GUNICORN_GRACEFUL_TIMEOUT", 30)
 keepalive = _int("GUNICORN_KEEPALIVE", 5)
 # a guard against slow leaks, not a routine: a worker serves 1,000+ requests/s, so 20,000
@@ -78,7 +80,7 @@ proc_name = "tokenpool"
 
 # After SIGTERM a worker keeps serving this long with readiness failing, so the
 # load balancer stops sending before the worker stops accepting.
-DRAIN_SECONDS = _float("DRAIN_SECONDS", 5)
+DRAIN_SECONDS = _float("DRAIN_SECONDS", 5.0)
 
 
 def on_starting(server):

@@ -22,17 +22,6 @@ config_cli = AppGroup("config", help="Check the configuration.")
 
 SECRET_SUFFIXES = ("_KEY", "_TOKEN", "_PASSWORD", "_SECRET")
 GUNICORN_CONF = Path(__file__).resolve().parent.parent / "gunicorn.conf.py"
-GUNICORN_NUMBERS = (
-    "PORT",
-    "WEB_CONCURRENCY",
-    "GUNICORN_THREADS",
-    "GUNICORN_TIMEOUT",
-    "REQUEST_TIMEOUT",
-    "GUNICORN_GRACEFUL_TIMEOUT",
-    "GUNICORN_KEEPALIVE",
-    "GUNICORN_MAX_REQUESTS",
-    "GUNICORN_MAX_REQUESTS_JITTER",
-)
 GUNICORN_SHOWN = ("bind", "workers", "worker_class", "threads", "timeout", "graceful_timeout", "keepalive")
 
 
@@ -51,12 +40,12 @@ def shown(name: str, value) -> str:
 
 
 def gunicorn_settings(conf: Path = GUNICORN_CONF) -> dict:
-    """The values gunicorn.conf.py computes from this environment. Raises ConfigError naming the variable."""
-    for name in GUNICORN_NUMBERS:
-        raw = os.environ.get(name, "").strip()
-        if raw and not raw.isdigit():
-            raise ConfigError(f"{name} must be a whole number, got {raw!r}")
-    found = runpy.run_path(str(conf))
+    """The values gunicorn.conf.py computes from this environment. Raises ConfigError naming the
+    variable (the line gunicorn.conf.py stops a start with)."""
+    try:
+        found = runpy.run_path(str(conf))
+    except SystemExit as exc:
+        raise ConfigError(str(exc.code)) from None
     return {name: found[name] for name in GUNICORN_SHOWN}
 
 

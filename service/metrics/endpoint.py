@@ -21,6 +21,7 @@ unless `DEBUG_METRICS=1` (its own rule).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hmac
 import os
@@ -42,11 +43,6 @@ from ..openapi import Answer, operation
 from ..route_table import PROBE, route_table
 
 PATH = "/metrics"
-
-
-def multiprocess() -> bool:
-    """Whether metrics are kept in multiprocess files (PROMETHEUS_MULTIPROC_DIR set: under gunicorn)."""
-    return bool(os.environ.get(metrics_storage.ENV))
 
 
 def ensure_multiprocess_dir() -> bool:
@@ -100,8 +96,9 @@ class ScrapeExporter(PrometheusMetrics):
         samples (the exporter's `name[]` query parameter: `Named`). Returns
         `(body: str, content type: str)`.
         """
+        folder = os.environ.get(metrics_storage.ENV)
         everything = CollectorRegistry(auto_describe=False)
-        if multiprocess():
+        if folder:
             MultiProcessCollector(everything)
         else:
             everything.register(self.registry)
@@ -111,9 +108,8 @@ class ScrapeExporter(PrometheusMetrics):
             registry = CollectorRegistry(auto_describe=False)
             registry.register(Named(everything, set(names)))
         encode, content_type = choose_encoder(accept_header)
-        if not multiprocess():
-            return encode(registry).decode(), content_type
-        with metrics_storage.folder_lock(os.environ[metrics_storage.ENV], exclusive=False):
+        # a dead worker's files are never half folded into the archive while they are read
+        with metrics_storage.folder_lock(folder, exclusive=False) if folder else contextlib.nullcontext():
             return encode(registry).decode(), content_type
 
 

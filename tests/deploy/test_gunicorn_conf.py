@@ -85,4 +85,4 @@ def test_every_variable_left_blank_as_in_env_example_means_its_default():
 def test_a_setting_that_is_not_a_number_stops_with_one_line_naming_it():
     run = _settings({"WEB_CONCURRENCY": "four"})
     assert run.returncode != 0
-    assert run.stderr.strip().splitlines() == ["gunicorn.conf.py: WEB_CONCURRENCY='four' is not a number"]
+    assert run.stderr.strip().splitlines() == ["WEB_CONCURRENCY must be a whole number, got 'four'"]

@@ -78,5 +78,5 @@ def test_docker_and_compose_healthchecks_outwait_liveness(defaults):
 def test_gunicorn_kills_no_worker_that_keeps_the_deadline(defaults):
     deadline, health = defaults
     text = (REPO / "gunicorn.conf.py").read_text()
-    default_timeout = int(re.search(r'^timeout = .*"(\d+)"\)+$', text, re.M).group(1))
+    default_timeout = int(re.search(r"^timeout = .*\b(\d+)\)+$", text, re.M).group(1))
     assert default_timeout > 2 * (deadline + health)
