@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from . import blank_variables  # noqa: F401  (first: before any module imports prometheus_client)
+
+# isort: split
 from .api_index import bp as api_bp
 from .apikeys.cli import apikeys_cli
 from .app import App, trust_proxy_headers

@@ -50,3 +50,31 @@ def test_every_variable_is_in_the_configuration_doc_and_nothing_else():
     known = variables_read() | {alias.name for alias in ALIASES}  # the alias table is a table there too
     assert variables_read() - documented == set(), "add to docs/CONFIGURATION.md"
     assert documented - known == set(), "docs/CONFIGURATION.md names a variable nothing reads"
+
+
+def test_a_blank_metrics_folder_variable_writes_no_sample_files_into_the_working_directory(tmp_path):
+    """`.env.example` lists PROMETHEUS_MULTIPROC_DIR blank; prometheus_client alone would take it
+    for set and write its files into the working directory."""
+    import subprocess
+    import sys
+
+    script = (
+        f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
+        "from wsgi import app\n"
+        "client = app.test_client()\n"
+        "client.get('/api'); client.get('/nowhere')\n"
+        "text = client.get('/metrics').get_data(as_text=True)\n"
+        'assert \'flask_http_request_total{method="GET",status="200"} 1.0\' in text, text[:500]\n'
+    )
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "APP_ENV": "development",
+        "LOG_LEVEL": "WARNING",
+        "PROMETHEUS_MULTIPROC_DIR": "",
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
+    }
+    run = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert sorted(p.name for p in tmp_path.glob("*.db")) == []
