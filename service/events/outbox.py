@@ -18,7 +18,7 @@ from datetime import datetime
 
 from sqlalchemy import Connection, bindparam, func, insert, select, text
 
-from ..db import is_postgres
+from ..db import is_postgres, run_transaction
 from ..models import EVENT_TYPES, Event
 
 events = Event.__table__
@@ -115,7 +115,18 @@ def newest(conn: Connection) -> int:
     return conn.scalar(select(func.coalesce(func.max(events.c.event_id), 0))) or 0
 
 
-def latest(conn: Connection) -> int:
-    """`publish`, then the highest published event id (0 when none): where "from now on" starts."""
-    publish(conn)
-    return newest(conn)
+def publish_pending() -> int:
+    """Number every event written so far, one batch of `PUBLISH_BATCH` per transaction (app
+    context); returns how many got an id. Ends early when another publisher is at work (it
+    numbers them)."""
+    batch, total = PUBLISH_BATCH, 0
+    while (numbered := run_transaction(publish, batch=batch)) == batch:
+        total += numbered
+    return total + numbered
+
+
+def latest() -> int:
+    """`publish_pending`, then the highest event id (0 when none): where "from now on" starts,
+    so that no event written before it reads as news (app context)."""
+    publish_pending()
+    return run_transaction(newest)

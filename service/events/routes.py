@@ -81,7 +81,7 @@ def live():
             "Too many open event streams on this worker. Please retry shortly.", reason="streams_full"
         )
     if after is None:  # what was written before this request is not news to it
-        after = run_transaction(outbox.latest)
+        after = outbox.latest()
     headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
     start, seen = first_round(app, after=after, pool=pool)
     if app.config["EVENT_STREAM_SECONDS"] <= 0:  # the whole answer now: no worker held

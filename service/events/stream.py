@@ -181,7 +181,7 @@ class Feed:
             return
         try:
             if time.monotonic() - self.polled_at > IDLE_SECONDS:  # unread for long: from the newest
-                first = run_transaction(outbox.latest)
+                first = outbox.latest()
                 with self.changed:
                     self.buffer.clear()
                     self.start = self.last = first

@@ -153,8 +153,7 @@ class Sweeper:
         """After a sweep: number pending events, prune old usages and events (a bounded amount)."""
         try:
             with self.app.app_context():  # events nobody read meanwhile get their ids
-                while run_transaction(outbox.publish) == outbox.PUBLISH_BATCH:
-                    pass
+                outbox.publish_pending()
             run_prune(self.app, now=now, max_batches=PRUNE_BATCHES_PER_SWEEP)
         except Exception:
             log.exception("pruning old usages and events failed; retrying next interval")

@@ -146,6 +146,25 @@ def test_a_new_stream_starts_from_now_and_says_where(app, client):
 
 
 @pytest.mark.options(EVENT_STREAM_POLL_SECONDS=0)  # each request reads the outbox
+def test_a_new_stream_counts_every_event_written_before_it_as_old(app, client, clock):
+    """Events nobody has numbered yet may be more than a batch (no reader for a while): a stream
+    from now on numbers them all before it says where it starts, else those past the first
+    batch came to it as news."""
+    backlog = text(
+        "INSERT INTO events (type, pool, at) WITH RECURSIVE n(i) AS"
+        " (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < :rows) SELECT 'queued', 'default', :at FROM n"
+    )
+    with app.app_context():
+        run_transaction(lambda conn: conn.execute(backlog, {"rows": outbox.PUBLISH_BATCH + 1, "at": clock()}))
+    start = client.get("/api/events/stream").get_data(as_text=True)
+    holder = user()
+    activate(client, holder)
+    resume = {"Last-Event-ID": start.split("id: ")[1].strip()}
+    again = stream_events(client.get("/api/events/stream", headers=resume))
+    assert [(data["type"], data["user_id"]) for _, data in again] == [("leased", str(holder))]
+
+
+@pytest.mark.options(EVENT_STREAM_POLL_SECONDS=0)  # each request reads the outbox
 def test_an_event_id_past_the_newest_resumes_from_the_newest(app, client):
     """An id the service has not given yet would make a client skip the events up to it."""
     activate(client, user())
