@@ -75,13 +75,16 @@ def record_event(
     )
 
 
-def publish(conn: Connection, *, batch: int = PUBLISH_BATCH) -> int:
+def publish(conn: Connection, *, batch: int = PUBLISH_BATCH, wait: bool = False) -> int:
     """Give the next ids to up to `batch` events written so far; returns how many got one.
 
-    Returns 0 at once when another publisher is at work (it numbers them).
+    Returns 0 at once when another publisher is at work (it numbers them), or with
+    `wait` waits for it (within the statement timeout) and then numbers the rest.
     """
-    if is_postgres(conn) and not conn.scalar(text(f"SELECT pg_try_advisory_xact_lock({PUBLISH_LOCK})")):
-        return 0
+    if is_postgres(conn):
+        lock = "pg_advisory_xact_lock" if wait else "pg_try_advisory_xact_lock"
+        if conn.scalar(text(f"SELECT {lock}({PUBLISH_LOCK})")) is False:
+            return 0
     return conn.execute(_PUBLISH, {"batch": batch}).rowcount
 
 
@@ -115,18 +118,19 @@ def newest(conn: Connection) -> int:
     return conn.scalar(select(func.coalesce(func.max(events.c.event_id), 0))) or 0
 
 
-def publish_pending() -> int:
-    """Number every event written so far, one batch of `PUBLISH_BATCH` per transaction (app
+def publish_pending(*, wait: bool = False) -> int:
+    """Number the events written so far, one batch of `PUBLISH_BATCH` per transaction (app
     context); returns how many got an id. Ends early when another publisher is at work (it
-    numbers them)."""
+    numbers them), or with `wait` waits for it and numbers what is left: then every event
+    written before the call has its id."""
     batch, total = PUBLISH_BATCH, 0
-    while (numbered := run_transaction(publish, batch=batch)) == batch:
+    while (numbered := run_transaction(publish, batch=batch, wait=wait)) == batch:
         total += numbered
     return total + numbered
 
 
 def latest() -> int:
-    """`publish_pending`, then the highest event id (0 when none): where "from now on" starts,
-    so that no event written before it reads as news (app context)."""
-    publish_pending()
+    """`publish_pending(wait=True)`, then the highest event id (0 when none): where "from now
+    on" starts, so that no event written before it reads as news (app context)."""
+    publish_pending(wait=True)
     return run_transaction(newest)

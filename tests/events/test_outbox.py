@@ -6,6 +6,8 @@ order on PostgreSQL with two real connections.
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 
 import psycopg
@@ -145,23 +147,62 @@ def test_a_new_stream_starts_from_now_and_says_where(app, client):
     assert [data["event_id"] for _, data in again] == [last + 1]
 
 
-@pytest.mark.options(EVENT_STREAM_POLL_SECONDS=0)  # each request reads the outbox
-def test_a_new_stream_counts_every_event_written_before_it_as_old(app, client, clock):
-    """Events nobody has numbered yet may be more than a batch (no reader for a while): a stream
-    from now on numbers them all before it says where it starts, else those past the first
-    batch came to it as news."""
-    backlog = text(
-        "INSERT INTO events (type, pool, at) WITH RECURSIVE n(i) AS"
-        " (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < :rows) SELECT 'queued', 'default', :at FROM n"
-    )
+BACKLOG = text(
+    "INSERT INTO events (type, pool, at) WITH RECURSIVE n(i) AS"
+    " (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < :rows) SELECT 'queued', 'default', :at FROM n"
+)
+
+
+def write_backlog(app, rows: int, at) -> None:
+    """`rows` events in the outbox, none numbered (as between two readers)."""
     with app.app_context():
-        run_transaction(lambda conn: conn.execute(backlog, {"rows": outbox.PUBLISH_BATCH + 1, "at": clock()}))
-    start = client.get("/api/events/stream").get_data(as_text=True)
+        run_transaction(lambda conn: conn.execute(BACKLOG, {"rows": rows, "at": at}))
+
+
+def only_news_after(client, start: str) -> None:
+    """A lease made after the stream answer `start`: resuming from its id finds that lease alone."""
     holder = user()
     activate(client, holder)
     resume = {"Last-Event-ID": start.split("id: ")[1].strip()}
     again = stream_events(client.get("/api/events/stream", headers=resume))
     assert [(data["type"], data["user_id"]) for _, data in again] == [("leased", str(holder))]
+
+
+@pytest.mark.options(EVENT_STREAM_POLL_SECONDS=0)  # each request reads the outbox
+def test_a_new_stream_counts_every_event_written_before_it_as_old(app, client, clock):
+    """Events nobody has numbered yet may be more than a batch (no reader for a while): a stream
+    from now on numbers them all before it says where it starts, else those past the first
+    batch came to it as news."""
+    write_backlog(app, outbox.PUBLISH_BATCH + 1, clock())
+    only_news_after(client, client.get("/api/events/stream").get_data(as_text=True))
+
+
+@pytest.mark.options(EVENT_STREAM_POLL_SECONDS=0)
+def test_a_new_stream_waits_for_another_publisher_and_counts_its_backlog_as_old(
+    app, client, clock, is_postgres
+):
+    """Another process numbering events holds the publish lock: a stream from now on waits for
+    it instead of starting below the events that process has not numbered yet."""
+    if not is_postgres:
+        pytest.skip("the publish lock is PostgreSQL's (SQLite serialises writers)")
+    write_backlog(app, 3, clock())
+    url = app.config["SQLALCHEMY_DATABASE_URI"].replace("postgresql+psycopg://", "postgresql://")
+    answers: list[str] = []
+    with psycopg.connect(url) as other:
+        other.execute("SELECT pg_advisory_xact_lock(%s)", (outbox.PUBLISH_LOCK,))
+        stream = threading.Thread(
+            target=lambda: answers.append(app.test_client().get("/api/events/stream").get_data(as_text=True))
+        )
+        stream.start()
+        waiting = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+        with psycopg.connect(url, autocommit=True) as look:
+            deadline = time.monotonic() + 10
+            while not look.execute(waiting).fetchone()[0] and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert look.execute(waiting).fetchone()[0] == 1, "the stream did not wait for the lock"
+        other.rollback()  # the other publisher ends without numbering anything
+        stream.join(10)
+    only_news_after(client, answers[0])
 
 
 @pytest.mark.options(EVENT_STREAM_POLL_SECONDS=0)  # each request reads the outbox
