@@ -378,6 +378,10 @@ class Nginx:
     def __init__(self, directory: Path, upstreams: list[str], **overrides: str):
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
+        # nginx's workers (not root) write large buffered answers there: pytest's own folders
+        # are closed to them
+        self.temp = Path(tempfile.mkdtemp(prefix="tokenpool-nginx-"))
+        self.temp.chmod(0o777)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         servers = " ".join(f"server {u} max_fails=3 fail_timeout=10s;" for u in upstreams)
@@ -388,7 +392,7 @@ class Nginx:
             NGINX_PID=str(self.dir / "nginx.pid"),
             NGINX_ERROR_LOG=str(self.dir / "error.log"),
             NGINX_ACCESS_LOG=str(self.dir / "access.log"),
-            NGINX_TEMP_DIR=str(self.dir),
+            NGINX_TEMP_DIR=str(self.temp),
         )
         values.update(overrides)
         render.render_all(self.dir / "conf", values)
@@ -433,6 +437,7 @@ class Nginx:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        shutil.rmtree(self.temp, ignore_errors=True)
 
     def access_log(self) -> list[dict]:
         path = self.dir / "access.log"

@@ -82,12 +82,13 @@ def live():
         )
     if after is None:  # what was written before this request is not news to it
         after = outbox.latest()
-    headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
     start, seen = first_round(app, after=after, pool=pool)
     if app.config["EVENT_STREAM_SECONDS"] <= 0:  # the whole answer now: no worker held
+        # nginx may take it whole (buffered) and free the worker however slowly the client reads
+        headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "yes"}
         return Response(start, mimetype="text/event-stream", headers=headers)
-    return Response(
+    return Response(  # held open: nginx passes each message on as it comes
         itertools.chain([start], held(app, after=seen, pool=pool)),
         mimetype="text/event-stream",
-        headers=headers,
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )

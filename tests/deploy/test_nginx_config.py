@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -222,6 +223,9 @@ class _Upstream(BaseHTTPRequestHandler):
         payload = {"echo": record}
         if self.path == "/big":
             payload["filler"] = ["token"] * 2000
+        if self.path.startswith("/api/events/stream"):  # a large answer, buffered as it says
+            self._stream_answer(self.path.rpartition("=")[2])
+            return
         body = json.dumps(payload).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
@@ -231,13 +235,30 @@ class _Upstream(BaseHTTPRequestHandler):
 
     do_GET = do_POST = _answer
 
+    written = threading.Event()  # the last byte of a stream answer is written
+
+    def _stream_answer(self, buffering: str) -> None:
+        body = b": filler\n\n" * (STREAM_ANSWER_BYTES // 11)
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("X-Accel-Buffering", buffering)
+        self.end_headers()
+        self.wfile.write(body)
+        self.wfile.flush()
+        type(self).written.set()
+
     def log_message(self, *args):
         pass
+
+
+STREAM_ANSWER_BYTES = 24 * 1024 * 1024  # more than the kernel buffers between the three
 
 
 @pytest.fixture
 def upstream():
     _Upstream.seen = []
+    _Upstream.written = threading.Event()
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Upstream)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -315,6 +336,22 @@ def test_nginx_passes_exactly_the_request_ids_the_service_accepts(proxy, upstrea
         assert sent == value
     else:
         assert re.fullmatch(r"[0-9a-f]{32}", sent), sent
+
+
+@needs_nginx
+@pytest.mark.parametrize("buffering", ["yes", "no"])
+def test_the_stream_location_buffers_an_answer_that_ends_and_passes_a_held_one_through(
+    proxy, upstream, tmp_path, buffering
+):
+    """The service says per answer (X-Accel-Buffering): a stream answer that ends at once (sync
+    workers) is taken whole by nginx, so a client that reads slowly holds no worker; a held one
+    goes through unbuffered, so nginx cannot keep its messages back (and then a client that
+    does not read does hold its sender)."""
+    with socket.create_connection(("127.0.0.1", proxy)) as client:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        client.sendall(f"GET /api/events/stream?buffering={buffering} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        written = _Upstream.written.wait(5 if buffering == "yes" else 2)  # the client reads nothing
+    assert written == (buffering == "yes")
 
 
 @needs_nginx

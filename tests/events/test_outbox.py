@@ -123,7 +123,7 @@ def test_a_stream_resumes_from_last_event_id_with_nothing_lost_or_repeated(app, 
         activate(client, user())
     response = client.get("/api/events/stream", query_string={"after": 0})
     assert response.status_code == 200 and response.mimetype == "text/event-stream"
-    assert response.headers["Cache-Control"] == "no-store" and response.headers["X-Accel-Buffering"] == "no"
+    assert response.headers["Cache-Control"] == "no-store" and response.headers["X-Accel-Buffering"] == "yes"
     assert response.get_data(as_text=True).startswith("retry: ")
     seen = stream_events(response)
     assert [data["type"] for _, data in seen] == ["leased"] * 3
@@ -216,6 +216,13 @@ def test_an_event_id_past_the_newest_resumes_from_the_newest(app, client):
     activate(client, user())  # the client comes back with the id it was moved to: nothing skipped
     again = stream_events(client.get("/api/events/stream", headers={"Last-Event-ID": str(newest)}))
     assert [data["event_id"] for _, data in again] == [newest + 1]
+
+
+@pytest.mark.options(EVENT_STREAM_SECONDS=30)
+def test_a_held_stream_tells_nginx_not_to_buffer_it(client):
+    response = client.get("/api/events/stream", buffered=False)
+    assert response.status_code == 200 and response.headers["X-Accel-Buffering"] == "no"
+    response.close()
 
 
 def test_a_bad_last_event_id_is_400(client):
