@@ -67,9 +67,15 @@ class InvalidJson(ApiError):
 
 
 class Unauthorized(ApiError):
-    """401 UNAUTHORIZED: no API key, or one that is unknown or revoked."""
+    """401 UNAUTHORIZED: no API key, or one that is unknown or revoked.
+
+    Answers `WWW-Authenticate: Bearer realm="tokenpool"`: a 401 names the scheme the
+    server accepts (RFC 9110 section 15.5.2; the Bearer scheme is RFC 6750's). An API key
+    is also accepted as `X-API-Key`, which has no challenge of its own.
+    """
 
     code, error_code = 401, "UNAUTHORIZED"
+    response_headers = {"WWW-Authenticate": 'Bearer realm="tokenpool"'}  # noqa: RUF012 - read-only
 
 
 class Forbidden(ApiError):

@@ -18,6 +18,9 @@ BUILT_APPS: list = []
 ERROR_KEYS = {"status", "error_code", "message", "error_id", "request_id", "timestamp", "details"}
 
 
+WWW_AUTHENTICATE = 'Bearer realm="tokenpool"'
+
+
 def assert_error(response, status: int, error_code: str, message: str | None = None) -> dict:
     """The response is the one JSON error shape with this status, code and message."""
     assert response.status_code == status, response.get_data(as_text=True)
@@ -29,6 +32,8 @@ def assert_error(response, status: int, error_code: str, message: str | None = N
     assert body["timestamp"].endswith("Z")
     if message is not None:
         assert body["message"] == message
+    if status == 401:  # RFC 9110 section 15.5.2: a 401 names the scheme that would be accepted
+        assert response.headers["WWW-Authenticate"] == WWW_AUTHENTICATE
     return body
 
 
