@@ -19,12 +19,12 @@ from __future__ import annotations
 import bisect
 import collections
 import itertools
-import json
 import logging
 import threading
 import time
 from collections.abc import Iterator
 
+import orjson
 import psycopg
 from flask import current_app
 
@@ -63,8 +63,13 @@ def event_json(event: dict) -> dict:
 
 
 def sse(event: dict) -> str:
-    """One event as a Server-Sent Events message (`id:` is the event id)."""
-    body = json.dumps(event_json(event), separators=(",", ":"))
+    """One event as a Server-Sent Events message (`id:` is the event id).
+
+    Its data is compact JSON in the page's key order, written by orjson (the same text as
+    `json.dumps` with compact separators for these ASCII values, in half the time: every
+    worker writes every event of every instance).
+    """
+    body = orjson.dumps(event_json(event)).decode()
     return f"id: {event['event_id']}\nevent: {event['type']}\ndata: {body}\n\n"
 
 

@@ -250,6 +250,26 @@ def test_event_ids_follow_visibility_not_the_order_of_writing(app, client, is_po
     assert later["events"][0]["event_id"] > seen["last_event_id"]
 
 
+@pytest.mark.parametrize("holder", [uuid.uuid4(), None])
+def test_an_sse_message_carries_the_events_compact_json(holder):
+    import json
+    from datetime import UTC, datetime
+
+    from service.events.stream import event_json, sse
+
+    event = {
+        "event_id": 7,
+        "type": "cleared",
+        "pool": "seats-eu_1",
+        "token_id": uuid.uuid4(),
+        "user_id": holder,
+        "fencing_token": 12,
+        "at": datetime(2026, 12, 7, 9, 30, 1, 250, tzinfo=UTC),
+    }
+    data = json.dumps(event_json(event), separators=(",", ":"))
+    assert sse(event) == f"id: 7\nevent: cleared\ndata: {data}\n\n"
+
+
 def test_record_event_refuses_an_unknown_type(app):
     with app.app_context(), pytest.raises(ValueError):
         run_transaction(outbox.record_event, "borrowed", at=None)
