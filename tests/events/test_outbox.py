@@ -6,9 +6,11 @@ order on PostgreSQL with two real connections.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
+from datetime import UTC, datetime
 
 import psycopg
 import pytest
@@ -16,6 +18,7 @@ from sqlalchemy import text
 
 from service.db import run_transaction
 from service.events import outbox
+from service.events.stream import event_json, sse
 from service.extensions import db
 from service.tokens import service
 from service.tokens.sweeper import run_sweep
@@ -105,8 +108,6 @@ def test_bad_page_parameters_are_400(client, params, field):
 
 
 def stream_events(response) -> list[tuple[int, dict]]:
-    import json
-
     out = []
     for block in response.get_data(as_text=True).split("\n\n"):
         lines = dict(
@@ -252,11 +253,6 @@ def test_event_ids_follow_visibility_not_the_order_of_writing(app, client, is_po
 
 @pytest.mark.parametrize("holder", [uuid.uuid4(), None])
 def test_an_sse_message_carries_the_events_compact_json(holder):
-    import json
-    from datetime import UTC, datetime
-
-    from service.events.stream import event_json, sse
-
     event = {
         "event_id": 7,
         "type": "cleared",
