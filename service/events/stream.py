@@ -65,7 +65,7 @@ def event_json(event: dict) -> dict:
 def sse(event: dict) -> str:
     """One event as a Server-Sent Events message (`id:` is the event id).
 
-    Its data is compact JSON in the page's key order, written by orjson (the same text as
+    Its data is `event_json` as compact JSON, written by orjson (the same text as
     `json.dumps` with compact separators for these ASCII values, in half the time: every
     worker writes every event of every instance).
     """
