@@ -182,11 +182,12 @@ def known_caller() -> Identity | None:
 
     Never authenticates: for the access line and other after-the-fact readers.
     """
-    return cast("Request", request).caller
+    return cast("Request", request._get_current_object()).caller  # type: ignore[attr-defined]
 
 
 def _authenticate() -> Identity | None:
-    if not g.route_class.keyed or request.method == "OPTIONS":
+    route_class = g._get_current_object().route_class
+    if not route_class.keyed or request._get_current_object().method == "OPTIONS":  # type: ignore[attr-defined]
         return None  # a CORS preflight never carries the key; OPTIONS runs no view
     key = presented_key()
     if key is None:

@@ -190,7 +190,7 @@ class PolicyLimiter(Limiter):
 
     def limits_for_request(self) -> list[tuple]:
         """[(item, storage identifiers, kind)] that apply to this request, in order."""
-        route_class = g.route_class  # service/route_table.py, looked up when the request began
+        route_class = g._get_current_object().route_class  # service/route_table.py, set as the request began
         if not route_class.limited or is_cors_preflight():
             return []
         key = caller()  # authenticates if no hook asked yet; None without a route (404, 405): per IP
@@ -230,7 +230,7 @@ class PolicyLimiter(Limiter):
 
     def _hit(self, checks: list[tuple]) -> None:
         strategy = self.limiter  # the in-memory fallback while the storage is dead
-        g.rate_limits = seen = []
+        g._get_current_object().rate_limits = seen = []
         for item, identifiers, kind in checks:
             allowed, remaining, reset_at = hit_window(strategy, item, *identifiers)
             seen.append((item, kind, remaining, reset_at))
@@ -257,7 +257,7 @@ class PolicyLimiter(Limiter):
 
     def headers(self, response):
         """The rate-limit headers of the limits this request hit (ratelimit_headers.py)."""
-        seen = g.get("rate_limits")
+        seen = g._get_current_object().get("rate_limits")
         if seen:
             hits = [(kind, item.amount, item.get_expiry(), left, reset) for item, kind, left, reset in seen]
             # only this hook writes them: added, not searched for and replaced

@@ -23,7 +23,7 @@ def _incoming(environ: dict, key: str) -> str | None:
 
 
 def _ids(_route_class) -> None:
-    environ = request.environ
+    environ = request._get_current_object().environ  # type: ignore[attr-defined]  # bound, not proxied
     ctx = g._get_current_object()
     ctx.request_id = _incoming(environ, "HTTP_X_REQUEST_ID") or uuid.uuid4().hex
     ctx.correlation_id = _incoming(environ, "HTTP_X_CORRELATION_ID") or ctx.request_id

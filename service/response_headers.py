@@ -19,8 +19,11 @@ from .redirects import https_redirect
 
 def is_cors_preflight() -> bool:
     """A browser's CORS preflight (Fetch standard): OPTIONS with Origin and Access-Control-Request-Method."""
-    headers = request.headers
-    return request.method == "OPTIONS" and "Origin" in headers and "Access-Control-Request-Method" in headers
+    req = request._get_current_object()  # type: ignore[attr-defined]  # one proxy lookup
+    if req.method != "OPTIONS":
+        return False
+    headers = req.headers
+    return "Origin" in headers and "Access-Control-Request-Method" in headers
 
 
 class OnceTalisman(Talisman):
@@ -54,7 +57,8 @@ class OnceTalisman(Talisman):
             response.headers["X-XSS-Protection"] = "0"
             return response
         # HSTS on HTTPS only; the raw scheme headers were consumed by ProxyFix and removed
-        key = (request.endpoint, request.is_secure)
+        req = request._get_current_object()  # type: ignore[attr-defined]  # one proxy lookup
+        key = (req.endpoint, req.is_secure)
         headers = self._headers_of.get(key)
         if headers is None:
             probe = Response()
