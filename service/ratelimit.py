@@ -32,7 +32,7 @@ from .authentication import caller
 from .errors import RateLimited
 from .ratelimit_headers import rate_limit_headers, seconds_until
 from .redis_connect import limits_storage_options
-from .response_headers import is_cors_preflight
+from .response_headers import add_checked, is_cors_preflight
 from .state import app_state
 
 log = logging.getLogger("tokenpool.ratelimit")
@@ -260,8 +260,8 @@ class PolicyLimiter(Limiter):
         seen = g._get_current_object().get("rate_limits")
         if seen:
             hits = [(kind, item.amount, item.get_expiry(), left, reset) for item, kind, left, reset in seen]
-            # only this hook writes them: added, not searched for and replaced
-            response.headers.extend(rate_limit_headers(hits, time.time()))
+            # only this hook writes them: added, not searched for and replaced; values made of numbers
+            add_checked(response.headers, rate_limit_headers(hits, time.time()))
         return response
 
 

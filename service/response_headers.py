@@ -11,6 +11,7 @@ from __future__ import annotations
 from flask import Response, g, request
 from flask_cors import CORS
 from flask_talisman import Talisman
+from werkzeug.datastructures import Headers
 
 from . import ratelimit_headers as rate_limit_headers
 from .config import ConfigError
@@ -24,6 +25,17 @@ def is_cors_preflight() -> bool:
         return False
     headers = req.headers
     return "Origin" in headers and "Access-Control-Request-Method" in headers
+
+
+def add_checked(headers: Headers, pairs) -> None:
+    """Append (name, value) pairs whose values are known to be header-safe strings (no newline).
+
+    werkzeug's `Headers.add`/`extend` check every value again (~0.5 us each);
+    these were checked when first made (Talisman's, on a probe response) or are
+    built from numbers here. Reaches werkzeug's private `Headers._list`:
+    tests/protection/test_library_tripwires.py fails when werkzeug changes it.
+    """
+    headers._list.extend(pairs)
 
 
 class OnceTalisman(Talisman):
@@ -65,10 +77,15 @@ class OnceTalisman(Talisman):
             probe.headers.clear()
             super()._set_response_headers(probe)
             probe.headers["X-XSS-Protection"] = "0"
-            headers = self._headers_of[key] = tuple(probe.headers.items())
+            pairs = tuple(probe.headers.items())
+            headers = self._headers_of[key] = (pairs, frozenset(name.lower() for name, _ in pairs))
+        pairs, names = headers
         target = response.headers
-        for name, value in headers:
-            target[name] = value
+        if any(name.lower() in names for name, _ in target):  # a view set one: replaced, as Talisman does
+            for name, value in pairs:
+                target[name] = value
+        else:  # none there yet: setting each is appending each
+            add_checked(target, pairs)
         return response
 
 

@@ -6,7 +6,8 @@ Flask-Limiter's private request check and drives its in-memory fallback
 switch; `ScrapeExporter` (service/metrics/endpoint.py) overrides
 prometheus-flask-exporter's `generate_metrics`, which its /metrics view must
 call; `metrics_storage` extends prometheus_client's memory-mapped files; `db.pool_limit` reads
-SQLAlchemy's pool overflow; `drain` drives gunicorn's worker loop. Each test here
+SQLAlchemy's pool overflow; `drain` drives gunicorn's worker loop; `add_checked`
+(service/response_headers.py) appends to werkzeug's `Headers._list`. Each test here
 fails on the day an upgrade renames or changes what they rely on, instead of
 the override silently stopping to apply.
 """
@@ -23,7 +24,7 @@ from flask_talisman import Talisman
 
 from service.app import App
 from service.ratelimit import PolicyLimiter
-from service.response_headers import OnceTalisman, talisman_options
+from service.response_headers import OnceTalisman, add_checked, talisman_options
 from service.route_table import API
 
 
@@ -59,11 +60,16 @@ def headers_app(cls) -> Flask:
         return "ok"
 
     framed.talisman_view_options = {"frame_options": "SAMEORIGIN"}  # Talisman's per-view options
+
+    @app.get("/own")
+    def own():  # headers of its own, which Talisman replaces (the first one kept in place)
+        return "ok", 200, [("x-frame-options", "SAMEORIGIN"), ("X-Extra", "1"), ("X-Frame-Options", "ALLOW")]
+
     cls(app, **talisman_options({"HSTS_MAX_AGE": 31536000, "FORCE_HTTPS": True}))
     return app
 
 
-REQUESTS = [("GET", "/a"), ("POST", "/b/7"), ("GET", "/framed"), ("GET", "/missing")]
+REQUESTS = [("GET", "/a"), ("POST", "/b/7"), ("GET", "/framed"), ("GET", "/own"), ("GET", "/missing")]
 
 
 def test_once_talisman_headers_equal_stock_talisman_per_endpoint_and_scheme():
@@ -75,12 +81,14 @@ def test_once_talisman_headers_equal_stock_talisman_per_endpoint_and_scheme():
             mine = ours.test_client().open(url, method=method)
             theirs = stock.test_client().open(url, method=method)
             assert mine.status_code == theirs.status_code, (method, path, client_pass)
-            expected = {k: v for k, v in theirs.headers.items() if k not in ("Content-Length",)}
-            got = {k: v for k, v in mine.headers.items() if k not in ("Content-Length",)}
-            expected["X-XSS-Protection"] = "0"  # our one deliberate difference (OnceTalisman's docstring)
+            # in order, our one deliberate difference last (OnceTalisman's docstring)
+            expected = [(k, v) for k, v in theirs.headers.items() if k != "Content-Length"]
+            expected.append(("X-XSS-Protection", "0"))
+            got = [(k, v) for k, v in mine.headers.items() if k != "Content-Length"]
             assert got == expected, (method, path, scheme, client_pass)
-            assert ("Strict-Transport-Security" in got) is (scheme == "https")
-            assert got["X-Frame-Options"] == ("SAMEORIGIN" if path == "/framed" else "DENY")
+            assert ("Strict-Transport-Security" in mine.headers) is (scheme == "https")
+            assert mine.headers["X-Frame-Options"] == ("SAMEORIGIN" if path == "/framed" else "DENY")
+            assert mine.headers.getlist("X-Frame-Options") == [mine.headers["X-Frame-Options"]]
 
 
 # --- Flask-Limiter --------------------------------------------------------------------------
@@ -240,3 +248,21 @@ def test_gunicorn_names_the_drain_drives_exist():
     assert "self.PIPE" in inspect.getsource(Worker.init_process)
     assert params(SyncWorker.handle) == ["self", "listener", "client", "addr"]
     assert params(Worker.notify) == ["self"]
+
+
+# --- werkzeug -----------------------------------------------------------------------------------
+
+
+def test_werkzeug_headers_keep_their_pairs_in_the_list_add_checked_extends():
+    from werkzeug.datastructures import Headers
+
+    assert "self._list.append((key, value_str))" in inspect.getsource(Headers.add)
+    assert "return iter(self._list)" in inspect.getsource(Headers.__iter__)
+    headers = Headers([("Content-Type", "application/json")])
+    add_checked(headers, (("X-A", "1"), ("content-type", "text/plain")))
+    assert headers.to_wsgi_list() == [
+        ("Content-Type", "application/json"),
+        ("X-A", "1"),
+        ("content-type", "text/plain"),
+    ]
+    assert headers.getlist("Content-Type") == ["application/json", "text/plain"] and headers["x-a"] == "1"
