@@ -1,23 +1,25 @@
 """Tripwires for the library private names the service overrides or reads.
 
 `OnceTalisman` (service/response_headers.py) overrides Flask-Talisman's private
-after-request hook; `PolicyLimiter` (service/ratelimit.py) replaces
-Flask-Limiter's private request check and drives its in-memory fallback
-switch; `ScrapeExporter` (service/metrics/endpoint.py) overrides
+after-request hook and its two before-request hooks; `PolicyLimiter`
+(service/ratelimit.py) replaces Flask-Limiter's private request check, drives
+its in-memory fallback switch;
+`ScrapeExporter` (service/metrics/endpoint.py) overrides
 prometheus-flask-exporter's `generate_metrics`, which its /metrics view must
-call; `metrics_storage` extends prometheus_client's memory-mapped files; `db.pool_limit` reads
-SQLAlchemy's pool overflow; `drain` drives gunicorn's worker loop; `add_checked`
-(service/response_headers.py) appends to werkzeug's `Headers._list`. Each test here
-fails on the day an upgrade renames or changes what they rely on, instead of
-the override silently stopping to apply.
+call; `metrics_storage` extends prometheus_client's memory-mapped files;
+`db.pool_limit` reads SQLAlchemy's pool overflow; `drain` drives gunicorn's
+worker loop; `add_checked` (service/response_headers.py) appends to werkzeug's
+`Headers._list`. Each test here fails on the day an upgrade renames or changes
+what they rely on, instead of the override silently stopping to apply.
 """
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 
 import flask_limiter
-from flask import Flask, g, jsonify
+from flask import Flask, g, jsonify, request
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from flask_talisman import Talisman
@@ -43,6 +45,45 @@ def test_talisman_after_request_hook_is_the_private_method_we_override():
     assert "content_security_policy_nonce_in" in params(Talisman.init_app)
 
 
+def test_talisman_before_request_hooks_are_the_private_methods_we_override():
+    # OnceTalisman keeps, per endpoint, whether these find work; read them again if they change
+    digests = {
+        name: hashlib.sha256(inspect.getsource(getattr(Talisman, name)).encode()).hexdigest()[:16]
+        for name in ("_force_https", "_make_nonce", "_get_local_options")
+    }
+    assert digests == {
+        "_force_https": "262f9739319e0a07",
+        "_make_nonce": "855c316a130549f0",
+        "_get_local_options": "2ca48cc1f86c43d1",
+    }
+    app = Flask(__name__)
+    talisman = OnceTalisman(app, **talisman_options({"HSTS_MAX_AGE": 60, "FORCE_HTTPS": False}))
+    hooks = app.before_request_funcs[None]
+    assert talisman._force_https in hooks and talisman._make_nonce in hooks
+
+
+def test_once_talisman_makes_a_nonce_where_talisman_does():
+    def nonce_app(cls) -> Flask:
+        app = Flask(__name__)
+
+        @app.get("/plain")
+        def plain():
+            return str(bool(getattr(request, "csp_nonce", None)))
+
+        @app.get("/scripted")
+        def scripted():
+            return str(bool(getattr(request, "csp_nonce", None)))
+
+        scripted.talisman_view_options = {"content_security_policy_nonce_in": ["default-src"]}
+        cls(app, **talisman_options({"HSTS_MAX_AGE": 60, "FORCE_HTTPS": False}))
+        return app
+
+    for cls in (OnceTalisman, Talisman):
+        client = nonce_app(cls).test_client()
+        for _ in range(2):
+            assert client.get("/plain").text == "False" and client.get("/scripted").text == "True", cls
+
+
 def headers_app(cls) -> Flask:
     """A bare app with a few endpoints (one with its own Talisman options, one raising 404) under `cls`."""
     app = Flask(__name__)
@@ -61,6 +102,12 @@ def headers_app(cls) -> Flask:
 
     framed.talisman_view_options = {"frame_options": "SAMEORIGIN"}  # Talisman's per-view options
 
+    @app.get("/forced")
+    def forced():
+        return "ok"
+
+    forced.talisman_view_options = {"force_https": True}  # Talisman redirects this one itself
+
     @app.get("/own")
     def own():  # headers of its own, which Talisman replaces (the first one kept in place)
         return "ok", 200, [("x-frame-options", "SAMEORIGIN"), ("X-Extra", "1"), ("X-Frame-Options", "ALLOW")]
@@ -69,7 +116,14 @@ def headers_app(cls) -> Flask:
     return app
 
 
-REQUESTS = [("GET", "/a"), ("POST", "/b/7"), ("GET", "/framed"), ("GET", "/own"), ("GET", "/missing")]
+REQUESTS = [
+    ("GET", "/a"),
+    ("POST", "/b/7"),
+    ("GET", "/framed"),
+    ("GET", "/forced"),
+    ("GET", "/own"),
+    ("GET", "/missing"),
+]
 
 
 def test_once_talisman_headers_equal_stock_talisman_per_endpoint_and_scheme():
@@ -89,6 +143,8 @@ def test_once_talisman_headers_equal_stock_talisman_per_endpoint_and_scheme():
             assert ("Strict-Transport-Security" in mine.headers) is (scheme == "https")
             assert mine.headers["X-Frame-Options"] == ("SAMEORIGIN" if path == "/framed" else "DENY")
             assert mine.headers.getlist("X-Frame-Options") == [mine.headers["X-Frame-Options"]]
+            assert (mine.status_code == 302) is (path == "/forced" and scheme == "http")
+    assert ours.config["SESSION_COOKIE_SECURE"] is stock.config["SESSION_COOKIE_SECURE"] is True
 
 
 # --- Flask-Limiter --------------------------------------------------------------------------
