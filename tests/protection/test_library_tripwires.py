@@ -3,7 +3,7 @@
 `OnceTalisman` (service/response_headers.py) overrides Flask-Talisman's private
 after-request hook and its two before-request hooks; `PolicyLimiter`
 (service/ratelimit.py) replaces Flask-Limiter's private request check, drives
-its in-memory fallback switch;
+its in-memory fallback switch and answers its per-request `context`;
 `ScrapeExporter` (service/metrics/endpoint.py) overrides
 prometheus-flask-exporter's `generate_metrics`, which its /metrics view must
 call; `metrics_storage` extends prometheus_client's memory-mapped files;
@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import re
+from pathlib import Path
 
 import flask_limiter
+import pytest
 from flask import Flask, g, jsonify, request
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
@@ -207,6 +210,32 @@ def test_our_request_check_is_the_hook_flask_limiter_registers_and_its_other_hoo
         assert limiter.current_limit is None and not limiter.context.conditional_deductions
     assert response.status_code == 200
     assert not [name for name in response.headers.keys() if "ratelimit" in name.lower()]
+
+
+def test_only_flask_limiters_request_check_writes_its_context():
+    # PolicyLimiter.context is one shared empty context: right only while nothing but the request
+    # check it replaces (and what that calls) writes one; a new reader or writer fails here
+    users = set()
+    for name, value in vars(Limiter).items():
+        func = value.fget if isinstance(value, property) else value
+        if callable(func) and "self.context" in inspect.getsource(func):
+            users.add(name)
+    writers = {"_Limiter__filter_limits", "_Limiter__evaluate_limits", "_check_request_limit"}
+    readers = {"_Limiter__check_conditional_deductions", "_Limiter__release_context"}
+    assert users == writers | readers | {"current_limit", "current_limits"}
+    package = Path(flask_limiter.__file__).parent
+    for module in package.rglob("*.py"):
+        if module.name != "_extension.py":
+            assert not re.search(r"\.context\b", module.read_text()), module
+    assert isinstance(inspect.getattr_static(Limiter, "context"), property)
+
+    _, limiter = limiter_app(PolicyLimiter)
+    context = limiter.context
+    assert context.view_rate_limit is None and not context.conditional_deductions
+    with pytest.raises((AttributeError, TypeError)):
+        context.view_rate_limit = object()
+    with pytest.raises(TypeError):
+        context.conditional_deductions["x"] = 1
 
 
 def test_storage_recovery_switches_the_strategy_back(monkeypatch):
