@@ -6,8 +6,9 @@ request pays only for the stack around it (rate limit, logs, metrics, headers).
 
 from __future__ import annotations
 
-from flask import Blueprint, Response
+from flask import Blueprint
 
+from .app import Response
 from .openapi import Answer, Body, operation
 from .route_table import API, declare
 from .state import app_state

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from flask import Flask
 from flask import Request as FlaskRequest
+from flask import Response as FlaskResponse
 from flask.sessions import SessionInterface
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import RequestRedirect
@@ -44,12 +45,47 @@ class Request(FlaskRequest):
     caller: Identity | None = None
 
 
+# headers werkzeug's get_wsgi_headers rewrites (made absolute URLs / IRIs turned into URIs)
+_REWRITTEN = frozenset(("location", "content-location"))
+
+
+class Response(FlaskResponse):
+    """Flask's response, sent without werkzeug's copy of its headers when the copy would change nothing.
+
+    werkzeug's `get_wsgi_headers` copies every header through `Headers.add`
+    (which checks each value again) and then adjusts the copy: Location and
+    Content-Location, no Content-Length on 1xx and 204, no entity headers on
+    304, a Content-Length worked out for a buffered body without one. When
+    none of these applies, the copy equals the headers as they are, so they
+    are listed directly (`to_wsgi_list`, a new list either way): ~6 us per
+    response. tests/test_wsgi_response.py compares both ways on every case and
+    fails when werkzeug changes either method.
+    """
+
+    def get_wsgi_response(self, environ):
+        """werkzeug's (app_iter, status, headers), its header copy skipped when it would equal the headers."""
+        status = self.status_code
+        if status < 200 or status == 204 or status == 304:
+            return super().get_wsgi_response(environ)
+        headers, has_length = self.headers, False
+        for key, _ in headers:
+            lower = key.lower()
+            if lower in _REWRITTEN:
+                return super().get_wsgi_response(environ)
+            if lower == "content-length":
+                has_length = True
+        if not has_length and self.automatically_set_content_length and self.is_sequence:
+            return super().get_wsgi_response(environ)
+        return self.get_app_iter(environ), self.status, headers.to_wsgi_list()
+
+
 class App(Flask):
     """Flask, minus per-request work that gives the same answer every time."""
 
     session_interface = NoSessions()
     json_provider_class = OrjsonProvider
     request_class = Request
+    response_class = Response
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)

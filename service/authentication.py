@@ -34,16 +34,17 @@ TOUCH_EVERY_SECONDS = 60
 
 def presented_key() -> str | None:
     """The API key the caller sent in `X-API-Key` or `Authorization: Bearer`, if any."""
-    key = request.headers.get("X-API-Key")
+    headers = request._get_current_object().headers  # type: ignore[attr-defined]  # one proxy lookup
+    key = headers.get("X-API-Key")
     if key:
         return key.strip()
-    return bearer_token()
+    return bearer_token(headers)
 
 
-def bearer_token() -> str | None:
+def bearer_token(headers=None) -> str | None:
     """The credentials of `Authorization: Bearer <token>` (the scheme in any case, RFC 7235
-    section 2.1), if any."""
-    auth = request.headers.get("Authorization", "")
+    section 2.1), if any; `headers`: the request's, if the caller has them at hand."""
+    auth = (headers if headers is not None else request.headers).get("Authorization", "")
     if auth[:7].lower() == "bearer ":
         return auth[7:].strip() or None
     return None
@@ -182,15 +183,16 @@ def known_caller() -> Identity | None:
 
     Never authenticates: for the access line and other after-the-fact readers.
     """
-    return cast("Request", request).caller
+    return cast("Request", request._get_current_object()).caller  # type: ignore[attr-defined]
 
 
 def _authenticate() -> Identity | None:
-    if not g.route_class.keyed or request.method == "OPTIONS":
+    route_class = g._get_current_object().route_class
+    if not route_class.keyed or request._get_current_object().method == "OPTIONS":  # type: ignore[attr-defined]
         return None  # a CORS preflight never carries the key; OPTIONS runs no view
     key = presented_key()
     if key is None:
-        if current_app.config["API_AUTH_REQUIRED"]:
+        if current_app._get_current_object().config["API_AUTH_REQUIRED"]:  # type: ignore[attr-defined]
             record_auth_failure("missing_key")
             raise Unauthorized("An API key is required.", reason="missing_key")
         return None

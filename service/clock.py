@@ -17,7 +17,7 @@ from .timeutil import utcnow
 
 def injected(app=None):
     """The `TOKEN_CLOCK` callable of `app` (default: the current app), or None when unset."""
-    return (app or current_app).config.get("TOKEN_CLOCK")
+    return (app or current_app._get_current_object()).config.get("TOKEN_CLOCK")  # type: ignore[attr-defined]
 
 
 def token_time(app=None) -> datetime | None:

@@ -105,7 +105,7 @@ def init_observation(app) -> Observer:
         return response
 
     def teardown(exc) -> None:
-        route_class = g.get("route_class")
+        route_class = g._get_current_object().get("route_class")  # one proxy lookup fewer
         if route_class is not None and observer.finished:
             _notify(observer.finished, route_class, exc)
 

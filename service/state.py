@@ -63,4 +63,4 @@ class AppState:
 
 def app_state(app: Flask | None = None) -> AppState:
     """The state of `app` (default: the current app)."""
-    return (app or current_app).extensions[EXTENSION]
+    return (app or current_app._get_current_object()).extensions[EXTENSION]  # type: ignore[attr-defined]

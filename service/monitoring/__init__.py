@@ -31,9 +31,10 @@ def store() -> FigureStore:
 
 
 def _figures() -> Figures:
-    figures = g.get("monitoring_figures")
+    ctx = g._get_current_object()  # one proxy lookup
+    figures = ctx.get("monitoring_figures")
     if figures is None:
-        figures = g.monitoring_figures = Figures()
+        figures = ctx.monitoring_figures = Figures()
     return figures
 
 
@@ -111,7 +112,7 @@ def init_monitoring(app) -> None:
             figures.add_entry("errors", entry | error)
 
     def flush(_route_class, _exc) -> None:
-        figures = g.pop("monitoring_figures", None)
+        figures = g._get_current_object().pop("monitoring_figures", None)
         if figures:
             _write_now(app, figures)
 

@@ -53,7 +53,9 @@ from .sweeper import wake_scheduler
 
 def lifetime(pool: str = DEFAULT_POOL) -> int | None:
     """The lease lifetime to grant: the setting for the `default` pool, None (the pool's own) for others."""
-    return current_app.config["TOKEN_LIFETIME_SECONDS"] if pool == DEFAULT_POOL else None
+    if pool != DEFAULT_POOL:
+        return None
+    return current_app._get_current_object().config["TOKEN_LIFETIME_SECONDS"]  # type: ignore[attr-defined]
 
 
 def pool_id_of(conn, pool: str) -> int:

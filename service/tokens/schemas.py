@@ -143,10 +143,11 @@ def json_body() -> dict:
 
     Raises UnsupportedMediaType (a body that is not JSON), InvalidJson, ValidationError.
     """
-    raw = request.get_data(cache=True)
+    req = request._get_current_object()  # type: ignore[attr-defined]  # one proxy lookup
+    raw = req.get_data(cache=True)
     if not raw.strip():
         return {}
-    if not request.is_json:
+    if not req.is_json:
         raise UnsupportedMediaType("Content-Type must be application/json.")
     try:
         body = orjson.loads(raw)  # strict JSON: NaN, Infinity and lone surrogates are refused

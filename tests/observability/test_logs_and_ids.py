@@ -199,3 +199,20 @@ def test_access_line_names_the_key_and_the_user_agent_never_the_key(postgres_url
     assert access["ua-1"]["user_agent"] == "inventory-sync/2.1 (+ops)"
     assert "key_name" not in access["ua-2"] and len(access["ua-2"]["user_agent"]) == 256
     assert "SECRET" not in text
+
+
+def test_a_new_request_id_is_a_uuid4_in_hex(monkeypatch):
+    import os
+    import uuid
+
+    from service.request_context import new_request_id
+
+    for _ in range(200):
+        made = new_request_id()
+        assert len(made) == 32 and uuid.UUID(hex=made).version == 4 and uuid.UUID(hex=made).hex == made
+    raw = bytes(range(240, 256))  # every bit set where uuid4 clears some
+    monkeypatch.setattr(os, "urandom", lambda n: raw[:n])
+    assert new_request_id() == uuid.UUID(bytes=raw, version=4).hex
+    raw = bytes(16)
+    monkeypatch.setattr(os, "urandom", lambda n: raw[:n])
+    assert new_request_id() == uuid.UUID(bytes=raw, version=4).hex

@@ -1,29 +1,35 @@
 """Tripwires for the library private names the service overrides or reads.
 
 `OnceTalisman` (service/response_headers.py) overrides Flask-Talisman's private
-after-request hook; `PolicyLimiter` (service/ratelimit.py) replaces
-Flask-Limiter's private request check and drives its in-memory fallback
-switch; `ScrapeExporter` (service/metrics/endpoint.py) overrides
+after-request hook and its two before-request hooks; `PolicyLimiter`
+(service/ratelimit.py) replaces Flask-Limiter's private request check, drives
+its in-memory fallback switch and answers its per-request `context`;
+`ScrapeExporter` (service/metrics/endpoint.py) overrides
 prometheus-flask-exporter's `generate_metrics`, which its /metrics view must
-call; `metrics_storage` extends prometheus_client's memory-mapped files; `db.pool_limit` reads
-SQLAlchemy's pool overflow; `drain` drives gunicorn's worker loop. Each test here
-fails on the day an upgrade renames or changes what they rely on, instead of
-the override silently stopping to apply.
+call; `metrics_storage` extends prometheus_client's memory-mapped files;
+`db.pool_limit` reads SQLAlchemy's pool overflow; `drain` drives gunicorn's
+worker loop; `add_checked` (service/response_headers.py) appends to werkzeug's
+`Headers._list`. Each test here fails on the day an upgrade renames or changes
+what they rely on, instead of the override silently stopping to apply.
 """
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import re
+from pathlib import Path
 
 import flask_limiter
-from flask import Flask, g, jsonify
+import pytest
+from flask import Flask, g, jsonify, request
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from flask_talisman import Talisman
 
 from service.app import App
 from service.ratelimit import PolicyLimiter
-from service.response_headers import OnceTalisman, talisman_options
+from service.response_headers import OnceTalisman, add_checked, talisman_options
 from service.route_table import API
 
 
@@ -40,6 +46,45 @@ def test_talisman_after_request_hook_is_the_private_method_we_override():
     talisman = OnceTalisman(app, **talisman_options({"HSTS_MAX_AGE": 60, "FORCE_HTTPS": False}))
     assert talisman._set_response_headers in app.after_request_funcs[None]  # ours, bound
     assert "content_security_policy_nonce_in" in params(Talisman.init_app)
+
+
+def test_talisman_before_request_hooks_are_the_private_methods_we_override():
+    # OnceTalisman keeps, per endpoint, whether these find work; read them again if they change
+    digests = {
+        name: hashlib.sha256(inspect.getsource(getattr(Talisman, name)).encode()).hexdigest()[:16]
+        for name in ("_force_https", "_make_nonce", "_get_local_options")
+    }
+    assert digests == {
+        "_force_https": "262f9739319e0a07",
+        "_make_nonce": "855c316a130549f0",
+        "_get_local_options": "2ca48cc1f86c43d1",
+    }
+    app = Flask(__name__)
+    talisman = OnceTalisman(app, **talisman_options({"HSTS_MAX_AGE": 60, "FORCE_HTTPS": False}))
+    hooks = app.before_request_funcs[None]
+    assert talisman._force_https in hooks and talisman._make_nonce in hooks
+
+
+def test_once_talisman_makes_a_nonce_where_talisman_does():
+    def nonce_app(cls) -> Flask:
+        app = Flask(__name__)
+
+        @app.get("/plain")
+        def plain():
+            return str(bool(getattr(request, "csp_nonce", None)))
+
+        @app.get("/scripted")
+        def scripted():
+            return str(bool(getattr(request, "csp_nonce", None)))
+
+        scripted.talisman_view_options = {"content_security_policy_nonce_in": ["default-src"]}
+        cls(app, **talisman_options({"HSTS_MAX_AGE": 60, "FORCE_HTTPS": False}))
+        return app
+
+    for cls in (OnceTalisman, Talisman):
+        client = nonce_app(cls).test_client()
+        for _ in range(2):
+            assert client.get("/plain").text == "False" and client.get("/scripted").text == "True", cls
 
 
 def headers_app(cls) -> Flask:
@@ -59,11 +104,29 @@ def headers_app(cls) -> Flask:
         return "ok"
 
     framed.talisman_view_options = {"frame_options": "SAMEORIGIN"}  # Talisman's per-view options
+
+    @app.get("/forced")
+    def forced():
+        return "ok"
+
+    forced.talisman_view_options = {"force_https": True}  # Talisman redirects this one itself
+
+    @app.get("/own")
+    def own():  # headers of its own, which Talisman replaces (the first one kept in place)
+        return "ok", 200, [("x-frame-options", "SAMEORIGIN"), ("X-Extra", "1"), ("X-Frame-Options", "ALLOW")]
+
     cls(app, **talisman_options({"HSTS_MAX_AGE": 31536000, "FORCE_HTTPS": True}))
     return app
 
 
-REQUESTS = [("GET", "/a"), ("POST", "/b/7"), ("GET", "/framed"), ("GET", "/missing")]
+REQUESTS = [
+    ("GET", "/a"),
+    ("POST", "/b/7"),
+    ("GET", "/framed"),
+    ("GET", "/forced"),
+    ("GET", "/own"),
+    ("GET", "/missing"),
+]
 
 
 def test_once_talisman_headers_equal_stock_talisman_per_endpoint_and_scheme():
@@ -75,12 +138,16 @@ def test_once_talisman_headers_equal_stock_talisman_per_endpoint_and_scheme():
             mine = ours.test_client().open(url, method=method)
             theirs = stock.test_client().open(url, method=method)
             assert mine.status_code == theirs.status_code, (method, path, client_pass)
-            expected = {k: v for k, v in theirs.headers.items() if k not in ("Content-Length",)}
-            got = {k: v for k, v in mine.headers.items() if k not in ("Content-Length",)}
-            expected["X-XSS-Protection"] = "0"  # our one deliberate difference (OnceTalisman's docstring)
+            # in order, our one deliberate difference last (OnceTalisman's docstring)
+            expected = [(k, v) for k, v in theirs.headers.items() if k != "Content-Length"]
+            expected.append(("X-XSS-Protection", "0"))
+            got = [(k, v) for k, v in mine.headers.items() if k != "Content-Length"]
             assert got == expected, (method, path, scheme, client_pass)
-            assert ("Strict-Transport-Security" in got) is (scheme == "https")
-            assert got["X-Frame-Options"] == ("SAMEORIGIN" if path == "/framed" else "DENY")
+            assert ("Strict-Transport-Security" in mine.headers) is (scheme == "https")
+            assert mine.headers["X-Frame-Options"] == ("SAMEORIGIN" if path == "/framed" else "DENY")
+            assert mine.headers.getlist("X-Frame-Options") == [mine.headers["X-Frame-Options"]]
+            assert (mine.status_code == 302) is (path == "/forced" and scheme == "http")
+    assert ours.config["SESSION_COOKIE_SECURE"] is stock.config["SESSION_COOKIE_SECURE"] is True
 
 
 # --- Flask-Limiter --------------------------------------------------------------------------
@@ -143,6 +210,32 @@ def test_our_request_check_is_the_hook_flask_limiter_registers_and_its_other_hoo
         assert limiter.current_limit is None and not limiter.context.conditional_deductions
     assert response.status_code == 200
     assert not [name for name in response.headers.keys() if "ratelimit" in name.lower()]
+
+
+def test_only_flask_limiters_request_check_writes_its_context():
+    # PolicyLimiter.context is one shared empty context: right only while nothing but the request
+    # check it replaces (and what that calls) writes one; a new reader or writer fails here
+    users = set()
+    for name, value in vars(Limiter).items():
+        func = value.fget if isinstance(value, property) else value
+        if callable(func) and "self.context" in inspect.getsource(func):
+            users.add(name)
+    writers = {"_Limiter__filter_limits", "_Limiter__evaluate_limits", "_check_request_limit"}
+    readers = {"_Limiter__check_conditional_deductions", "_Limiter__release_context"}
+    assert users == writers | readers | {"current_limit", "current_limits"}
+    package = Path(flask_limiter.__file__).parent
+    for module in package.rglob("*.py"):
+        if module.name != "_extension.py":
+            assert not re.search(r"\.context\b", module.read_text()), module
+    assert isinstance(inspect.getattr_static(Limiter, "context"), property)
+
+    _, limiter = limiter_app(PolicyLimiter)
+    context = limiter.context
+    assert context.view_rate_limit is None and not context.conditional_deductions
+    with pytest.raises((AttributeError, TypeError)):
+        context.view_rate_limit = object()
+    with pytest.raises(TypeError):
+        context.conditional_deductions["x"] = 1
 
 
 def test_storage_recovery_switches_the_strategy_back(monkeypatch):
@@ -240,3 +333,21 @@ def test_gunicorn_names_the_drain_drives_exist():
     assert "self.PIPE" in inspect.getsource(Worker.init_process)
     assert params(SyncWorker.handle) == ["self", "listener", "client", "addr"]
     assert params(Worker.notify) == ["self"]
+
+
+# --- werkzeug -----------------------------------------------------------------------------------
+
+
+def test_werkzeug_headers_keep_their_pairs_in_the_list_add_checked_extends():
+    from werkzeug.datastructures import Headers
+
+    assert "self._list.append((key, value_str))" in inspect.getsource(Headers.add)
+    assert "return iter(self._list)" in inspect.getsource(Headers.__iter__)
+    headers = Headers([("Content-Type", "application/json")])
+    add_checked(headers, (("X-A", "1"), ("content-type", "text/plain")))
+    assert headers.to_wsgi_list() == [
+        ("Content-Type", "application/json"),
+        ("X-A", "1"),
+        ("content-type", "text/plain"),
+    ]
+    assert headers.getlist("Content-Type") == ["application/json", "text/plain"] and headers["x-a"] == "1"
