@@ -118,13 +118,15 @@ def newest(conn: Connection) -> int:
     return conn.scalar(select(func.coalesce(func.max(events.c.event_id), 0))) or 0
 
 
-def publish_pending(*, wait: bool = False) -> int:
+def publish_pending(*, wait: bool = False, budget_seconds: float | None = None) -> int:
     """Number the events written so far, one batch of `PUBLISH_BATCH` per transaction (app
-    context); returns how many got an id. Ends early when another publisher is at work (it
-    numbers them), or with `wait` waits for it and numbers what is left: then every event
-    written before the call has its id."""
+    context; `budget_seconds` each, as `run_transaction`); returns how many got an id. Ends
+    early when another publisher is at work (it numbers them), or with `wait` waits for it
+    and numbers what is left: then every event written before the call has its id."""
     batch, total = PUBLISH_BATCH, 0
-    while (numbered := run_transaction(publish, batch=batch, wait=wait)) == batch:
+    while (
+        numbered := run_transaction(publish, batch=batch, wait=wait, budget_seconds=budget_seconds)
+    ) == batch:
         total += numbered
     return total + numbered
 

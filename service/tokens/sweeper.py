@@ -16,7 +16,8 @@ within milliseconds rather than at the next sweep. A process that queues a
 ticket wakes its own thread (`wake_scheduler`); the others look for waiting
 tickets every `IDLE_SCHEDULER_SECONDS` while they know of none, so a ticket
 whose process died (or stopped its thread) is still served within a second of
-its lease's end.
+its lease's end. Each wake also numbers the events written meanwhile
+(`outbox.publish_pending`): ids come as the events do, never in a burst.
 """
 
 from __future__ import annotations
@@ -144,10 +145,22 @@ class Sweeper:
             except Exception:
                 log.exception("queue hand-over failed; retrying within a second")
                 due = None
+            self._publish(budget)
             # a moment past the end, so the lease has ended when we look
             delay = min(delay, IDLE_SCHEDULER_SECONDS if due is None else due + HAND_OVER_MARGIN_SECONDS)
             self._wake.wait(max(0.0, delay))
             self._wake.clear()
+
+    def _publish(self, budget: float) -> None:
+        """Number the events written since the last look (at least every second): ids come as
+        events do, a second's worth at a time. Left to the sweep's housekeeping, the events of
+        a whole interval were numbered in one burst of UPDATEs that held every activation's
+        commit back (p99 of 44-160 ms at half the peak rate, against 5-15 ms)."""
+        try:
+            with self.app.app_context():
+                outbox.publish_pending(budget_seconds=budget)
+        except Exception:
+            log.exception("numbering new events failed; retrying within a second")
 
     def _housekeeping(self, now) -> None:
         """After a sweep: number pending events, prune old usages and events (a bounded amount)."""
