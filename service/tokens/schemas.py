@@ -18,6 +18,7 @@ import orjson
 import pydantic
 from flask import current_app, request
 from pydantic import Field
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from ..errors import InvalidJson, UnsupportedMediaType, ValidationError
 from ..openapi import UUID_SCHEMA, Body, CanonicalUUID, absent
@@ -141,10 +142,18 @@ class Cleared(Body):
 def json_body() -> dict:
     """The request's JSON object; `{}` for an empty body.
 
-    Raises UnsupportedMediaType (a body that is not JSON), InvalidJson, ValidationError.
+    Raises RequestEntityTooLarge (over MAX_CONTENT_LENGTH, with or without Content-Length: 413),
+    UnsupportedMediaType (a body that is not JSON), InvalidJson, ValidationError.
     """
     req = request._get_current_object()  # type: ignore[attr-defined]  # one proxy lookup
     raw = req.get_data(cache=True)
+    if req.content_length is None and len(raw) >= req.max_content_length:
+        # A body without Content-Length (chunked) is read up to the limit and no further:
+        # werkzeug's LimitedStream.readall stops there without looking for more, so a
+        # longer body came through cut at the limit. One byte more from the server's input
+        # (terminated, WSGI's wsgi.input_terminated) tells a body of exactly the limit from one over it.
+        if req.environ["wsgi.input"].read(1):
+            raise RequestEntityTooLarge()
     if not raw.strip():
         return {}
     if not req.is_json:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import json
 import re
 import uuid
 
@@ -183,6 +185,33 @@ def test_oversized_body_is_413_and_nothing_is_written(client):
     r = client.post("/api/tokens/activate", data="x" * (65 * 1024), content_type="application/json")
     assert_error(r, 413, "PAYLOAD_TOO_LARGE")
     assert client.get("/api/tokens/summary").get_json()["active"] == 0
+
+
+def post_chunked(client, body: bytes):
+    """POST `body` without Content-Length, as a chunked request reaches the app (gunicorn
+    de-chunks it and sets wsgi.input_terminated)."""
+    environ = {"wsgi.input_terminated": True, "HTTP_TRANSFER_ENCODING": "chunked"}
+    return client.post(
+        "/api/tokens/activate",
+        input_stream=io.BytesIO(body),
+        content_type="application/json",
+        environ_overrides=environ,
+    )
+
+
+@pytest.mark.parametrize("filler", [1, 65 * 1024, 5 * 1024 * 1024])
+def test_a_chunked_body_over_the_limit_is_413_not_cut_at_it(client, filler):
+    """A valid JSON object padded past MAX_CONTENT_LENGTH: it was read up to the limit, and
+    the cut body was accepted (200) or refused as invalid JSON (400)."""
+    body = json.dumps({"user_id": user()}).encode() + b" " * (64 * 1024 + filler)
+    assert_error(post_chunked(client, body), 413, "PAYLOAD_TOO_LARGE")
+    assert client.get("/api/tokens/summary").get_json()["active"] == 0
+
+
+def test_a_chunked_body_of_exactly_the_limit_is_read_whole(client):
+    start = json.dumps({"user_id": user()}).encode()
+    response = post_chunked(client, start + b" " * (64 * 1024 - len(start)))
+    assert response.status_code == 200, response.get_json()
 
 
 def test_get_token_with_usage_count(client):
