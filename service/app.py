@@ -12,6 +12,7 @@ from flask import Flask
 from flask import Request as FlaskRequest
 from flask import Response as FlaskResponse
 from flask.sessions import SessionInterface
+from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import RequestRedirect
 
@@ -43,6 +44,22 @@ class Request(FlaskRequest):
 
     caller_known: bool = False
     caller: Identity | None = None
+
+    def get_data(self, cache=True, as_text=False, parse_form_data=False):
+        """werkzeug's, and a body without Content-Length (chunked) over MAX_CONTENT_LENGTH is 413.
+
+        werkzeug reads such a body through `LimitedStream(..., is_max=True)`, whose
+        `readall` stops at the limit without looking further: a longer body came
+        through cut there. One byte more from the server's terminated input
+        (WSGI's `wsgi.input_terminated`) tells a body of exactly the limit from a
+        longer one. Every body reader (`get_json`, `json_body`) comes through here.
+        """
+        data = super().get_data(cache=cache, as_text=as_text, parse_form_data=parse_form_data)
+        limit = self.max_content_length
+        if limit is not None and self.content_length is None and len(data) >= limit:
+            if self.environ["wsgi.input"].read(1):
+                raise RequestEntityTooLarge()
+        return data
 
 
 # headers werkzeug's get_wsgi_headers rewrites (made absolute URLs / IRIs turned into URIs)

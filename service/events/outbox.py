@@ -82,8 +82,9 @@ def publish(conn: Connection, *, batch: int = PUBLISH_BATCH, wait: bool = False)
     `wait` waits for it (within the statement timeout) and then numbers the rest.
     """
     if is_postgres(conn):
-        lock = "pg_advisory_xact_lock" if wait else "pg_try_advisory_xact_lock"
-        if conn.scalar(text(f"SELECT {lock}({PUBLISH_LOCK})")) is False:
+        if wait:
+            conn.execute(text(f"SELECT pg_advisory_xact_lock({PUBLISH_LOCK})"))
+        elif not conn.scalar(text(f"SELECT pg_try_advisory_xact_lock({PUBLISH_LOCK})")):
             return 0
     return conn.execute(_PUBLISH, {"batch": batch}).rowcount
 

@@ -18,7 +18,6 @@ import orjson
 import pydantic
 from flask import current_app, request
 from pydantic import Field
-from werkzeug.exceptions import RequestEntityTooLarge
 
 from ..errors import InvalidJson, UnsupportedMediaType, ValidationError
 from ..openapi import UUID_SCHEMA, Body, CanonicalUUID, absent
@@ -146,14 +145,7 @@ def json_body() -> dict:
     UnsupportedMediaType (a body that is not JSON), InvalidJson, ValidationError.
     """
     req = request._get_current_object()  # type: ignore[attr-defined]  # one proxy lookup
-    raw = req.get_data(cache=True)
-    if req.content_length is None and len(raw) >= req.max_content_length:
-        # A body without Content-Length (chunked) is read up to the limit and no further:
-        # werkzeug's LimitedStream.readall stops there without looking for more, so a
-        # longer body came through cut at the limit. One byte more from the server's input
-        # (terminated, WSGI's wsgi.input_terminated) tells a body of exactly the limit from one over it.
-        if req.environ["wsgi.input"].read(1):
-            raise RequestEntityTooLarge()
+    raw = req.get_data(cache=True)  # 413 past MAX_CONTENT_LENGTH (service/app.py Request)
     if not raw.strip():
         return {}
     if not req.is_json:

@@ -153,9 +153,8 @@ class Sweeper:
 
     def _publish(self, budget: float) -> None:
         """Number the events written since the last look (at least every second): ids come as
-        events do, a second's worth at a time. Left to the sweep's housekeeping, the events of
-        a whole interval were numbered in one burst of UPDATEs that held every activation's
-        commit back (p99 of 44-160 ms at half the peak rate, against 5-15 ms)."""
+        events do, a second's worth at a time, not a whole sweep interval's in one burst of
+        UPDATEs beside the activations (docs/PERFORMANCE.md, "Tenth run")."""
         try:
             with self.app.app_context():
                 outbox.publish_pending(budget_seconds=budget)
@@ -165,7 +164,7 @@ class Sweeper:
     def _housekeeping(self, now) -> None:
         """After a sweep: number pending events, prune old usages and events (a bounded amount)."""
         try:
-            with self.app.app_context():  # events nobody read meanwhile get their ids
+            with self.app.app_context():  # prune reads published events only; usually none pending
                 outbox.publish_pending()
             run_prune(self.app, now=now, max_batches=PRUNE_BATCHES_PER_SWEEP)
         except Exception:

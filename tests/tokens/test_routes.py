@@ -187,12 +187,13 @@ def test_oversized_body_is_413_and_nothing_is_written(client):
     assert client.get("/api/tokens/summary").get_json()["active"] == 0
 
 
-def post_chunked(client, body: bytes):
-    """POST `body` without Content-Length, as a chunked request reaches the app (gunicorn
+def post_chunked(client, body: bytes, path: str = "/api/tokens/activate", method: str = "POST"):
+    """Send `body` without Content-Length, as a chunked request reaches the app (gunicorn
     de-chunks it and sets wsgi.input_terminated)."""
     environ = {"wsgi.input_terminated": True, "HTTP_TRANSFER_ENCODING": "chunked"}
-    return client.post(
-        "/api/tokens/activate",
+    return client.open(
+        path,
+        method=method,
         input_stream=io.BytesIO(body),
         content_type="application/json",
         environ_overrides=environ,
@@ -206,6 +207,19 @@ def test_a_chunked_body_over_the_limit_is_413_not_cut_at_it(client, filler):
     body = json.dumps({"user_id": user()}).encode() + b" " * (64 * 1024 + filler)
     assert_error(post_chunked(client, body), 413, "PAYLOAD_TOO_LARGE")
     assert client.get("/api/tokens/summary").get_json()["active"] == 0
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("POST", "/api/pools", {"name": "chunked", "size": 3, "lifetime_seconds": 60}),
+        ("PATCH", "/api/pools/default", {"size": 5}),
+        ("POST", f"/api/tokens/{uuid.UUID(int=1)}/release", {"user_id": str(uuid.UUID(int=2))}),
+    ],
+)
+def test_every_body_reader_refuses_a_chunked_body_over_the_limit(client, method, path, body):
+    padded = json.dumps(body).encode() + b" " * (65 * 1024)
+    assert_error(post_chunked(client, padded, path, method), 413, "PAYLOAD_TOO_LARGE")
 
 
 def test_a_chunked_body_of_exactly_the_limit_is_read_whole(client):
