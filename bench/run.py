@@ -42,7 +42,6 @@ import platform
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -59,7 +58,7 @@ sys.path.insert(0, str(ROOT))
 from loadgen import run_fixed_rate  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
-from tests.procs import ThrowawayPgBouncer  # noqa: E402
+from tests.procs import ThrowawayPgBouncer, free_port  # noqa: E402
 
 VENV_BIN = Path(sys.executable).parent
 PG_ADMIN_URL = os.environ.get("BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -115,12 +114,6 @@ def log(message: str) -> None:
 
 
 # --- infrastructure ------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def admin_sql(statement: str, dbname: str | None = None) -> None:

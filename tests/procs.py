@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -39,10 +40,44 @@ def _load_nginx_render():
 render = _load_nginx_render()
 
 
+def _ephemeral_ports() -> range:
+    """The kernel's ephemeral port range (Linux: ip_local_port_range; its default if unreadable)."""
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    return range(low, high + 1)
+
+
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port nothing listens on now, for a server a test is about to start.
+
+    Chosen below the kernel's ephemeral range, at random, never twice in one
+    process. A port from bind(0) comes from the range the kernel also gives to
+    outgoing connections, so between choosing it and the server binding it a
+    connection could take it (a CI run lost a gunicorn to "Address already in
+    use" while the other instance's workers were connecting to PostgreSQL).
+    Below the range only other listeners can collide, which the bind check
+    and the randomness make rare.
+    """
+    ephemeral = _ephemeral_ports()
+    candidates = range(10000, ephemeral.start) if ephemeral.start > 11000 else range(ephemeral.stop, 65536)
+    chooser = random.SystemRandom()
+    for _ in range(1000):
+        port = chooser.choice(candidates)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    raise RuntimeError(f"no free loopback port in {candidates}")
 
 
 def wait_for(predicate, timeout: float = 20, interval: float = 0.05, what: str = "condition"):
@@ -96,18 +131,22 @@ class Gunicorn:
             stderr=subprocess.STDOUT,
         )
 
-        def up() -> bool:
-            return http_get(self.url + wait, timeout=1)[0] == 200
+        def up() -> bool:  # or gone: a master that exited is not waited for
+            return self.proc.poll() is not None or http_get(self.url + wait, timeout=1)[0] == 200
 
         def all_forked() -> bool:  # gunicorn forks its workers one by one, with a random pause
-            return len(worker_pids(self.proc.pid)) >= self.workers
+            return self.proc.poll() is not None or len(worker_pids(self.proc.pid)) >= self.workers
 
         try:  # a loaded 2-core machine has taken over 30 s to start two instances at once
             wait_for(up, 60, what=f"gunicorn on {self.port}")
             wait_for(all_forked, 30, what=f"gunicorn's {self.workers} workers on {self.port}")
+            if self.proc.poll() is not None:
+                raise TimeoutError(f"gunicorn on {self.port} exited while starting")
         except TimeoutError as timeout:
+            code = self.proc.poll()
+            self.stop()  # a master that never came up is not left running, nor its log open
             tail = self.log_path.read_bytes()[-2000:].decode(errors="replace")
-            raise TimeoutError(f"{timeout}; exit code {self.proc.poll()}; its log ends:\n{tail}") from None
+            raise TimeoutError(f"{timeout}; exit code {code}; its log ends:\n{tail}") from None
         return self
 
     def signal(self, sig=signal.SIGTERM) -> None:
