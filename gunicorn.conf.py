@@ -170,10 +170,11 @@ def when_ready(server):
 
 
 def post_worker_init(worker):
-    """Start the token manager; on SIGTERM drain: readiness 503 at once, then stop accepting, then exit.
+    """Start the background threads; on SIGTERM drain: readiness 503 at once, then stop accepting, then exit.
 
-    The sweeper starts as soon as the worker has loaded the app and sweeps at
-    once, so `/health` knows the token manager before the first request.
+    The token manager and the event publisher (service/background.py) start as
+    soon as the worker has loaded the app; the sweeper sweeps at once, so
+    `/health` knows the token manager before the first request.
 
     The drain: `DRAIN_SECONDS` (at most half of graceful_timeout) of normal
     service with readiness failing, then `service.drain.finish` holds new
@@ -187,11 +188,11 @@ def post_worker_init(worker):
     whichever requests were queued on that worker; the app's own objects live
     as long as the worker anyway.
     """
+    from service.background import start_background
     from service.drain import finish, instance_stopping, retire, serve_accepted
     from service.health.checks import draining
-    from service.tokens.sweeper import start_sweeper
 
-    start_sweeper(getattr(worker, "wsgi", None))  # the loaded app (absent in a bare hook test)
+    start_background(getattr(worker, "wsgi", None))  # the loaded app (absent in a bare hook test)
 
     def drain(sig, frame):
         if draining.is_set():
@@ -215,16 +216,16 @@ def post_worker_init(worker):
 
 
 def worker_exit(server, worker):
-    """Stop the sweeper, send buffered monitoring figures, close database connections."""
+    """Stop the background threads, send buffered monitoring figures, close database connections."""
     app = getattr(worker, "wsgi", None)
     if app is None:  # the worker never loaded the app
         return
+    from service.background import stop_background
     from service.extensions import db
     from service.state import app_state
 
+    stop_background(app)
     state = app_state(app)
-    if state.sweeper is not None:
-        state.sweeper.stop()
     figures = getattr(state, "monitoring", None)  # set unless monitoring failed to start
     if hasattr(figures, "flush"):  # a BufferedStore (REDIS_URL): what it has not sent yet
         figures.flush()

@@ -9,6 +9,7 @@ from .api_index import bp as api_bp
 from .apikeys.cli import apikeys_cli
 from .app import App, trust_proxy_headers
 from .authentication import init_authentication
+from .background import init_background
 from .config import load_config
 from .config_cli import config_cli
 from .console import bp as console_bp
@@ -71,4 +72,5 @@ def create_app(config: dict | None = None) -> App:
     app.cli.add_command(database_cli)
     app.cli.add_command(config_cli)
     init_sweeper(app)
+    init_background(app)
     return app

@@ -18,6 +18,7 @@ from flask import Flask, current_app
 if TYPE_CHECKING:
     from .authentication import FailureBudget, KeyCache
     from .deadline import Deadline
+    from .events.publisher import Publisher
     from .events.stream import Feed
     from .health.state import HealthState
     from .invalidation import Generation
@@ -51,6 +52,7 @@ class AppState:
     route_table: RouteTable  # each blueprint's route class (route_table.init_route_table)
     observer: Observer  # the subscribers of each request's record (observation.init_observation)
     event_feed: Feed  # the recent events for this process's streams (events.init_events)
+    publisher: Publisher  # numbers the events this process writes (events.init_events)
 
     def __init__(self, telemetry: Telemetry, generation: Generation) -> None:
         self.telemetry = telemetry  # token event subscribers (service/telemetry.py)

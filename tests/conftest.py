@@ -25,9 +25,9 @@ from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.pool import NullPool
 
 from service import create_app
+from service.background import stop_background
 from service.extensions import db
 from service.health import state as health_state
-from service.state import app_state
 from tests.helpers import BUILT_APPS, POOL
 
 PG_ADMIN_URL = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -259,9 +259,7 @@ def _dispose_engines():
     yield
     while BUILT_APPS:
         app = BUILT_APPS.pop()
-        sweeper = app_state(app).sweeper
-        if sweeper is not None:
-            sweeper.stop()
+        stop_background(app)
         with app.app_context():
             db.engine.dispose()
 

@@ -9,10 +9,14 @@ bp = declare(Blueprint("events", __name__, url_prefix="/api/events"), KEYED)
 
 
 def init_events(app) -> None:
-    """The process's feed for its open streams (its thread starts with the first stream)."""
+    """The process's feed for its open streams (its thread starts with the first stream) and its
+    publisher of new events (started by service/background.py)."""
+    from .publisher import init_publisher
     from .stream import Feed
 
-    app_state(app).event_feed = Feed(app)
+    state = app_state(app)
+    state.event_feed = Feed(app)
+    state.publisher = init_publisher(app, state.telemetry)
 
 
 from . import routes  # noqa: E402,F401  (registers the views on bp)

@@ -24,6 +24,7 @@ from ..models import EVENT_TYPES, Event
 events = Event.__table__
 
 PUBLISH_LOCK = 7316018  # pg_advisory_xact_lock key: one publisher at a time
+CHANNEL = "tokenpool_events"  # notified when events got their ids (no payload: read the outbox)
 PUBLISH_BATCH = 5000
 DEFAULT_POOL = "default"
 
@@ -34,6 +35,8 @@ _PUBLISH = text(
     " FROM events e WHERE e.event_id IS NULL ORDER BY e.seq LIMIT :batch"
     ") AS numbered WHERE events.seq = numbered.seq"
 )
+_LOCK = text(f"SELECT pg_advisory_xact_lock({PUBLISH_LOCK})")
+_NOTIFY = text(f"NOTIFY {CHANNEL}")
 _READ = (
     select(
         events.c.event_id,
@@ -75,18 +78,24 @@ def record_event(
     )
 
 
-def publish(conn: Connection, *, batch: int = PUBLISH_BATCH, wait: bool = False) -> int:
+def publish(conn: Connection, *, batch: int = PUBLISH_BATCH) -> int:
     """Give the next ids to up to `batch` events written so far; returns how many got one.
 
-    Returns 0 at once when another publisher is at work (it numbers them), or with
-    `wait` waits for it (within the statement timeout) and then numbers the rest.
+    On PostgreSQL it first waits for another publisher's lock (within the
+    statement timeout; publishing transactions last milliseconds): that one's
+    snapshot may predate events committed since, so whoever asks numbers them
+    itself, and a reader that saw a lease change answered finds its event. A
+    transaction that numbered events also sends `NOTIFY tokenpool_events`
+    (delivered at its commit, never for a rollback): the event feeds of every
+    instance read the outbox when they hear it.
     """
-    if is_postgres(conn):
-        if wait:
-            conn.execute(text(f"SELECT pg_advisory_xact_lock({PUBLISH_LOCK})"))
-        elif not conn.scalar(text(f"SELECT pg_try_advisory_xact_lock({PUBLISH_LOCK})")):
-            return 0
-    return conn.execute(_PUBLISH, {"batch": batch}).rowcount
+    if not is_postgres(conn):
+        return conn.execute(_PUBLISH, {"batch": batch}).rowcount
+    conn.execute(_LOCK)
+    numbered = conn.execute(_PUBLISH, {"batch": batch}).rowcount
+    if numbered:
+        conn.execute(_NOTIFY)
+    return numbered
 
 
 def read_events(conn: Connection, *, after: int, limit: int, pool: str | None = None) -> list[dict]:
@@ -119,21 +128,17 @@ def newest(conn: Connection) -> int:
     return conn.scalar(select(func.coalesce(func.max(events.c.event_id), 0))) or 0
 
 
-def publish_pending(*, wait: bool = False, budget_seconds: float | None = None) -> int:
-    """Number the events written so far, one batch of `PUBLISH_BATCH` per transaction (app
-    context; `budget_seconds` each, as `run_transaction`); returns how many got an id. Ends
-    early when another publisher is at work (it numbers them), or with `wait` waits for it
-    and numbers what is left: then every event written before the call has its id."""
+def publish_pending(*, budget_seconds: float | None = None) -> int:
+    """Number every event written before the call, one batch of `PUBLISH_BATCH` per transaction
+    (app context; `budget_seconds` each, as `run_transaction`); returns how many got an id."""
     batch, total = PUBLISH_BATCH, 0
-    while (
-        numbered := run_transaction(publish, batch=batch, wait=wait, budget_seconds=budget_seconds)
-    ) == batch:
+    while (numbered := run_transaction(publish, batch=batch, budget_seconds=budget_seconds)) == batch:
         total += numbered
     return total + numbered
 
 
 def latest() -> int:
-    """`publish_pending(wait=True)`, then the highest event id (0 when none): where "from now
-    on" starts, so that no event written before it reads as news (app context)."""
-    publish_pending(wait=True)
+    """`publish_pending`, then the highest event id (0 when none): where "from now on" starts,
+    so that no event written before it reads as news (app context)."""
+    publish_pending()
     return run_transaction(newest)

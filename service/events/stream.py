@@ -6,9 +6,10 @@ there and ends, and the client comes back after the `retry:` interval with
 held per stream; with gthread workers a stream holds one thread and stays
 open). Each process keeps a `Feed`: the recent events, each already written
 as an SSE message, read from the outbox however many streams read them. While
-streams are held open a thread reads it whenever PostgreSQL notifies a commit
-of new events (LISTEN tokenpool_events on a connection of its own: migration
-0011) and every EVENT_STREAM_POLL_SECONDS in any case; short responses refresh
+streams are held open a thread reads it whenever PostgreSQL notifies that new
+events got their ids (LISTEN tokenpool_events on a connection of its own; the
+publishing transaction sends the notice: service/events/outbox.py) and every
+EVENT_STREAM_POLL_SECONDS in any case; short responses refresh
 it on their way, at most every EVENT_STREAM_POLL_SECONDS. A stream behind the
 feed's buffer reads the database itself. Every instance reads the same outbox,
 so a client of any instance sees the events of every instance.
@@ -40,7 +41,6 @@ log = logging.getLogger("tokenpool.events")
 BUFFER = 10_000  # events the feed keeps for its streams
 PAGE = 1000  # events read per query
 IDLE_SECONDS = 60  # a feed nobody read for this long starts again from the newest event
-CHANNEL = "tokenpool_events"  # notified at the commit of new events (migration 0011)
 RELISTEN_SECONDS = 5.0  # after the listening connection failed, how long before connecting again
 NOTIFIED_READ_GAP = 0.05  # reads on notices at most this often: a burst of commits, one read
 
@@ -160,7 +160,7 @@ class Feed:
         try:
             timeout = self.app.config["DB_CONNECT_TIMEOUT"]
             conn = psycopg.connect(conninfo, autocommit=True, connect_timeout=timeout)
-            conn.execute(f"LISTEN {CHANNEL}")
+            conn.execute(f"LISTEN {outbox.CHANNEL}")
             return conn
         except psycopg.Error as exc:
             log.warning("event feed: cannot listen for new events (%s); polling", type(exc).__name__)

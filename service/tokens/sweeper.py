@@ -3,10 +3,10 @@ hands the leases that expire in `queue` pools to their waiting tickets.
 
 Every worker of every instance may run one; `service.sweep` lets only one of
 them work per interval (the `sweeper_state` row is the lock), so running many
-is safe and cheap. Under gunicorn the thread starts when a worker has loaded
-the app (`post_worker_init`), elsewhere with the first request, never in CLI
-commands or the gunicorn master; it sweeps at once, then every interval, and
-stops at shutdown.
+is safe and cheap. It starts with the process's other background thread
+(service/background.py: in a gunicorn worker once it loaded the app, never in
+CLI commands or the gunicorn master); it sweeps at once, then every interval,
+and stops at shutdown.
 
 The queue's scheduler runs in the same thread: after every wake it hands
 expired leases over (`queue.run_due`, safe with any number of runners: the
@@ -16,19 +16,18 @@ within milliseconds rather than at the next sweep. A process that queues a
 ticket wakes its own thread (`wake_scheduler`); the others look for waiting
 tickets every `IDLE_SCHEDULER_SECONDS` while they know of none, so a ticket
 whose process died (or stopped its thread) is still served within a second of
-its lease's end. Each wake also numbers the events written meanwhile
-(`outbox.publish_pending`): ids come as the events do, never in a burst.
+its lease's end.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-import threading
 import time
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from ..background import BackgroundThread
 from ..clock import token_time
 from ..db import run_transaction
 from ..events import outbox
@@ -84,44 +83,15 @@ def run_hand_over(app, *, budget_seconds: float | None = None) -> float | None:
         return wait
 
 
-class Sweeper:
-    """The background loop of one process."""
+class Sweeper(BackgroundThread):
+    """The token manager of one process; `wake` runs the queue's scheduler now (a ticket was
+    queued in this process)."""
+
+    thread_name = "token-sweeper"
 
     def __init__(self, app) -> None:
-        self.app = app
+        super().__init__(app)
         self.interval = app.config["CHECK_INTERVAL_SECONDS"]
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-
-    @property
-    def started(self) -> bool:
-        """Whether `start` was called (the thread may have ended since)."""
-        return self._thread is not None
-
-    @property
-    def running(self) -> bool:
-        """Whether the sweeper thread is alive now."""
-        return self._thread is not None and self._thread.is_alive()
-
-    def start(self) -> None:
-        """Start the sweeper thread (once; later calls do nothing)."""
-        with self._lock:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, name="token-sweeper", daemon=True)
-                self._thread.start()
-
-    def wake(self) -> None:
-        """Run the queue's scheduler now (a ticket was queued in this process)."""
-        self._wake.set()
-
-    def stop(self, timeout: float = 5) -> None:
-        """Ask the thread to end and wait for it at most `timeout` seconds."""
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
 
     def _loop(self) -> None:
         # the first sweep at start: /health knows the token manager from the outset
@@ -145,21 +115,10 @@ class Sweeper:
             except Exception:
                 log.exception("queue hand-over failed; retrying within a second")
                 due = None
-            self._publish(budget)
             # a moment past the end, so the lease has ended when we look
             delay = min(delay, IDLE_SCHEDULER_SECONDS if due is None else due + HAND_OVER_MARGIN_SECONDS)
             self._wake.wait(max(0.0, delay))
             self._wake.clear()
-
-    def _publish(self, budget: float) -> None:
-        """Number the events written since the last look (at least every second): ids come as
-        events do, a second's worth at a time, not a whole sweep interval's in one burst of
-        UPDATEs beside the activations (docs/PERFORMANCE.md, "Tenth run")."""
-        try:
-            with self.app.app_context():
-                outbox.publish_pending(budget_seconds=budget)
-        except Exception:
-            log.exception("numbering new events failed; retrying within a second")
 
     def _housekeeping(self, now) -> None:
         """After a sweep: number pending events, prune old usages and events (a bounded amount)."""
@@ -171,13 +130,6 @@ class Sweeper:
             log.exception("pruning old usages and events failed; retrying next interval")
 
 
-def start_sweeper(app) -> None:
-    """Start the app's sweeper now, if it has one (gunicorn's `post_worker_init`; `app` None: no app)."""
-    sweeper = app_state(app).sweeper if app is not None else None
-    if sweeper is not None:
-        sweeper.start()
-
-
 def wake_scheduler(app) -> None:
     """Wake the app's scheduler, if it has one: a ticket was queued here."""
     sweeper = app_state(app).sweeper
@@ -186,13 +138,7 @@ def wake_scheduler(app) -> None:
 
 
 def init_sweeper(app) -> None:
-    """Give the app a sweeper when `SWEEPER_ENABLED`; the first request starts it at the latest."""
+    """Give the app a sweeper when `SWEEPER_ENABLED` (started by service/background.py)."""
     if not app.config["SWEEPER_ENABLED"]:
         return
-    sweeper = Sweeper(app)
-    app_state(app).sweeper = sweeper
-
-    @app.before_request
-    def _start_sweeper():
-        if not sweeper.started:  # one attribute read per request once it runs
-            sweeper.start()
+    app_state(app).sweeper = Sweeper(app)

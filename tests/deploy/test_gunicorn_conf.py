@@ -33,21 +33,21 @@ class Recorder:
     def __init__(self):
         self.calls = []
 
-    def stop(self):
+    def stop(self, timeout=None):
         self.calls.append("stop")
 
     def flush(self):
         self.calls.append("flush")
 
 
-def test_worker_exit_stops_the_sweeper_and_sends_buffered_figures(app):
+def test_worker_exit_stops_the_background_threads_and_sends_buffered_figures(app):
     """The hook reads the app's state (it once read keys the app no longer had and did nothing)."""
     hooks = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
     state = app_state(app)
-    sweeper, figures = Recorder(), Recorder()
-    state.sweeper, state.monitoring = sweeper, figures
+    sweeper, publisher, figures = Recorder(), Recorder(), Recorder()
+    state.sweeper, state.publisher, state.monitoring = sweeper, publisher, figures
     hooks["worker_exit"](None, types.SimpleNamespace(wsgi=app))
-    assert sweeper.calls == ["stop"] and figures.calls == ["flush"]
+    assert sweeper.calls == publisher.calls == ["stop"] and figures.calls == ["flush"]
     hooks["worker_exit"](None, types.SimpleNamespace())  # a worker that never loaded the app
 
 

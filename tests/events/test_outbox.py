@@ -20,6 +20,7 @@ from service.db import run_transaction
 from service.events import outbox
 from service.events.stream import event_json, sse
 from service.extensions import db
+from service.state import app_state
 from service.tokens import service
 from service.tokens.sweeper import run_sweep
 from tests.helpers import activate, assert_error, release, renew, user
@@ -178,6 +179,28 @@ def test_a_new_stream_counts_every_event_written_before_it_as_old(app, client, c
     only_news_after(client, client.get("/api/events/stream").get_data(as_text=True))
 
 
+def behind_another_publisher(app, path: str, headers: dict | None = None) -> str:
+    """GET `path` while another connection holds the publish lock (a publisher at work whose
+    snapshot may predate the newest events); checks that the request waits for it; its body."""
+    url = app.config["SQLALCHEMY_DATABASE_URI"].replace("postgresql+psycopg://", "postgresql://")
+    answers: list[str] = []
+    with psycopg.connect(url) as other:
+        other.execute("SELECT pg_advisory_xact_lock(%s)", (outbox.PUBLISH_LOCK,))
+        reader = threading.Thread(
+            target=lambda: answers.append(app.test_client().get(path, headers=headers).get_data(as_text=True))
+        )
+        reader.start()
+        waiting = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+        with psycopg.connect(url, autocommit=True) as look:
+            deadline = time.monotonic() + 10
+            while not look.execute(waiting).fetchone()[0] and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert look.execute(waiting).fetchone()[0] == 1, "the request did not wait for the lock"
+        other.rollback()  # the other publisher ends without numbering anything
+        reader.join(10)
+    return answers[0]
+
+
 @pytest.mark.options(EVENT_STREAM_POLL_SECONDS=0)
 def test_a_new_stream_waits_for_another_publisher_and_counts_its_backlog_as_old(
     app, client, clock, is_postgres
@@ -187,23 +210,34 @@ def test_a_new_stream_waits_for_another_publisher_and_counts_its_backlog_as_old(
     if not is_postgres:
         pytest.skip("the publish lock is PostgreSQL's (SQLite serialises writers)")
     write_backlog(app, 3, clock())
-    url = app.config["SQLALCHEMY_DATABASE_URI"].replace("postgresql+psycopg://", "postgresql://")
-    answers: list[str] = []
-    with psycopg.connect(url) as other:
-        other.execute("SELECT pg_advisory_xact_lock(%s)", (outbox.PUBLISH_LOCK,))
-        stream = threading.Thread(
-            target=lambda: answers.append(app.test_client().get("/api/events/stream").get_data(as_text=True))
-        )
-        stream.start()
-        waiting = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
-        with psycopg.connect(url, autocommit=True) as look:
-            deadline = time.monotonic() + 10
-            while not look.execute(waiting).fetchone()[0] and time.monotonic() < deadline:
-                time.sleep(0.01)
-            assert look.execute(waiting).fetchone()[0] == 1, "the stream did not wait for the lock"
-        other.rollback()  # the other publisher ends without numbering anything
-        stream.join(10)
-    only_news_after(client, answers[0])
+    only_news_after(client, behind_another_publisher(app, "/api/events/stream"))
+
+
+@pytest.mark.parametrize("reader", ["page", "stream"])
+@pytest.mark.options(EVENT_STREAM_POLL_SECONDS=0)
+def test_a_read_while_another_publisher_is_at_work_finds_the_lease_just_answered(
+    app, client, is_postgres, reader
+):
+    """The other publisher's snapshot may be older than the activation: a reader that gave up
+    on the lock would miss the event until some later read."""
+    if not is_postgres:
+        pytest.skip("the publish lock is PostgreSQL's (SQLite serialises writers)")
+    client.get("/healthz")  # the first request starts the app's publisher; it is stopped, so
+    app_state(app).publisher.stop()  # only the reader can number the lease's event
+    if reader == "page":
+        before = page(client)["last_event_id"]
+        holder = user()
+        activate(client, holder)
+        found = json.loads(behind_another_publisher(app, f"/api/events?after={before}"))["events"]
+        assert [(e["type"], e["user_id"]) for e in found] == [("leased", holder)]
+    else:
+        start = client.get("/api/events/stream").get_data(as_text=True)
+        holder = user()
+        activate(client, holder)
+        resume = {"Last-Event-ID": start.split("id: ")[1].strip()}
+        body = behind_another_publisher(app, "/api/events/stream", resume)
+        found = [json.loads(line[6:]) for line in body.splitlines() if line.startswith("data: ")]
+        assert [(e["type"], e["user_id"]) for e in found] == [("leased", holder)]
 
 
 @pytest.mark.options(EVENT_STREAM_POLL_SECONDS=0)  # each request reads the outbox

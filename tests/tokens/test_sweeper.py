@@ -124,24 +124,6 @@ def test_the_sweeper_sweeps_at_once_when_it_starts(database_url):
         sweeper.stop()
 
 
-def test_the_sweeper_numbers_new_events_within_seconds_without_a_reader(database_url):
-    """Events get their ids as they come, not in one burst at the next sweep (an hour here)."""
-    app = make_app(database_url, CHECK_INTERVAL_SECONDS=3600, SWEEPER_ENABLED=True)
-    reset_database(app)
-    sweeper = app_state(app).sweeper
-    sweeper.start()
-    unnumbered = text("SELECT count(*) FROM events WHERE event_id IS NULL")
-    try:
-        wait_for_a_sweep(app)  # its first sweep, at start: the next is an hour away
-        activate(app.test_client(), user())
-        with app.app_context():  # nobody reads events here
-            wait_for(lambda: run_transaction(lambda conn: conn.scalar(unnumbered)) == 0, 5, what="ids")
-    finally:
-        sweeper.stop()
-        with app.app_context():
-            db.engine.dispose()
-
-
 def test_sweeper_not_started_by_cli_or_when_disabled(app):
     assert app_state(app).sweeper is None
     enabled = make_app(app.config["SQLALCHEMY_DATABASE_URI"], SWEEPER_ENABLED=True)

@@ -1,0 +1,94 @@
+"""The event publisher: a process numbers the events it writes within moments, without a reader,
+a gap's worth at a time; the notice of new events comes from numbering, not from each commit."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import psycopg
+import pytest
+from sqlalchemy import text
+
+from service.db import run_transaction
+from service.events import outbox, publisher
+from service.state import app_state
+from service.tokens import service
+from tests.helpers import activate, user
+from tests.procs import wait_for
+
+UNNUMBERED = text("SELECT count(*) FROM events WHERE event_id IS NULL")
+
+
+def unnumbered(app) -> int:
+    with app.app_context():
+        return run_transaction(lambda conn: conn.scalar(UNNUMBERED))
+
+
+def test_a_process_numbers_the_events_it_writes_without_a_reader_or_a_sweeper(app, client):
+    assert app_state(app).sweeper is None  # nothing else numbers them here
+    activate(client, user())  # the first request starts the publisher
+    assert app_state(app).publisher.started
+    wait_for(lambda: unnumbered(app) == 0, 5, what="ids for the activation's events")
+
+
+def test_a_burst_of_lease_changes_is_numbered_a_gap_at_a_time(app, client, monkeypatch):
+    calls = []
+    real = outbox.publish_pending
+
+    def counted(**kwargs):
+        calls.append(time.monotonic())
+        return real(**kwargs)
+
+    monkeypatch.setattr(outbox, "publish_pending", counted)
+    started = time.monotonic()
+    for _ in range(60):
+        activate(client, user())
+    took = time.monotonic() - started
+    wait_for(lambda: unnumbered(app) == 0, 5, what="ids for the burst")
+    assert 1 <= len(calls) <= took / publisher.PUBLISH_GAP_SECONDS + 2, (len(calls), took)
+    gaps = [b - a for a, b in zip(calls, calls[1:], strict=False)]
+    assert all(gap >= publisher.PUBLISH_GAP_SECONDS * 0.9 for gap in gaps), gaps
+
+
+def test_a_publisher_that_fails_tries_again(app, client, monkeypatch):
+    failures = []
+    real = outbox.publish_pending
+
+    def flaky(**kwargs):
+        if not failures:
+            failures.append(1)
+            raise RuntimeError("the database went away")
+        return real(**kwargs)
+
+    monkeypatch.setattr(outbox, "publish_pending", flaky)
+    monkeypatch.setattr(publisher, "RETRY_SECONDS", 0.05)
+    activate(client, user())
+    wait_for(lambda: unnumbered(app) == 0, 5, what="ids after a failed attempt")
+    assert failures == [1]
+
+
+def listener(app) -> psycopg.Connection:
+    url = app.config["SQLALCHEMY_DATABASE_URI"].replace("postgresql+psycopg://", "postgresql://")
+    conn = psycopg.connect(url, autocommit=True)
+    conn.execute(f"LISTEN {outbox.CHANNEL}")
+    return conn
+
+
+def notices(conn: psycopg.Connection, seconds: float) -> int:
+    return sum(1 for _ in conn.notifies(timeout=seconds))
+
+
+def test_a_lease_change_sends_no_notice_and_numbering_sends_one(app, clock, is_postgres):
+    """Every commit that notifies waits for the others' commits (one lock through the WAL
+    flush), so activations do not notify; the transaction that numbers their events does."""
+    if not is_postgres:
+        pytest.skip("LISTEN/NOTIFY is PostgreSQL's")
+    with listener(app) as heard, app.app_context():  # no request: no publisher runs here
+        for _ in range(3):
+            run_transaction(service.activate, uuid.UUID(user()), now=clock())
+        assert notices(heard, 0.3) == 0
+        assert run_transaction(outbox.publish) == 3
+        assert notices(heard, 2) == 1
+        assert run_transaction(outbox.publish) == 0  # nothing new: no notice
+        assert notices(heard, 0.3) == 0
