@@ -126,16 +126,19 @@ class FailureBudget(Protocol):
         """Spend one rejected attempt of this IP's budget; raise RateLimited past it."""
 
 
-def record_auth_failure(reason: str, name: str | None = None) -> None:
-    """Log and count a rejected credential (never the credential itself: an API key, the metrics
-    bearer token), and charge the failure budget."""
+def record_auth_failure(reason: str, name: str | None = None, *, guess: bool) -> None:
+    """Log and count a failed authentication or authorisation (never the credential itself: an
+    API key, the metrics bearer token); a `guess` (a credential was presented and is not valid)
+    is also charged to the IP's failure budget, so guessing is throttled. A missing credential
+    or a valid key without the role guesses nothing: it is not charged (a client that forgot
+    its header must not lock its valid key out)."""
     state = app_state()
     state.metrics.auth_failures.labels(reason).inc()
     log.warning(
         "authentication failed",
         extra={"event": "auth_failure", "reason": reason, "ip": request.remote_addr, "key_name": name},
     )
-    if state.auth_failure_budget is not None:
+    if guess and state.auth_failure_budget is not None:
         state.auth_failure_budget.charge()
 
 
@@ -157,7 +160,7 @@ def identify(key: str) -> Identity | None:
         found = cache.lookup(key)
     identity, revoked_name = found
     if identity is None:
-        record_auth_failure("revoked_key" if revoked_name else "unknown_key", revoked_name)
+        record_auth_failure("revoked_key" if revoked_name else "unknown_key", revoked_name, guess=True)
         return None
     cache.touch(identity.name)
     return identity
@@ -193,7 +196,7 @@ def _authenticate() -> Identity | None:
     key = presented_key()
     if key is None:
         if current_app._get_current_object().config["API_AUTH_REQUIRED"]:  # type: ignore[attr-defined]
-            record_auth_failure("missing_key")
+            record_auth_failure("missing_key", guess=False)
             raise Unauthorized("An API key is required.", reason="missing_key")
         return None
     identity = identify(key)
@@ -232,10 +235,10 @@ def require_admin() -> None:
     if identity is None:
         if current_app.config["APP_ENV"] != "production" and not _keys_configured():
             return
-        record_auth_failure("missing_key")
+        record_auth_failure("missing_key", guess=False)
         raise Unauthorized("An admin API key is required.", reason="missing_key")
     if identity.role != "admin":
-        record_auth_failure("not_admin", identity.name)
+        record_auth_failure("not_admin", identity.name, guess=False)
         raise Forbidden("This operation needs an admin API key.", reason="not_admin")
 
 

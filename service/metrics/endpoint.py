@@ -141,8 +141,9 @@ def _scrape_guard(view):
     @functools.wraps(view)
     def guarded():
         token = current_app.config.get("METRICS_TOKEN")
-        if token and not hmac.compare_digest((bearer_token() or "").encode(), token.encode()):
-            record_auth_failure("metrics_token")  # logged, counted, charged to the IP's budget
+        presented = bearer_token()
+        if token and not hmac.compare_digest((presented or "").encode(), token.encode()):
+            record_auth_failure("metrics_token", guess=presented is not None)  # a wrong one is charged
             raise Unauthorized("A valid metrics bearer token is required.", reason="metrics_token")
         response = make_response(view())
         response.vary.add("Accept")

@@ -183,6 +183,36 @@ def test_failed_auth_budget_per_ip(build):
     assert sample(text_, "tokenpool_auth_failures_total", reason="unknown_key") == 4
 
 
+@pytest.mark.parametrize("required", [True, False], ids=["API_AUTH_REQUIRED", "admin-route"])
+def test_failures_that_guess_nothing_do_not_spend_the_failed_auth_budget(build, required):
+    """A missing key, a missing metrics token and a client key on an admin route are logged and
+    counted, but only a presented credential that is wrong spends the budget: a client that
+    forgot its header must not lock its valid key out."""
+    app = build(
+        ENABLE_RATE_LIMITING=True,
+        AUTH_FAILURE_RATE_LIMIT="3/minute",
+        API_AUTH_REQUIRED=required,
+        API_KEY_CACHE_SECONDS=0,  # every request with a key looks it up: the budget is checked
+        METRICS_TOKEN="scrape-secret",
+    )
+    admin, mobile = create_key(app, "ops", "admin"), create_key(app, "mobile", "client")
+    client = app.test_client()
+    missing = KEY_NEEDED if required else ADMIN_NEEDED
+    for _ in range(6):
+        assert_error(client.delete("/api/tokens/active"), 401, "UNAUTHORIZED", missing)
+        assert_error(
+            client.delete("/api/tokens/active", headers=with_key(mobile)), 403, "FORBIDDEN", NOT_ADMIN
+        )
+        assert client.get("/metrics").status_code == 401
+    assert client.delete("/api/tokens/active", headers=with_key(admin)).status_code == 200
+    for i in range(3):  # a wrong metrics token (or key) still spends it
+        assert client.get("/metrics", headers={"Authorization": f"Bearer wrong-{i}"}).status_code == 401
+    assert_rate_limited(client.get("/api/tokens/summary", headers=with_key(admin)), AUTH_LIMITED)
+    scrape = client.get("/metrics", headers={"Authorization": "Bearer scrape-secret"}).get_data(as_text=True)
+    for reason, count in (("missing_key", 6), ("not_admin", 6), ("metrics_token", 9)):
+        assert sample(scrape, "tokenpool_auth_failures_total", reason=reason) == count, reason
+
+
 @pytest.mark.parametrize("storage", ["memory", "redis"])
 def test_a_spent_failed_auth_budget_refuses_before_any_lookup(build, on_redis, storage):
     """300 random keys from one IP: 10 lookups (the budget), not 300."""
