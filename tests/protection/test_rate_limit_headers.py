@@ -103,3 +103,16 @@ def test_ietf_headers_for_the_key_policies(build, on_redis, storage):
     assert_rate_limited(r)
     assert ietf_state(r)["key-minute"] == (0, int(r.headers["Retry-After"]))
     assert "key-hour" not in ietf_state(r)  # refused by the minute: the hour was not hit
+
+
+def test_an_unknown_key_is_counted_by_no_rate_limit_and_its_answer_carries_no_limit_headers(build):
+    """It has no key to count under; the failed-authentication budget counts it instead."""
+    app = build(ENABLE_RATE_LIMITING=True, RATE_LIMIT_PER_MINUTE=5, AUTH_FAILURE_RATE_LIMIT="2/minute")
+    client = app.test_client()
+    first = client.get("/api/tokens/summary")
+    assert ietf_state(first)["ip-minute"][0] == 4
+    answers = [client.get("/api/tokens/summary", headers=with_key(f"tp_unknown-{i}")) for i in range(3)]
+    assert [a.status_code for a in answers] == [401, 401, 429]
+    for answer in answers:
+        assert not [h for h in answer.headers.keys() if h.lower().startswith(("x-ratelimit", "ratelimit"))]
+    assert ietf_state(client.get("/api/tokens/summary"))["ip-minute"][0] == 3  # none of the three counted
