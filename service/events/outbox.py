@@ -24,6 +24,7 @@ from ..models import EVENT_TYPES, Event
 events = Event.__table__
 
 PUBLISH_LOCK = 7316018  # pg_advisory_xact_lock key: one publisher at a time
+EVENTS_NOTED = "tokenpool.events_written"  # conn.info: this transaction wrote events
 CHANNEL = "tokenpool_events"  # notified when events got their ids (no payload: read the outbox)
 PUBLISH_BATCH = 5000
 DEFAULT_POOL = "default"
@@ -67,10 +68,13 @@ def record_event(
     """Add an event to the outbox inside `conn`'s transaction (it commits or rolls back with it).
 
     The one way code writes an event (lease starts and ends are written by the
-    database's triggers). Raises ValueError for an unknown `type`.
+    database's triggers, and the token events emitted for them wake the publisher);
+    the commit wakes this process's publisher (service/events/publisher.py). Raises
+    ValueError for an unknown `type`.
     """
     if type not in EVENT_TYPES:
         raise ValueError(f"unknown event type {type!r}")
+    conn.info[EVENTS_NOTED] = True  # the publisher is woken when the transaction commits
     conn.execute(
         insert(events).values(
             type=type, pool=pool, token_id=token_id, user_id=user_id, fencing_token=fencing_token, at=at

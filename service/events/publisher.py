@@ -2,7 +2,9 @@
 
 A lease change writes its event without an id (service/events/outbox.py). Each
 token event this process emits (service/telemetry.py: activations, releases,
-renewals, expiries, tickets) wakes the process's publisher, which numbers every
+renewals, expiries, tickets), and the commit of any transaction that wrote an
+event through `outbox.record_event` (tickets cancelled by a pool's change, for
+one), wakes the process's publisher, which numbers every
 event written so far (`outbox.publish_pending`) and so, in the same
 transaction, notifies the event feeds of every instance (`outbox.publish`
 sends the NOTIFY when it numbered any). It runs at most every
@@ -21,7 +23,11 @@ from __future__ import annotations
 
 import logging
 
+from flask import has_app_context
+from sqlalchemy import Engine, event
+
 from ..background import BackgroundThread
+from ..state import app_state
 from ..telemetry import Telemetry, TokenEvent
 from . import outbox
 
@@ -65,3 +71,15 @@ def init_publisher(app, telemetry: Telemetry) -> Publisher:
     publisher = Publisher(app)
     telemetry.subscribe(publisher.on_token_event)
     return publisher
+
+
+@event.listens_for(Engine, "commit")
+def _wake_on_commit(conn) -> None:
+    if conn.info.pop(outbox.EVENTS_NOTED, False) and has_app_context():
+        app_state().publisher.wake()
+
+
+@event.listens_for(Engine, "rollback")
+def _forget_on_rollback(conn) -> None:
+    if not conn.invalidated:  # an invalidated connection's info is cleared when it reconnects
+        conn.info.pop(outbox.EVENTS_NOTED, None)

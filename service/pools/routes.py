@@ -10,6 +10,7 @@ from ..db import run_transaction
 from ..errors import ValidationError
 from ..models import DEFAULT_POOL
 from ..openapi import COMMON, Answer, operation
+from ..telemetry import emit, timed
 from ..tokens.reads import list_user_leases
 from ..tokens.schemas import (
     CURSOR,
@@ -122,7 +123,10 @@ def delete_pool(pool):
     force = request.args.get("force", "false")
     if force not in ("true", "false"):
         raise ValidationError("Invalid force. Must be 'true' or 'false'.", details={"field": "force"})
-    run_transaction(service.delete_pool, pool, force=force == "true", now=token_time())
+    with timed() as elapsed:
+        cleared = run_transaction(service.delete_pool, pool, force=force == "true", now=token_time())
+    if cleared:  # as DELETE .../tokens/active: the leases the deletion ended
+        emit("release", "success", reason="cleared", pool=pool, count=cleared, duration_ms=elapsed())
     return "", 204
 
 

@@ -15,6 +15,9 @@ from service.events import outbox, publisher
 from service.state import app_state
 from service.tokens import service
 from tests.helpers import activate, user
+from tests.observability.test_metrics import sample
+from tests.pools.test_pools import take
+from tests.pools.test_queue import queue_pool
 from tests.procs import wait_for
 
 UNNUMBERED = text("SELECT count(*) FROM events WHERE event_id IS NULL")
@@ -92,3 +95,21 @@ def test_a_lease_change_sends_no_notice_and_numbering_sends_one(app, clock, is_p
         assert notices(heard, 2) == 1
         assert run_transaction(outbox.publish) == 0  # nothing new: no notice
         assert notices(heard, 0.3) == 0
+
+
+def test_pool_changes_that_write_events_wake_the_publisher(app, client):
+    """A policy change cancels the waiting tickets (events written in the pool's transaction, no
+    token event emitted); a forced deletion ends the leases (a `cleared` release, counted)."""
+    queue_pool(client, "seats", size=1)
+    take(client, "seats", user())
+    waiting = client.post("/api/pools/seats/tokens/activate", json={"user_id": user()})
+    assert waiting.status_code == 202
+    wait_for(lambda: unnumbered(app) == 0, 5, what="ids for the lease and the ticket")
+    assert client.patch("/api/pools/seats", json={"policy": "evict"}).status_code == 200  # cancels it
+    wait_for(lambda: unnumbered(app) == 0, 5, what="an id for the cancelled ticket")
+    assert client.delete("/api/pools/seats?force=true").status_code == 204
+    wait_for(lambda: unnumbered(app) == 0, 5, what="an id for the cleared lease")
+    kinds = [e["type"] for e in client.get("/api/events?pool=seats").get_json()["events"]]
+    assert kinds == ["leased", "queued", "cancelled", "cleared"]
+    scrape = client.get("/metrics").get_data(as_text=True)
+    assert sample(scrape, "tokenpool_releases_total", reason="cleared", pool="seats") == 1
