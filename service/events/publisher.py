@@ -42,9 +42,9 @@ class Publisher(BackgroundThread):
 
     thread_name = "event-publisher"
 
-    def on_token_event(self, event: TokenEvent) -> None:
+    def on_token_event(self, token_event: TokenEvent) -> None:
         """The telemetry subscriber: a successful token event may have written events."""
-        if event.status == "success":
+        if token_event.status == "success":
             self.wake()
 
     def _loop(self) -> None:
