@@ -146,7 +146,8 @@ def main() -> int:
         host, port_, make = request_factory(target.base + "/api/tokens/activate", activate=True)
         wall, perf = time.time(), time.perf_counter()
         _start, out, dropped = _drive(host, port_, make, rate, args.seconds, 512, 10)
-        steal = [int(line.split()[16]) for line in vmstat.communicate()[0].splitlines()[2:]]
+        rows = [line.split() for line in vmstat.communicate()[0].splitlines()]
+        steal = [int(row[16]) for row in rows[2:] if row and row[0].isdigit()]  # headers repeat
         heartbeat.wait()
     finally:
         target.stop()
