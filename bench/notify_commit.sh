@@ -20,6 +20,8 @@ printf 'BEGIN;\n%s\nNOTIFY tokenpool_events;\nCOMMIT;\n' "$ACTIVATE" > "$WORK/no
 for round in $(seq "$ROUNDS"); do
   for variant in plain notify; do
     rm -f "$WORK"/pgbench_log.*
+    # as make bench before each activation case: this machine's PostgreSQL runs without autovacuum
+    psql -h 127.0.0.1 -U postgres -d $DB -qc "VACUUM ANALYZE tokens"
     (cd "$WORK" && pgbench -h 127.0.0.1 -U postgres -n -M prepared -c "$CLIENTS" -j 2 -R "$RATE" \
         -T "$DURATION" -f "$variant.sql" -l "$DB" > /dev/null 2>&1)
     .venv/bin/python - "$WORK" "$variant" "$round" <<'PY'
