@@ -29,14 +29,14 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from loadgen import _drive, request_factory
+from loadgen import _drive, percentile, request_factory
 from run import (
-    BENCH,
     VENV_BIN,
     Target,
     admin_sql,
     free_port,
     prepare_database,
+    run_wrk,
     service_env,
 )
 
@@ -52,17 +52,6 @@ while last < end:
         out.flush()
     last = now
 """
-
-
-def peak(base: str) -> float:
-    """wrk -t1 -c16 for 10 s on activation: requests per second."""
-    out = subprocess.run(
-        ["wrk", "-t1", "-c16", "-d10s", "-s", str(BENCH / "activate.lua"), base + "/api/tokens/activate"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return float(next(line for line in out.splitlines() if line.startswith("Requests/sec")).split()[1])
 
 
 def server_requests(log: Path) -> list[tuple[float, float, float]]:
@@ -135,7 +124,8 @@ def main() -> int:
     )
     try:
         target.wait_ready()
-        measured = peak(target.base)
+        url = target.base + "/api/tokens/activate"
+        measured = run_wrk(url, "activate.lua", duration=10, connections=16, threads=1)["rps"]
         rate = args.rate or measured / 2
         print(f"peak {measured:.0f} req/s; open loop at {rate:.0f}/s for {args.seconds:.0f} s")
         vmstat = subprocess.Popen(
@@ -143,7 +133,7 @@ def main() -> int:
         )
         beats = work / "heartbeat.txt"
         heartbeat = subprocess.Popen([sys.executable, "-c", HEARTBEAT, str(args.seconds + 2), str(beats)])
-        host, port_, make = request_factory(target.base + "/api/tokens/activate", activate=True)
+        host, port_, make = request_factory(url, activate=True)
         wall, perf = time.time(), time.perf_counter()
         _start, out, dropped = _drive(host, port_, make, rate, args.seconds, 512, 10)
         rows = [line.split() for line in vmstat.communicate()[0].splitlines()]
@@ -154,8 +144,7 @@ def main() -> int:
         admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     answers = [(wall + s - perf, wall + r - perf) for s, _sent, r, status in out if status == 200]
     latencies = sorted((r - s) * 1000 for s, r in answers)
-    p99 = latencies[int(len(latencies) * 0.99)]
-    p50 = latencies[len(latencies) // 2]
+    p50, p99 = percentile(latencies, 50), percentile(latencies, 99)
     print(f"answers {len(answers)}, dropped {dropped}; p50 {p50:.1f} ms, p99 {p99:.1f} ms")
     print(f"steal % per second: {steal}")
     pauses = [tuple(map(float, line.split())) for line in beats.read_text().splitlines()]

@@ -98,18 +98,21 @@ def test_a_lease_change_sends_no_notice_and_numbering_sends_one(app, clock, is_p
 
 
 def test_pool_changes_that_write_events_wake_the_publisher(app, client):
-    """A policy change cancels the waiting tickets (events written in the pool's transaction, no
-    token event emitted); a forced deletion ends the leases (a `cleared` release, counted)."""
+    """Growing a queue pool grants a waiting ticket; a policy change cancels the rest (events written
+    in the pool's transaction, no token event of the request); a forced deletion ends the leases (a
+    `cleared` release, counted). Each is numbered without a reader."""
     queue_pool(client, "seats", size=1)
     take(client, "seats", user())
-    waiting = client.post("/api/pools/seats/tokens/activate", json={"user_id": user()})
-    assert waiting.status_code == 202
-    wait_for(lambda: unnumbered(app) == 0, 5, what="ids for the lease and the ticket")
+    for _ in range(2):
+        assert client.post("/api/pools/seats/tokens/activate", json={"user_id": user()}).status_code == 202
+    wait_for(lambda: unnumbered(app) == 0, 5, what="ids for the lease and the tickets")
+    assert client.patch("/api/pools/seats", json={"size": 2}).status_code == 200  # grants the first
+    wait_for(lambda: unnumbered(app) == 0, 5, what="ids for the granted ticket")
     assert client.patch("/api/pools/seats", json={"policy": "evict"}).status_code == 200  # cancels it
     wait_for(lambda: unnumbered(app) == 0, 5, what="an id for the cancelled ticket")
     assert client.delete("/api/pools/seats?force=true").status_code == 204
-    wait_for(lambda: unnumbered(app) == 0, 5, what="an id for the cleared lease")
+    wait_for(lambda: unnumbered(app) == 0, 5, what="ids for the cleared leases")
     kinds = [e["type"] for e in client.get("/api/events?pool=seats").get_json()["events"]]
-    assert kinds == ["leased", "queued", "cancelled", "cleared"]
+    assert kinds == ["leased", "queued", "queued", "leased", "granted", "cancelled", "cleared", "cleared"]
     scrape = client.get("/metrics").get_data(as_text=True)
-    assert sample(scrape, "tokenpool_releases_total", reason="cleared", pool="seats") == 1
+    assert sample(scrape, "tokenpool_releases_total", reason="cleared", pool="seats") == 2
