@@ -74,11 +74,13 @@ def start_background(app) -> None:
 
 
 def stop_background(app, timeout: float = 5) -> None:
-    """Stop them, waiting at most `timeout` seconds for each."""
+    """Stop them and the event feed's thread (service/events/stream.py), waiting at most
+    `timeout` seconds for each."""
     state = app_state(app)
     if state.sweeper is not None:
         state.sweeper.stop(timeout)
     state.publisher.stop(timeout)
+    state.event_feed.stop(timeout)
 
 
 def init_background(app) -> None:

@@ -403,7 +403,7 @@ def _from_environment(instance_path: str, env: str) -> dict:
         "MEMORY_LIMIT_MB": _int("MEMORY_LIMIT_MB", 512, minimum=16),
         "EVENT_STREAM_SECONDS": _float("EVENT_STREAM_SECONDS", 0.0),
         "EVENT_STREAM_HEARTBEAT_SECONDS": _float("EVENT_STREAM_HEARTBEAT_SECONDS", 15.0),
-        "EVENT_STREAM_RETRY_MS": _int("EVENT_STREAM_RETRY_MS", 1000, minimum=100),
+        "EVENT_STREAM_RETRY_MS": _int("EVENT_STREAM_RETRY_MS", 750, minimum=100),
         "EVENT_STREAM_POLL_SECONDS": _float("EVENT_STREAM_POLL_SECONDS", 0.25),
         "EVENT_STREAMS_PER_WORKER": _int("EVENT_STREAMS_PER_WORKER", 32, minimum=1),
         "EVENT_RETENTION_HOURS": _int("EVENT_RETENTION_HOURS", 72, minimum=1),

@@ -6,11 +6,13 @@ there and ends, and the client comes back after the `retry:` interval with
 held per stream; with gthread workers a stream holds one thread and stays
 open). Each process keeps a `Feed`: the recent events, each already written
 as an SSE message, read from the outbox however many streams read them. While
-streams are held open a thread reads it whenever PostgreSQL notifies that new
-events got their ids (LISTEN tokenpool_events on a connection of its own; the
-publishing transaction sends the notice: service/events/outbox.py) and every
-EVENT_STREAM_POLL_SECONDS in any case; short responses refresh
-it on their way, at most every EVENT_STREAM_POLL_SECONDS. A stream behind the
+streams are held open, and for `KEEP_SECONDS` after a short response, a
+thread reads it whenever PostgreSQL notifies that new events got their ids
+(LISTEN tokenpool_events on a connection of its own; the publishing
+transaction sends the notice: service/events/outbox.py) and every
+EVENT_STREAM_POLL_SECONDS in any case, so a short response finds what was
+numbered a few milliseconds before it (it refreshes the feed itself when the
+last read is older than EVENT_STREAM_POLL_SECONDS). A stream behind the
 feed's buffer reads the database itself. Every instance reads the same outbox,
 so a client of any instance sees the events of every instance.
 """
@@ -43,6 +45,7 @@ PAGE = 1000  # events read per query
 IDLE_SECONDS = 60  # a feed nobody read for this long starts again from the newest event
 RELISTEN_SECONDS = 5.0  # after the listening connection failed, how long before connecting again
 NOTIFIED_READ_GAP = 0.05  # reads on notices at most this often: a burst of commits, one read
+KEEP_SECONDS = 10.0  # after a short response, how long the feed's thread keeps reading on notices
 
 
 def _event_id(event: dict) -> int:
@@ -86,28 +89,54 @@ def catch_up(after: int, pool: str | None, limit: int = PAGE) -> list[dict]:
 
 
 class Feed:
-    """The process's recent events, for its streams (a thread polls while any is held open)."""
+    """The process's recent events, for its streams (a thread reads it while any is held open
+    and for a while after each short response)."""
 
     def __init__(self, app) -> None:
         self.app = app
         self.interval = app.config["EVENT_STREAM_POLL_SECONDS"]
+        self.thread_wait = max(self.interval, NOTIFIED_READ_GAP)  # 0 polls per request, not in a loop
         self.changed = threading.Condition()
         self.buffer: collections.deque[dict] = collections.deque(maxlen=BUFFER)
         self.start: int | None = None  # the buffer holds every event after this id (None: not started)
         self.last = 0
         self.polled_at = 0.0
         self.streams = 0
+        self.kept_until = 0.0  # the thread reads on until then, held streams or not (`keep`)
+        self.stopped = False  # the process is ending (`stop`): the thread ends, short answers read
         self._polling = threading.Lock()
         self._thread: threading.Thread | None = None
 
     def join(self) -> None:
-        """A stream held open starts reading the feed (the polling thread starts with the first)."""
+        """A stream held open starts reading the feed (the thread starts with the first)."""
         self._count(1)
         with self.changed:
             self.streams += 1
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._loop, name="event-feed", daemon=True)
-                self._thread.start()
+            self._run()
+
+    def keep(self) -> None:
+        """A short response was served: keep the thread reading for `KEEP_SECONDS` more, so
+        the client's next response, one `retry:` interval later, finds the events numbered
+        meanwhile without waiting for a poll."""
+        with self.changed:
+            self.kept_until = time.monotonic() + KEEP_SECONDS
+            self._run()
+
+    def stop(self, timeout: float = 5) -> None:
+        """End the thread (within the poll interval) and wait for it at most `timeout` seconds;
+        responses go on reading the outbox themselves."""
+        with self.changed:
+            self.stopped = True
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+
+    def _run(self) -> None:  # self.changed held
+        if self.stopped:
+            return
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._loop, name="event-feed", daemon=True)
+            self._thread.start()
 
     def leave(self) -> None:
         """A held stream ended (the polling thread stops when none is left)."""
@@ -124,7 +153,7 @@ class Feed:
         try:
             while True:
                 with self.changed:
-                    if self.streams <= 0:
+                    if self.stopped or (self.streams <= 0 and time.monotonic() >= self.kept_until):
                         self._thread = None
                         return
                 try:
@@ -135,7 +164,7 @@ class Feed:
                 if listener is None and time.monotonic() >= listen_at:
                     listener, listen_at = self._listen(), time.monotonic() + RELISTEN_SECONDS
                 if listener is None:
-                    time.sleep(self.interval)
+                    time.sleep(self.thread_wait)
                 elif self._notified(listener):  # a burst of commits is read together
                     time.sleep(max(0.0, self.polled_at + NOTIFIED_READ_GAP - time.monotonic()))
                 else:
@@ -170,7 +199,7 @@ class Feed:
         """Wait up to the poll interval for a notice of new events (the notices that came
         meanwhile count as one); False when the connection failed (it is closed)."""
         try:
-            for _ in listener.notifies(timeout=self.interval, stop_after=1):
+            for _ in listener.notifies(timeout=self.thread_wait, stop_after=1):
                 pass
             return True
         except psycopg.Error as exc:
@@ -180,11 +209,15 @@ class Feed:
 
     def fresh(self, *, force: bool = False) -> None:
         """Read new events unless the last read is younger than the poll interval (`force`: read
-        anyway; app context). One reader at a time; the others use the buffer as it is."""
-        recent = time.monotonic() - self.polled_at < self.interval
-        if (recent and not force) or not self._polling.acquire(blocking=False):
+        anyway; app context). One reader at a time: another waits for the read under way (at
+        most DB_DEADLINE_SECONDS, then uses the buffer as it is) and reads only if still due."""
+        if not force and self._recent():
+            return
+        if not self._polling.acquire(timeout=self.app.config["DB_DEADLINE_SECONDS"]):
             return
         try:
+            if not force and self._recent():  # read by the one it waited for
+                return
             if time.monotonic() - self.polled_at > IDLE_SECONDS:  # unread for long: from the newest
                 first = outbox.latest()
                 with self.changed:
@@ -199,6 +232,9 @@ class Feed:
             self.polled_at = time.monotonic()
         finally:
             self._polling.release()
+
+    def _recent(self) -> bool:
+        return time.monotonic() - self.polled_at < self.interval
 
     def _add(self, new: list[dict]) -> None:
         if not new:
@@ -265,6 +301,8 @@ def first_round(app, *, after: int, pool: str | None) -> tuple[str, int]:
     where the client's Last-Event-ID stands after them."""
     feed = app_state(app).event_feed
     feed.fresh()
+    if app.config["EVENT_STREAM_SECONDS"] <= 0:
+        feed.keep()
     if after > feed.last:  # past what this process has read: past the newest event too?
         after = min(after, run_transaction(outbox.newest))  # such an id would skip events
     events, seen = _round(feed, after, pool, 0)

@@ -25,7 +25,7 @@
     wakers: new Map(), // loop name -> a function starting its next run now
     stream: null, // the AbortController of the open event stream
     lastEventId: null,
-    retryMs: 1000, // how long to wait before asking for the stream again (the server's `retry:`)
+    retryMs: 750, // how long to wait before asking for the stream again (the server's `retry:`)
   };
 
   const $ = (id) => document.getElementById(id);

@@ -24,6 +24,7 @@ from service.state import app_state
 from service.tokens import service
 from service.tokens.sweeper import run_sweep
 from tests.helpers import activate, assert_error, release, renew, user
+from tests.procs import wait_for
 
 
 def page(client, **params) -> dict:
@@ -143,7 +144,7 @@ def test_a_new_stream_starts_from_now_and_says_where(app, client):
     response = client.get("/api/events/stream")
     assert stream_events(response) == []
     last = page(client)["last_event_id"]
-    assert response.get_data(as_text=True) == f"retry: 1000\nid: {last}\n\n"
+    assert response.get_data(as_text=True) == f"retry: 750\nid: {last}\n\n"
     activate(client, user())  # between two connections: found with the id the first one gave
     again = stream_events(client.get("/api/events/stream", headers={"Last-Event-ID": str(last)}))
     assert [data["event_id"] for _, data in again] == [last + 1]
@@ -247,7 +248,7 @@ def test_an_event_id_past_the_newest_resumes_from_the_newest(app, client):
     newest = page(client)["last_event_id"]
     assert page(client, after=newest + 1000) == {"events": [], "last_event_id": newest}
     response = client.get("/api/events/stream", headers={"Last-Event-ID": str(newest + 1000)})
-    assert response.get_data(as_text=True) == f"retry: 1000\nid: {newest}\n\n"
+    assert response.get_data(as_text=True) == f"retry: 750\nid: {newest}\n\n"
     activate(client, user())  # the client comes back with the id it was moved to: nothing skipped
     again = stream_events(client.get("/api/events/stream", headers={"Last-Event-ID": str(newest)}))
     assert [data["event_id"] for _, data in again] == [newest + 1]
@@ -317,6 +318,24 @@ def test_the_feed_serves_a_pool_from_its_buffer_and_sends_a_stream_behind_it_to_
     assert feed.after(12, "b", timeout=0) == ([], 13)  # nothing of b after 12, and 13 is seen
     assert feed.after(9, None, timeout=0) is None  # behind the buffer: read the database
     assert [e["event_id"] for e in feed.after(10, None, timeout=0)[0]] == [11, 12, 13]  # the whole buffer
+
+
+@pytest.mark.options(EVENT_STREAM_POLL_SECONDS=0.05)
+def test_a_short_answer_keeps_the_feed_reading_for_a_while_and_a_stop_ends_it(app, client, monkeypatch):
+    from service.events import stream
+
+    monkeypatch.setattr(stream, "KEEP_SECONDS", 1.0)
+    feed = app_state(app).event_feed
+    assert client.get("/api/events/stream").status_code == 200  # a short answer
+    holder = user()
+    assert activate(client, holder).status_code == 200
+    # nobody asks again: the feed's own thread reads the event (the next answer finds it there)
+    wait_for(lambda: any(str(e["user_id"]) == holder for e in feed.buffer), 3, what="the lease in the feed")
+    wait_for(lambda: feed._thread is None, 3, what="the feed's thread ending after KEEP_SECONDS")
+    assert client.get("/api/events/stream").status_code == 200
+    assert feed._thread is not None and feed._thread.is_alive()
+    feed.stop()
+    assert feed._thread is None
 
 
 @pytest.mark.parametrize("after", [100, 101, 150, 10098, 20097, 20098, 20099])

@@ -104,3 +104,42 @@ def test_a_stream_on_one_instance_sees_the_other_instances_leases_and_resumes_ex
         assert resumed.next_event()["event_id"] > again[-1]["event_id"]
         assert resumed.heartbeats >= 1
         resumed.close()
+
+
+def short_answer(port: int, last_event_id: int) -> tuple[list[dict], int]:
+    """One short stream answer after `last_event_id`: its events and the client's new Last-Event-ID."""
+    answer = request(port, "GET", "/api/events/stream", headers={"Last-Event-ID": str(last_event_id)})
+    assert answer.status == 200, answer.body
+    events = []
+    for message in answer.body.decode().split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in message.splitlines() if ": " in line)
+        if "id" in fields:
+            last_event_id = int(fields["id"])
+        if "data" in fields:
+            events.append(json.loads(fields["data"]))
+    return events, last_event_id
+
+
+def test_short_answers_of_sync_workers_see_the_other_instances_leases_within_a_second(pg_database):
+    # the default model: sync workers, each answer ends at once, the client comes back after
+    # `retry:`; B polls only every 5 s, so only its feed's LISTEN, kept after each short answer,
+    # can make the next answer carry a lease made on A moments before
+    url = pg_database(pool=50)
+    env = {"DATABASE_URL": url, "ENABLE_RATE_LIMITING": "false", "SWEEPER_ENABLED": "false"}
+    env |= {"POOL_SIZE": "2", "POOL_MAX_OVERFLOW": "2"}
+    short = env | {"EVENT_STREAM_POLL_SECONDS": "5", "EVENT_STREAM_RETRY_MS": "300"}
+    with Gunicorn(env, workers=1) as a, Gunicorn(short, workers=1) as b:
+        _, last = short_answer(b.port, 0)
+        wait_for(lambda: listening(url), 5, what="the feed listening after a short answer")
+        latencies = []
+        for _ in range(5):
+            lease = activate(a.port)
+            started = time.monotonic()
+            found: list[dict] = []
+            while not found and time.monotonic() - started < 6:
+                time.sleep(0.3)  # the answer's `retry:`
+                events, last = short_answer(b.port, last)
+                found = [e for e in events if e["user_id"] == lease["user_id"]]
+            latencies.append(time.monotonic() - started)
+            assert [e["type"] for e in found] == ["leased"]
+        assert max(latencies) < 1.0, latencies
