@@ -76,13 +76,12 @@ def sse(event: dict) -> str:
     return f"id: {event['event_id']}\nevent: {event['type']}\ndata: {body}\n\n"
 
 
-def catch_up(after: int, pool: str | None, limit: int = PAGE) -> list[dict]:
-    """Number pending events, then read the published ones after `after`, each with its SSE
-    message under "sse" (app context needed)."""
+def catch_up(after: int, pool: str | None, limit: int = PAGE, *, publish: bool = True) -> list[dict]:
+    """Number pending events (unless `publish` is False), then read the published ones after
+    `after`, each with its SSE message under "sse" (app context needed)."""
     budget = current_app.config["DB_DEADLINE_SECONDS"]  # a stream outlives its request's budget
-    events = run_transaction(
-        outbox.publish_and_read, after=after, limit=limit, pool=pool, budget_seconds=budget
-    )
+    read = outbox.publish_and_read if publish else outbox.read_events
+    events = run_transaction(read, after=after, limit=limit, pool=pool, budget_seconds=budget)
     for event in events:
         event["sse"] = sse(event)
     return events
@@ -150,6 +149,9 @@ class Feed:
     def _loop(self) -> None:
         listener: psycopg.Connection | None = None
         listen_at = 0.0  # when to try to listen (again)
+        # after a notice only read: a publisher numbered the events and said so (numbering here
+        # too would make every feed's read notify every other feed); else number what is pending
+        publish = True
         try:
             while True:
                 with self.changed:
@@ -158,16 +160,19 @@ class Feed:
                         return
                 try:
                     with self.app.app_context():
-                        self.fresh(force=True)
+                        self.fresh(force=True, publish=publish)
                 except Exception:
                     log.exception("event feed: reading the outbox failed; retrying")
                 if listener is None and time.monotonic() >= listen_at:
                     listener, listen_at = self._listen(), time.monotonic() + RELISTEN_SECONDS
                 if listener is None:
                     time.sleep(self.thread_wait)
-                elif self._notified(listener):  # a burst of commits is read together
+                    continue
+                heard = self._heard(listener)
+                publish = not heard
+                if heard:  # a burst of commits is read together
                     time.sleep(max(0.0, self.polled_at + NOTIFIED_READ_GAP - time.monotonic()))
-                else:
+                elif heard is None:
                     listener = None
         finally:
             if listener is not None:
@@ -195,22 +200,22 @@ class Feed:
             log.warning("event feed: cannot listen for new events (%s); polling", type(exc).__name__)
             return None
 
-    def _notified(self, listener: psycopg.Connection) -> bool:
+    def _heard(self, listener: psycopg.Connection) -> bool | None:
         """Wait up to the poll interval for a notice of new events (the notices that came
-        meanwhile count as one); False when the connection failed (it is closed)."""
+        meanwhile count as one): whether one came; None when the connection failed (it is
+        closed)."""
         try:
-            for _ in listener.notifies(timeout=self.thread_wait, stop_after=1):
-                pass
-            return True
+            return any(True for _ in listener.notifies(timeout=self.thread_wait, stop_after=1))
         except psycopg.Error as exc:
             log.warning("event feed: listening for new events failed (%s); polling", type(exc).__name__)
             listener.close()
-            return False
+            return None
 
-    def fresh(self, *, force: bool = False) -> None:
+    def fresh(self, *, force: bool = False, publish: bool = True) -> None:
         """Read new events unless the last read is younger than the poll interval (`force`: read
-        anyway; app context). One reader at a time: another waits for the read under way (at
-        most DB_DEADLINE_SECONDS, then uses the buffer as it is) and reads only if still due."""
+        anyway; `publish` False: read only what is numbered, see `catch_up`; app context). One
+        reader at a time: another waits for the read under way (at most DB_DEADLINE_SECONDS,
+        then uses the buffer as it is) and reads only if still due."""
         if not force and self._recent():
             return
         if not self._polling.acquire(timeout=self.app.config["DB_DEADLINE_SECONDS"]):
@@ -225,7 +230,7 @@ class Feed:
                     self.start = self.last = first
                     self.changed.notify_all()
             while True:
-                new = catch_up(self.last, None)
+                new = catch_up(self.last, None, publish=publish)
                 self._add(new)
                 if len(new) < PAGE:
                     break
