@@ -3,6 +3,7 @@ a gap's worth at a time; the notice of new events comes from numbering, not from
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 
@@ -116,3 +117,41 @@ def test_pool_changes_that_write_events_wake_the_publisher(app, client):
     assert kinds == ["leased", "queued", "queued", "leased", "granted", "cancelled", "cleared", "cleared"]
     scrape = client.get("/metrics").get_data(as_text=True)
     assert sample(scrape, "tokenpool_releases_total", reason="cleared", pool="seats") == 2
+
+
+@pytest.mark.options(EVENT_STREAM_POLL_SECONDS=5)  # no quiet interval while the test runs
+def test_the_feed_reads_on_a_notice_without_numbering_itself(app, client, is_postgres, monkeypatch):
+    """A notice says a publisher numbered new events: the feed's thread reads them and numbers
+    nothing (its numbering transaction would notify every other feed, which would number and
+    notify in turn: a chain of numbering transactions under load). Only its first read numbers."""
+    if not is_postgres:
+        pytest.skip("LISTEN/NOTIFY is PostgreSQL's")
+    numbering_reads = []
+    real = outbox.publish_and_read
+
+    def counted(conn, **kwargs):
+        numbering_reads.append(threading.current_thread().name)
+        return real(conn, **kwargs)
+
+    monkeypatch.setattr(outbox, "publish_and_read", counted)
+    feed = app_state(app).event_feed
+    assert client.get("/api/events/stream").status_code == 200  # a short answer: the feed listens
+    wait_for(lambda: listening(app), 5, what="the feed listening")
+    holders = [user() for _ in range(8)]
+    for holder in holders:
+        assert activate(client, holder).status_code == 200
+        time.sleep(0.15)  # a notice each (the publisher numbers at most every 0.1 s)
+    wait_for(
+        lambda: {str(e["user_id"]) for e in feed.buffer} >= set(holders), 5, what="the leases in the feed"
+    )
+    assert numbering_reads.count("event-feed") == 1, numbering_reads
+
+
+def listening(app) -> bool:
+    """Whether a session of the app's database LISTENs for new events (its last statement)."""
+    with app.app_context():
+        sql = (
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND query = 'LISTEN tokenpool_events'"
+        )
+        return run_transaction(lambda conn: conn.scalar(text(sql))) > 0
