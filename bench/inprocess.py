@@ -1,7 +1,7 @@
 """CPU per request inside the worker: the WSGI app called in a loop, no network, no gunicorn.
 
     DATABASE_URL=postgresql+psycopg://postgres@127.0.0.1:5432/<migrated, seeded db> \
-    REDIS_URL=redis://127.0.0.1:6379/14 .venv/bin/python bench/inprocess.py activate summary api hello raw
+    REDIS_URL=redis://127.0.0.1:6379/14 .venv/bin/python bench/inprocess.py activate summary api stream hello raw
 
 Production settings (JSON logs to /dev/null, metrics in multiprocess mode,
 limits on Redis at a limit that never triggers, sweeper off). Prints the
@@ -28,6 +28,7 @@ ROUTES = {
     "api": ("GET", "/api"),
     "healthz": ("GET", "/healthz"),
     "hello": ("GET", "/hello"),
+    "stream": ("GET", "/api/events/stream?after=0"),  # a short stream answer (sync workers' default)
     "raw": ("POST", "/activate"),
 }
 
