@@ -1,7 +1,10 @@
 """CPU per request inside the worker: the WSGI app called in a loop, no network, no gunicorn.
 
     DATABASE_URL=postgresql+psycopg://postgres@127.0.0.1:5432/<migrated, seeded db> \
-    REDIS_URL=redis://127.0.0.1:6379/14 .venv/bin/python bench/inprocess.py activate summary api stream hello raw
+    REDIS_URL=redis://127.0.0.1:6379/14 .venv/bin/python bench/inprocess.py activate
+
+The target is one of activate, summary, api, healthz, stream (a short event-stream
+answer), hello or raw.
 
 Production settings (JSON logs to /dev/null, metrics in multiprocess mode,
 limits on Redis at a limit that never triggers, sweeper off). Prints the
