@@ -205,7 +205,8 @@ class Feed:
         meanwhile count as one): whether one came; None when the connection failed (it is
         closed)."""
         try:
-            return any(True for _ in listener.notifies(timeout=self.thread_wait, stop_after=1))
+            # consumed to its end: a generator left open would hold the connection's lock
+            return len(list(listener.notifies(timeout=self.thread_wait, stop_after=1))) > 0
         except psycopg.Error as exc:
             log.warning("event feed: listening for new events failed (%s); polling", type(exc).__name__)
             listener.close()
