@@ -63,7 +63,9 @@ def _int(name: str, default: int, *, minimum: int = 0) -> int:
     return value
 
 
-def _float(name: str, default: float) -> float:
+def _float(name: str, default: float, *, positive: bool = False) -> float:
+    """A number of seconds (or other float) from the environment: >= 0, or > 0 with `positive`
+    (an interval that paces a loop, or a timeout that 0 would make fail at once)."""
     name, raw = _env(name)
     if raw is None:
         return default
@@ -71,8 +73,8 @@ def _float(name: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         raise ConfigError(f"{name} must be a number, got {raw!r}") from None
-    if value < 0:
-        raise ConfigError(f"{name} must be >= 0, got {value}")
+    if value < 0 or (positive and value == 0):
+        raise ConfigError(f"{name} must be {'> 0' if positive else '>= 0'}, got {value}")
     return value
 
 
@@ -398,11 +400,11 @@ def _from_environment(instance_path: str, env: str) -> dict:
         "MONITORING_FLUSH_SECONDS": _float("MONITORING_FLUSH_SECONDS", 1.0),
         "ENABLE_TEST_HOOKS": _bool("ENABLE_TEST_HOOKS", False),
         "HEALTH_CACHE_SECONDS": _float("HEALTH_CACHE_SECONDS", 2.0),
-        "HEALTH_CHECK_TIMEOUT": _float("HEALTH_CHECK_TIMEOUT", 3.0),
+        "HEALTH_CHECK_TIMEOUT": _float("HEALTH_CHECK_TIMEOUT", 3.0, positive=True),
         "SWEEPER_STALE_INTERVALS": _int("SWEEPER_STALE_INTERVALS", 4, minimum=2),
         "MEMORY_LIMIT_MB": _int("MEMORY_LIMIT_MB", 512, minimum=16),
         "EVENT_STREAM_SECONDS": _float("EVENT_STREAM_SECONDS", 0.0),
-        "EVENT_STREAM_HEARTBEAT_SECONDS": _float("EVENT_STREAM_HEARTBEAT_SECONDS", 15.0),
+        "EVENT_STREAM_HEARTBEAT_SECONDS": _float("EVENT_STREAM_HEARTBEAT_SECONDS", 15.0, positive=True),
         "EVENT_STREAM_RETRY_MS": _int("EVENT_STREAM_RETRY_MS", 750, minimum=100),
         "EVENT_STREAM_POLL_SECONDS": _float("EVENT_STREAM_POLL_SECONDS", 0.25),
         "EVENT_STREAMS_PER_WORKER": _int("EVENT_STREAMS_PER_WORKER", 32, minimum=1),

@@ -110,3 +110,27 @@ def test_a_prometheus_multiproc_dir_that_cannot_be_created_is_named(tmp_path):
     assert result.returncode == 1
     assert result.stderr.startswith("configuration error: PROMETHEUS_MULTIPROC_DIR"), result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        # 0 would send heartbeats without pause, or fail every health check at once
+        ("EVENT_STREAM_HEARTBEAT_SECONDS", "0", "EVENT_STREAM_HEARTBEAT_SECONDS must be > 0, got 0.0"),
+        ("HEALTH_CHECK_TIMEOUT", "0", "HEALTH_CHECK_TIMEOUT must be > 0, got 0.0"),
+        ("EVENT_STREAM_POLL_SECONDS", "-1", "EVENT_STREAM_POLL_SECONDS must be >= 0, got -1.0"),
+    ],
+)
+def test_intervals_that_zero_would_break_are_refused(monkeypatch, name, value, message):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as refused:
+        create_app({"APP_ENV": "development", "LOG_LEVEL": "WARNING"})
+    assert str(refused.value) == message
+
+
+@pytest.mark.parametrize(
+    "name", ["EVENT_STREAM_POLL_SECONDS", "EVENT_STREAM_SECONDS", "HEALTH_CACHE_SECONDS"]
+)
+def test_settings_whose_zero_means_something_accept_it(monkeypatch, name):
+    monkeypatch.setenv(name, "0")
+    assert create_app({"APP_ENV": "development", "LOG_LEVEL": "WARNING"}).config[name] == 0

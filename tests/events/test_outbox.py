@@ -268,6 +268,19 @@ def test_a_bad_last_event_id_is_400(client):
     assert body["details"]["field"] == "Last-Event-ID"
 
 
+@pytest.mark.options(EVENT_STREAM_POLL_SECONDS=0)  # each request reads the outbox
+@pytest.mark.parametrize("header", ["", "  "])
+def test_an_empty_last_event_id_counts_as_absent(client, header):
+    """An EventSource that has seen no id sends none; an empty one means the same: `?after=` rules."""
+    for _ in range(3):
+        activate(client, user())
+    ids = [e["event_id"] for e in page(client)["events"]]
+    response = client.get(
+        "/api/events/stream", query_string={"after": ids[0]}, headers={"Last-Event-ID": header}
+    )
+    assert [i for i, _ in stream_events(response)] == ids[1:]
+
+
 def test_event_ids_follow_visibility_not_the_order_of_writing(app, client, is_postgres):
     """A transaction that wrote first but commits last gets the larger id: a reader past the
     others' ids still finds it."""
