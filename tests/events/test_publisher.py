@@ -15,6 +15,7 @@ from service.db import run_transaction
 from service.events import outbox, publisher
 from service.state import app_state
 from service.tokens import service
+from tests.events.test_stream_processes import listening
 from tests.helpers import activate, user
 from tests.observability.test_metrics import sample
 from tests.pools.test_pools import take
@@ -136,7 +137,7 @@ def test_the_feed_reads_on_a_notice_without_numbering_itself(app, client, is_pos
     monkeypatch.setattr(outbox, "publish_and_read", counted)
     feed = app_state(app).event_feed
     assert client.get("/api/events/stream").status_code == 200  # a short answer: the feed listens
-    wait_for(lambda: listening(app), 5, what="the feed listening")
+    wait_for(lambda: listening(app.config["SQLALCHEMY_DATABASE_URI"]), 5, what="the feed listening")
     holders = [user() for _ in range(8)]
     for holder in holders:
         assert activate(client, holder).status_code == 200
@@ -145,13 +146,3 @@ def test_the_feed_reads_on_a_notice_without_numbering_itself(app, client, is_pos
         lambda: {str(e["user_id"]) for e in feed.buffer} >= set(holders), 5, what="the leases in the feed"
     )
     assert numbering_reads.count("event-feed") == 1, numbering_reads
-
-
-def listening(app) -> bool:
-    """Whether a session of the app's database LISTENs for new events (its last statement)."""
-    with app.app_context():
-        sql = (
-            "SELECT count(*) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND query = 'LISTEN tokenpool_events'"
-        )
-        return run_transaction(lambda conn: conn.scalar(text(sql))) > 0

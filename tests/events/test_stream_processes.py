@@ -54,7 +54,10 @@ class Stream:
 def listening(url: str) -> bool:
     """Whether a session of the database at `url` LISTENs for new events (its last statement)."""
     with database(url) as conn:
-        sql = "SELECT count(*) FROM pg_stat_activity WHERE query = 'LISTEN tokenpool_events'"
+        sql = (
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND query = 'LISTEN tokenpool_events'"
+        )
         return conn.execute(text(sql)).scalar() > 0
 
 
