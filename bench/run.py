@@ -193,7 +193,7 @@ def service_env(db_url: str, port: int, prom_dir: Path) -> dict:
         # threads or greenlets hold event streams open (sync workers answer each reconnect at once)
         "EVENT_STREAM_SECONDS": "300" if streams_held() else "0",
         "EVENT_STREAMS_PER_WORKER": str(max(32, STREAM_CLIENTS)),
-        "SWEEPER_ENABLED": "true",
+        "SWEEPER_ENABLED": os.environ.get("BENCH_SWEEPER", "true"),
         "DRAIN_SECONDS": "0",  # only shortens the shutdown at the end of the run
     }
 
