@@ -15,7 +15,7 @@ from sqlalchemy.exc import DBAPIError, MultipleResultsFound, NoResultFound
 from sqlalchemy.pool import NullPool
 
 from .config import ConfigError
-from .deadline import BoundedConnection, Deadline, remaining
+from .deadline import BoundedConnection, Deadline, note_server_timeout, remaining
 from .extensions import db, migrate
 from .state import app_state
 
@@ -218,7 +218,9 @@ class AutocommitConnection:
         try:
             rows = self._fetch(sql, params)
         except psycopg.Error as exc:
-            raise self.failed(exc, sql, params) from exc
+            error = self.failed(exc, sql, params)
+            note_server_timeout(error, exc, self.dbapi_conn, time.perf_counter() - started)
+            raise error from exc
         elapsed = time.perf_counter() - started
         for notify in self._observers:
             notify(sql, elapsed)

@@ -142,6 +142,20 @@ _STALLS = (DeadlineExceeded, pg_errors.ConnectionTimeout)  # the client gave up 
 _SERVER_TIMEOUTS = (pg_errors.QueryCanceled, pg_errors.LockNotAvailable)  # the server gave up
 
 
+def note_server_timeout(error: BaseException, orig: BaseException, dbapi_conn, elapsed: float) -> None:
+    """When `orig` is the server's statement or lock timeout, add a note to `error` (shown with
+    its traceback in the error's log line): how long the statement ran, the session timeout
+    this process believes the connection has (`BoundedConnection.server_timeout_ms`), and
+    the budget left. A statement ended far sooner than both says the belief was wrong."""
+    if isinstance(orig, _SERVER_TIMEOUTS):
+        left = remaining()
+        error.add_note(
+            f"server timeout after {elapsed * 1000:.0f} ms; session timeout as recorded:"
+            f" {getattr(dbapi_conn, 'server_timeout_ms', None)} ms; budget left:"
+            f" {'none' if left is None else f'{left:.3f} s'}"
+        )
+
+
 class Deadline:
     """One app's database deadline settings and its process-wide stall state.
 
