@@ -15,7 +15,7 @@ from sqlalchemy.exc import DBAPIError, MultipleResultsFound, NoResultFound
 from sqlalchemy.pool import NullPool
 
 from .config import ConfigError
-from .deadline import BoundedConnection, Deadline, note_server_timeout, remaining
+from .deadline import BoundedConnection, Deadline, is_server_timeout, note_server_timeout, remaining
 from .extensions import db, migrate
 from .state import app_state
 
@@ -52,6 +52,14 @@ def _bound_waits(engine, deadline: Deadline) -> None:
         conn = BoundedConnection.connect(*cargs, **cparams)
         conn.server_timeout_ms = session_timeout_ms
         return conn
+
+    @event.listens_for(engine, "handle_error")
+    def _note(context):  # as AutocommitConnection.exec_driver_sql does for one-statement work
+        conn, error = context.connection, context.sqlalchemy_exception
+        if conn is not None and error is not None and is_server_timeout(context.original_exception):
+            started = conn.info.get("query_start")  # observe_queries' mark, when it observes
+            elapsed = None if started is None else time.perf_counter() - started
+            note_server_timeout(error, conn.connection.driver_connection, elapsed)
 
 
 def database_deadline() -> Deadline:
@@ -219,7 +227,8 @@ class AutocommitConnection:
             rows = self._fetch(sql, params)
         except psycopg.Error as exc:
             error = self.failed(exc, sql, params)
-            note_server_timeout(error, exc, self.dbapi_conn, time.perf_counter() - started)
+            if is_server_timeout(exc):
+                note_server_timeout(error, self.dbapi_conn, time.perf_counter() - started)
             raise error from exc
         elapsed = time.perf_counter() - started
         for notify in self._observers:

@@ -142,18 +142,24 @@ _STALLS = (DeadlineExceeded, pg_errors.ConnectionTimeout)  # the client gave up 
 _SERVER_TIMEOUTS = (pg_errors.QueryCanceled, pg_errors.LockNotAvailable)  # the server gave up
 
 
-def note_server_timeout(error: BaseException, orig: BaseException, dbapi_conn, elapsed: float) -> None:
-    """When `orig` is the server's statement or lock timeout, add a note to `error` (shown with
-    its traceback in the error's log line): how long the statement ran, the session timeout
-    this process believes the connection has (`BoundedConnection.server_timeout_ms`), and
-    the budget left. A statement ended far sooner than both says the belief was wrong."""
-    if isinstance(orig, _SERVER_TIMEOUTS):
-        left = remaining()
-        error.add_note(
-            f"server timeout after {elapsed * 1000:.0f} ms; session timeout as recorded:"
-            f" {getattr(dbapi_conn, 'server_timeout_ms', None)} ms; budget left:"
-            f" {'none' if left is None else f'{left:.3f} s'}"
-        )
+def is_server_timeout(exc: BaseException) -> bool:
+    """Whether a driver error is the server's statement or lock timeout."""
+    return isinstance(exc, _SERVER_TIMEOUTS)
+
+
+def note_server_timeout(error: BaseException, dbapi_conn, elapsed: float | None) -> None:
+    """Add a note to `error`, a server timeout's (shown with its traceback in the error's log
+    line): how long the statement ran (`elapsed` seconds, None when not timed), the session
+    timeout this process believes the connection has (`BoundedConnection.server_timeout_ms`;
+    a transaction's SET LOCAL is not in it), and the budget left. A statement ended far sooner
+    than both says the belief was wrong."""
+    left = remaining()
+    ran = "?" if elapsed is None else f"{elapsed * 1000:.0f}"
+    error.add_note(
+        f"server timeout after {ran} ms; session timeout as recorded:"
+        f" {getattr(dbapi_conn, 'server_timeout_ms', None)} ms; budget left:"
+        f" {'none' if left is None else f'{left:.3f} s'}"
+    )
 
 
 class Deadline:
@@ -204,7 +210,7 @@ class Deadline:
         if isinstance(orig, _STALLS):
             return True
         # a server-side timeout is a stall when it spent the budget, not when a cap cut one statement
-        return isinstance(orig, _SERVER_TIMEOUTS) and left is not None and left < 2 * self.margin
+        return is_server_timeout(orig) and left is not None and left < 2 * self.margin
 
     def may_retry(self) -> bool:
         """Whether enough of the budget is left for another attempt."""

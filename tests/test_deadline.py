@@ -110,12 +110,15 @@ def test_each_attempt_gets_server_timeouts_from_the_budget_left(postgres_url, si
             assert timeouts(3.0) == 2750
 
 
-def test_a_server_timeout_in_one_statement_work_says_what_the_process_believed(postgres_url):
+@pytest.mark.parametrize("single_statement", [True, False], ids=["autocommit", "transaction"])
+def test_a_server_timeout_says_what_the_process_believed(postgres_url, single_statement):
     """The error of a statement the server's timeout ended carries, for its log line, how long it
     ran, the session timeout this process recorded for the connection and the budget left."""
     app = make_app(postgres_url, DB_DEADLINE_SECONDS=3.0, DB_STATEMENT_TIMEOUT_MS=50, POOL_SIZE=1)
     with app.app_context(), pytest.raises(OperationalError) as ended:
-        run_transaction(lambda conn: conn.exec_driver_sql("SELECT pg_sleep(0.5)"), single_statement=True)
+        run_transaction(
+            lambda conn: conn.exec_driver_sql("SELECT pg_sleep(0.5)"), single_statement=single_statement
+        )
     assert isinstance(ended.value.orig, pg_errors.QueryCanceled)
     (note,) = ended.value.__notes__
     assert note.startswith("server timeout after ")
