@@ -142,7 +142,7 @@ _STALLS = (DeadlineExceeded, pg_errors.ConnectionTimeout)  # the client gave up 
 _SERVER_TIMEOUTS = (pg_errors.QueryCanceled, pg_errors.LockNotAvailable)  # the server gave up
 
 
-def is_server_timeout(exc: BaseException) -> bool:
+def is_server_timeout(exc: BaseException | None) -> bool:
     """Whether a driver error is the server's statement or lock timeout."""
     return isinstance(exc, _SERVER_TIMEOUTS)
 
