@@ -26,11 +26,13 @@ for round in $(seq "$ROUNDS"); do
         -T "$DURATION" -f "$variant.sql" -l "$DB" > /dev/null 2>&1)
     .venv/bin/python - "$WORK" "$variant" "$round" <<'PY'
 import glob, sys
+sys.path.insert(0, "bench")
+from loadgen import percentile
 work, variant, round_ = sys.argv[1:]
 latencies = sorted(int(line.split()[2]) / 1000 for f in glob.glob(f"{work}/pgbench_log.*") for line in open(f))
-at = lambda q: latencies[min(len(latencies) - 1, int(len(latencies) * q))]
-print(f"round {round_} {variant:6s} {len(latencies):6d} tx  p50 {at(0.5):6.2f}  p99 {at(0.99):7.2f}"
-      f"  p99.9 {at(0.999):7.2f}  max {latencies[-1]:7.2f} ms")
+at = lambda q: percentile(latencies, q)
+print(f"round {round_} {variant:6s} {len(latencies):6d} tx  p50 {at(50):6.2f}  p99 {at(99):7.2f}"
+      f"  p99.9 {at(99.9):7.2f}  max {latencies[-1]:7.2f} ms")
 PY
   done
 done

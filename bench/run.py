@@ -496,11 +496,11 @@ def add_history(dbname: str, rows: int) -> str:
     return str(token)
 
 
-def start_streams(base: str, seconds: float) -> subprocess.Popen:
-    """STREAM_CLIENTS event-stream clients in the background for `seconds` (bench/stream_clients.py):
+def start_streams(base: str, seconds: float, clients: int = STREAM_CLIENTS) -> subprocess.Popen:
+    """`clients` event-stream clients in the background for `seconds` (bench/stream_clients.py):
     with sync workers reconnecting ones, with threads or greenlets held ones."""
     argv = [sys.executable, str(BENCH / "stream_clients.py")] + ([] if streams_held() else ["--reconnect"])
-    argv += [base + "/api/events/stream", str(STREAM_CLIENTS), str(seconds)]
+    argv += [base + "/api/events/stream", str(clients), str(seconds)]
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

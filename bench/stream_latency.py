@@ -1,15 +1,16 @@
 """How long a lease change takes to reach an event-stream client of another instance.
 
 Two instances of the service on one fresh database (the bench's production
-settings; sync workers, so streams are short answers, `EVENT_STREAM_SECONDS=0`,
-unless `GUNICORN_WORKER_CLASS` says otherwise). One client reads instance B's
-stream as a browser's EventSource does (bench/stream_clients.py: read the
-answer, wait its `retry:`, ask again with `Last-Event-ID`); activations go to
+settings: sync workers, so a stream is a series of short answers,
+`EVENT_STREAM_SECONDS=0`; held streams are timed by
+tests/events/test_stream_processes.py). One client reads instance B's
+stream as a browser's EventSource does (read the answer, wait its `retry:`,
+ask again with `Last-Event-ID`); activations go to
 instance A at random moments (`--gap` seconds apart at most, uniform). For
 each, the time from A's answer to the client holding the `leased` event.
-`--crowd N` adds N more such clients on B (bench/stream_clients.py
---reconnect), so that B's workers answer many streams a second, as with
-target 6's 100 clients; `--load R` sends R more activations a second to A
+`--crowd N` adds N more such clients on B (bench/run.py's `start_streams`),
+so that B's workers answer many streams a second, as with target 6's 100
+clients; `--load R` sends R more activations a second to A
 meanwhile (bench/loadgen.py), so that its publisher numbers at its full pace.
 
     .venv/bin/python bench/stream_latency.py [--samples 120] [--gap 1.0] [--workers 2] [--crowd 0] [--load 0]
@@ -24,7 +25,6 @@ import argparse
 import json
 import random
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -34,10 +34,18 @@ import uuid
 from pathlib import Path
 
 from loadgen import percentile, run_fixed_rate
-from run import VENV_BIN, Target, admin_sql, free_port, prepare_database, service_env
-from stream_clients import RETRY
+from run import (
+    VENV_BIN,
+    Target,
+    admin_sql,
+    finish_streams,
+    free_port,
+    prepare_database,
+    service_env,
+    start_streams,
+)
 
-ID = b"id: "
+from tests.helpers import sse_messages
 
 
 class Reader(threading.Thread):
@@ -58,14 +66,13 @@ class Reader(threading.Thread):
                 body = answer.read()
             arrived = time.monotonic()
             self.requests += 1
-            for message in body.split(b"\n\n"):
-                fields = dict(line.split(b": ", 1) for line in message.splitlines() if b": " in line)
-                if b"id" in fields:
-                    self.last_event_id = fields[b"id"].decode()
-                if fields.get(b"event") == b"leased":
-                    self.seen.setdefault(json.loads(fields[b"data"])["user_id"], arrived)
-            retry = RETRY.search(body)
-            self.done.wait(int(retry.group(1)) / 1000 if retry else 1.0)
+            retry_ms = 1000  # EventSource's own default
+            for message in sse_messages(body.decode()):
+                retry_ms = int(message.get("retry", retry_ms))
+                self.last_event_id = message.get("id", self.last_event_id)
+                if message.get("event") == "leased":
+                    self.seen.setdefault(json.loads(message["data"])["user_id"], arrived)
+            self.done.wait(retry_ms / 1000)
 
 
 def activate(base: str) -> tuple[str, float]:
@@ -110,24 +117,9 @@ def main() -> int:
             )
         for target in targets:
             target.wait_ready()
-        stream = targets[1].base + "/api/events/stream"
         seconds = args.samples * args.gap / 2 + 5
-        crowd = (
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    str(Path(__file__).with_name("stream_clients.py")),
-                    "--reconnect",
-                    stream,
-                    str(args.crowd),
-                    str(seconds),
-                ],
-                stdout=subprocess.DEVNULL,
-            )
-            if args.crowd
-            else None
-        )
-        reader = Reader(stream)
+        crowd = start_streams(targets[1].base, seconds, args.crowd) if args.crowd else None
+        reader = Reader(targets[1].base + "/api/events/stream")
         reader.start()
         load = threading.Thread(
             target=run_fixed_rate,
@@ -143,8 +135,7 @@ def main() -> int:
             answered.append(activate(targets[0].base))
         time.sleep(3)  # the last ones arrive
         reader.done.set()
-        if crowd is not None:
-            crowd.wait(timeout=seconds + 30)
+        crowd_failed = 0 if crowd is None else finish_streams(crowd)["failed"]
         if args.load:
             load.join(timeout=seconds + 30)
     finally:
@@ -156,6 +147,7 @@ def main() -> int:
         "samples": args.samples,
         "received": len(latencies),
         "stream_requests": reader.requests,
+        "crowd_failed": crowd_failed,
         "median_s": round(percentile(latencies, 50), 3),
         "p99_s": round(percentile(latencies, 99), 3),
         "max_s": round(latencies[-1], 3),

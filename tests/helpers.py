@@ -21,6 +21,15 @@ ERROR_KEYS = {"status", "error_code", "message", "error_id", "request_id", "time
 WWW_AUTHENTICATE = 'Bearer realm="tokenpool"'
 
 
+def sse_messages(text: str) -> list[dict[str, str]]:
+    """The Server-Sent Events messages of a stream's text, each as its fields (`retry`, `id`,
+    `event`, `data`); comment lines (`: heartbeat`) left out, empty messages kept as {}."""
+    return [
+        dict(line.split(": ", 1) for line in block.splitlines() if not line.startswith(":") and ": " in line)
+        for block in text.split("\n\n")
+    ]
+
+
 def assert_error(response, status: int, error_code: str, message: str | None = None) -> dict:
     """The response is the one JSON error shape with this status, code and message."""
     assert response.status_code == status, response.get_data(as_text=True)

@@ -23,7 +23,7 @@ from service.extensions import db
 from service.state import app_state
 from service.tokens import service
 from service.tokens.sweeper import run_sweep
-from tests.helpers import activate, assert_error, release, renew, user
+from tests.helpers import activate, assert_error, release, renew, sse_messages, user
 from tests.procs import wait_for
 
 
@@ -110,14 +110,8 @@ def test_bad_page_parameters_are_400(client, params, field):
 
 
 def stream_events(response) -> list[tuple[int, dict]]:
-    out = []
-    for block in response.get_data(as_text=True).split("\n\n"):
-        lines = dict(
-            line.split(": ", 1) for line in block.splitlines() if not line.startswith(":") and ": " in line
-        )
-        if "data" in lines:
-            out.append((int(lines["id"]), json.loads(lines["data"])))
-    return out
+    messages = sse_messages(response.get_data(as_text=True))
+    return [(int(m["id"]), json.loads(m["data"])) for m in messages if "data" in m]
 
 
 @pytest.mark.options(EVENT_STREAM_POLL_SECONDS=0)  # each request reads the outbox
@@ -349,6 +343,31 @@ def test_a_short_answer_keeps_the_feed_reading_for_a_while_and_a_stop_ends_it(ap
     assert feed._thread is not None and feed._thread.is_alive()
     feed.stop()
     assert feed._thread is None
+
+
+@pytest.mark.options(EVENT_STREAM_POLL_SECONDS=0.05)
+def test_a_short_answer_waits_for_a_read_under_way_and_reads_if_still_due(app, client):
+    """A short answer that finds the feed's read under way waits for it, then reads itself if
+    the buffer is still older than EVENT_STREAM_POLL_SECONDS: it never answers from a buffer
+    older than that because another reader was busy."""
+    feed = app_state(app).event_feed
+    first = client.get("/api/events/stream").get_data(as_text=True)  # the feed starts from now
+    last = first.split("id: ")[1].strip()
+    feed.stop()  # no thread of its own: only the requests read
+    holder = user()
+    assert activate(client, holder).status_code == 200
+    time.sleep(0.1)  # the buffer is older than the poll interval
+
+    def read_under_way() -> None:  # holds the feed's reader lock a moment and brings nothing
+        with feed._polling:
+            time.sleep(0.3)
+
+    busy = threading.Thread(target=read_under_way)
+    busy.start()
+    time.sleep(0.05)
+    events = stream_events(client.get("/api/events/stream", headers={"Last-Event-ID": last}))
+    busy.join()
+    assert [data["user_id"] for _, data in events] == [holder]
 
 
 @pytest.mark.parametrize("after", [100, 101, 150, 10098, 20097, 20098, 20099])

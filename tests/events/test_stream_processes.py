@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import text
 
 from tests.conftest import database
+from tests.helpers import sse_messages
 from tests.procs import Gunicorn, wait_for
 from tests.web import request
 
@@ -114,12 +115,11 @@ def short_answer(port: int, last_event_id: int) -> tuple[list[dict], int]:
     answer = request(port, "GET", "/api/events/stream", headers={"Last-Event-ID": str(last_event_id)})
     assert answer.status == 200, answer.body
     events = []
-    for message in answer.body.decode().split("\n\n"):
-        fields = dict(line.split(": ", 1) for line in message.splitlines() if ": " in line)
-        if "id" in fields:
-            last_event_id = int(fields["id"])
-        if "data" in fields:
-            events.append(json.loads(fields["data"]))
+    for message in sse_messages(answer.body.decode()):
+        if "id" in message:
+            last_event_id = int(message["id"])
+        if "data" in message:
+            events.append(json.loads(message["data"]))
     return events, last_event_id
 
 
