@@ -273,6 +273,8 @@ def test_the_console_in_a_real_browser(server, browser, tmp_path):
     within(driver, 5, lambda d: d.find_element(By.ID, "dashboard").is_displayed(), "the console after reload")
     assert not driver.find_element(By.ID, "key-form").is_displayed()
     if has_endpoint(server, "/api/events/stream"):  # the feed after the reload: from now on
+        # "now" is when its first stream request is answered: a lease made before is old news
+        within(driver, 5, lambda d: text_of(d, "#feed-status") == "live", "the reloaded page's feed")
         token = lease(server)["token_id"]
         within(driver, 2, lambda d: token[:8] in text_of(d, "#feed"), "a lease in the reloaded page's feed")
 
