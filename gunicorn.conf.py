@@ -3,6 +3,8 @@
 Every value can be set from the environment; the defaults suit one container
 behind nginx. Sync workers: nginx buffers slow clients, and each worker holds
 one database connection at a time (connections = workers x (POOL_SIZE + overflow)).
+The default worker class is gunicorn's sync worker with event streams held open by
+threads of their own (service/gunicorn_worker.py); `sync` and `gthread` can be chosen.
 """
 
 import gc
@@ -45,7 +47,7 @@ def _float(name: str, default: float) -> float:
 _port = _int("PORT", None)
 bind = _str("BIND", "127.0.0.1:8000" if _port is None else f"0.0.0.0:{_port}")
 workers = _int("WEB_CONCURRENCY", min(2 * (os.cpu_count() or 1) + 1, 8))
-worker_class = _str("GUNICORN_WORKER_CLASS", "sync")
+worker_class = _str("GUNICORN_WORKER_CLASS", "service.gunicorn_worker.StreamingSyncWorker")
 threads = _int("GUNICORN_THREADS", 1)
 # A worker silent this long is killed (gunicorn's HTML 500). No request can get near it: every
 # wait for the database ends within DB_DEADLINE_SECONDS (docs/HEALTH.md, "Probe arithmetic").
@@ -216,10 +218,13 @@ def post_worker_init(worker):
 
 
 def worker_exit(server, worker):
-    """Stop the background threads, send buffered monitoring figures, close database connections."""
+    """End held event streams, stop the background threads, send buffered monitoring figures,
+    close database connections."""
     app = getattr(worker, "wsgi", None)
     if app is None:  # the worker never loaded the app
         return
+    if hasattr(worker, "end_streams"):  # service.gunicorn_worker.StreamingSyncWorker
+        worker.end_streams(timeout=2.0)
     from service.background import stop_background
     from service.extensions import db
     from service.state import app_state

@@ -1,6 +1,7 @@
 """`make bench`: the four performance targets (docs/PERFORMANCE.md), measured side by side.
 
-Starts four gunicorn targets (sync, 2 workers each) and drives them in turn,
+Starts gunicorn targets (2 workers each: the bare apps sync, the service
+gunicorn.conf.py's default worker) and drives them in turn,
 alternating the order over several rounds so drift and neighbours' noise hit
 every target alike:
 
@@ -12,8 +13,8 @@ every target alike:
   svc-100-pgb  svc-100 through PgBouncer in transaction mode (DB_PGBOUNCER=true), started here
 
 Two cases add load beside a target: `svc_activate_100_streams` runs svc-100's
-activation while 100 event-stream clients (bench/stream_clients.py: as
-EventSource, Last-Event-ID after the stream's retry interval) come and go, and
+activation while 100 event-stream clients (bench/stream_clients.py) hold their
+streams open and read every event, and
 `svc_get_token_history` reads one token of svc-1m that has 3,000,000 usages
 (written with SQL before the start).
 
@@ -163,14 +164,13 @@ def flush_redis() -> None:
 WORKERS, THREADS, GEVENT = 2, 1, False  # set from --workers / --gunicorn-threads / --gevent
 
 
+DEFAULT_WORKER = "service.gunicorn_worker.StreamingSyncWorker"  # gunicorn.conf.py's default
+
+
 def worker_class() -> str:
-    """The gunicorn worker class of every target: sync, gthread (threads > 1) or gevent."""
-    return "gevent" if GEVENT else "gthread" if THREADS > 1 else "sync"
-
-
-def streams_held() -> bool:
-    """Whether a stream response stays open (a thread or a greenlet each) or ends at once (sync)."""
-    return worker_class() != "sync"
+    """The gunicorn worker class of the service targets: gunicorn.conf.py's default (sync, each
+    event stream in a thread of its own), gthread (threads > 1) or gevent."""
+    return "gevent" if GEVENT else "gthread" if THREADS > 1 else DEFAULT_WORKER
 
 
 def service_env(db_url: str, port: int, prom_dir: Path) -> dict:
@@ -190,8 +190,8 @@ def service_env(db_url: str, port: int, prom_dir: Path) -> dict:
         "WEB_CONCURRENCY": str(WORKERS),
         "GUNICORN_WORKER_CLASS": worker_class(),
         "GUNICORN_THREADS": str(THREADS),
-        # threads or greenlets hold event streams open (sync workers answer each reconnect at once)
-        "EVENT_STREAM_SECONDS": "300" if streams_held() else "0",
+        # the default worker holds event streams by itself (blank: unset); the others as told
+        "EVENT_STREAM_SECONDS": "" if worker_class() == DEFAULT_WORKER else "300",
         "EVENT_STREAMS_PER_WORKER": str(max(32, STREAM_CLIENTS)),
         "SWEEPER_ENABLED": os.environ.get("BENCH_SWEEPER", "true"),
         "DRAIN_SECONDS": "0",  # only shortens the shutdown at the end of the run
@@ -312,7 +312,9 @@ def start_targets(
 ) -> dict[str, Target]:
     gunicorn = str(VENV_BIN / "gunicorn")
     bare = [gunicorn, "-c", str(BENCH / "gunicorn_bare.conf.py"), "-w", str(WORKERS)]
-    bare += ["-k", worker_class()] + (["--threads", str(THREADS)] if THREADS > 1 else [])
+    # the default worker's loop is sync's (the bare apps have no stream to hand to a thread)
+    bare += ["-k", "sync" if worker_class() == DEFAULT_WORKER else worker_class()]
+    bare += ["--threads", str(THREADS)] if THREADS > 1 else []
     targets = {}
     port = free_port()
     targets["hello"] = Target(
@@ -496,10 +498,12 @@ def add_history(dbname: str, rows: int) -> str:
     return str(token)
 
 
-def start_streams(base: str, seconds: float, clients: int = STREAM_CLIENTS) -> subprocess.Popen:
+def start_streams(
+    base: str, seconds: float, clients: int = STREAM_CLIENTS, *, held: bool = True
+) -> subprocess.Popen:
     """`clients` event-stream clients in the background for `seconds` (bench/stream_clients.py):
-    with sync workers reconnecting ones, with threads or greenlets held ones."""
-    argv = [sys.executable, str(BENCH / "stream_clients.py")] + ([] if streams_held() else ["--reconnect"])
+    held ones, or (`held` False: plain sync workers' short answers) reconnecting ones."""
+    argv = [sys.executable, str(BENCH / "stream_clients.py")] + ([] if held else ["--reconnect"])
     argv += [base + "/api/events/stream", str(clients), str(seconds)]
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

@@ -1,11 +1,12 @@
 """How long a lease change takes to reach an event-stream client of another instance.
 
 Two instances of the service on one fresh database (the bench's production
-settings: sync workers, so a stream is a series of short answers,
-`EVENT_STREAM_SECONDS=0`; held streams are timed by
-tests/events/test_stream_processes.py). One client reads instance B's
-stream as a browser's EventSource does (read the answer, wait its `retry:`,
-ask again with `Last-Event-ID`); activations go to
+settings; `--worker default`: gunicorn.conf.py's default worker, which holds
+each stream open in a thread of its own; `--worker sync`: plain sync
+workers, where a stream is a series of short answers). One client reads
+instance B's stream as a browser's EventSource does (read what comes; after
+an answer that ended, wait its `retry:` and ask again with `Last-Event-ID`);
+activations go to
 instance A at random moments (`--gap` seconds apart at most, uniform). For
 each, the time from A's answer to the client holding the `leased` event.
 `--crowd N` adds N more such clients on B (bench/run.py's `start_streams`),
@@ -13,7 +14,8 @@ so that B's workers answer many streams a second, as with target 6's 100
 clients; `--load R` sends R more activations a second to A
 meanwhile (bench/loadgen.py), so that its publisher numbers at its full pace.
 
-    .venv/bin/python bench/stream_latency.py [--samples 120] [--gap 1.0] [--workers 2] [--crowd 0] [--load 0]
+    .venv/bin/python bench/stream_latency.py [--samples 120] [--gap 1.0] [--workers 2] [--crowd 0]
+        [--load 0] [--worker default|sync]
 
 Prints the median, 99th percentile and maximum in seconds and one BENCH_JSON
 line. Stops what it started (by PID) and drops its database.
@@ -49,7 +51,9 @@ from tests.helpers import sse_messages
 
 
 class Reader(threading.Thread):
-    """An EventSource-like client: notes when each `leased` event's user first arrived."""
+    """An EventSource-like client: notes when each `leased` event's user first arrived. It reads
+    each answer as it comes (a held stream stays open), and after an answer that ended, waits
+    its `retry:` and asks again with the `Last-Event-ID` it reached."""
 
     def __init__(self, url: str) -> None:
         super().__init__(daemon=True)
@@ -58,20 +62,27 @@ class Reader(threading.Thread):
         self.done = threading.Event()
 
     def run(self) -> None:
+        retry_ms = 1000  # EventSource's own default
         while not self.done.is_set():
             headers = {} if self.last_event_id is None else {"Last-Event-ID": self.last_event_id}
-            with urllib.request.urlopen(
-                urllib.request.Request(self.url, headers=headers), timeout=10
-            ) as answer:
-                body = answer.read()
-            arrived = time.monotonic()
-            self.requests += 1
-            retry_ms = 1000  # EventSource's own default
-            for message in sse_messages(body.decode()):
-                retry_ms = int(message.get("retry", retry_ms))
-                self.last_event_id = message.get("id", self.last_event_id)
-                if message.get("event") == "leased":
-                    self.seen.setdefault(json.loads(message["data"])["user_id"], arrived)
+            request = urllib.request.Request(self.url, headers=headers)
+            with urllib.request.urlopen(request, timeout=30) as answer:
+                self.requests += 1
+                lines: list[str] = []
+                for raw in answer:  # line by line, as the server writes them
+                    if self.done.is_set():
+                        return
+                    line = raw.decode()
+                    if line.strip("\r\n"):
+                        lines.append(line)
+                        continue
+                    arrived = time.monotonic()
+                    for message in sse_messages("".join(lines)):
+                        retry_ms = int(message.get("retry", retry_ms))
+                        self.last_event_id = message.get("id", self.last_event_id)
+                        if message.get("event") == "leased":
+                            self.seen.setdefault(json.loads(message["data"])["user_id"], arrived)
+                    lines = []
             self.done.wait(retry_ms / 1000)
 
 
@@ -93,7 +104,13 @@ def main() -> int:
     parser.add_argument("--samples", type=int, default=120)
     parser.add_argument("--gap", type=float, default=1.0, help="most seconds between two activations")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers per instance")
-    parser.add_argument("--crowd", type=int, default=0, help="more reconnecting stream clients on B")
+    parser.add_argument("--crowd", type=int, default=0, help="more stream clients on B")
+    parser.add_argument(
+        "--worker",
+        choices=("default", "sync"),
+        default="default",
+        help="gunicorn.conf.py's default (held streams) or plain sync workers (short answers)",
+    )
     parser.add_argument("--load", type=float, default=0, help="more activations a second on A")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="tokenpool-stream-latency-"))
@@ -105,6 +122,8 @@ def main() -> int:
             port = free_port()
             (work / label).mkdir()
             env = service_env(url, port, work / label) | {"WEB_CONCURRENCY": str(args.workers)}
+            if args.worker == "sync":
+                env |= {"GUNICORN_WORKER_CLASS": "sync", "EVENT_STREAM_SECONDS": "0"}
             targets.append(
                 Target(
                     label,
@@ -118,7 +137,8 @@ def main() -> int:
         for target in targets:
             target.wait_ready()
         seconds = args.samples * args.gap / 2 + 5
-        crowd = start_streams(targets[1].base, seconds, args.crowd) if args.crowd else None
+        held = args.worker == "default"
+        crowd = start_streams(targets[1].base, seconds, args.crowd, held=held) if args.crowd else None
         reader = Reader(targets[1].base + "/api/events/stream")
         reader.start()
         load = threading.Thread(

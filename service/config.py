@@ -63,9 +63,10 @@ def _int(name: str, default: int, *, minimum: int = 0) -> int:
     return value
 
 
-def _float(name: str, default: float, *, positive: bool = False) -> float:
+def _float(name: str, default: float | None, *, positive: bool = False) -> float | None:
     """A number of seconds (or other float) from the environment: >= 0, or > 0 with `positive`
-    (an interval that paces a loop, or a timeout that 0 would make fail at once)."""
+    (an interval that paces a loop, or a timeout that 0 would make fail at once); `default`
+    when unset or blank."""
     name, raw = _env(name)
     if raw is None:
         return default
@@ -403,7 +404,7 @@ def _from_environment(instance_path: str, env: str) -> dict:
         "HEALTH_CHECK_TIMEOUT": _float("HEALTH_CHECK_TIMEOUT", 3.0, positive=True),
         "SWEEPER_STALE_INTERVALS": _int("SWEEPER_STALE_INTERVALS", 4, minimum=2),
         "MEMORY_LIMIT_MB": _int("MEMORY_LIMIT_MB", 512, minimum=16),
-        "EVENT_STREAM_SECONDS": _float("EVENT_STREAM_SECONDS", 0.0),
+        "EVENT_STREAM_SECONDS": _float("EVENT_STREAM_SECONDS", None),  # None: by server (events/stream.py)
         "EVENT_STREAM_HEARTBEAT_SECONDS": _float("EVENT_STREAM_HEARTBEAT_SECONDS", 15.0, positive=True),
         "EVENT_STREAM_RETRY_MS": _int("EVENT_STREAM_RETRY_MS", 750, minimum=100),
         "EVENT_STREAM_POLL_SECONDS": _float("EVENT_STREAM_POLL_SECONDS", 0.25),

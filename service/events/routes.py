@@ -15,7 +15,7 @@ from ..state import app_state
 from ..tokens.schemas import BIGINT_MAX, LIMIT, limit_arg
 from . import bp, outbox
 from .schemas import AFTER, LAST_EVENT_ID, POOL, POOL_NAME_PATTERN, STREAM, EventPage
-from .stream import event_json, first_round, held
+from .stream import event_json, first_round, held, hold_seconds
 
 POOL_NAME = re.compile(POOL_NAME_PATTERN)
 
@@ -75,20 +75,20 @@ def live():
     pool = pool_arg()
     after = _resume_from()
     app = current_app._get_current_object()  # type: ignore[attr-defined]  # the app, not its proxy
-    feed = app_state(app).event_feed
-    if app.config["EVENT_STREAM_SECONDS"] > 0 and feed.streams >= app.config["EVENT_STREAMS_PER_WORKER"]:
+    hold = hold_seconds(app.config, request.method)
+    if hold > 0 and app_state(app).event_feed.streams >= app.config["EVENT_STREAMS_PER_WORKER"]:
         raise ServiceUnavailable(
             "Too many open event streams on this worker. Please retry shortly.", reason="streams_full"
         )
     if after is None:  # what was written before this request is not news to it
         after = outbox.latest()
-    start, seen = first_round(app, after=after, pool=pool)
-    if app.config["EVENT_STREAM_SECONDS"] <= 0:  # the whole answer now: no worker held
+    start, seen = first_round(app, after=after, pool=pool, held=hold > 0)
+    if hold <= 0:  # the whole answer now: no worker held
         # nginx may take it whole (buffered) and free the worker however slowly the client reads
         headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "yes"}
         return Response(start, mimetype="text/event-stream", headers=headers)
     return Response(  # held open: nginx passes each message on as it comes
-        itertools.chain([start], held(app, after=seen, pool=pool)),
+        itertools.chain([start], held(app, after=seen, pool=pool, seconds=hold)),
         mimetype="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )

@@ -35,6 +35,7 @@ from ..config import ConfigError
 from ..db import direct_engine, run_transaction
 from ..health.checks import draining
 from ..state import app_state
+from ..stream_threads import in_stream_thread
 from ..timeutil import isoformat
 from . import outbox
 
@@ -46,6 +47,11 @@ IDLE_SECONDS = 60  # a feed nobody read for this long starts again from the newe
 RELISTEN_SECONDS = 5.0  # after the listening connection failed, how long before connecting again
 NOTIFIED_READ_GAP = 0.05  # reads on notices at most this often: a burst of commits, one read
 KEEP_SECONDS = 10.0  # after a short response, how long the feed's thread keeps reading on notices
+HOLD_SECONDS = 300.0  # a held stream's life when EVENT_STREAM_SECONDS is unset (`hold_seconds`)
+# A held stream writes at most this often, the events of that time in one write: woken by every
+# read of the feed (20 a second under load), 100 streams cost activation a third of its rate,
+# batched about 1 % (docs/PERFORMANCE.md); an event still reaches the client well within 1 s.
+BATCH_SECONDS = 0.25
 
 
 def _event_id(event: dict) -> int:
@@ -302,12 +308,30 @@ def _message(events: list[dict], seen: int, sent: int | None) -> str:
     return text + (f"id: {seen}\n\n" if last != seen else "")
 
 
-def first_round(app, *, after: int, pool: str | None) -> tuple[str, int]:
+def hold_seconds(config, method: str) -> float:
+    """How long a stream response stays open, in seconds; 0: a short answer (what there is, then
+    the client comes back after `retry:`).
+
+    `EVENT_STREAM_SECONDS` when set (with gthread workers: a thread each; with plain sync
+    workers a held stream holds the worker). Unset: `HOLD_SECONDS` in a stream thread of the
+    default worker (service/gunicorn_worker.py), 0 anywhere else. Never held: a `HEAD`, or a
+    stream request that worker kept in its own loop (holding it would block the worker).
+    """
+    where = in_stream_thread()
+    if method != "GET" or where is False:
+        return 0.0
+    seconds = config["EVENT_STREAM_SECONDS"]
+    if seconds is None:
+        return HOLD_SECONDS if where else 0.0
+    return seconds
+
+
+def first_round(app, *, after: int, pool: str | None, held: bool) -> tuple[str, int]:
     """The start of a stream response (in the request): `retry:`, the events after `after`, and
-    where the client's Last-Event-ID stands after them."""
+    where the client's Last-Event-ID stands after them (`held`: the response stays open)."""
     feed = app_state(app).event_feed
     feed.fresh()
-    if app.config["EVENT_STREAM_SECONDS"] <= 0:
+    if not held:
         feed.keep()
     if after > feed.last:  # past what this process has read: past the newest event too?
         after = min(after, run_transaction(outbox.newest))  # such an id would skip events
@@ -316,14 +340,14 @@ def first_round(app, *, after: int, pool: str | None) -> tuple[str, int]:
     return head + (_message(events, seen, None) or "\n"), seen
 
 
-def held(app, *, after: int, pool: str | None) -> Iterator[str]:
-    """The rest of a stream held open: new events and heartbeats until its time is up."""
-    config = app.config
-    heartbeat = config["EVENT_STREAM_HEARTBEAT_SECONDS"]
+def held(app, *, after: int, pool: str | None, seconds: float) -> Iterator[str]:
+    """The rest of a stream held open: new events (a write per `BATCH_SECONDS` at most) and
+    heartbeats until `seconds` are up or the process drains."""
+    heartbeat = app.config["EVENT_STREAM_HEARTBEAT_SECONDS"]
     feed = app_state(app).event_feed
     feed.join()
     try:
-        ends = time.monotonic() + config["EVENT_STREAM_SECONDS"]
+        ends = time.monotonic() + seconds
         beat = time.monotonic() + heartbeat
         while not draining.is_set() and time.monotonic() < ends:
             wait = max(0.0, min(beat, ends) - time.monotonic())
@@ -331,6 +355,7 @@ def held(app, *, after: int, pool: str | None) -> Iterator[str]:
                 events, seen = _round(feed, after, pool, wait)
             if events:
                 yield "".join(e["sse"] for e in events)
+                time.sleep(BATCH_SECONDS)  # what comes meanwhile goes in the next write
             after = seen
             if time.monotonic() >= beat:
                 yield ": heartbeat\n\n"

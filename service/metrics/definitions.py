@@ -60,7 +60,7 @@ class TokenMetrics:
         )
         self.event_streams = Gauge(
             "tokenpool_event_streams_open",
-            "Event streams held open (EVENT_STREAM_SECONDS > 0), over live workers",
+            "Event streams held open (short answers not counted), over live workers",
             registry=r,
             multiprocess_mode="livesum",
         )

@@ -51,6 +51,18 @@ def test_worker_exit_stops_the_background_threads_and_sends_buffered_figures(app
     hooks["worker_exit"](None, types.SimpleNamespace())  # a worker that never loaded the app
 
 
+def test_worker_exit_ends_the_held_streams_first(app):
+    hooks = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+    state = app_state(app)
+    calls = []
+    state.sweeper = state.publisher = types.SimpleNamespace(stop=lambda timeout=None: calls.append("stop"))
+    worker = types.SimpleNamespace(
+        wsgi=app, end_streams=lambda timeout: calls.append(("end_streams", timeout))
+    )
+    hooks["worker_exit"](None, worker)
+    assert calls[0] == ("end_streams", 2.0) and calls[1:] == ["stop", "stop"]
+
+
 def _settings(env: dict) -> subprocess.CompletedProcess:
     script = (
         "import runpy\n"
@@ -79,7 +91,16 @@ def test_every_variable_left_blank_as_in_env_example_means_its_default():
     run = _settings(blank)
     assert run.returncode == 0, run.stderr
     assert run.stdout.split()[:1] == ["127.0.0.1:8000"]
-    assert run.stdout.split()[2:] == ["sync", "1", "30", "30", "5", "1000000", "info", "5.0"]
+    assert run.stdout.split()[2:] == [
+        "service.gunicorn_worker.StreamingSyncWorker",
+        "1",
+        "30",
+        "30",
+        "5",
+        "1000000",
+        "info",
+        "5.0",
+    ]
 
 
 def test_a_setting_that_is_not_a_number_stops_with_one_line_naming_it():

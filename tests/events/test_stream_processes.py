@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import signal
 import time
 import uuid
 
@@ -68,19 +69,24 @@ def activate(port: int) -> dict:
     return answer.json()
 
 
-def test_a_stream_on_one_instance_sees_the_other_instances_leases_and_resumes_exactly(pg_database):
+HOLDING_WORKERS = {
+    "default": {},  # sync, with a thread per stream (service/gunicorn_worker.py)
+    "gthread": {"GUNICORN_WORKER_CLASS": "gthread", "GUNICORN_THREADS": "8", "EVENT_STREAM_SECONDS": "60"},
+}
+
+
+@pytest.mark.parametrize("worker", list(HOLDING_WORKERS))
+def test_a_stream_on_one_instance_sees_the_other_instances_leases_and_resumes_exactly(pg_database, worker):
     url = pg_database(pool=50)
     env = {"DATABASE_URL": url, "ENABLE_RATE_LIMITING": "false", "SWEEPER_ENABLED": "false"}
     env |= {"POOL_SIZE": "2", "POOL_MAX_OVERFLOW": "2", "EVENT_STREAM_HEARTBEAT_SECONDS": "0.5"}
-    streaming = env | {
-        "GUNICORN_WORKER_CLASS": "gthread",
-        "GUNICORN_THREADS": "8",
-        "EVENT_STREAM_SECONDS": "60",
-        "EVENT_STREAM_POLL_SECONDS": "5",  # only the fallback: a commit's NOTIFY wakes the feed
-    }
+    streaming = env | HOLDING_WORKERS[worker]
+    streaming["EVENT_STREAM_POLL_SECONDS"] = "5"  # only the fallback: a commit's NOTIFY wakes the feed
     with Gunicorn(env, workers=1) as a, Gunicorn(streaming, workers=1) as b:
         stream = Stream(b.port)
         wait_for(lambda: listening(url), 5, what="the stream's feed listening for new events")
+        # the one worker of B holds the stream and serves the API beside it
+        assert request(b.port, "GET", "/api/tokens/summary", timeout=2).status == 200
         latencies = []
         for _ in range(5):
             started = time.monotonic()
@@ -130,7 +136,11 @@ def test_short_answers_of_sync_workers_see_the_other_instances_leases_within_a_s
     url = pg_database(pool=50)
     env = {"DATABASE_URL": url, "ENABLE_RATE_LIMITING": "false", "SWEEPER_ENABLED": "false"}
     env |= {"POOL_SIZE": "2", "POOL_MAX_OVERFLOW": "2"}
-    short = env | {"EVENT_STREAM_POLL_SECONDS": "5", "EVENT_STREAM_RETRY_MS": "300"}
+    short = env | {
+        "GUNICORN_WORKER_CLASS": "sync",
+        "EVENT_STREAM_POLL_SECONDS": "5",
+        "EVENT_STREAM_RETRY_MS": "300",
+    }
     with Gunicorn(env, workers=1) as a, Gunicorn(short, workers=1) as b:
         _, last = short_answer(b.port, 0)
         wait_for(lambda: listening(url), 5, what="the feed listening after a short answer")
@@ -146,3 +156,22 @@ def test_short_answers_of_sync_workers_see_the_other_instances_leases_within_a_s
             latencies.append(time.monotonic() - started)
             assert [e["type"] for e in found] == ["leased"]
         assert max(latencies) < 1.0, latencies
+
+
+def test_the_default_worker_ends_its_held_streams_cleanly_when_the_instance_stops(pg_database):
+    """SIGTERM: the held stream gets its last chunk within about a second (the drain), the
+    instance exits on its own, and nothing is logged as an error."""
+    url = pg_database(pool=10)
+    env = {"DATABASE_URL": url, "ENABLE_RATE_LIMITING": "false", "SWEEPER_ENABLED": "false"}
+    with Gunicorn(env | {"EVENT_STREAM_HEARTBEAT_SECONDS": "0.5"}, workers=1) as b:
+        stream = Stream(b.port)
+        lease = activate(b.port)
+        assert stream.next_event()["user_id"] == lease["user_id"]
+        stopped = time.monotonic()
+        b.signal(signal.SIGTERM)
+        rest = stream.response.fp.read()  # raw, to the connection's end
+        assert time.monotonic() - stopped < 3
+        assert rest.endswith(b"0\r\n\r\n")  # the chunked body's end, not a reset
+        assert b.proc.wait(15) == 0
+    log = b.log_path.read_text()
+    assert "Traceback" not in log and '"level":"ERROR"' not in log

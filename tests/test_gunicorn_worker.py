@@ -1,0 +1,151 @@
+"""service/gunicorn_worker.py: which requests go to a stream thread, what gunicorn must keep doing
+for it to work (tripwires), and how long the app then holds a stream (events/stream.py)."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import threading
+import types
+from pathlib import Path
+
+import pytest
+from gunicorn import http
+from gunicorn.config import Config
+
+from service import gunicorn_worker, stream_threads
+from service.events.stream import HOLD_SECONDS, hold_seconds
+from service.gunicorn_worker import StreamingSyncWorker, _can_hold
+from service.stream_threads import in_stream_thread
+
+STREAM = gunicorn_worker.STREAM_PATH
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def parsed(raw: bytes):
+    """`raw` as gunicorn's parser reads it from a connection (the request, before any app)."""
+    server, client = socket.socketpair()
+    with server, client:
+        client.sendall(raw)
+        return next(http.RequestParser(Config(), server, ("127.0.0.1", 1)))
+
+
+@pytest.mark.parametrize(
+    ("raw", "holds"),
+    [
+        (b"GET /api/events/stream HTTP/1.1\r\nHost: x\r\n\r\n", True),
+        (b"GET /api/events/stream?pool=p1 HTTP/1.1\r\nHost: x\r\nLast-Event-ID: 7\r\n\r\n", True),
+        (b"GET /api/events/stream HTTP/1.0\r\n\r\n", True),
+        (b"HEAD /api/events/stream HTTP/1.1\r\nHost: x\r\n\r\n", False),
+        (b"POST /api/events/stream HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}", False),
+        (b"GET /api/events/stream HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}", False),
+        (b"GET /api/events/stream HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", False),
+        (b"GET /api/events HTTP/1.1\r\nHost: x\r\n\r\n", False),
+        (b"GET /api/events/stream/ HTTP/1.1\r\nHost: x\r\n\r\n", False),
+        (b"POST /api/tokens/activate HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}", False),
+    ],
+)
+def test_only_a_bodiless_get_of_the_stream_goes_to_a_thread(raw, holds):
+    """Also the tripwire for gunicorn's parsed request: `method`, `path` without the query and
+    `headers` as (UPPER-CASE NAME, value) pairs."""
+    assert _can_hold(parsed(raw), Config()) is holds
+
+
+def test_tls_that_gunicorn_terminates_stays_in_the_workers_loop(tmp_path):
+    config = Config()
+    config.set("certfile", str(tmp_path / "cert.pem"))
+    config.set("keyfile", str(tmp_path / "key.pem"))
+    assert config.is_ssl
+    assert not _can_hold(parsed(b"GET /api/events/stream HTTP/1.1\r\nHost: x\r\n\r\n"), config)
+
+
+def test_gunicorns_handle_passes_the_parsed_request_to_handle_request():
+    """Tripwire: the one method the worker overrides is still where `SyncWorker.handle` sends a
+    parsed request, with the listener, the connection and the address."""
+    worker = StreamingSyncWorker.__new__(StreamingSyncWorker)  # no arbiter, no process
+    worker.cfg = Config()
+    worker.log = types.SimpleNamespace(debug=lambda *a: None, exception=lambda *a: None)
+    seen = []
+    worker.handle_request = lambda listener, req, client, addr: seen.append((listener, req, client, addr))
+    server, client = socket.socketpair()
+    with client:
+        client.sendall(b"GET /api/events/stream HTTP/1.1\r\nHost: x\r\n\r\n")
+        worker.handle("listener", server, ("127.0.0.1", 9))
+    ((listener, req, conn, addr),) = seen
+    assert (listener, req.method, req.path, conn, addr) == (
+        "listener",
+        "GET",
+        STREAM,
+        server,
+        ("127.0.0.1", 9),
+    )
+    assert server.fileno() == -1  # closed by `handle` when it returns: why a stream gets a dup
+
+
+@pytest.fixture
+def streaming_worker(monkeypatch):
+    """This process as if it were a StreamingSyncWorker (its stream threads mark themselves)."""
+    monkeypatch.setattr(stream_threads, "_worker", True)
+
+
+def in_a_stream_thread(function):
+    """`function()` called in a thread marked as the worker marks its stream threads."""
+    result = []
+
+    def run():
+        stream_threads.mark_stream_thread()
+        result.append(function())
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    return result[0]
+
+
+def test_outside_the_worker_a_stream_is_held_only_as_configured():
+    assert in_stream_thread() is None
+    assert hold_seconds({"EVENT_STREAM_SECONDS": None}, "GET") == 0  # flask run, tests, plain sync
+    assert hold_seconds({"EVENT_STREAM_SECONDS": 30.0}, "GET") == 30  # gthread workers, as set
+    assert hold_seconds({"EVENT_STREAM_SECONDS": 30.0}, "HEAD") == 0
+
+
+def test_in_the_worker_only_its_stream_threads_hold(streaming_worker):
+    assert in_stream_thread() is False  # the worker's own loop
+    assert hold_seconds({"EVENT_STREAM_SECONDS": None}, "GET") == 0
+    assert hold_seconds({"EVENT_STREAM_SECONDS": 30.0}, "GET") == 0  # it would block the worker
+    assert in_a_stream_thread(in_stream_thread) is True
+    assert in_a_stream_thread(lambda: hold_seconds({"EVENT_STREAM_SECONDS": None}, "GET")) == HOLD_SECONDS
+    assert in_a_stream_thread(lambda: hold_seconds({"EVENT_STREAM_SECONDS": 30.0}, "GET")) == 30
+    assert in_a_stream_thread(lambda: hold_seconds({"EVENT_STREAM_SECONDS": 0.0}, "GET")) == 0
+
+
+def test_ending_the_streams_drains_and_waits_for_their_threads(monkeypatch):
+    from service.health import checks
+
+    monkeypatch.setattr(checks, "draining", threading.Event())
+    worker = StreamingSyncWorker.__new__(StreamingSyncWorker)
+    worker._streams_lock = threading.Lock()
+    stream = threading.Thread(target=lambda: checks.draining.wait(5))  # a stream ends on the drain
+    stuck = threading.Thread(target=threading.Event().wait, args=(1.0,), daemon=True)
+    worker.stream_threads = {stream}
+    stream.start()
+    assert worker.end_streams(timeout=2.0) == 0 and checks.draining.is_set()
+    worker.stream_threads = {stuck}
+    stuck.start()
+    assert worker.end_streams(timeout=0.1) == 1  # bounded: the exit does not wait for ever
+
+
+def test_the_path_handed_to_threads_is_the_apps_stream_route(app):
+    rules = {rule.rule: rule for rule in app.url_map.iter_rules()}
+    assert rules[STREAM].endpoint == "events.live" and "GET" in rules[STREAM].methods
+
+
+def test_the_app_runs_without_gunicorn():
+    """`flask run` and the tests load the app: only the worker itself imports gunicorn."""
+    script = "import sys, wsgi\nprint('gunicorn' in sys.modules)"
+    env = {"PATH": "/usr/bin:/bin", "APP_ENV": "development", "LOG_LEVEL": "WARNING"}
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, check=True
+    ).stdout
+    assert out.split()[-1] == "False"
