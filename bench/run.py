@@ -9,6 +9,7 @@ every target alike:
   raw        bench/raw_app.py            POST /activate (psycopg 3, one SQL call), 100-token pool
   raw-1m     bench/raw_app.py            the same on the 1,000,000-token pool (is 3a the database?)
   svc-100    the service, every feature  on a 100-token pool (evicts on every activation)
+  svc-100-sync  svc-100 on plain sync workers (GUNICORN_WORKER_CLASS=sync), for target 8
   svc-1m     the service, every feature  on a 1,000,000-token pool
   svc-100-pgb  svc-100 through PgBouncer in transaction mode (DB_PGBOUNCER=true), started here
 
@@ -71,6 +72,8 @@ CASES = [
     ("raw_activate", "raw", "/activate", "activate.lua"),
     ("raw_activate_1m", "raw-1m", "/activate", "activate.lua"),
     ("svc_activate_100", "svc-100", "/api/tokens/activate", "activate.lua"),
+    # the same on plain sync workers (the default worker's loop, no stream threads): target 8
+    ("svc_activate_100_sync", "svc-100-sync", "/api/tokens/activate", "activate.lua"),
     ("svc_activate_1m", "svc-1m", "/api/tokens/activate", "activate.lua"),
     ("svc_activate_100_pgbouncer", "svc-100-pgb", "/api/tokens/activate", "activate.lua"),
     # the same service and database as svc_activate_100: a random one of POOLS pools per request
@@ -89,6 +92,7 @@ HISTORY_ROWS = 3_000_000
 DATABASE_OF = {
     "raw": "small",
     "svc-100": "small",
+    "svc-100-sync": "small",
     "raw-1m": "large",
     "svc-1m": "large",
     "svc-100-pgb": "small",
@@ -105,6 +109,7 @@ TARGETS_SPEC = [
     ("5", "activation: through PgBouncer / direct (100 tokens)", 0.85, "ratio>="),
     ("6", f"activation: with {STREAM_CLIENTS} event streams open / none (100 tokens)", 0.90, "ratio>="),
     ("7", f"GET /api/tokens/<id> with {HISTORY_ROWS:,} usages / GET /api/tokens/summary", 0.80, "ratio>="),
+    ("8", "activation: the default worker / plain sync workers (100 tokens)", 0.90, "ratio>="),
     ("9", "activation: one of 1,000 pools of 100 tokens / default pool", 0.90, "ratio>="),
 ]
 POOLS, POOL_TOKENS = 1000, 100  # named pools p0..p999 beside the default pool of the 100-token database
@@ -338,6 +343,7 @@ def start_targets(
     pooled = {"DB_PGBOUNCER": "true"}
     for name, url, extra in (
         ("svc-100", small_url, {}),
+        ("svc-100-sync", small_url, {"GUNICORN_WORKER_CLASS": "sync", "EVENT_STREAM_SECONDS": "0"}),
         ("svc-1m", large_url, {}),
         ("svc-100-pgb", bouncer.url_for(small_url), pooled),
     ):
@@ -855,6 +861,7 @@ def evaluate(peaks: dict, fixed: dict) -> list[dict]:
         "5": ratio(peaks, "svc_activate_100_pgbouncer", "svc_activate_100"),
         "6": ratio(peaks, "svc_activate_100_streams", "svc_activate_100"),
         "7": ratio(peaks, "svc_get_token_history", "svc_summary"),
+        "8": ratio(peaks, "svc_activate_100", "svc_activate_100_sync"),
         "9": ratio(peaks, "svc_activate_pools", "svc_activate_100"),
     }
     errors = {
@@ -867,6 +874,7 @@ def evaluate(peaks: dict, fixed: dict) -> list[dict]:
         "6": peaks["svc_activate_100_streams"]["errors"]
         + peaks["svc_activate_100_streams"]["stream_failures"],
         "7": peaks["svc_get_token_history"]["errors"] + peaks["svc_summary"]["errors"],
+        "8": peaks["svc_activate_100"]["errors"] + peaks["svc_activate_100_sync"]["errors"],
         "9": peaks["svc_activate_pools"]["errors"] + peaks["svc_activate_100"]["errors"],
     }
     rows = []

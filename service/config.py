@@ -408,7 +408,7 @@ def _from_environment(instance_path: str, env: str) -> dict:
         "EVENT_STREAM_HEARTBEAT_SECONDS": _float("EVENT_STREAM_HEARTBEAT_SECONDS", 15.0, positive=True),
         "EVENT_STREAM_RETRY_MS": _int("EVENT_STREAM_RETRY_MS", 750, minimum=100),
         "EVENT_STREAM_POLL_SECONDS": _float("EVENT_STREAM_POLL_SECONDS", 0.25),
-        "EVENT_STREAMS_PER_WORKER": _int("EVENT_STREAMS_PER_WORKER", 32, minimum=1),
+        "EVENT_STREAMS_PER_WORKER": _int("EVENT_STREAMS_PER_WORKER", 100, minimum=1),
         "EVENT_RETENTION_HOURS": _int("EVENT_RETENTION_HOURS", 72, minimum=1),
         "USAGE_RETENTION_DAYS": _int("USAGE_RETENTION_DAYS", 90, minimum=0),
         "WEB_CONCURRENCY": _int("WEB_CONCURRENCY", 0),  # gunicorn's workers; 0: gunicorn.conf.py's default

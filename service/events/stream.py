@@ -293,7 +293,8 @@ def _round(feed: Feed, after: int, pool: str | None, timeout: float) -> tuple[li
     if buffered is not None:
         return buffered
     start = feed.start
-    events = catch_up(after, pool)
+    with feed.app.app_context():  # a held stream's rounds run outside its request
+        events = catch_up(after, pool)
     seen = events[-1]["event_id"] if events else after
     if len(events) < PAGE:  # fewer than a page: every event up to the buffer's start has been read
         seen = max(seen, start or 0)
@@ -351,8 +352,7 @@ def held(app, *, after: int, pool: str | None, seconds: float) -> Iterator[str]:
         beat = time.monotonic() + heartbeat
         while not draining.is_set() and time.monotonic() < ends:
             wait = max(0.0, min(beat, ends) - time.monotonic())
-            with app.app_context():
-                events, seen = _round(feed, after, pool, wait)
+            events, seen = _round(feed, after, pool, wait)
             if events:
                 yield "".join(e["sse"] for e in events)
                 time.sleep(BATCH_SECONDS)  # what comes meanwhile goes in the next write

@@ -50,6 +50,8 @@ class Stream:
                 fields[name] = value
 
     def close(self) -> None:
+        """Hang up (the response holds the socket too: closing the connection alone leaves it open)."""
+        self.response.close()
         self.conn.close()
 
 
@@ -175,3 +177,28 @@ def test_the_default_worker_ends_its_held_streams_cleanly_when_the_instance_stop
         assert b.proc.wait(15) == 0
     log = b.log_path.read_text()
     assert "Traceback" not in log and '"level":"ERROR"' not in log
+
+
+def test_a_worker_holds_at_most_its_share_of_streams_and_answers_one_more_503(pg_database):
+    url = pg_database(pool=10)
+    env = {"DATABASE_URL": url, "ENABLE_RATE_LIMITING": "false", "SWEEPER_ENABLED": "false"}
+    env |= {"EVENT_STREAMS_PER_WORKER": "1", "EVENT_STREAM_HEARTBEAT_SECONDS": "0.2"}
+
+    def status() -> int:
+        """A stream request's status; a stream admitted (200) is hung up at once."""
+        conn = http.client.HTTPConnection("127.0.0.1", b.port, timeout=5)
+        try:
+            conn.request("GET", "/api/events/stream")
+            with conn.getresponse() as response:
+                if response.status != 200:
+                    assert json.loads(response.read())["error_code"] == "SERVICE_UNAVAILABLE"
+                return response.status
+        finally:
+            conn.close()
+
+    with Gunicorn(env, workers=1) as b:
+        first = Stream(b.port)
+        assert status() == 503
+        assert request(b.port, "GET", "/api/tokens/summary", timeout=2).status == 200
+        first.close()  # its thread ends at its next write (a heartbeat): room for one again
+        wait_for(lambda: status() == 200, 5, what="a stream admitted after the first one ended")
