@@ -108,6 +108,14 @@ class ServiceUnavailable(ApiError):
     code, error_code = 503, "SERVICE_UNAVAILABLE"
 
 
+class StreamsFull(ServiceUnavailable):
+    """503 SERVICE_UNAVAILABLE with `Retry-After: 1`: this worker holds all the event streams it
+    may (EVENT_STREAMS_PER_WORKER); a second later the request may reach another worker, or
+    find a stream ended."""
+
+    response_headers = {"Retry-After": "1"}  # noqa: RUF012 - read-only
+
+
 class RateLimited(ApiError):
     """429 RATE_LIMITED; `retry_after`: whole seconds until the breached limit lets the caller in."""
 

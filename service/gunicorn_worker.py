@@ -37,7 +37,6 @@ from gunicorn.workers.sync import SyncWorker  # type: ignore[import-untyped]
 from .stream_threads import mark_stream_thread, mark_worker
 
 STREAM_PATH = "/api/events/stream"  # service/events/routes.py, `live`
-BODY_HEADERS = ("CONTENT-LENGTH", "TRANSFER-ENCODING")  # as gunicorn's parser names them
 QUIET_ERRORS = (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, None)  # None: the write timed out
 
 
@@ -83,9 +82,10 @@ class StreamingSyncWorker(SyncWorker):
                 self.stream_threads.discard(threading.current_thread())
 
     def end_streams(self, timeout: float) -> int:
-        """End the held streams as a drain does (each within about a second: it sets the
-        process's `draining` flag, which the worker's exit makes true anyway) and wait for
-        their threads, `timeout` seconds at most in all; how many are still running."""
+        """End the held streams and wait for their threads, `timeout` seconds at most in all;
+        how many are still running. Sets the process's `draining` flag, on which a stream ends
+        within about a second: a SIGTERM has set it already, a worker ending for another reason
+        (`max_requests`, its master gone) has not."""
         from .health.checks import draining
 
         draining.set()
@@ -103,5 +103,10 @@ def _can_hold(req, cfg) -> bool:
         req.method == "GET"
         and req.path == STREAM_PATH
         and not cfg.is_ssl
-        and not any(name in BODY_HEADERS for name, _ in req.headers)
+        and not any(_body_header(name, value) for name, value in req.headers)
     )
+
+
+def _body_header(name: str, value: str) -> bool:
+    """Whether a header (as gunicorn's parser names it: upper case) announces a request body."""
+    return name == "TRANSFER-ENCODING" or (name == "CONTENT-LENGTH" and value.strip() != "0")

@@ -8,7 +8,7 @@ import re
 from flask import Response, current_app, jsonify, request
 
 from ..db import run_transaction
-from ..errors import ServiceUnavailable, ValidationError
+from ..errors import StreamsFull, ValidationError
 from ..openapi import Answer, operation
 from ..parsing import canonical_int, int_arg
 from ..state import app_state
@@ -77,7 +77,7 @@ def live():
     app = current_app._get_current_object()  # type: ignore[attr-defined]  # the app, not its proxy
     hold = hold_seconds(app.config, request.method)
     if hold > 0 and app_state(app).event_feed.streams >= app.config["EVENT_STREAMS_PER_WORKER"]:
-        raise ServiceUnavailable(
+        raise StreamsFull(
             "Too many open event streams on this worker. Please retry shortly.", reason="streams_full"
         )
     if after is None:  # what was written before this request is not news to it
@@ -87,8 +87,9 @@ def live():
         # nginx may take it whole (buffered) and free the worker however slowly the client reads
         headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "yes"}
         return Response(start, mimetype="text/event-stream", headers=headers)
+    peer = request.environ.get("gunicorn.socket")  # the client's connection, to see it hang up
     return Response(  # held open: nginx passes each message on as it comes
-        itertools.chain([start], held(app, after=seen, pool=pool, seconds=hold)),
+        itertools.chain([start], held(app, after=seen, pool=pool, seconds=hold, peer=peer)),
         mimetype="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )

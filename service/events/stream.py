@@ -23,6 +23,9 @@ import bisect
 import collections
 import itertools
 import logging
+import select
+import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -48,10 +51,12 @@ RELISTEN_SECONDS = 5.0  # after the listening connection failed, how long before
 NOTIFIED_READ_GAP = 0.05  # reads on notices at most this often: a burst of commits, one read
 KEEP_SECONDS = 10.0  # after a short response, how long the feed's thread keeps reading on notices
 HOLD_SECONDS = 300.0  # a held stream's life when EVENT_STREAM_SECONDS is unset (`hold_seconds`)
-# A held stream writes at most this often, the events of that time in one write: woken by every
-# read of the feed (20 a second under load), 100 streams cost activation a third of its rate,
-# batched about 1 % (docs/PERFORMANCE.md); an event still reaches the client well within 1 s.
+# A held stream writes at most this often, the events of that time in one write. Woken by every
+# read of the feed instead (20 a second under load), 100 held streams left activation 0.57-0.81
+# of its rate; batched, 0.75-1.07 (docs/PERFORMANCE.md). An event still reaches a client within
+# about 0.4 s (this, the feed's read on the notice, the publisher's pace).
 BATCH_SECONDS = 0.25
+PEER_CHECK_SECONDS = 1.0  # an idle held stream looks this often whether its client hung up
 
 
 def _event_id(event: dict) -> int:
@@ -341,9 +346,27 @@ def first_round(app, *, after: int, pool: str | None, held: bool) -> tuple[str, 
     return head + (_message(events, seen, None) or "\n"), seen
 
 
-def held(app, *, after: int, pool: str | None, seconds: float) -> Iterator[str]:
+def hung_up(peer: socket.socket) -> bool:
+    """Whether the client has closed its end of `peer` (reading would give end of file), found
+    without blocking or writing: a held stream learns it otherwise only when a write fails, a
+    heartbeat or two later, and holds its worker's stream slot until then. False for TLS
+    sockets (no peeking through TLS)."""
+    if isinstance(peer, ssl.SSLSocket):
+        return False
+    try:
+        readable, _, _ = select.select([peer], [], [], 0)
+        return bool(readable) and peer.recv(1, socket.MSG_PEEK) == b""
+    except (OSError, ValueError):  # reset, or already closed
+        return True
+
+
+def held(
+    app, *, after: int, pool: str | None, seconds: float, peer: socket.socket | None = None
+) -> Iterator[str]:
     """The rest of a stream held open: new events (a write per `BATCH_SECONDS` at most) and
-    heartbeats until `seconds` are up or the process drains."""
+    heartbeats until `seconds` are up, the process drains or the client hangs up (`peer`, the
+    connection where the server gives it: gunicorn's `gunicorn.socket`; looked at every
+    `PEER_CHECK_SECONDS` at least)."""
     heartbeat = app.config["EVENT_STREAM_HEARTBEAT_SECONDS"]
     feed = app_state(app).event_feed
     feed.join()
@@ -351,8 +374,11 @@ def held(app, *, after: int, pool: str | None, seconds: float) -> Iterator[str]:
         ends = time.monotonic() + seconds
         beat = time.monotonic() + heartbeat
         while not draining.is_set() and time.monotonic() < ends:
-            wait = max(0.0, min(beat, ends) - time.monotonic())
+            now = time.monotonic()
+            wait = max(0.0, min(beat, ends, now + PEER_CHECK_SECONDS) - now)
             events, seen = _round(feed, after, pool, wait)
+            if peer is not None and hung_up(peer):
+                return
             if events:
                 yield "".join(e["sse"] for e in events)
                 time.sleep(BATCH_SECONDS)  # what comes meanwhile goes in the next write

@@ -7,6 +7,7 @@ order on PostgreSQL with two real connections.
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 import uuid
@@ -18,7 +19,7 @@ from sqlalchemy import text
 
 from service.db import run_transaction
 from service.events import outbox
-from service.events.stream import event_json, sse
+from service.events.stream import event_json, hung_up, sse
 from service.extensions import db
 from service.state import app_state
 from service.tokens import service
@@ -416,3 +417,16 @@ def test_a_deleted_pool_keeps_its_events_and_an_unknown_one_reads_empty(app, cli
     assert client.delete("/api/pools/gone?force=true").status_code == 204
     assert kinds(page(client, pool="gone")["events"]) == ["leased", "cleared"]
     assert page(client, pool="never-made") == {"events": [], "last_event_id": 0}
+
+
+def test_a_held_stream_sees_its_client_hang_up_without_writing():
+    server, client = socket.socketpair()
+    with server:
+        assert not hung_up(server)  # open and quiet
+        client.sendall(b"x")  # bytes after the request are not a hang-up
+        assert not hung_up(server)
+        client.close()
+        assert not hung_up(server)  # the unread byte comes first
+        server.recv(1)
+        assert hung_up(server)
+    assert hung_up(server)  # closed here: nothing to hold either
