@@ -171,13 +171,11 @@ def flush_redis() -> None:
 WORKERS, THREADS, GEVENT = 2, 1, False  # set from --workers / --gunicorn-threads / --gevent
 
 
-DEFAULT_WORKER = "service.gunicorn_worker.StreamingSyncWorker"  # gunicorn.conf.py's default
-
-
 def worker_class() -> str:
-    """The gunicorn worker class of the service targets: gunicorn.conf.py's default (sync, each
-    event stream in a thread of its own), gthread (threads > 1) or gevent."""
-    return "gevent" if GEVENT else "gthread" if THREADS > 1 else DEFAULT_WORKER
+    """The gunicorn worker class of the service targets: "" for gunicorn.conf.py's default (sync,
+    each event stream in a thread of its own; blank GUNICORN_WORKER_CLASS means it), gthread
+    (threads > 1) or gevent."""
+    return "gevent" if GEVENT else "gthread" if THREADS > 1 else ""
 
 
 def service_env(db_url: str, port: int, prom_dir: Path) -> dict:
@@ -198,8 +196,8 @@ def service_env(db_url: str, port: int, prom_dir: Path) -> dict:
         "GUNICORN_WORKER_CLASS": worker_class(),
         "GUNICORN_THREADS": str(THREADS),
         # the default worker holds event streams by itself (blank: unset); the others as told
-        "EVENT_STREAM_SECONDS": "" if worker_class() == DEFAULT_WORKER else "300",
-        "EVENT_STREAMS_PER_WORKER": str(max(32, STREAM_CLIENTS)),
+        "EVENT_STREAM_SECONDS": "300" if worker_class() else "",
+        "EVENT_STREAMS_PER_WORKER": str(STREAM_CLIENTS),  # the clients may all reach one worker
         "SWEEPER_ENABLED": os.environ.get("BENCH_SWEEPER", "true"),
         "DRAIN_SECONDS": "0",  # only shortens the shutdown at the end of the run
     }
@@ -320,7 +318,7 @@ def start_targets(
     gunicorn = str(VENV_BIN / "gunicorn")
     bare = [gunicorn, "-c", str(BENCH / "gunicorn_bare.conf.py"), "-w", str(WORKERS)]
     # the default worker's loop is sync's (the bare apps have no stream to hand to a thread)
-    bare += ["-k", "sync" if worker_class() == DEFAULT_WORKER else worker_class()]
+    bare += ["-k", worker_class() or "sync"]
     bare += ["--threads", str(THREADS)] if THREADS > 1 else []
     targets = {}
     port = free_port()

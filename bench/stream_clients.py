@@ -2,13 +2,13 @@
 
     python bench/stream_clients.py [--reconnect] http://127.0.0.1:PORT/api/events/stream 100 12
 
-Held (gthread workers, EVENT_STREAM_SECONDS > 0): opens N connections, asks each
-for the stream and reads what comes for the given seconds (counting bytes and
-`id:` lines); a connection the server closes early or answers with another
-status counts as failed.
+Held (the default gunicorn worker, or gthread with EVENT_STREAM_SECONDS > 0):
+opens N connections, asks each for the stream and reads what comes for the
+given seconds (counting bytes and `id:` lines); a connection the server closes
+early or answers with another status counts as failed.
 
-`--reconnect` (sync workers, EVENT_STREAM_SECONDS=0: each answer carries the
-events there are and ends): each of N clients asks, reads the answer to its
+`--reconnect` (plain sync workers, or EVENT_STREAM_SECONDS=0: each answer
+carries the events there are and ends): each of N clients asks, reads the answer to its
 end, waits the answer's `retry:` interval and only then connects again with
 the `Last-Event-ID` it reached, as EventSource does. (wrk cannot: with a
 `delay()` it connects first and waits before sending, which holds a sync

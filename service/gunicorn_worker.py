@@ -22,7 +22,7 @@ gunicorn.conf.py's `worker_exit`), its streams end as a drain ends them.
 Relies on `SyncWorker.handle(listener, client, addr)` parsing the request and
 calling `self.handle_request(listener, req, client, addr)`, gunicorn's worker
 class being the documented extension point (the `worker_class` setting takes
-a class path); tests/test_gunicorn_worker.py fails if that changes.
+a class path); tests/protection/test_library_tripwires.py fails if that changes.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from gunicorn.workers.sync import SyncWorker  # type: ignore[import-untyped]
 from .stream_threads import mark_stream_thread, mark_worker
 
 STREAM_PATH = "/api/events/stream"  # service/events/routes.py, `live`
+STREAM_THREAD = "event-stream"  # the name of each stream's thread (`end_streams` finds them by it)
 QUIET_ERRORS = (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, None)  # None: the write timed out
 
 
@@ -45,8 +46,6 @@ class StreamingSyncWorker(SyncWorker):
 
     def init_process(self) -> None:
         """In the worker process, after the fork: mark the process, then gunicorn's start."""
-        self.stream_threads: set[threading.Thread] = set()
-        self._streams_lock = threading.Lock()
         mark_worker()
         super().init_process()
 
@@ -57,12 +56,9 @@ class StreamingSyncWorker(SyncWorker):
             return
         conn = client.dup()  # the worker's `handle` closes `client` when this returns
         conn.settimeout(self.cfg.timeout)  # a client that stops reading frees the thread
-        thread = threading.Thread(
-            target=self._stream, args=(listener, req, conn, addr), name="event-stream", daemon=True
-        )
-        with self._streams_lock:
-            self.stream_threads.add(thread)
-        thread.start()
+        threading.Thread(
+            target=self._stream, args=(listener, req, conn, addr), name=STREAM_THREAD, daemon=True
+        ).start()
 
     def _stream(self, listener, req, conn, addr) -> None:
         """gunicorn's `handle_request` for one stream, with the error handling of its `handle`."""
@@ -78,8 +74,6 @@ class StreamingSyncWorker(SyncWorker):
             self.handle_error(req, conn, addr, exc)
         finally:
             util.close(conn)
-            with self._streams_lock:
-                self.stream_threads.discard(threading.current_thread())
 
     def end_streams(self, timeout: float) -> int:
         """End the held streams and wait for their threads, `timeout` seconds at most in all;
@@ -90,8 +84,7 @@ class StreamingSyncWorker(SyncWorker):
 
         draining.set()
         deadline = time.monotonic() + timeout
-        with self._streams_lock:
-            threads = list(self.stream_threads)
+        threads = [thread for thread in threading.enumerate() if thread.name == STREAM_THREAD]
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
         return sum(thread.is_alive() for thread in threads)

@@ -1,5 +1,6 @@
-"""service/gunicorn_worker.py: which requests go to a stream thread, what gunicorn must keep doing
-for it to work (tripwires), and how long the app then holds a stream (events/stream.py)."""
+"""service/gunicorn_worker.py: which requests go to a stream thread, on a connection of its own,
+and how long the app then holds a stream (events/stream.py). The tripwire on gunicorn's `handle`
+is with the other libraries' in tests/protection/test_library_tripwires.py."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import socket
 import subprocess
 import sys
 import threading
-import types
 from pathlib import Path
 
 import pytest
@@ -18,6 +18,7 @@ from service import gunicorn_worker, stream_threads
 from service.events.stream import HOLD_SECONDS, hold_seconds
 from service.gunicorn_worker import StreamingSyncWorker, _can_hold
 from service.stream_threads import in_stream_thread
+from tests.procs import wait_for
 
 STREAM = gunicorn_worker.STREAM_PATH
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,29 +60,6 @@ def test_tls_that_gunicorn_terminates_stays_in_the_workers_loop(tmp_path):
     config.set("keyfile", str(tmp_path / "key.pem"))
     assert config.is_ssl
     assert not _can_hold(parsed(b"GET /api/events/stream HTTP/1.1\r\nHost: x\r\n\r\n"), config)
-
-
-def test_gunicorns_handle_passes_the_parsed_request_to_handle_request():
-    """Tripwire: the one method the worker overrides is still where `SyncWorker.handle` sends a
-    parsed request, with the listener, the connection and the address."""
-    worker = StreamingSyncWorker.__new__(StreamingSyncWorker)  # no arbiter, no process
-    worker.cfg = Config()
-    worker.log = types.SimpleNamespace(debug=lambda *a: None, exception=lambda *a: None)
-    seen = []
-    worker.handle_request = lambda listener, req, client, addr: seen.append((listener, req, client, addr))
-    server, client = socket.socketpair()
-    with client:
-        client.sendall(b"GET /api/events/stream HTTP/1.1\r\nHost: x\r\n\r\n")
-        worker.handle("listener", server, ("127.0.0.1", 9))
-    ((listener, req, conn, addr),) = seen
-    assert (listener, req.method, req.path, conn, addr) == (
-        "listener",
-        "GET",
-        STREAM,
-        server,
-        ("127.0.0.1", 9),
-    )
-    assert server.fileno() == -1  # closed by `handle` when it returns: why a stream gets a dup
 
 
 @pytest.fixture
@@ -126,13 +104,11 @@ def test_ending_the_streams_drains_and_waits_for_their_threads(monkeypatch):
 
     monkeypatch.setattr(checks, "draining", threading.Event())
     worker = StreamingSyncWorker.__new__(StreamingSyncWorker)
-    worker._streams_lock = threading.Lock()
-    stream = threading.Thread(target=lambda: checks.draining.wait(5))  # a stream ends on the drain
-    stuck = threading.Thread(target=threading.Event().wait, args=(1.0,), daemon=True)
-    worker.stream_threads = {stream}
+    name = gunicorn_worker.STREAM_THREAD  # how the worker finds its stream threads
+    stream = threading.Thread(target=lambda: checks.draining.wait(5), name=name)  # ends on the drain
+    stuck = threading.Thread(target=threading.Event().wait, args=(1.0,), name=name, daemon=True)
     stream.start()
     assert worker.end_streams(timeout=2.0) == 0 and checks.draining.is_set()
-    worker.stream_threads = {stuck}
     stuck.start()
     assert worker.end_streams(timeout=0.1) == 1  # bounded: the exit does not wait for ever
 
@@ -150,3 +126,27 @@ def test_the_app_runs_without_gunicorn():
         [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, check=True
     ).stdout
     assert out.split()[-1] == "False"
+
+
+def test_a_handed_over_stream_writes_with_gunicorns_timeout_on_a_connection_of_its_own(monkeypatch):
+    """The thread's connection outlives the worker's (closed when `handle` returns) and its
+    writes give up after `timeout`, so a client that stops reading frees the thread."""
+    config = Config()
+    config.set("timeout", 7)
+    worker = StreamingSyncWorker.__new__(StreamingSyncWorker)
+    worker.cfg = config
+    seen = []
+
+    def stream(self, listener, req, conn, addr):
+        seen.append((conn.gettimeout(), conn.recv(5)))  # the client's bytes, after the worker's close
+        conn.close()
+
+    monkeypatch.setattr(StreamingSyncWorker, "_stream", stream)
+    server, client = socket.socketpair()
+    with client:
+        request = parsed(b"GET /api/events/stream HTTP/1.1\r\nHost: x\r\n\r\n")
+        worker.handle_request("listener", request, server, None)
+        server.close()  # as `handle` does
+        client.sendall(b"still")
+        wait_for(lambda: seen, 2, what="the stream thread")
+    assert seen == [(7, b"still")]

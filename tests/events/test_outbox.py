@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import socket
+import struct
 import threading
 import time
 import uuid
@@ -430,3 +431,28 @@ def test_a_held_stream_sees_its_client_hang_up_without_writing():
         server.recv(1)
         assert hung_up(server)
     assert hung_up(server)  # closed here: nothing to hold either
+
+
+def tcp_pair() -> tuple[socket.socket, socket.socket]:
+    """A connected TCP pair on loopback: (the server's end, the client's end)."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname())
+        server, _ = listener.accept()
+    return server, client
+
+
+@pytest.mark.parametrize("how", ["close", "reset", "half-close"])
+def test_a_held_stream_sees_a_tcp_client_go_however_it_goes(how):
+    """A clean close (FIN), a reset (RST: SO_LINGER 0) and a shutdown of the client's sending
+    side (an HTTP client sends nothing after its request, so its end of input means it is gone)."""
+    server, client = tcp_pair()
+    with server:
+        assert not hung_up(server)
+        if how == "reset":
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        if how == "half-close":
+            client.shutdown(socket.SHUT_WR)
+        else:
+            client.close()
+        wait_for(lambda: hung_up(server), 2, what=f"the client's {how} seen")
+    client.close()

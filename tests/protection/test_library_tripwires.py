@@ -8,7 +8,8 @@ its in-memory fallback switch and answers its per-request `context`;
 prometheus-flask-exporter's `generate_metrics`, which its /metrics view must
 call; `metrics_storage` extends prometheus_client's memory-mapped files;
 `db.pool_limit` reads SQLAlchemy's pool overflow; `drain` drives gunicorn's
-worker loop; `add_checked` (service/response_headers.py) appends to werkzeug's
+worker loop; `StreamingSyncWorker` (service/gunicorn_worker.py) overrides the
+sync worker's `handle_request`; `add_checked` (service/response_headers.py) appends to werkzeug's
 `Headers._list`. Each test here fails on the day an upgrade renames or changes
 what they rely on, instead of the override silently stopping to apply.
 """
@@ -333,6 +334,37 @@ def test_gunicorn_names_the_drain_drives_exist():
     assert "self.PIPE" in inspect.getsource(Worker.init_process)
     assert params(SyncWorker.handle) == ["self", "listener", "client", "addr"]
     assert params(Worker.notify) == ["self"]
+
+
+def test_gunicorns_sync_handle_passes_the_parsed_request_to_handle_request():
+    """StreamingSyncWorker (service/gunicorn_worker.py) overrides only `handle_request`: it must
+    stay where `SyncWorker.handle` sends a parsed request, with the listener, the connection and
+    the address, and `handle` must close the connection after it (why a stream gets a dup)."""
+    import socket
+    import types
+
+    from gunicorn.config import Config
+
+    from service.gunicorn_worker import STREAM_PATH, StreamingSyncWorker
+
+    worker = StreamingSyncWorker.__new__(StreamingSyncWorker)  # no arbiter, no process
+    worker.cfg = Config()
+    worker.log = types.SimpleNamespace(debug=lambda *a: None, exception=lambda *a: None)
+    seen = []
+    worker.handle_request = lambda listener, req, client, addr: seen.append((listener, req, client, addr))
+    server, client = socket.socketpair()
+    with client:
+        client.sendall(b"GET /api/events/stream HTTP/1.1\r\nHost: x\r\n\r\n")
+        worker.handle("listener", server, ("127.0.0.1", 9))
+    ((listener, req, conn, addr),) = seen
+    assert (listener, req.method, req.path, conn, addr) == (
+        "listener",
+        "GET",
+        STREAM_PATH,
+        server,
+        ("127.0.0.1", 9),
+    )
+    assert server.fileno() == -1  # closed by `handle` when it returns
 
 
 # --- werkzeug -----------------------------------------------------------------------------------
