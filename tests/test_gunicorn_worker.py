@@ -4,6 +4,7 @@ is with the other libraries' in tests/protection/test_library_tripwires.py."""
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -150,3 +151,28 @@ def test_a_handed_over_stream_writes_with_gunicorns_timeout_on_a_connection_of_i
         client.sendall(b"still")
         wait_for(lambda: seen, 2, what="the stream thread")
     assert seen == [(7, b"still")]
+
+
+def _own_niceness() -> int:
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice values are Linux's")
+def test_stream_work_runs_at_a_lower_priority_than_the_workers_loop():
+    """A stream thread (and a thread it starts, as it starts the event feed's) runs at the
+    process's nice value plus STREAM_NICENESS, once, never twice; the calling thread keeps its own."""
+    base = os.getpriority(os.PRIO_PROCESS, os.getpid())
+    lowered = min(19, base + stream_threads.STREAM_NICENESS)
+
+    def started_by_a_stream_thread() -> int:
+        inner = []
+        thread = threading.Thread(
+            target=lambda: (stream_threads.lower_priority(), inner.append(_own_niceness()))
+        )
+        thread.start()
+        thread.join()
+        return inner[0]
+
+    assert in_a_stream_thread(_own_niceness) == lowered
+    assert in_a_stream_thread(started_by_a_stream_thread) == lowered
+    assert _own_niceness() == base

@@ -108,7 +108,9 @@ def read_events(conn: Connection, *, after: int, limit: int, pool: str | None = 
     statement = _READ if pool is None else _READ_POOL
     if pool is not None:
         params["pool"] = pool
-    return [row._asdict() for row in conn.execute(statement, params)]
+    result = conn.execute(statement, params)
+    keys = tuple(result.keys())  # once: `Row._asdict` builds the key view again for every row
+    return [dict(zip(keys, row, strict=True)) for row in result.all()]
 
 
 def publish_and_read(conn: Connection, *, after: int, limit: int, pool: str | None = None) -> list[dict]:

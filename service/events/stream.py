@@ -38,8 +38,8 @@ from ..config import ConfigError
 from ..db import direct_engine, run_transaction
 from ..health.checks import draining
 from ..state import app_state
-from ..stream_threads import in_stream_thread
-from ..timeutil import isoformat
+from ..stream_threads import in_stream_thread, lower_priority
+from ..timeutil import as_utc, isoformat
 from . import outbox
 
 log = logging.getLogger("tokenpool.events")
@@ -79,11 +79,26 @@ def event_json(event: dict) -> dict:
 def sse(event: dict) -> str:
     """One event as a Server-Sent Events message (`id:` is the event id).
 
-    Its data is `event_json` as compact JSON, written by orjson (the same text as
-    `json.dumps` with compact separators for these ASCII values, in half the time: every
-    worker writes every event of every instance).
+    Its data is `event_json` as compact JSON, written by orjson straight from the row's
+    values (the same text as `json.dumps` with compact separators; orjson writes a UUID as
+    `str` does and, with these options, a UTC time as `isoformat` does: 0.8 us an event
+    against 2.5 through `event_json`, and every worker writes every event of every instance).
     """
-    body = orjson.dumps(event_json(event)).decode()
+    at = event["at"]
+    if at.utcoffset():  # an offset other than UTC's (naive values are UTC: OPT_NAIVE_UTC)
+        at = as_utc(at)
+    body = orjson.dumps(
+        {
+            "event_id": event["event_id"],
+            "type": event["type"],
+            "pool": event["pool"],
+            "token_id": event["token_id"],
+            "user_id": event["user_id"],
+            "fencing_token": event["fencing_token"],
+            "at": at,
+        },
+        option=orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC,
+    ).decode()
     return f"id: {event['event_id']}\nevent: {event['type']}\ndata: {body}\n\n"
 
 
@@ -158,6 +173,7 @@ class Feed:
         app_state(self.app).metrics.event_streams.inc(change)
 
     def _loop(self) -> None:
+        lower_priority()  # the feed's reads and formatting yield the processor to the API
         listener: psycopg.Connection | None = None
         listen_at = 0.0  # when to try to listen (again)
         # after a notice only read: a publisher numbered the events and said so (numbering here
@@ -182,12 +198,18 @@ class Feed:
                 heard = self._heard(listener)
                 publish = not heard
                 if heard:  # a burst of commits is read together
-                    time.sleep(max(0.0, self.polled_at + NOTIFIED_READ_GAP - time.monotonic()))
+                    time.sleep(max(0.0, self.polled_at + self._read_gap() - time.monotonic()))
                 elif heard is None:
                     listener = None
         finally:
             if listener is not None:
                 listener.close()
+
+    def _read_gap(self) -> float:
+        """Seconds between reads on notices: `NOTIFIED_READ_GAP` while a short answer was served
+        lately (its client comes back within `retry:`), else `BATCH_SECONDS` (held streams
+        write no more often than that: reading more often only costs the API processor time)."""
+        return NOTIFIED_READ_GAP if time.monotonic() < self.kept_until else BATCH_SECONDS
 
     def _listen(self) -> psycopg.Connection | None:
         """A connection of its own that LISTENs for new events, to the database `direct_engine`

@@ -12,7 +12,7 @@ import struct
 import threading
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 
 import psycopg
 import pytest
@@ -295,8 +295,18 @@ def test_event_ids_follow_visibility_not_the_order_of_writing(app, client, is_po
     assert later["events"][0]["event_id"] > seen["last_event_id"]
 
 
+@pytest.mark.parametrize(
+    "at",
+    [
+        datetime(2026, 12, 7, 9, 30, 1, 250, tzinfo=UTC),
+        datetime(2026, 12, 7, 9, 30, 1, tzinfo=UTC),  # no fraction: none written
+        datetime(2026, 12, 7, 9, 30, 1, 250),  # naive, as SQLite returns it: UTC
+        datetime(2026, 12, 7, 10, 30, 1, 250, tzinfo=timezone(timedelta(hours=1))),  # another zone
+        datetime(2026, 12, 7, 0, 0, 0, 999999, tzinfo=timezone(timedelta(hours=-5, minutes=-30))),
+    ],
+)
 @pytest.mark.parametrize("holder", [uuid.uuid4(), None])
-def test_an_sse_message_carries_the_events_compact_json(holder):
+def test_an_sse_message_carries_the_events_compact_json(holder, at):
     event = {
         "event_id": 7,
         "type": "cleared",
@@ -304,9 +314,9 @@ def test_an_sse_message_carries_the_events_compact_json(holder):
         "token_id": uuid.uuid4(),
         "user_id": holder,
         "fencing_token": 12,
-        "at": datetime(2026, 12, 7, 9, 30, 1, 250, tzinfo=UTC),
+        "at": at,
     }
-    data = json.dumps(event_json(event), separators=(",", ":"))
+    data = json.dumps(event_json(event), separators=(",", ":"))  # what a page of events shows
     assert sse(event) == f"id: 7\nevent: cleared\ndata: {data}\n\n"
 
 
@@ -345,6 +355,19 @@ def test_a_short_answer_keeps_the_feed_reading_for_a_while_and_a_stop_ends_it(ap
     assert feed._thread is not None and feed._thread.is_alive()
     feed.stop()
     assert feed._thread is None
+
+
+def test_the_feed_reads_on_notices_as_often_as_its_readers_need(app):
+    """Every NOTIFIED_READ_GAP while short answers are served (their clients come back within
+    `retry:`), every BATCH_SECONDS with held streams alone (they write no more often)."""
+    from service.events import stream
+
+    feed = stream.Feed(app)
+    assert feed._read_gap() == stream.BATCH_SECONDS
+    feed.kept_until = time.monotonic() + stream.KEEP_SECONDS  # what a short answer's `keep` sets
+    assert feed._read_gap() == stream.NOTIFIED_READ_GAP
+    feed.kept_until = time.monotonic() - 0.001  # KEEP_SECONDS later
+    assert feed._read_gap() == stream.BATCH_SECONDS
 
 
 @pytest.mark.options(EVENT_STREAM_POLL_SECONDS=0.05)
