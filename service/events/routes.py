@@ -89,7 +89,7 @@ def live():
         return Response(start, mimetype="text/event-stream", headers=headers)
     peer = request.environ.get("gunicorn.socket")  # the client's connection, to see it hang up
     return Response(  # held open: nginx passes each message on as it comes
-        itertools.chain([start], held(app, after=seen, pool=pool, seconds=hold, peer=peer)),
+        itertools.chain([start.encode()], held(app, after=seen, pool=pool, seconds=hold, peer=peer)),
         mimetype="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )

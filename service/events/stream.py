@@ -56,6 +56,7 @@ HOLD_SECONDS = 300.0  # a held stream's life when EVENT_STREAM_SECONDS is unset 
 # of its rate; batched, 0.75-1.07 (docs/PERFORMANCE.md). An event still reaches a client within
 # about 0.4 s (this, the feed's read on the notice, the publisher's pace).
 BATCH_SECONDS = 0.25
+TEXTS = 16  # `Feed.text_after` keeps the texts of this many places (after, pool) per read
 PEER_CHECK_SECONDS = 1.0  # an idle held stream looks this often whether its client hung up
 
 
@@ -129,6 +130,7 @@ class Feed:
         self.streams = 0
         self.kept_until = 0.0  # the thread reads on until then, held streams or not (`keep`)
         self.stopped = False  # the process is ending (`stop`): the thread ends, short answers read
+        self._texts: dict[tuple[int, str | None], bytes] = {}  # (after, pool): `text_after`, up to `last`
         self._polling = threading.Lock()
         self._thread: threading.Thread | None = None
 
@@ -284,6 +286,7 @@ class Feed:
                     self.start = self.buffer[0]["event_id"]
                 self.buffer.append(event)
             self.last = new[-1]["event_id"]
+            self._texts.clear()  # texts end at the last id: none is current any more
             self.changed.notify_all()
 
     def _since(self, after: int, pool: str | None) -> list[dict]:
@@ -301,17 +304,35 @@ class Feed:
     def after(self, after: int, pool: str | None, timeout: float) -> tuple[list[dict], int] | None:
         """Buffered events after `after` and the id the stream has now seen up to (waiting up to
         `timeout` for some); None when `after` is behind the buffer (read the database)."""
+        return self._when_past(after, timeout, lambda: self._since(after, pool), [])
+
+    def text_after(self, after: int, pool: str | None, timeout: float) -> tuple[bytes, int] | None:
+        """As `after`, with the events as one SSE text (UTF-8), built once for every held stream
+        at the same place: they all follow the feed, so after each read one text serves them."""
+        return self._when_past(after, timeout, lambda: self._text(after, pool), b"")
+
+    def _when_past(self, after: int, timeout: float, take, empty):
         deadline = time.monotonic() + timeout
         with self.changed:
             while True:
                 if self.start is not None and after < self.start:
                     return None
                 if self.start is not None and self.last > after:
-                    return self._since(after, pool), self.last
+                    return take(), self.last
                 left = deadline - time.monotonic()
                 if left <= 0 or draining.is_set():
-                    return [], after
+                    return empty, after
                 self.changed.wait(min(left, 1.0))  # a drain ends the stream within a second
+
+    def _text(self, after: int, pool: str | None) -> bytes:  # lock held
+        key = (after, pool)
+        text = self._texts.get(key)
+        if text is None:
+            text = "".join(e["sse"] for e in self._since(after, pool)).encode()
+            if len(self._texts) >= TEXTS:
+                self._texts.clear()
+            self._texts[key] = text
+        return text
 
 
 def _round(feed: Feed, after: int, pool: str | None, timeout: float) -> tuple[list[dict], int]:
@@ -326,6 +347,16 @@ def _round(feed: Feed, after: int, pool: str | None, timeout: float) -> tuple[li
     if len(events) < PAGE:  # fewer than a page: every event up to the buffer's start has been read
         seen = max(seen, start or 0)
     return events, seen
+
+
+def _chunk(feed: Feed, after: int, pool: str | None, timeout: float) -> tuple[bytes, int]:
+    """As `_round`, with the events as one SSE text (UTF-8; from the buffer, shared with the
+    other held streams at the same place)."""
+    buffered = feed.text_after(after, pool, timeout)
+    if buffered is not None:
+        return buffered
+    events, seen = _round(feed, after, pool, 0)  # behind the buffer: from the database
+    return "".join(e["sse"] for e in events).encode(), seen
 
 
 def _message(events: list[dict], seen: int, sent: int | None) -> str:
@@ -384,7 +415,7 @@ def hung_up(peer: socket.socket) -> bool:
 
 def held(
     app, *, after: int, pool: str | None, seconds: float, peer: socket.socket | None = None
-) -> Iterator[str]:
+) -> Iterator[bytes]:
     """The rest of a stream held open: new events (a write per `BATCH_SECONDS` at most) and
     heartbeats until `seconds` are up, the process drains or the client hangs up (`peer`, the
     connection where the server gives it: gunicorn's `gunicorn.socket`; looked at every
@@ -395,18 +426,21 @@ def held(
     try:
         ends = time.monotonic() + seconds
         beat = time.monotonic() + heartbeat
+        look = time.monotonic()  # when to look whether the client hung up
         while not draining.is_set() and time.monotonic() < ends:
             now = time.monotonic()
-            wait = max(0.0, min(beat, ends, now + PEER_CHECK_SECONDS) - now)
-            events, seen = _round(feed, after, pool, wait)
-            if peer is not None and hung_up(peer):
-                return
-            if events:
-                yield "".join(e["sse"] for e in events)
+            wait = max(0.0, min(beat, ends, look) - now)
+            chunk, seen = _chunk(feed, after, pool, wait)
+            if peer is not None and time.monotonic() >= look:
+                if hung_up(peer):
+                    return
+                look = time.monotonic() + PEER_CHECK_SECONDS
+            if chunk:
+                yield chunk
                 time.sleep(BATCH_SECONDS)  # what comes meanwhile goes in the next write
             after = seen
             if time.monotonic() >= beat:
-                yield ": heartbeat\n\n"
+                yield b": heartbeat\n\n"
                 beat = time.monotonic() + heartbeat
     finally:
         feed.leave()

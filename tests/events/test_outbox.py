@@ -339,6 +339,22 @@ def test_the_feed_serves_a_pool_from_its_buffer_and_sends_a_stream_behind_it_to_
     assert [e["event_id"] for e in feed.after(10, None, timeout=0)[0]] == [11, 12, 13]  # the whole buffer
 
 
+def test_held_streams_at_the_same_place_share_one_text_until_the_next_read(app):
+    from service.events.stream import Feed
+
+    feed = Feed(app)
+    feed.start, feed.last = 10, 13
+    feed.buffer.extend({"event_id": i, "pool": "ab"[i % 2], "sse": f"<{i}>"} for i in (11, 12, 13))
+    text, seen = feed.text_after(11, None, timeout=0)
+    assert (text, seen) == (b"<12><13>", 13)
+    assert feed.text_after(11, None, timeout=0)[0] is text  # built once for every stream there
+    assert feed.text_after(11, "a", timeout=0) == (b"<12>", 13)
+    assert feed.text_after(13, "a", timeout=0) == (b"", 13)  # nothing yet, no wait
+    feed._add([{"event_id": 14, "pool": "b", "sse": "<14>"}])  # a read brings more
+    assert feed.text_after(11, None, timeout=0) == (b"<12><13><14>", 14)
+    assert feed.text_after(9, None, timeout=0) is None  # behind the buffer: read the database
+
+
 @pytest.mark.options(EVENT_STREAM_POLL_SECONDS=0.05)
 def test_a_short_answer_keeps_the_feed_reading_for_a_while_and_a_stop_ends_it(app, client, monkeypatch):
     from service.events import stream
