@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.client
 import json
 import signal
+import socket
 import time
 import uuid
 
@@ -184,22 +185,57 @@ def test_a_worker_holds_at_most_its_share_of_streams_and_answers_one_more_503(pg
     env = {"DATABASE_URL": url, "ENABLE_RATE_LIMITING": "false", "SWEEPER_ENABLED": "false"}
     env |= {"EVENT_STREAMS_PER_WORKER": "1"}  # heartbeats every 15 s: no write finds the hang-up
 
-    def status() -> int:
-        """A stream request's status; a stream admitted (200) is hung up at once."""
-        conn = http.client.HTTPConnection("127.0.0.1", b.port, timeout=5)
-        try:
-            conn.request("GET", "/api/events/stream")
-            with conn.getresponse() as response:
-                if response.status != 200:
-                    assert json.loads(response.read())["error_code"] == "SERVICE_UNAVAILABLE"
-                    assert response.getheader("Retry-After") == "1"
-                return response.status
-        finally:
-            conn.close()
-
     with Gunicorn(env, workers=1) as b:
         first = Stream(b.port)
-        assert status() == 503
+        assert stream_status(b.port) == 503
         assert request(b.port, "GET", "/api/tokens/summary", timeout=2).status == 200
         first.close()  # its thread sees the hang-up within a second: room for one again
-        wait_for(lambda: status() == 200, 3, what="a stream admitted after the first one hung up")
+        wait_for(
+            lambda: stream_status(b.port) == 200, 3, what="a stream admitted after the first one hung up"
+        )
+
+
+FLOOD = (
+    "INSERT INTO events (event_id, type, pool, at)"
+    " SELECT (SELECT coalesce(max(event_id), 0) FROM events) + n, 'cleared', 'default', now()"
+    " FROM generate_series(1, 30000) n; NOTIFY tokenpool_events"
+)
+
+
+def stream_status(port: int) -> int:
+    """A stream request's status; a stream admitted (200) is hung up at once, a refused one is
+    the worker's full 503."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", "/api/events/stream")
+        with conn.getresponse() as response:
+            if response.status != 200:
+                assert json.loads(response.read())["error_code"] == "SERVICE_UNAVAILABLE"
+                assert response.getheader("Retry-After") == "1"
+            return response.status
+    finally:
+        conn.close()
+
+
+def test_a_client_that_stops_reading_frees_its_stream_thread_at_the_write_timeout(pg_database):
+    """A held stream whose client reads nothing more fills the connection's buffers; the thread's
+    next write then times out after GUNICORN_TIMEOUT and the stream's slot is free again (it
+    would be held for the stream's 300 s otherwise)."""
+    url = pg_database(pool=10)
+    env = {"DATABASE_URL": url, "ENABLE_RATE_LIMITING": "false", "SWEEPER_ENABLED": "false"}
+    env |= {"EVENT_STREAMS_PER_WORKER": "1", "GUNICORN_TIMEOUT": "2"}
+    with Gunicorn(env, workers=1) as b:
+        stuck = socket.socket()
+        stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)  # a small window, before connecting
+        stuck.connect(("127.0.0.1", b.port))
+        stuck.settimeout(5)
+        try:
+            stuck.sendall(b"GET /api/events/stream HTTP/1.1\r\nHost: test\r\n\r\n")
+            assert stuck.recv(12) == b"HTTP/1.1 200"  # held: the worker's one stream slot is taken
+            assert stream_status(b.port) == 503
+            with database(url) as conn:  # 30,000 events (about 5 MB of stream), told as the publisher tells
+                conn.execute(text(FLOOD))
+                conn.commit()
+            wait_for(lambda: stream_status(b.port) == 200, 15, what="the slot free after the write timeout")
+        finally:
+            stuck.close()
