@@ -40,16 +40,28 @@ def mark_stream_thread() -> None:
 
 def lower_priority() -> None:
     """Set the calling thread's nice value to the process's (its main thread's) plus
-    `STREAM_NICENESS`, for stream work that must not slow the API down (a thread started by
-    such a thread inherits its value: the increment is not applied twice). Linux only: there
+    `STREAM_NICENESS`, for stream work that must not slow the API down. Linux only: there
     `setpriority(PRIO_PROCESS, tid)` sets one thread's value (setpriority(2), "BUGS": threads
     do not share it); elsewhere it would set the whole process's, so nothing is done. A
-    refusal (a sandbox without the call) leaves the priority as it was."""
+    refusal (a sandbox without the call) leaves the priority as it was.
+
+    A thread inherits the value of the thread that starts it: a long-lived thread that a
+    request may start lazily (the monitoring store's flusher) calls `normal_priority` first.
+    """
+    _set_niceness(STREAM_NICENESS)
+
+
+def normal_priority() -> None:
+    """Set the calling thread's nice value to the process's (undo an inherited `lower_priority`)."""
+    _set_niceness(0)
+
+
+def _set_niceness(increment: int) -> None:
     if not sys.platform.startswith("linux"):
         return
     try:
         base = os.getpriority(os.PRIO_PROCESS, os.getpid())  # the main thread's on Linux
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), min(19, base + STREAM_NICENESS))
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), min(19, base + increment))
     except OSError:
         pass
 

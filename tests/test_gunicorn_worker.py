@@ -160,19 +160,34 @@ def _own_niceness() -> int:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice values are Linux's")
 def test_stream_work_runs_at_a_lower_priority_than_the_workers_loop():
     """A stream thread (and a thread it starts, as it starts the event feed's) runs at the
-    process's nice value plus STREAM_NICENESS, once, never twice; the calling thread keeps its own."""
+    process's nice value plus STREAM_NICENESS, once, never twice; a thread it starts can take
+    the process's back (`normal_priority`); the calling thread keeps its own."""
     base = os.getpriority(os.PRIO_PROCESS, os.getpid())
     lowered = min(19, base + stream_threads.STREAM_NICENESS)
 
-    def started_by_a_stream_thread() -> int:
-        inner = []
-        thread = threading.Thread(
-            target=lambda: (stream_threads.lower_priority(), inner.append(_own_niceness()))
-        )
+    def in_a_new_thread(set_priority) -> int:
+        """The niceness of a thread started here after it called `set_priority`."""
+        found = []
+        thread = threading.Thread(target=lambda: (set_priority(), found.append(_own_niceness())))
         thread.start()
         thread.join()
-        return inner[0]
+        return found[0]
 
     assert in_a_stream_thread(_own_niceness) == lowered
-    assert in_a_stream_thread(started_by_a_stream_thread) == lowered
+    assert in_a_stream_thread(lambda: in_a_new_thread(stream_threads.lower_priority)) == lowered
+    assert in_a_stream_thread(lambda: in_a_new_thread(stream_threads.normal_priority)) == base
     assert _own_niceness() == base
+
+
+def test_a_draining_process_holds_no_new_stream(streaming_worker):
+    """During the drain a held stream would end at once: it gets a short answer instead (which
+    tells nginx `X-Accel-Buffering: yes`), in the worker's stream threads as with gthread."""
+    from service.health.checks import draining
+
+    draining.set()
+    try:
+        assert in_a_stream_thread(lambda: hold_seconds({"EVENT_STREAM_SECONDS": None}, "GET")) == 0
+        assert in_a_stream_thread(lambda: hold_seconds({"EVENT_STREAM_SECONDS": 30.0}, "GET")) == 0
+    finally:
+        draining.clear()
+    assert in_a_stream_thread(lambda: hold_seconds({"EVENT_STREAM_SECONDS": None}, "GET")) == HOLD_SECONDS

@@ -373,11 +373,13 @@ def hold_seconds(config, method: str) -> float:
 
     `EVENT_STREAM_SECONDS` when set (with gthread workers: a thread each; with plain sync
     workers a held stream holds the worker). Unset: `HOLD_SECONDS` in a stream thread of the
-    default worker (service/gunicorn_worker.py), 0 anywhere else. Never held: a `HEAD`, or a
-    stream request that worker kept in its own loop (holding it would block the worker).
+    default worker (service/gunicorn_worker.py), 0 anywhere else. Never held: a `HEAD`, a
+    stream request that worker kept in its own loop (holding it would block the worker), or
+    any while the process drains (a held stream would end at once; a short answer tells nginx
+    so: `X-Accel-Buffering: yes`).
     """
     where = in_stream_thread()
-    if method != "GET" or where is False:
+    if method != "GET" or where is False or draining.is_set():
         return 0.0
     seconds = config["EVENT_STREAM_SECONDS"]
     if seconds is None:
@@ -417,9 +419,10 @@ def held(
     app, *, after: int, pool: str | None, seconds: float, peer: socket.socket | None = None
 ) -> Iterator[bytes]:
     """The rest of a stream held open: new events (a write per `BATCH_SECONDS` at most) and
-    heartbeats until `seconds` are up, the process drains or the client hangs up (`peer`, the
-    connection where the server gives it: gunicorn's `gunicorn.socket`; looked at every
-    `PEER_CHECK_SECONDS` at least)."""
+    heartbeats (a comment and `id:` the id the stream has read up to, which moves the client's
+    Last-Event-ID past other pools' events) until `seconds` are up, the process drains or the
+    client hangs up (`peer`, the connection where the server gives it: gunicorn's
+    `gunicorn.socket`; looked at every `PEER_CHECK_SECONDS` at least)."""
     heartbeat = app.config["EVENT_STREAM_HEARTBEAT_SECONDS"]
     feed = app_state(app).event_feed
     feed.join()
@@ -439,8 +442,8 @@ def held(
                 yield chunk
                 time.sleep(BATCH_SECONDS)  # what comes meanwhile goes in the next write
             after = seen
-            if time.monotonic() >= beat:
-                yield b": heartbeat\n\n"
+            if time.monotonic() >= beat:  # with the id reached: a client of a quiet pool resumes there
+                yield b": heartbeat\nid: %d\n\n" % after
                 beat = time.monotonic() + heartbeat
     finally:
         feed.leave()

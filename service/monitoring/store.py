@@ -21,6 +21,8 @@ from typing import Protocol
 import redis as redis_lib
 from typing_extensions import override  # typing.override from Python 3.12 on
 
+from ..stream_threads import normal_priority
+
 log = logging.getLogger("tokenpool.monitoring")
 
 # latency histogram bucket upper bounds, in ms (the last is open-ended)
@@ -240,6 +242,7 @@ class BufferedStore(FigureStore):
             self.inner.write(minute, figures)
 
     def _loop(self) -> None:
+        normal_priority()  # started by the first request that records figures: maybe a stream's
         while not self._stop.wait(self.interval):
             try:
                 self.flush()

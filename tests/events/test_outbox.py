@@ -355,6 +355,27 @@ def test_held_streams_at_the_same_place_share_one_text_until_the_next_read(app):
     assert feed.text_after(9, None, timeout=0) is None  # behind the buffer: read the database
 
 
+@pytest.mark.options(EVENT_STREAM_HEARTBEAT_SECONDS=0.3, EVENT_STREAM_POLL_SECONDS=0.05)
+def test_a_held_stream_of_a_quiet_pool_moves_its_clients_id_with_each_heartbeat(app, client):
+    """Its client's Last-Event-ID moves past the other pools' events, so a reconnect does not
+    read them all again."""
+    from service.events.stream import held
+
+    with app.app_context():
+        start = outbox.latest()
+    for _ in range(2):
+        assert activate(client, user()).status_code == 200  # events of the default pool
+    with app.app_context():
+        newest = outbox.latest()
+    assert newest > start
+    stream = held(app, after=start, pool="quiet", seconds=5)
+    try:
+        assert next(stream) == b": heartbeat\nid: %d\n\n" % newest  # nothing of "quiet" came
+    finally:
+        stream.close()
+        app_state(app).event_feed.stop()
+
+
 @pytest.mark.options(EVENT_STREAM_POLL_SECONDS=0.05)
 def test_a_short_answer_keeps_the_feed_reading_for_a_while_and_a_stop_ends_it(app, client, monkeypatch):
     from service.events import stream

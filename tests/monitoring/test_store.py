@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import threading
 import uuid
 
 import pytest
@@ -18,6 +21,8 @@ from service.monitoring.store import (
     request_fields,
     window_minutes,
 )
+from service.stream_threads import lower_priority
+from tests.procs import wait_for
 
 NOW = 1_900_000_000.0
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -86,3 +91,28 @@ def test_clear_forgets_everything(store):
 
 def test_scope_says_whose_figures(store):
     assert store.scope == ("process" if isinstance(store, MemoryStore) else "cluster")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice values are Linux's")
+def test_the_flush_thread_runs_at_the_process_priority_whoever_starts_it():
+    """The first write starts the flusher; when that write comes from a held stream's thread
+    (nice +10), the flusher must not keep that thread's priority for the worker's life."""
+    store = BufferedStore(MemoryStore(), interval=3600)
+
+    def write_as_stream_work() -> None:
+        lower_priority()
+        store.write(0, one_request())
+
+    writer = threading.Thread(target=write_as_stream_work)
+    writer.start()
+    writer.join()
+    base = os.getpriority(os.PRIO_PROCESS, os.getpid())
+    try:
+        wait_for(
+            lambda: os.getpriority(os.PRIO_PROCESS, store._thread.native_id) == base,
+            2,
+            what="the flusher at the process's priority",
+        )
+    finally:
+        store._stop.set()
+        store._thread.join(2)
