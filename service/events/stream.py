@@ -54,7 +54,7 @@ HOLD_SECONDS = 300.0  # a held stream's life when EVENT_STREAM_SECONDS is unset 
 # A held stream writes at most this often, the events of that time in one write. Woken by every
 # read of the feed instead (20 a second under load), 100 held streams left activation 0.57-0.81
 # of its rate; batched, 0.75-1.07 (docs/PERFORMANCE.md). An event still reaches a client within
-# about 0.4 s (this, the feed's read on the notice, the publisher's pace).
+# about 0.6 s (the publisher's pace, the feed's read on the notice, this wait: 0.1 + 0.25 + 0.25).
 BATCH_SECONDS = 0.25
 TEXTS = 16  # `Feed.text_after` keeps the texts of this many places (after, pool) per read
 PEER_CHECK_SECONDS = 1.0  # an idle held stream looks this often whether its client hung up
@@ -263,6 +263,7 @@ class Feed:
                 first = outbox.latest()
                 with self.changed:
                     self.buffer.clear()
+                    self._texts.clear()
                     self.start = self.last = first
                     self.changed.notify_all()
             while True:
