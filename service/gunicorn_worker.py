@@ -101,5 +101,6 @@ def _can_hold(req, cfg) -> bool:
 
 
 def _body_header(name: str, value: str) -> bool:
-    """Whether a header (as gunicorn's parser names it: upper case) announces a request body."""
-    return name == "TRANSFER-ENCODING" or (name == "CONTENT-LENGTH" and value.strip() != "0")
+    """Whether a header (as gunicorn's parser names it: upper case; a Content-Length it let
+    through is digits) announces a request body: any length but zero ("0", "00")."""
+    return name == "TRANSFER-ENCODING" or (name == "CONTENT-LENGTH" and value.strip().strip("0") != "")

@@ -43,6 +43,8 @@ def parsed(raw: bytes):
         (b"POST /api/events/stream HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}", False),
         (b"GET /api/events/stream HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}", False),
         (b"GET /api/events/stream HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", True),
+        (b"GET /api/events/stream HTTP/1.1\r\nHost: x\r\nContent-Length: 00\r\n\r\n", True),
+        (b"GET /api/events/stream HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n0123456789", False),
         (b"GET /api/events/stream HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", False),
         (b"GET /api/events HTTP/1.1\r\nHost: x\r\n\r\n", False),
         (b"GET /api/events/stream/ HTTP/1.1\r\nHost: x\r\n\r\n", False),

@@ -329,18 +329,26 @@ class Feed:
         key = (after, pool)
         text = self._texts.get(key)
         if text is None:
-            text = "".join(e["sse"] for e in self._since(after, pool)).encode()
+            text = _joined(self._since(after, pool)).encode()
             if len(self._texts) >= TEXTS:
                 self._texts.clear()
             self._texts[key] = text
         return text
 
 
+def _joined(events: list[dict]) -> str:
+    """The events' SSE messages, one after the other."""
+    return "".join(e["sse"] for e in events)
+
+
 def _round(feed: Feed, after: int, pool: str | None, timeout: float) -> tuple[list[dict], int]:
     """The events after `after` (from the buffer, else the database) and the id seen up to."""
     buffered = feed.after(after, pool, timeout)
-    if buffered is not None:
-        return buffered
+    return buffered if buffered is not None else _from_database(feed, after, pool)
+
+
+def _from_database(feed: Feed, after: int, pool: str | None) -> tuple[list[dict], int]:
+    """For a stream behind the feed's buffer: a page of events after `after` and the id seen up to."""
     start = feed.start
     with feed.app.app_context():  # a held stream's rounds run outside its request
         events = catch_up(after, pool)
@@ -356,14 +364,14 @@ def _chunk(feed: Feed, after: int, pool: str | None, timeout: float) -> tuple[by
     buffered = feed.text_after(after, pool, timeout)
     if buffered is not None:
         return buffered
-    events, seen = _round(feed, after, pool, 0)  # behind the buffer: from the database
-    return "".join(e["sse"] for e in events).encode(), seen
+    events, seen = _from_database(feed, after, pool)
+    return _joined(events).encode(), seen
 
 
 def _message(events: list[dict], seen: int, sent: int | None) -> str:
     """The events' messages; then `id: seen` when the stream moved past what it sent (events of
     other pools, or none yet): a message without data moves the client's Last-Event-ID."""
-    text = "".join(e["sse"] for e in events)
+    text = _joined(events)
     last = events[-1]["event_id"] if events else sent
     return text + (f"id: {seen}\n\n" if last != seen else "")
 
