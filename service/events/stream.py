@@ -429,8 +429,8 @@ def held(
 ) -> Iterator[bytes]:
     """The rest of a stream held open: new events (a write per `BATCH_SECONDS` at most) and
     heartbeats (a comment and `id:` the id the stream has read up to, which moves the client's
-    Last-Event-ID past other pools' events) until `seconds` are up, the process drains or the
-    client hangs up (`peer`, the connection where the server gives it: gunicorn's
+    Last-Event-ID past other pools' events; that id again at the end) until `seconds` are up,
+    the process drains or the client hangs up (`peer`, the connection where the server gives it: gunicorn's
     `gunicorn.socket`; looked at every `PEER_CHECK_SECONDS` at least)."""
     heartbeat = app.config["EVENT_STREAM_HEARTBEAT_SECONDS"]
     feed = app_state(app).event_feed
@@ -454,5 +454,6 @@ def held(
             if time.monotonic() >= beat:  # with the id reached: a client of a quiet pool resumes there
                 yield b": heartbeat\nid: %d\n\n" % after
                 beat = time.monotonic() + heartbeat
+        yield b"id: %d\n\n" % after  # its time is up or the process drains: resume from here
     finally:
         feed.leave()

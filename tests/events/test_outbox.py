@@ -356,7 +356,7 @@ def test_held_streams_at_the_same_place_share_one_text_until_the_next_read(app):
 
 
 @pytest.mark.options(EVENT_STREAM_HEARTBEAT_SECONDS=0.3, EVENT_STREAM_POLL_SECONDS=0.05)
-def test_a_held_stream_of_a_quiet_pool_moves_its_clients_id_with_each_heartbeat(app, client):
+def test_a_held_stream_of_a_quiet_pool_moves_its_clients_id_with_each_heartbeat_and_at_its_end(app, client):
     """Its client's Last-Event-ID moves past the other pools' events, so a reconnect does not
     read them all again."""
     from service.events.stream import held
@@ -373,7 +373,9 @@ def test_a_held_stream_of_a_quiet_pool_moves_its_clients_id_with_each_heartbeat(
         assert next(stream) == b": heartbeat\nid: %d\n\n" % newest  # nothing of "quiet" came
     finally:
         stream.close()
-        app_state(app).event_feed.stop()
+    ending = list(held(app, after=start, pool="quiet", seconds=0.1))  # ends before a heartbeat
+    app_state(app).event_feed.stop()
+    assert ending == [b"id: %d\n\n" % newest]  # the end tells where to resume too
 
 
 @pytest.mark.options(EVENT_STREAM_POLL_SECONDS=0.05)
